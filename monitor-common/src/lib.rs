@@ -1,0 +1,152 @@
+//! Types shared by the eBPF programs (`monitor-ebpf`) and the agent (`monitor`).
+//!
+//! Everything here crosses the kernel/user boundary byte for byte, so every struct is
+//! `#[repr(C)]` with explicit padding and a compile-time size check: a layout change on
+//! one side that is not made on the other fails the build instead of corrupting events.
+#![no_std]
+
+/// What a ring-buffer record reports ([`ConnectEvent::kind`]).
+pub mod kind {
+    /// The final outcome of one outgoing connect attempt.
+    pub const OUTCOME: u32 = 1;
+    /// A SYN was retransmitted while the socket was still in SYN_SENT (early warning).
+    pub const SYN_RETRANSMIT: u32 = 2;
+}
+
+/// The outcome of a connect attempt ([`ConnectEvent::outcome`]).
+pub mod outcome {
+    /// SYN_SENT → ESTABLISHED.
+    pub const ESTABLISHED: u32 = 1;
+    /// SYN_SENT → CLOSE with ECONNREFUSED: a RST (or ICMP port unreachable) answered the SYN.
+    pub const REFUSED: u32 = 2;
+    /// RST received on an established connection this host opened.
+    pub const RESET: u32 = 3;
+    /// SYN_SENT → CLOSE with ETIMEDOUT: the kernel gave up retransmitting the SYN.
+    pub const TIMEOUT: u32 = 4;
+    /// SYN_SENT → CLOSE with no error: the application closed a pending connect.
+    pub const ABANDONED: u32 = 5;
+    /// SYN_SENT → CLOSE with any other error (EHOSTUNREACH, ENETUNREACH, ...), from ICMP.
+    pub const UNREACHABLE: u32 = 6;
+}
+
+/// Linux TCP states as they appear in `sock:inet_sock_set_state` (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const CLOSE: i32 = 7;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// One record in the `EVENTS` ring buffer.
+///
+/// Attribution (`pid`, `tgid`, `comm`, `cgroup_id`, `netns`) is what the kernel saw when
+/// the socket entered SYN_SENT, in the context of the connecting task. Outcomes that the
+/// kernel decides in softirq or timer context (RSTs, SYN timeouts) would otherwise carry
+/// pid 0 or an unrelated task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was produced.
+    pub ktime_ns: u64,
+    /// `bpf_ktime_get_ns()` when the socket entered SYN_SENT.
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    /// Source address: the first 4 bytes for AF_INET, all 16 for AF_INET6.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Task command name, NUL padded.
+    pub comm: [u8; 16],
+    /// Kernel pid of the connecting task (the thread id).
+    pub pid: u32,
+    /// Kernel tgid of the connecting task (the process id).
+    pub tgid: u32,
+    /// Inode number of the socket's network namespace (0 if unknown).
+    pub netns: u32,
+    /// One of [`kind`].
+    pub kind: u32,
+    /// One of [`outcome`] for [`kind::OUTCOME`], 0 otherwise.
+    pub outcome: u32,
+    /// `sk->sk_err` when the socket closed (positive errno), 0 if none.
+    pub errno: u32,
+    /// SYN retransmissions seen for this attempt so far.
+    pub syn_retransmits: u32,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Ports in host byte order; `sport` may be 0 if the kernel had not chosen one yet.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 112);
+
+/// Byte offsets of the fields the programs read from one tracepoint's record, taken
+/// from `/sys/kernel/tracing/events/<category>/<name>/format` at start-up.
+///
+/// Every tracepoint used here carries the TCP 4-tuple in the same field names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TupleOffsets {
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+/// Offsets and settings handed to the programs as the read-only global `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// `sock:inet_sock_set_state`.
+    pub set_state: TupleOffsets,
+    pub set_state_skaddr: u32,
+    pub set_state_oldstate: u32,
+    pub set_state_newstate: u32,
+    pub set_state_protocol: u32,
+    /// `tcp:tcp_receive_reset`.
+    pub receive_reset: TupleOffsets,
+    pub receive_reset_skaddr: u32,
+    /// `tcp:tcp_retransmit_skb`.
+    pub retransmit: TupleOffsets,
+    pub retransmit_skaddr: u32,
+    pub retransmit_state: u32,
+    /// `sock:inet_sk_error_report`.
+    pub error_report: TupleOffsets,
+    pub error_report_error: u32,
+    pub error_report_protocol: u32,
+    /// Kernel struct offsets from BTF; `has_netns == 0` when they could not be resolved.
+    pub sock_sk_err: u32,
+    pub sock_common_skc_net: u32,
+    pub net_ns_inum: u32,
+    pub has_netns: u32,
+    /// 1: wake the reader for every event; 0: routine `established` outcomes are
+    /// submitted with BPF_RB_NO_WAKEUP and picked up by the reader's periodic drain.
+    pub wakeup_established: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 4 * (7 * 4 + 4 + 1 + 2 + 2 + 4 + 2));
+
+/// Index of the counters in the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Ring-buffer reserve failed: the event was lost.
+    pub const LOST_EVENTS: u32 = 0;
+    /// An outcome was seen for a socket whose SYN_SENT entry was missing (started before
+    /// the agent, or evicted from the in-flight LRU map).
+    pub const UNTRACKED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all fields are plain integers or byte arrays and the padding is explicit.
+    unsafe impl aya::Pod for super::ConnectEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProbeConfig {}
+}

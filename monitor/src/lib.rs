@@ -1,0 +1,6 @@
+//! connmon: a kernel-level TCP connection monitor.
+//!
+//! Data flows one way: kernel hooks (`monitor-ebpf`) → ring buffer → [`source`] (decode)
+//! → [`table`] (per-destination state) → [`policy`] (detectors, ejection) → [`sinks`].
+
+pub mod source;

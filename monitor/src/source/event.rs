@@ -1,0 +1,364 @@
+//! Decoded kernel events: what `monitor-ebpf` pushed through the ring buffer, as typed
+//! Rust values. Decoding checks the record length and every enum value; a record that
+//! does not fit is an error the reader counts, never a panic.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use monitor_common::{AF_INET, AF_INET6, ConnectEvent, kind, outcome};
+use serde::{Serialize, Serializer};
+
+/// How one outgoing connect attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Established,
+    Refused,
+    Reset,
+    Timeout,
+    Abandoned,
+    Unreachable,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Established,
+        Outcome::Refused,
+        Outcome::Reset,
+        Outcome::Timeout,
+        Outcome::Abandoned,
+        Outcome::Unreachable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Established => "established",
+            Outcome::Refused => "refused",
+            Outcome::Reset => "reset",
+            Outcome::Timeout => "timeout",
+            Outcome::Abandoned => "abandoned",
+            Outcome::Unreachable => "unreachable",
+        }
+    }
+
+    pub fn is_failure(self) -> bool {
+        self != Outcome::Established
+    }
+
+    fn from_raw(raw: u32) -> Option<Self> {
+        Some(match raw {
+            outcome::ESTABLISHED => Outcome::Established,
+            outcome::REFUSED => Outcome::Refused,
+            outcome::RESET => Outcome::Reset,
+            outcome::TIMEOUT => Outcome::Timeout,
+            outcome::ABANDONED => Outcome::Abandoned,
+            outcome::UNREACHABLE => Outcome::Unreachable,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Address family of the socket (a v4-mapped IPv6 socket is `Ipv6` with IPv4 addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// A task command name (`comm`): up to 16 bytes, stored inline so decoding allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    pub fn new(raw: [u8; 16]) -> Self {
+        Comm(raw)
+    }
+
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..len])
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Self {
+        let mut raw = [0u8; 16];
+        let n = s.len().min(15);
+        raw[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Comm(raw)
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
+}
+
+/// Who opened the connection, recorded when the socket entered SYN_SENT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Attribution {
+    /// Kernel pid of the connecting thread.
+    pub pid: u32,
+    /// Kernel tgid: the process id.
+    pub tgid: u32,
+    pub comm: Comm,
+    pub cgroup_id: u64,
+    /// Inode number of the socket's network namespace (as in `/proc/PID/ns/net`).
+    pub netns: u32,
+}
+
+/// The final outcome of one connect attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectRecord {
+    pub outcome: Outcome,
+    /// CLOCK_MONOTONIC nanoseconds when the outcome happened.
+    pub ktime_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds when the SYN was sent.
+    pub start_ns: u64,
+    pub family: Family,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub who: Attribution,
+    pub syn_retransmits: u32,
+    /// `sk_err` at close (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ...), 0 if none.
+    pub errno: u32,
+}
+
+impl ConnectRecord {
+    /// Time from the SYN to the outcome (the handshake time for `established`).
+    pub fn duration_us(&self) -> u64 {
+        self.ktime_ns.saturating_sub(self.start_ns) / 1_000
+    }
+}
+
+/// A SYN retransmitted while the socket was still in SYN_SENT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynRetransmitRecord {
+    pub ktime_ns: u64,
+    pub start_ns: u64,
+    pub family: Family,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub who: Attribution,
+    /// How many times the SYN has been retransmitted so far (1 for the first).
+    pub retransmits: u32,
+}
+
+/// One decoded ring-buffer record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    Connect(ConnectRecord),
+    SynRetransmit(SynRetransmitRecord),
+}
+
+impl KernelEvent {
+    pub fn ktime_ns(&self) -> u64 {
+        match self {
+            KernelEvent::Connect(c) => c.ktime_ns,
+            KernelEvent::SynRetransmit(r) => r.ktime_ns,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record is {got} bytes, expected at least {want}")]
+    Short { got: usize, want: usize },
+    #[error("unknown event kind {0}")]
+    Kind(u32),
+    #[error("unknown outcome {0}")]
+    Outcome(u32),
+    #[error("unknown address family {0}")]
+    Family(u16),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let want = size_of::<ConnectEvent>();
+    if bytes.len() < want {
+        return Err(DecodeError::Short { got: bytes.len(), want });
+    }
+    // SAFETY: the length is checked above; ConnectEvent is plain old data, and
+    // read_unaligned makes no assumption about the buffer's alignment.
+    let raw: ConnectEvent = unsafe { bytes.as_ptr().cast::<ConnectEvent>().read_unaligned() };
+    decode_raw(&raw)
+}
+
+/// Decodes an already-copied record.
+pub fn decode_raw(raw: &ConnectEvent) -> Result<KernelEvent, DecodeError> {
+    let (family, src_ip, dst_ip) = match raw.family {
+        AF_INET => (Family::Ipv4, ipv4(&raw.saddr), ipv4(&raw.daddr)),
+        AF_INET6 => (Family::Ipv6, ipv6(&raw.saddr), ipv6(&raw.daddr)),
+        other => return Err(DecodeError::Family(other)),
+    };
+    let src = SocketAddr::new(src_ip, raw.sport);
+    let dst = SocketAddr::new(dst_ip, raw.dport);
+    let who = Attribution {
+        pid: raw.pid,
+        tgid: raw.tgid,
+        comm: Comm(raw.comm),
+        cgroup_id: raw.cgroup_id,
+        netns: raw.netns,
+    };
+    match raw.kind {
+        kind::OUTCOME => Ok(KernelEvent::Connect(ConnectRecord {
+            outcome: Outcome::from_raw(raw.outcome).ok_or(DecodeError::Outcome(raw.outcome))?,
+            ktime_ns: raw.ktime_ns,
+            start_ns: raw.start_ns,
+            family,
+            src,
+            dst,
+            who,
+            syn_retransmits: raw.syn_retransmits,
+            errno: raw.errno,
+        })),
+        kind::SYN_RETRANSMIT => Ok(KernelEvent::SynRetransmit(SynRetransmitRecord {
+            ktime_ns: raw.ktime_ns,
+            start_ns: raw.start_ns,
+            family,
+            src,
+            dst,
+            who,
+            retransmits: raw.syn_retransmits,
+        })),
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+fn ipv4(raw: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+}
+
+/// An IPv6 address; a v4-mapped one (`::ffff:a.b.c.d`, an IPv6 socket talking to an IPv4
+/// peer) becomes the IPv4 address so that one node has one destination key.
+fn ipv6(raw: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*raw);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_event() -> ConnectEvent {
+        let mut comm = [0u8; 16];
+        comm[..7].copy_from_slice(b"python3");
+        let mut saddr = [0u8; 16];
+        saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        ConnectEvent {
+            ktime_ns: 2_000_057_000,
+            start_ns: 2_000_000_000,
+            cgroup_id: 42,
+            saddr,
+            daddr,
+            comm,
+            pid: 123,
+            tgid: 120,
+            netns: 4026531840,
+            kind: kind::OUTCOME,
+            outcome: outcome::REFUSED,
+            errno: 111,
+            syn_retransmits: 0,
+            family: AF_INET,
+            sport: 33850,
+            dport: 40002,
+            _pad: [0; 6],
+        }
+    }
+
+    fn bytes_of(ev: &ConnectEvent) -> Vec<u8> {
+        // SAFETY: ConnectEvent is repr(C) plain old data with explicit padding.
+        unsafe {
+            std::slice::from_raw_parts((ev as *const ConnectEvent).cast::<u8>(), size_of::<ConnectEvent>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_an_ipv4_refused_outcome() {
+        let KernelEvent::Connect(c) = decode(&bytes_of(&raw_event())).unwrap() else {
+            panic!("expected a connect outcome")
+        };
+        assert_eq!(c.outcome, Outcome::Refused);
+        assert_eq!(c.src.to_string(), "127.0.0.1:33850");
+        assert_eq!(c.dst.to_string(), "127.0.0.2:40002");
+        assert_eq!(c.who.comm.as_str(), "python3");
+        assert_eq!((c.who.pid, c.who.tgid, c.who.cgroup_id), (123, 120, 42));
+        assert_eq!(c.duration_us(), 57);
+        assert_eq!(c.errno, 111);
+    }
+
+    #[test]
+    fn ipv6_is_bracketed_and_v4_mapped_becomes_ipv4() {
+        let mut ev = raw_event();
+        ev.family = AF_INET6;
+        ev.saddr = Ipv6Addr::LOCALHOST.octets();
+        ev.daddr = Ipv6Addr::LOCALHOST.octets();
+        let KernelEvent::Connect(c) = decode(&bytes_of(&ev)).unwrap() else { panic!() };
+        assert_eq!(c.dst.to_string(), "[::1]:40002");
+        assert_eq!(c.family, Family::Ipv6);
+
+        ev.daddr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
+        let KernelEvent::Connect(c) = decode(&bytes_of(&ev)).unwrap() else { panic!() };
+        assert_eq!(c.dst.to_string(), "10.1.2.3:40002");
+        assert_eq!(c.family, Family::Ipv6);
+    }
+
+    #[test]
+    fn short_or_unknown_records_are_errors() {
+        let bytes = bytes_of(&raw_event());
+        assert_eq!(decode(&bytes[..50]), Err(DecodeError::Short { got: 50, want: 112 }));
+        let mut ev = raw_event();
+        ev.kind = 9;
+        assert_eq!(decode(&bytes_of(&ev)), Err(DecodeError::Kind(9)));
+        let mut ev = raw_event();
+        ev.outcome = 77;
+        assert_eq!(decode(&bytes_of(&ev)), Err(DecodeError::Outcome(77)));
+        let mut ev = raw_event();
+        ev.family = 1;
+        assert_eq!(decode(&bytes_of(&ev)), Err(DecodeError::Family(1)));
+    }
+
+    #[test]
+    fn syn_retransmit_carries_its_count() {
+        let mut ev = raw_event();
+        ev.kind = kind::SYN_RETRANSMIT;
+        ev.outcome = 0;
+        ev.syn_retransmits = 2;
+        let KernelEvent::SynRetransmit(r) = decode(&bytes_of(&ev)).unwrap() else { panic!() };
+        assert_eq!(r.retransmits, 2);
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_truncates() {
+        assert_eq!(Comm::from("curl").as_str(), "curl");
+        assert_eq!(Comm::from("a-very-long-command-name").as_str().len(), 15);
+    }
+}

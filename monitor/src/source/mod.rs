@@ -1,0 +1,4 @@
+//! The kernel side of the agent: loading and attaching the eBPF programs and turning
+//! ring-buffer records into [`event::KernelEvent`]s.
+
+pub mod event;
