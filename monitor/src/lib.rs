@@ -3,4 +3,8 @@
 //! Data flows one way: kernel hooks (`monitor-ebpf`) → ring buffer → [`source`] (decode)
 //! → [`table`] (per-destination state) → [`policy`] (detectors, ejection) → [`sinks`].
 
+pub mod agent;
+pub mod clock;
+pub mod sinks;
 pub mod source;
+pub mod stats;

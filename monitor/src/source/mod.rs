@@ -1,4 +1,7 @@
 //! The kernel side of the agent: loading and attaching the eBPF programs and turning
 //! ring-buffer records into [`event::KernelEvent`]s.
 
+pub mod btf;
 pub mod event;
+pub mod kernel;
+pub mod tracefs;

@@ -1,0 +1,122 @@
+//! Reading the 4-tuple out of a tracepoint record and writing `ConnectEvent`s.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    programs::TracePointContext,
+};
+use monitor_common::{AF_INET, AF_INET6, ConnectEvent, TupleOffsets, counter};
+
+use crate::maps::{Attempt, EVENTS, TupleKey, conf, count};
+
+/// Reads family, ports and addresses at the given offsets of the record.
+#[inline(always)]
+pub fn read_tuple(ctx: &TracePointContext, off: &TupleOffsets) -> Result<TupleKey, i32> {
+    let mut key = TupleKey {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: 0,
+        _pad: 0,
+    };
+    // SAFETY: read_at uses bpf_probe_read_kernel; the offsets come from the format file.
+    unsafe {
+        key.family = ctx.read_at::<u16>(off.family as usize)?;
+        key.sport = ctx.read_at::<u16>(off.sport as usize)?;
+        key.dport = ctx.read_at::<u16>(off.dport as usize)?;
+        if key.family == AF_INET {
+            let s = ctx.read_at::<[u8; 4]>(off.saddr as usize)?;
+            let d = ctx.read_at::<[u8; 4]>(off.daddr as usize)?;
+            key.saddr[..4].copy_from_slice(&s);
+            key.daddr[..4].copy_from_slice(&d);
+        } else if key.family == AF_INET6 {
+            key.saddr = ctx.read_at::<[u8; 16]>(off.saddr_v6 as usize)?;
+            key.daddr = ctx.read_at::<[u8; 16]>(off.daddr_v6 as usize)?;
+        } else {
+            return Err(-1);
+        }
+    }
+    Ok(key)
+}
+
+/// The inode number of the socket's network namespace: `sk->__sk_common.skc_net.net->ns.inum`,
+/// with the offsets the agent resolved from BTF. 0 if they are unknown.
+#[inline(always)]
+pub fn netns_of(skaddr: u64) -> u32 {
+    if conf!(has_netns) == 0 {
+        return 0;
+    }
+    let net_field = skaddr + u64::from(conf!(sock_common_skc_net));
+    // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
+    let Ok(net) = (unsafe { bpf_probe_read_kernel(net_field as *const u64) }) else {
+        return 0;
+    };
+    if net == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((net + u64::from(conf!(net_ns_inum))) as *const u32) }
+        .unwrap_or(0)
+}
+
+/// `sk->sk_err` (a positive errno, or 0).
+#[inline(always)]
+pub fn sk_err_of(skaddr: u64) -> u32 {
+    // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
+    let err = unsafe { bpf_probe_read_kernel((skaddr + u64::from(conf!(sock_sk_err))) as *const i32) }
+        .unwrap_or(0);
+    err.unsigned_abs()
+}
+
+/// How urgently the reader must see a record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Failures and warnings: wake the reader now (also flushes any batched records).
+    Now,
+    /// Routine records: no wake-up; the reader's periodic drain picks them up.
+    Batched,
+}
+
+/// Writes one record; a full ring buffer is counted as a lost event, never silent.
+#[inline(always)]
+pub fn emit(
+    kind: u32,
+    outcome: u32,
+    errno: u32,
+    tuple: &TupleKey,
+    attempt: &Attempt,
+    wakeup: Wakeup,
+) {
+    let Some(mut slot) = EVENTS.reserve::<ConnectEvent>(0) else {
+        count(counter::LOST_EVENTS);
+        return;
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    slot.write(ConnectEvent {
+        ktime_ns: now,
+        start_ns: attempt.start_ns,
+        cgroup_id: attempt.cgroup_id,
+        saddr: tuple.saddr,
+        daddr: tuple.daddr,
+        comm: attempt.comm,
+        pid: attempt.pid,
+        tgid: attempt.tgid,
+        netns: attempt.netns,
+        kind,
+        outcome,
+        errno,
+        syn_retransmits: attempt.syn_retransmits,
+        family: tuple.family,
+        sport: tuple.sport,
+        dport: tuple.dport,
+        _pad: [0; 6],
+    });
+    let flags = match wakeup {
+        Wakeup::Now => BPF_RB_FORCE_WAKEUP,
+        Wakeup::Batched if conf!(wakeup_established) != 0 => 0,
+        Wakeup::Batched => BPF_RB_NO_WAKEUP,
+    };
+    slot.submit(u64::from(flags));
+}

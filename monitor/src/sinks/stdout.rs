@@ -1,0 +1,248 @@
+//! The stdout sink: one NDJSON object per line (the stable, documented format) or
+//! aligned text for people. Lines are rendered into a buffer and written once per
+//! ring-buffer drain, so a burst costs one write.
+
+use std::{fmt::Write as _, net::SocketAddr};
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::{
+    clock::WallClock,
+    source::event::{Comm, ConnectRecord, Family, KernelEvent, Outcome, SynRetransmitRecord},
+    stats::Stats,
+};
+
+/// How lines are rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON object per line.
+    Json,
+    /// Aligned columns for a terminal.
+    Text,
+}
+
+#[derive(Serialize)]
+struct ConnectLine<'a> {
+    r#type: &'static str,
+    outcome: Outcome,
+    ts: String,
+    ktime_ns: u64,
+    src: SocketAddr,
+    dst: SocketAddr,
+    family: Family,
+    pid: u32,
+    tgid: u32,
+    comm: &'a Comm,
+    cgroup_id: u64,
+    netns: u32,
+    syn_retransmits: u32,
+    duration_us: u64,
+    errno: u32,
+}
+
+#[derive(Serialize)]
+struct SynRetransmitLine<'a> {
+    r#type: &'static str,
+    ts: String,
+    ktime_ns: u64,
+    src: SocketAddr,
+    dst: SocketAddr,
+    family: Family,
+    pid: u32,
+    tgid: u32,
+    comm: &'a Comm,
+    cgroup_id: u64,
+    netns: u32,
+    retransmits: u32,
+    since_syn_us: u64,
+}
+
+/// Renders events into a buffer; [`StdoutSink::flush`] writes it out.
+pub struct StdoutSink {
+    format: OutputFormat,
+    clock: WallClock,
+    buf: Vec<u8>,
+    out: tokio::io::Stdout,
+}
+
+impl StdoutSink {
+    pub fn new(format: OutputFormat, clock: WallClock) -> Self {
+        StdoutSink { format, clock, buf: Vec::with_capacity(64 * 1024), out: tokio::io::stdout() }
+    }
+
+    pub fn event(&mut self, event: &KernelEvent) {
+        match event {
+            KernelEvent::Connect(c) => self.connect(c),
+            KernelEvent::SynRetransmit(r) => self.syn_retransmit(r),
+        }
+    }
+
+    fn connect(&mut self, c: &ConnectRecord) {
+        match self.format {
+            OutputFormat::Json => {
+                let line = ConnectLine {
+                    r#type: "connect",
+                    outcome: c.outcome,
+                    ts: self.clock.rfc3339(c.ktime_ns),
+                    ktime_ns: c.ktime_ns,
+                    src: c.src,
+                    dst: c.dst,
+                    family: c.family,
+                    pid: c.who.pid,
+                    tgid: c.who.tgid,
+                    comm: &c.who.comm,
+                    cgroup_id: c.who.cgroup_id,
+                    netns: c.who.netns,
+                    syn_retransmits: c.syn_retransmits,
+                    duration_us: c.duration_us(),
+                    errno: c.errno,
+                };
+                self.json_line(&line);
+            }
+            OutputFormat::Text => {
+                let extra = format!("{}us retx={}", c.duration_us(), c.syn_retransmits);
+                self.text_line(c.ktime_ns, c.outcome.as_str(), c.src, c.dst, c.who.tgid, &c.who.comm, &extra);
+            }
+        }
+    }
+
+    fn syn_retransmit(&mut self, r: &SynRetransmitRecord) {
+        let since_syn_us = r.ktime_ns.saturating_sub(r.start_ns) / 1_000;
+        match self.format {
+            OutputFormat::Json => {
+                let line = SynRetransmitLine {
+                    r#type: "syn_retransmit",
+                    ts: self.clock.rfc3339(r.ktime_ns),
+                    ktime_ns: r.ktime_ns,
+                    src: r.src,
+                    dst: r.dst,
+                    family: r.family,
+                    pid: r.who.pid,
+                    tgid: r.who.tgid,
+                    comm: &r.who.comm,
+                    cgroup_id: r.who.cgroup_id,
+                    netns: r.who.netns,
+                    retransmits: r.retransmits,
+                    since_syn_us,
+                };
+                self.json_line(&line);
+            }
+            OutputFormat::Text => {
+                let extra = format!("{since_syn_us}us retx={}", r.retransmits);
+                self.text_line(r.ktime_ns, "syn_retransmit", r.src, r.dst, r.who.tgid, &r.who.comm, &extra);
+            }
+        }
+    }
+
+    /// Any serializable line (stats, decisions) in JSON mode; `text` in text mode.
+    pub fn record<T: Serialize>(&mut self, value: &T, text: impl FnOnce() -> String) {
+        match self.format {
+            OutputFormat::Json => self.json_line(value),
+            OutputFormat::Text => {
+                self.buf.extend_from_slice(text().as_bytes());
+                self.buf.push(b'\n');
+            }
+        }
+    }
+
+    pub fn stats(&mut self, stats: &Stats) {
+        self.record(stats, || stats.to_text());
+    }
+
+    fn json_line<T: Serialize>(&mut self, value: &T) {
+        // Serializing these plain structs into a Vec cannot fail.
+        if serde_json::to_writer(&mut self.buf, value).is_ok() {
+            self.buf.push(b'\n');
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one column each")]
+    fn text_line(
+        &mut self,
+        ktime_ns: u64,
+        what: &str,
+        src: SocketAddr,
+        dst: SocketAddr,
+        tgid: u32,
+        comm: &Comm,
+        extra: &str,
+    ) {
+        let ts = self.clock.rfc3339(ktime_ns);
+        let time = ts.get(11..26).unwrap_or(&ts);
+        let mut line = String::with_capacity(128);
+        let _ = writeln!(
+            line,
+            "{time:<15}  {what:<14} {src:>24} -> {dst:<24} {tgid:>7} {comm:<16} {extra}",
+            comm = comm.as_str()
+        );
+        self.buf.extend_from_slice(line.as_bytes());
+    }
+
+    /// Writes everything rendered so far.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.out.write_all(&self.buf).await?;
+        self.out.flush().await?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// The rendered, not yet flushed bytes (for tests).
+    #[cfg(test)]
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::event::Attribution;
+
+    fn refused() -> KernelEvent {
+        KernelEvent::Connect(ConnectRecord {
+            outcome: Outcome::Refused,
+            ktime_ns: 1_000_057_000,
+            start_ns: 1_000_000_000,
+            family: Family::Ipv6,
+            src: "[::1]:33850".parse().unwrap(),
+            dst: "[::1]:40002".parse().unwrap(),
+            who: Attribution { pid: 123, tgid: 123, comm: Comm::from("python3"), cgroup_id: 7, netns: 9 },
+            syn_retransmits: 0,
+            errno: 111,
+        })
+    }
+
+    #[test]
+    fn json_connect_line_has_the_documented_fields() {
+        let mut sink = StdoutSink::new(OutputFormat::Json, WallClock::from_offset_ns(1_700_000_000_000_000_000));
+        sink.event(&refused());
+        let text = std::str::from_utf8(sink.pending()).unwrap();
+        assert!(text.ends_with('\n') && text.lines().count() == 1);
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["type"], "connect");
+        assert_eq!(v["outcome"], "refused");
+        assert_eq!(v["ts"], "2023-11-14T22:13:21.000057000Z");
+        assert_eq!(v["ktime_ns"], 1_000_057_000u64);
+        assert_eq!(v["src"], "[::1]:33850");
+        assert_eq!(v["dst"], "[::1]:40002");
+        assert_eq!(v["family"], "ipv6");
+        assert_eq!((v["pid"].as_u64(), v["tgid"].as_u64()), (Some(123), Some(123)));
+        assert_eq!(v["comm"], "python3");
+        assert_eq!((v["cgroup_id"].as_u64(), v["netns"].as_u64()), (Some(7), Some(9)));
+        assert_eq!((v["syn_retransmits"].as_u64(), v["duration_us"].as_u64()), (Some(0), Some(57)));
+    }
+
+    #[test]
+    fn text_line_is_aligned() {
+        let mut sink = StdoutSink::new(OutputFormat::Text, WallClock::from_offset_ns(0));
+        sink.event(&refused());
+        let text = std::str::from_utf8(sink.pending()).unwrap();
+        assert!(text.contains("refused") && text.contains("[::1]:33850 -> [::1]:40002"), "{text}");
+        assert!(text.contains("python3") && text.contains("57us retx=0"), "{text}");
+    }
+}

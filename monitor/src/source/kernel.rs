@@ -1,0 +1,140 @@
+//! Loading and attaching the eBPF programs, and the handles the reader needs: the ring
+//! buffer (registered with tokio) and the per-CPU counters.
+//!
+//! Dropping a [`KernelSource`] detaches every program and frees the maps.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use monitor_common::{ProbeConfig, counter};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{btf, tracefs};
+
+/// The eBPF object built by `build.rs` (empty when built with AYA_BUILD_SKIP=1).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+
+/// Settings for the kernel side.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    /// Size of the `EVENTS` ring buffer in bytes: a power of two, a multiple of the page size.
+    pub ring_buffer_bytes: u32,
+    /// Wake the reader for every event instead of batching `established` outcomes.
+    pub wakeup_every_event: bool,
+}
+
+/// What was found or done while setting up, for the start-up log line.
+#[derive(Debug)]
+pub struct SourceInfo {
+    pub tracefs: PathBuf,
+    pub mounted_tracefs: bool,
+    pub netns_resolved: bool,
+}
+
+/// The attached programs and the maps the agent reads.
+pub struct KernelSource {
+    /// Kept alive: dropping it detaches the programs.
+    _ebpf: Ebpf,
+    pub ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    pub info: SourceInfo,
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Records the ring buffer had no room for.
+    pub lost_events: u64,
+    /// Outcomes for sockets whose connect was not seen (opened before the agent started).
+    pub untracked: u64,
+}
+
+/// Checks the ring buffer size the kernel will accept.
+pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<(), String> {
+    let page = 4096;
+    if !bytes.is_power_of_two() || bytes < page {
+        return Err(format!(
+            "ring buffer size {bytes} must be a power of two and at least {page} bytes (e.g. 262144)"
+        ));
+    }
+    Ok(())
+}
+
+impl KernelSource {
+    /// Mounts tracefs if needed, resolves offsets, loads and attaches all four programs.
+    pub fn attach(opts: &SourceOptions) -> anyhow::Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!("this connmon binary was built without its eBPF programs (AYA_BUILD_SKIP=1); build it with `cargo xtask build`");
+        }
+        validate_ring_buffer_bytes(opts.ring_buffer_bytes).map_err(anyhow::Error::msg)?;
+        let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
+        let mut config: ProbeConfig = tracefs::read_probe_offsets(&tracefs_path)?;
+
+        let kernel = btf::KernelBtf::open(Path::new(btf::VMLINUX))?.kernel_offsets()?;
+        config.sock_sk_err = kernel.sock_sk_err;
+        let netns_resolved = match (kernel.sock_common_skc_net, kernel.net_ns_inum) {
+            (Some(net), Some(inum)) => {
+                config.sock_common_skc_net = net;
+                config.net_ns_inum = inum;
+                config.has_netns = 1;
+                true
+            }
+            _ => {
+                tracing::warn!("kernel BTF lacks sock_common.skc_net.net or net.ns.inum: netns will be reported as 0");
+                false
+            }
+        };
+        config.wakeup_established = u32::from(opts.wakeup_every_event);
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF programs (is this run as root?)")?;
+
+        for (program, (category, name)) in [
+            ("inet_sock_set_state", tracefs::SET_STATE),
+            ("tcp_receive_reset", tracefs::RECEIVE_RESET),
+            ("tcp_retransmit_skb", tracefs::RETRANSMIT),
+            ("inet_sk_error_report", tracefs::ERROR_REPORT),
+        ] {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the eBPF object"))?
+                .try_into()?;
+            tp.load().with_context(|| format!("loading program {program}"))?;
+            tp.attach(category, name)
+                .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+        }
+
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
+        // SAFETY: the ring buffer's fd stays open for as long as `ring` lives inside the
+        // AsyncFd, which deregisters it before dropping it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
+        Ok(KernelSource {
+            _ebpf: ebpf,
+            ring,
+            counters,
+            info: SourceInfo { tracefs: tracefs_path, mounted_tracefs: mounted, netns_resolved },
+        })
+    }
+
+    /// Reads the per-CPU counters.
+    pub fn counters(&self) -> anyhow::Result<KernelCounters> {
+        let sum = |index: u32| -> anyhow::Result<u64> {
+            Ok(self.counters.get(&index, 0)?.iter().sum())
+        };
+        Ok(KernelCounters {
+            lost_events: sum(counter::LOST_EVENTS)?,
+            untracked: sum(counter::UNTRACKED)?,
+        })
+    }
+}

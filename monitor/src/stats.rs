@@ -1,0 +1,85 @@
+//! The agent's own counters, reported as periodic `{"type":"stats",...}` lines and at exit.
+//! Nothing is dropped without being counted here.
+
+use serde::Serialize;
+
+use crate::source::event::{KernelEvent, Outcome};
+
+/// Running totals kept by the reader.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub events: u64,
+    pub outcomes: [u64; Outcome::ALL.len()],
+    pub syn_retransmits: u64,
+    pub decode_errors: u64,
+}
+
+impl Counters {
+    pub fn count(&mut self, event: &KernelEvent) {
+        self.events += 1;
+        match event {
+            KernelEvent::Connect(c) => self.outcomes[c.outcome as usize] += 1,
+            KernelEvent::SynRetransmit(_) => self.syn_retransmits += 1,
+        }
+    }
+}
+
+/// Connect outcomes by kind, serialized as an object.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    pub established: u64,
+    pub refused: u64,
+    pub reset: u64,
+    pub timeout: u64,
+    pub abandoned: u64,
+    pub unreachable: u64,
+}
+
+impl From<[u64; 6]> for OutcomeCounts {
+    fn from(c: [u64; 6]) -> Self {
+        let [established, refused, reset, timeout, abandoned, unreachable] = c;
+        OutcomeCounts { established, refused, reset, timeout, abandoned, unreachable }
+    }
+}
+
+/// One `stats` line.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    pub r#type: &'static str,
+    pub ts: String,
+    pub uptime_s: u64,
+    /// Records decoded from the ring buffer.
+    pub events: u64,
+    pub outcomes: OutcomeCounts,
+    pub syn_retransmits: u64,
+    /// Records the kernel could not write because the ring buffer was full.
+    pub lost_events: u64,
+    /// Outcomes of connects that started before the agent (not attributed, not reported).
+    pub untracked: u64,
+    /// Records that failed to decode.
+    pub decode_errors: u64,
+    /// True on the last line, written at exit.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}
+
+impl Stats {
+    pub fn to_text(&self) -> String {
+        let o = &self.outcomes;
+        format!(
+            "stats{}: events={} established={} refused={} reset={} timeout={} abandoned={} unreachable={} syn_retransmits={} lost_events={} untracked={} decode_errors={}",
+            if self.is_final { " (final)" } else { "" },
+            self.events,
+            o.established,
+            o.refused,
+            o.reset,
+            o.timeout,
+            o.abandoned,
+            o.unreachable,
+            self.syn_retransmits,
+            self.lost_events,
+            self.untracked,
+            self.decode_errors
+        )
+    }
+}
