@@ -1,1 +1,263 @@
+//! Helpers for connmon's root integration tests: a network namespace per test (deleted
+//! on drop), threads that connect from inside it, and a real `connmon run` child whose
+//! NDJSON output is parsed line by line.
+//!
+//! Tests see every connect on the host (tracepoints are global), so they select events
+//! by the inode of their own network namespace.
 
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader},
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Panics unless running as root: these tests must run, never skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "connmon's integration tests load eBPF and create network namespaces: run them as root (`sudo -E cargo xtask test`)");
+}
+
+/// Runs a shell-free command and panics with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("starting {args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+static NEXT_NS: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace with loopback up and a veth pair whose addresses let tests make
+/// SYNs vanish (a permanent neighbour entry with a MAC nobody has) or fail (a neighbour
+/// that never answers ARP).
+pub struct Netns {
+    pub name: String,
+    /// Inode number of the namespace, as connmon reports it in `netns`.
+    pub inode: u32,
+}
+
+/// The namespace's own address on the veth link.
+pub const LOCAL_V4: &str = "10.200.0.1";
+/// A neighbour with a permanent, bogus MAC: SYNs to it vanish (a DROP firewall).
+pub const BLACKHOLE_V4: &str = "10.200.0.2";
+/// A neighbour that never answers ARP: the kernel reports EHOSTUNREACH.
+pub const NO_ARP_V4: &str = "10.200.0.3";
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("connmon-{tag}-{}-{}", std::process::id(), NEXT_NS.fetch_add(1, Ordering::Relaxed));
+        sh(&["ip", "netns", "add", &name]);
+        let mut ns = Netns { inode: 0, name };
+        let ip = |args: &[&str]| {
+            let mut full = vec!["ip", "-n", ns.name.as_str()];
+            full.extend_from_slice(args);
+            sh(&full);
+        };
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"]);
+        ip(&["addr", "add", &format!("{LOCAL_V4}/24"), "dev", "veth0"]);
+        ip(&["link", "set", "veth0", "up"]);
+        ip(&["link", "set", "veth1", "up"]);
+        ip(&["neigh", "add", BLACKHOLE_V4, "lladdr", "02:00:00:00:00:99", "dev", "veth0", "nud", "permanent"]);
+        ns.sysctl("net.ipv4.tcp_syn_retries", "1");
+        ns.sysctl("net.ipv4.neigh.veth0.mcast_solicit", "1");
+        ns.sysctl("net.ipv4.neigh.veth0.retrans_time_ms", "300");
+        let inode = std::fs::metadata(ns.path()).expect("netns file").ino();
+        ns.inode = u32::try_from(inode).expect("netns inode fits u32");
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        sh(&["ip", "netns", "exec", &self.name, "sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// Runs `f` on a new thread named `thread_name` (that becomes its `comm`) inside this
+    /// namespace, and returns its result with the thread's kernel tid.
+    pub fn run<T: Send + 'static>(&self, thread_name: &str, f: impl FnOnce() -> T + Send + 'static) -> (T, u32) {
+        let path = self.path();
+        thread::Builder::new()
+            .name(thread_name.to_owned())
+            .spawn(move || {
+                let file = File::open(&path).expect("open netns");
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() } as u32;
+                (f(), tid)
+            })
+            .expect("spawn")
+            .join()
+            .expect("test thread panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The `connmon` binary under test: `CONNMON_BIN` (set by `cargo xtask test`) or the
+/// workspace's debug build.
+pub fn connmon_bin() -> PathBuf {
+    std::env::var_os("CONNMON_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/connmon")
+    })
+}
+
+/// A running `connmon run --output json`, its stdout parsed into JSON values.
+pub struct Agent {
+    child: Child,
+    lines: Receiver<Value>,
+    stderr: Arc<Mutex<String>>,
+    seen: Vec<Value>,
+}
+
+impl Agent {
+    /// Starts the agent and waits until it has attached.
+    pub fn start(extra_args: &[&str]) -> Self {
+        let mut child = Command::new(connmon_bin())
+            .args(["run", "--output", "json"])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", connmon_bin().display()));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("connmon printed a line that is not JSON ({e}): {line}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let err_pipe = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&stderr);
+        thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("attached to") {
+                    let _ = ready_tx.send(());
+                }
+                sink.lock().expect("stderr lock").push_str(&(line + "\n"));
+            }
+        });
+        let mut agent = Agent { child, lines, stderr, seen: Vec::new() };
+        if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let status = agent.child.try_wait().ok().flatten();
+            panic!("connmon did not attach within 20 s (exit: {status:?}); stderr:\n{}", agent.stderr());
+        }
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// Waits for the first line matching `pred` (lines already seen are searched first).
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
+                    "no {what} within {timeout:?}; lines seen:\n{}\nstderr:\n{}",
+                    self.seen.iter().map(Value::to_string).collect::<Vec<_>>().join("\n"),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Collects lines for `period` and returns everything seen so far.
+    pub fn collect_for(&mut self, period: Duration) -> &[Value] {
+        let deadline = Instant::now() + period;
+        while let Ok(v) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            self.seen.push(v);
+        }
+        &self.seen
+    }
+
+    /// Sends SIGTERM, waits for exit, and returns (exit success, every line it printed).
+    pub fn stop(mut self) -> (bool, Vec<Value>) {
+        self.signal(libc::SIGTERM);
+        let status = wait_timeout(&mut self.child, Duration::from_secs(10));
+        while let Ok(v) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            self.seen.push(v);
+        }
+        (status, std::mem::take(&mut self.seen))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("connmon did not exit within {timeout:?} of SIGTERM");
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let _ = wait_timeout(&mut self.child, Duration::from_secs(10));
+        }
+    }
+}
+
+/// Matches a `connect` line of `outcome` to `dst` from namespace `netns`.
+pub fn is_connect(v: &Value, outcome: &str, dst: &str, netns: u32) -> bool {
+    v["type"] == "connect" && v["outcome"] == outcome && v["dst"] == dst && v["netns"] == netns
+}
+
+/// A TCP port on which nothing listens (bound then released) in the current namespace.
+pub fn closed_port(addr: &str) -> u16 {
+    let l = std::net::TcpListener::bind((addr, 0)).expect("bind");
+    l.local_addr().expect("addr").port()
+}

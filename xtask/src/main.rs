@@ -1,1 +1,47 @@
-fn main() {}
+//! `cargo xtask`: the project's own set-up, build, run and test commands, so that a
+//! fresh machine needs nothing but Rust (rustup) and root.
+
+mod build;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent): nightly + rust-src, a
+    /// bpf-linker matching nightly's LLVM, cargo-nextest, Debian packages for the tests.
+    Setup(setup::Options),
+    /// Set up, then build the agent with its eBPF programs.
+    Build(build::Options),
+    /// Set up, build (release) and run the agent: `cargo xtask run -- --output text`.
+    Run(run::Options),
+    /// Set up, build and run every test, including the root eBPF integration tests.
+    Test(test::Options),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup(opts) => setup::run(&opts).map(|_| ()),
+        Command::Build(opts) => build::run(&opts),
+        Command::Run(opts) => run::run(&opts),
+        Command::Test(opts) => test::run(&opts),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Decisions: what the policy tells the world — evict, reinstate, suspect, diagnosis —
+//! as NDJSON objects on the same stream as connect outcomes.
+//!
+//! The engine fills everything except `ts` (RFC 3339 of the moment the decision is
+//! written) and `detect_us` (from the kernel event to that moment): the sink calls
+//! [`Decision::stamp`] just before writing, so both describe the emission, not the
+//! engine's bookkeeping. Unstamped, the two keys are absent.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::pool::Role;
+use crate::{
+    clock::WallClock,
+    source::event::{Comm, ConnectRecord, Outcome, SynRetransmitRecord},
+    table::{Destination, FailureMode},
+};
+
+/// One policy decision.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Decision {
+    Evict(Eviction),
+    Reinstate(Reinstatement),
+    Suspect(Suspicion),
+    Diagnosis(Diagnosis),
+}
+
+impl Decision {
+    /// Fills `ts` and `detect_us` for a decision emitted at `emitted_ns` (CLOCK_MONOTONIC).
+    pub fn stamp(&mut self, emitted_ns: u64, wall: &WallClock) {
+        let ts = Some(wall.rfc3339(emitted_ns));
+        let detect = |ktime_ns: Option<u64>| ktime_ns.map(|k| emitted_ns.saturating_sub(k) / 1_000);
+        match self {
+            Decision::Evict(e) => {
+                e.detect_us = detect(e.trigger.map(|t| t.ktime_ns));
+                e.ts = ts;
+            }
+            Decision::Reinstate(r) => r.ts = ts,
+            Decision::Suspect(s) => {
+                s.detect_us = detect(Some(s.trigger.ktime_ns));
+                s.ts = ts;
+            }
+            Decision::Diagnosis(d) => {
+                d.detect_us = detect(d.trigger_ktime_ns);
+                d.ts = ts;
+            }
+        }
+    }
+
+    /// The destination concerned, if any (a `local_outage` concerns none).
+    pub fn dst(&self) -> Option<SocketAddr> {
+        match self {
+            Decision::Evict(e) => Some(e.dst),
+            Decision::Reinstate(r) => Some(r.dst),
+            Decision::Suspect(s) => Some(s.dst),
+            Decision::Diagnosis(d) => match &d.finding {
+                Finding::LocalhostTrap { dst, .. } | Finding::EjectionGuard { dst, .. } => Some(*dst),
+                Finding::LocalOutage { .. } => None,
+            },
+        }
+    }
+}
+
+/// Why a destination was ejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Refused,
+    Timeout,
+    Abandoned,
+    Unreachable,
+    Reset,
+    SynRetransmits,
+    FailureRatio,
+    Manual,
+}
+
+impl Reason {
+    /// The reason named after a failed outcome.
+    pub fn of(outcome: Outcome) -> Option<Self> {
+        match outcome {
+            Outcome::Established => None,
+            Outcome::Refused => Some(Reason::Refused),
+            Outcome::Reset => Some(Reason::Reset),
+            Outcome::Timeout => Some(Reason::Timeout),
+            Outcome::Abandoned => Some(Reason::Abandoned),
+            Outcome::Unreachable => Some(Reason::Unreachable),
+        }
+    }
+}
+
+/// The destination's record at the moment of the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    pub attempts: u64,
+    pub refused: u64,
+    pub timeout: u64,
+    pub abandoned: u64,
+    pub reset: u64,
+    pub unreachable: u64,
+    pub syn_retransmits: u64,
+    /// The streak that fired (for `failure_ratio` and `manual`: the current one of the
+    /// triggering kind, possibly 0).
+    pub streak: u32,
+}
+
+impl Evidence {
+    pub fn of<A>(dest: &Destination<A>, streak: u32) -> Self {
+        Evidence {
+            attempts: dest.attempts(),
+            refused: dest.count(Outcome::Refused),
+            timeout: dest.count(Outcome::Timeout),
+            abandoned: dest.count(Outcome::Abandoned),
+            reset: dest.count(Outcome::Reset),
+            unreachable: dest.count(Outcome::Unreachable),
+            syn_retransmits: dest.syn_retransmits(),
+            streak,
+        }
+    }
+}
+
+/// How long an ejection lasts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EjectionTerm {
+    /// How many times this destination has been ejected (after decay), this one included.
+    pub count: u32,
+    pub duration_ms: u64,
+    /// RFC 3339 end of the ejection.
+    pub until: String,
+}
+
+/// The kernel event that caused a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Trigger {
+    pub ktime_ns: u64,
+    pub pid: u32,
+    pub comm: Comm,
+}
+
+impl From<&ConnectRecord> for Trigger {
+    fn from(rec: &ConnectRecord) -> Self {
+        Trigger { ktime_ns: rec.ktime_ns, pid: rec.who.pid, comm: rec.who.comm }
+    }
+}
+
+impl From<&SynRetransmitRecord> for Trigger {
+    fn from(rec: &SynRetransmitRecord) -> Self {
+        Trigger { ktime_ns: rec.ktime_ns, pid: rec.who.pid, comm: rec.who.comm }
+    }
+}
+
+/// `{"type":"evict",...}`: take the destination out of rotation until `ejection.until`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Eviction {
+    pub dst: SocketAddr,
+    pub role: Role,
+    pub reason: Reason,
+    /// Absent for a manual ejection of a destination that never failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<FailureMode>,
+    pub evidence: Evidence,
+    pub ejection: EjectionTerm,
+    /// Absent for manual ejections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<String>,
+}
+
+/// `{"type":"reinstate",...}`: the ejection is over (expired, or lifted by hand).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Reinstatement {
+    pub dst: SocketAddr,
+    /// How long the destination was out of rotation.
+    pub ejected_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<String>,
+}
+
+/// `{"type":"suspect",...}`: a pending connect's SYN was retransmitted; no ejection yet.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Suspicion {
+    pub dst: SocketAddr,
+    pub role: Role,
+    pub syn_retransmits: u32,
+    pub trigger: Trigger,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<String>,
+}
+
+/// `{"type":"diagnosis","kind":...}`: something a person should look at.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Diagnosis {
+    #[serde(flatten)]
+    pub finding: Finding,
+    /// One line saying what to do about it.
+    pub hint: &'static str,
+    #[serde(skip)]
+    pub trigger_ktime_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<String>,
+}
+
+/// What a diagnosis found; `kind` in the JSON.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Finding {
+    /// A refused connect to loopback from another network namespace.
+    LocalhostTrap { dst: SocketAddr, pid: u32, tgid: u32, comm: Comm, netns: u32, cgroup_id: u64 },
+    /// Most recently attempted destinations are failing at once.
+    LocalOutage { destinations: u32, failing: u32, window_ms: u64 },
+    /// An ejection was withheld because `max_ejection_percent` of the pool is out.
+    EjectionGuard { dst: SocketAddr, ejected: u32, known_members: u32, max_ejection_percent: u32 },
+}
+
+pub const LOCALHOST_TRAP_HINT: &str = "inside a network namespace (a container) localhost is the namespace itself: \
+     connect to the host's address (e.g. host.docker.internal or the bridge gateway) or run the service in this namespace";
+pub const LOCAL_OUTAGE_HINT: &str = "most destinations fail at once: this host's network (link, route, firewall, \
+     conntrack) is the likely culprit, not the nodes; no new ejections until it recovers";
+pub const EJECTION_GUARD_HINT: &str = "policy.max_ejection_percent of the pool is already ejected, so this \
+     destination stays in rotation; check the pool as a whole or raise the limit";
+
+impl Diagnosis {
+    pub fn new(finding: Finding, trigger_ktime_ns: Option<u64>) -> Self {
+        let hint = match finding {
+            Finding::LocalhostTrap { .. } => LOCALHOST_TRAP_HINT,
+            Finding::LocalOutage { .. } => LOCAL_OUTAGE_HINT,
+            Finding::EjectionGuard { .. } => EJECTION_GUARD_HINT,
+        };
+        Diagnosis { finding, hint, trigger_ktime_ns, detect_us: None, ts: None }
+    }
+}

@@ -1,0 +1,555 @@
+//! The policy stage: turns the stream of connect outcomes into per-destination health
+//! and into evict / reinstate decisions a pool controller can trust — Envoy-style
+//! outlier detection for any process on the host — plus diagnoses for people.
+//!
+//! [`EjectionPolicy`] is a plain data structure driven by an injected clock: every
+//! method takes `now`, CLOCK_MONOTONIC nanoseconds (the clock of the kernel's
+//! `ktime_ns`), and appends what it decided to a caller-provided `Vec<Decision>`
+//! (nothing is allocated when nothing happens). Wall-clock output goes through the
+//! [`WallClock`] it was given, jitter through a seeded generator; it never reads a clock
+//! itself, so tests replay any scenario deterministically.
+//!
+//! The flow for one outcome: localhost-trap check → local-outage tracker → destination
+//! table → (if the destination is a candidate and not already ejected) probation or the
+//! detectors → guards → ejection. Ejections end in [`EjectionPolicy::tick`].
+
+pub mod config;
+pub mod decision;
+pub mod detector;
+pub mod diagnosis;
+pub mod ejection;
+pub mod guard;
+pub mod pool;
+pub mod snapshot;
+pub mod state;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
+
+pub use config::{ConfigError, PolicyConfig};
+pub use decision::{
+    Decision, Diagnosis, EjectionTerm, Eviction, Evidence, Finding, Reason, Reinstatement, Suspicion, Trigger,
+};
+use detector::{Detectors, SynVerdict, Verdict};
+use diagnosis::LocalhostTraps;
+use ejection::{Backoff, Ejected, Jitter, Standing};
+use guard::{OutageChange, OutageDetector, allowed_ejections};
+pub use pool::{PoolEntry, PoolError, PoolMembership, Role};
+pub use snapshot::{DestinationState, DestinationView, OutcomeCounts, PolicySnapshot};
+pub use state::StateError;
+
+use crate::{
+    clock::WallClock,
+    source::event::{ConnectRecord, Outcome, SynRetransmitRecord},
+    table::{Destination, DestinationTable, FailureMode, StreakKind},
+};
+
+/// What [`EjectionPolicy::load_state`] restored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// The file existed.
+    pub found: bool,
+    /// Ejections still in force, restored (no `evict` decision is emitted for them:
+    /// sinks that need them read [`EjectionPolicy::snapshot`] at start).
+    pub restored: usize,
+    /// Ejections that expired while connmon was down: reinstated, with a decision.
+    pub reinstated: usize,
+    /// Destinations whose undecayed ejection count was restored.
+    pub history: usize,
+}
+
+/// The eviction engine. See the module documentation.
+#[derive(Debug)]
+pub struct EjectionPolicy {
+    config: PolicyConfig,
+    detectors: Detectors,
+    backoff: Backoff,
+    pool: PoolMembership,
+    table: DestinationTable<Standing>,
+    wall: WallClock,
+    jitter: Jitter,
+    outage: OutageDetector,
+    traps: LocalhostTraps,
+    /// Ejections in force by end time.
+    expiries: BTreeSet<(u64, SocketAddr)>,
+    /// Candidates seen in the table that the pool does not name by address and port.
+    seen_candidates: usize,
+    /// `table.evicted()` when `seen_candidates` was last recounted.
+    seen_counted_at: u64,
+    guard_noticed_ns: Option<u64>,
+    next_decay_sweep_ns: u64,
+    state_changed: bool,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn ms(ns: u64) -> u64 {
+    ns / 1_000_000
+}
+
+impl EjectionPolicy {
+    /// A policy with an empty table.
+    ///
+    /// `pool` is built by the caller from `config.pool_entries()` and/or a `--pool`
+    /// file; `host_netns` is the inode of the host's network namespace (for the
+    /// localhost trap); `seed` seeds the jitter.
+    pub fn new(
+        config: PolicyConfig,
+        pool: PoolMembership,
+        host_netns: u32,
+        wall: WallClock,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(EjectionPolicy {
+            detectors: Detectors::from_config(&config),
+            backoff: Backoff::from_config(&config),
+            table: DestinationTable::new(config.max_destinations, config.ratio_window),
+            outage: OutageDetector::new(&config),
+            traps: LocalhostTraps::new(host_netns, nanos(config.ratio_window)),
+            pool,
+            wall,
+            jitter: Jitter::new(seed),
+            expiries: BTreeSet::new(),
+            seen_candidates: 0,
+            seen_counted_at: 0,
+            guard_noticed_ns: None,
+            next_decay_sweep_ns: 0,
+            state_changed: false,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    pub fn pool(&self) -> &PoolMembership {
+        &self.pool
+    }
+
+    pub fn table(&self) -> &DestinationTable<Standing> {
+        &self.table
+    }
+
+    /// Replaces the wall-clock mapping (e.g. after the system clock was stepped).
+    pub fn set_wall_clock(&mut self, wall: WallClock) {
+        self.wall = wall;
+    }
+
+    /// Replaces the pool (SIGHUP) keeping all table state. Roles are recomputed; an
+    /// ejection in force runs to its end even if the destination left the pool.
+    pub fn set_pool(&mut self, pool: PoolMembership) {
+        self.pool = pool;
+        for (dst, dest) in self.table.iter_mut() {
+            dest.annotation.role = self.pool.role(dst);
+        }
+        self.recount_seen_candidates();
+    }
+
+    /// Whether this role may be ejected automatically.
+    fn candidate(evict_targets: bool, role: Role) -> bool {
+        role == Role::Proxy || evict_targets
+    }
+
+    /// Sets the role of a new entry and counts it for the guard.
+    fn adopt(&mut self, dst: SocketAddr) {
+        let role = self.pool.role(&dst);
+        if let Some(dest) = self.table.get_mut(&dst) {
+            dest.annotation.role = role;
+        }
+        if Self::candidate(self.config.evict_targets, role) && !self.pool.members().contains(&dst) {
+            self.seen_candidates += 1;
+        }
+    }
+
+    fn recount_seen_candidates(&mut self) {
+        let evict_targets = self.config.evict_targets;
+        let members = self.pool.members();
+        self.seen_candidates = self
+            .table
+            .iter()
+            .filter(|(dst, d)| Self::candidate(evict_targets, d.annotation.role) && !members.contains(*dst))
+            .count();
+        self.seen_counted_at = self.table.evicted();
+    }
+
+    /// Pool members known to the percentage guard.
+    pub fn known_members(&mut self) -> usize {
+        if self.table.evicted() != self.seen_counted_at {
+            self.recount_seen_candidates();
+        }
+        self.pool.members().len() + self.seen_candidates
+    }
+
+    /// Ejections in force.
+    pub fn ejected(&self) -> usize {
+        self.expiries.len()
+    }
+
+    /// When the next ejection ends: the latest moment to call [`EjectionPolicy::tick`].
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.expiries.first().map(|&(until, _)| until)
+    }
+
+    /// True once after every change worth persisting (an ejection began or ended).
+    pub fn take_state_changed(&mut self) -> bool {
+        std::mem::take(&mut self.state_changed)
+    }
+
+    /// Feeds one connect outcome.
+    pub fn on_connect(&mut self, rec: &ConnectRecord, now: u64, out: &mut Vec<Decision>) {
+        if let Some(finding) = self.traps.check(rec, now) {
+            out.push(Decision::Diagnosis(Diagnosis::new(finding, Some(rec.ktime_ns))));
+        }
+        if rec.outcome != Outcome::Reset {
+            self.observe_outage(rec.dst, rec.outcome.is_failure(), Some(rec.ktime_ns), now, out);
+        }
+        let Some((_, created)) = self.table.record_connect(rec, now) else { return };
+        if created {
+            self.adopt(rec.dst);
+        }
+        let (base_ns, slot_ns, evict_targets) = (self.backoff.base_ns, self.table.slot_ns(), self.config.evict_targets);
+        let Some(dest) = self.table.get_mut(&rec.dst) else { return };
+        let standing = &mut dest.annotation;
+        standing.decay(now, base_ns);
+        if standing.ejected.is_some() {
+            return;
+        }
+        if !rec.outcome.is_failure() {
+            standing.suspect = false;
+            standing.probation = false;
+            return;
+        }
+        if !Self::candidate(evict_targets, standing.role) {
+            return;
+        }
+        if standing.ejection_count > 0 {
+            standing.healthy_since_ns = now;
+        }
+        let verdict = if standing.probation {
+            let streak = StreakKind::of(rec.outcome).map_or(1, |k| dest.streak(k));
+            Reason::of(rec.outcome).map(|reason| Verdict { reason, streak })
+        } else {
+            self.detectors.after_failure(dest, rec.outcome, now, slot_ns)
+        };
+        if let Some(verdict) = verdict {
+            self.try_eject(rec.dst, verdict, Trigger::from(rec), now, out);
+        }
+    }
+
+    /// Feeds one SYN retransmit of a pending connect: the first makes the destination a
+    /// suspect, `syn_retransmits` of them eject it (failure mode `drop`).
+    pub fn on_syn_retransmit(&mut self, rec: &SynRetransmitRecord, now: u64, out: &mut Vec<Decision>) {
+        let Some((_, created)) = self.table.record_syn_retransmit(rec, now) else { return };
+        if created {
+            self.adopt(rec.dst);
+        }
+        let evict_targets = self.config.evict_targets;
+        let verdict = self.detectors.after_syn_retransmit(rec.retransmits);
+        let Some(dest) = self.table.get_mut(&rec.dst) else { return };
+        let standing = &mut dest.annotation;
+        if standing.ejected.is_some() || !Self::candidate(evict_targets, standing.role) {
+            return;
+        }
+        match verdict {
+            SynVerdict::Nothing => {}
+            SynVerdict::Suspect => {
+                if !standing.suspect {
+                    standing.suspect = true;
+                    out.push(Decision::Suspect(Suspicion {
+                        dst: rec.dst,
+                        role: standing.role,
+                        syn_retransmits: rec.retransmits,
+                        trigger: Trigger::from(rec),
+                        detect_us: None,
+                        ts: None,
+                    }));
+                }
+            }
+            SynVerdict::Evict => {
+                standing.suspect = true;
+                dest.note_failure_mode(FailureMode::Drop);
+                let verdict = Verdict { reason: Reason::SynRetransmits, streak: rec.retransmits };
+                self.try_eject(rec.dst, verdict, Trigger::from(rec), now, out);
+            }
+        }
+    }
+
+    /// Ends expired ejections, lets the local-outage condition age out and decays idle
+    /// ejection counts. Call it at [`EjectionPolicy::next_deadline`] or periodically.
+    pub fn tick(&mut self, now: u64, out: &mut Vec<Decision>) {
+        while let Some(&(until, dst)) = self.expiries.first() {
+            if until > now {
+                break;
+            }
+            self.reinstate(dst, now, out);
+        }
+        if self.outage.tick(now) == OutageChange::Ended {
+            tracing::info!("local outage over: ejections resume");
+        }
+        if now >= self.next_decay_sweep_ns {
+            let base_ns = self.backoff.base_ns;
+            for (_, dest) in self.table.iter_mut() {
+                dest.annotation.decay(now, base_ns);
+            }
+            self.next_decay_sweep_ns = now.saturating_add(base_ns);
+        }
+    }
+
+    /// Ejects a destination by hand for `duration`, bypassing the detectors and guards
+    /// but counting like any ejection (a later automatic ejection backs off further).
+    /// Returns false when the table has no room for it.
+    pub fn evict_manual(&mut self, dst: SocketAddr, duration: Duration, now: u64, out: &mut Vec<Decision>) -> bool {
+        let Some((_, created)) = self.table.entry(dst, now) else { return false };
+        if created {
+            self.adopt(dst);
+        }
+        let verdict = Verdict { reason: Reason::Manual, streak: 0 };
+        self.eject(dst, verdict, None, Some(nanos(duration).max(1)), now, out)
+    }
+
+    /// Lifts an ejection by hand; the destination enters probation as after an expiry.
+    /// Returns false when it was not ejected.
+    pub fn reinstate_manual(&mut self, dst: SocketAddr, now: u64, out: &mut Vec<Decision>) -> bool {
+        self.reinstate(dst, now, out)
+    }
+
+    fn observe_outage(
+        &mut self,
+        dst: SocketAddr,
+        failed: bool,
+        trigger_ktime_ns: Option<u64>,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) {
+        match self.outage.observe(dst, failed, now) {
+            OutageChange::Began { destinations, failing } => {
+                let finding =
+                    Finding::LocalOutage { destinations, failing, window_ms: ms(nanos(self.config.outage_window)) };
+                out.push(Decision::Diagnosis(Diagnosis::new(finding, trigger_ktime_ns)));
+            }
+            OutageChange::Ended => tracing::info!("local outage over: ejections resume"),
+            OutageChange::Unchanged => {}
+        }
+    }
+
+    /// Applies the guards, then ejects.
+    fn try_eject(&mut self, dst: SocketAddr, verdict: Verdict, trigger: Trigger, now: u64, out: &mut Vec<Decision>) {
+        if self.outage.active() {
+            return;
+        }
+        let known = self.known_members();
+        let allowed = allowed_ejections(known, self.config.max_ejection_percent);
+        if self.ejected() >= allowed {
+            let quiet_ns = nanos(self.config.ratio_window);
+            if self.guard_noticed_ns.is_none_or(|at| now.saturating_sub(at) >= quiet_ns) {
+                self.guard_noticed_ns = Some(now);
+                let finding = Finding::EjectionGuard {
+                    dst,
+                    ejected: u32::try_from(self.ejected()).unwrap_or(u32::MAX),
+                    known_members: u32::try_from(known).unwrap_or(u32::MAX),
+                    max_ejection_percent: self.config.max_ejection_percent,
+                };
+                out.push(Decision::Diagnosis(Diagnosis::new(finding, Some(trigger.ktime_ns))));
+            }
+            return;
+        }
+        self.eject(dst, verdict, Some(trigger), None, now, out);
+    }
+
+    /// The ejection bookkeeping shared by automatic and manual ejections.
+    fn eject(
+        &mut self,
+        dst: SocketAddr,
+        verdict: Verdict,
+        trigger: Option<Trigger>,
+        fixed_ns: Option<u64>,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) -> bool {
+        let Some(dest) = self.table.get_mut(&dst) else { return false };
+        let standing = &mut dest.annotation;
+        standing.decay(now, self.backoff.base_ns);
+        if let Some(previous) = standing.ejected.take() {
+            self.expiries.remove(&(previous.until_ns, dst));
+        }
+        standing.ejection_count = standing.ejection_count.saturating_add(1);
+        let count = standing.ejection_count;
+        let duration_ns = fixed_ns.unwrap_or_else(|| self.backoff.jittered_ns(count, &mut self.jitter));
+        let until_ns = now.saturating_add(duration_ns);
+        standing.ejected = Some(Ejected { since_ns: now, until_ns, reason: verdict.reason });
+        standing.probation = false;
+        standing.suspect = false;
+        let role = standing.role;
+        let evidence = Evidence::of(dest, verdict.streak);
+        let failure_mode = dest.failure_mode();
+        dest.clear_evidence();
+        self.expiries.insert((until_ns, dst));
+        self.state_changed = true;
+        out.push(Decision::Evict(Eviction {
+            dst,
+            role,
+            reason: verdict.reason,
+            failure_mode,
+            evidence,
+            ejection: EjectionTerm { count, duration_ms: ms(duration_ns), until: self.wall.rfc3339(until_ns) },
+            trigger,
+            detect_us: None,
+            ts: None,
+        }));
+        true
+    }
+
+    fn reinstate(&mut self, dst: SocketAddr, now: u64, out: &mut Vec<Decision>) -> bool {
+        let Some(standing) = self.table.get_mut(&dst).map(|d| &mut d.annotation) else {
+            self.expiries.retain(|&(_, d)| d != dst);
+            return false;
+        };
+        let Some(ejected) = standing.ejected.take() else { return false };
+        standing.probation = true;
+        standing.healthy_since_ns = now;
+        self.expiries.remove(&(ejected.until_ns, dst));
+        self.state_changed = true;
+        out.push(Decision::Reinstate(Reinstatement {
+            dst,
+            ejected_ms: ms(now.saturating_sub(ejected.since_ns)),
+            ts: None,
+        }));
+        true
+    }
+
+    /// Every tracked destination with its statistics and standing.
+    pub fn snapshot(&mut self, now: u64) -> PolicySnapshot {
+        let known = self.known_members();
+        let slot_ns = self.table.slot_ns();
+        let mut destinations: Vec<DestinationView> =
+            self.table.iter().map(|(dst, dest)| self.view(*dst, dest, now, slot_ns)).collect();
+        destinations.sort_by(|a, b| a.dst.cmp(&b.dst));
+        PolicySnapshot {
+            ts: self.wall.rfc3339(now),
+            local_outage: self.outage.active(),
+            known_members: known,
+            ejected: self.ejected(),
+            max_ejected: allowed_ejections(known, self.config.max_ejection_percent),
+            tracked: self.table.len(),
+            dropped_from_table: self.table.evicted(),
+            untracked_events: self.table.untracked(),
+            destinations,
+        }
+    }
+
+    fn view(&self, dst: SocketAddr, dest: &Destination<Standing>, now: u64, slot_ns: u64) -> DestinationView {
+        let standing = &dest.annotation;
+        let state = if standing.ejected.is_some() {
+            DestinationState::Ejected
+        } else if standing.probation {
+            DestinationState::Probation
+        } else if standing.suspect {
+            DestinationState::Suspect
+        } else {
+            DestinationState::Healthy
+        };
+        let (window_attempts, window_failures) = dest.window_totals(now, slot_ns);
+        DestinationView {
+            dst,
+            role: standing.role,
+            state,
+            attempts: dest.attempts(),
+            outcomes: OutcomeCounts {
+                established: dest.count(Outcome::Established),
+                refused: dest.count(Outcome::Refused),
+                reset: dest.count(Outcome::Reset),
+                timeout: dest.count(Outcome::Timeout),
+                abandoned: dest.count(Outcome::Abandoned),
+                unreachable: dest.count(Outcome::Unreachable),
+            },
+            syn_retransmits: dest.syn_retransmits(),
+            failure_ratio: (window_attempts > 0).then(|| f64::from(window_failures) / f64::from(window_attempts)),
+            window_attempts,
+            handshake_p50_us: dest.handshake().quantile(0.50),
+            handshake_p99_us: dest.handshake().quantile(0.99),
+            last_outcome: dest.last_outcome().map(|(o, _)| o),
+            last_outcome_at: dest.last_outcome().map(|(_, at)| self.wall.rfc3339(at)),
+            failure_mode: dest.failure_mode(),
+            ejection_count: standing.ejection_count,
+            ejection_reason: standing.ejected.map(|e| e.reason),
+            ejected_until: standing.ejected.map(|e| self.wall.rfc3339(e.until_ns)),
+            top_processes: dest.top_processes(),
+            top_cgroups: dest.top_cgroups(),
+        }
+    }
+
+    /// Writes ejections in force and undecayed ejection counts to `path`, atomically.
+    pub fn save_state(&self, path: &Path, now: u64) -> Result<(), StateError> {
+        let unix_ms = |mono: u64| i64::try_from(self.wall.unix_ns(mono) / 1_000_000).unwrap_or(i64::MAX);
+        let mut destinations: Vec<state::SavedStanding> = self
+            .table
+            .iter()
+            .filter(|(_, d)| d.annotation.ejected.is_some() || d.annotation.ejection_count > 0)
+            .map(|(dst, d)| state::SavedStanding {
+                dst: *dst,
+                ejection_count: d.annotation.ejection_count,
+                probation: d.annotation.probation,
+                healthy_since_unix_ms: unix_ms(d.annotation.healthy_since_ns),
+                ejection: d.annotation.ejected.map(|e| state::SavedEjection {
+                    reason: e.reason,
+                    since_unix_ms: unix_ms(e.since_ns),
+                    until_unix_ms: unix_ms(e.until_ns),
+                }),
+            })
+            .collect();
+        destinations.sort_by(|a, b| a.dst.cmp(&b.dst));
+        let file = state::StateFile { version: state::STATE_VERSION, saved_at: self.wall.rfc3339(now), destinations };
+        state::write(path, &file)
+    }
+
+    /// Loads a state file written by [`EjectionPolicy::save_state`], normally at start.
+    /// Ejections that ended while connmon was down are reinstated now (with decisions
+    /// in `out`). On error nothing is loaded: the caller logs the error and goes on
+    /// with an empty state. Destinations that already have an ejection are left alone.
+    pub fn load_state(&mut self, path: &Path, now: u64, out: &mut Vec<Decision>) -> Result<LoadReport, StateError> {
+        let Some(file) = state::read(path)? else { return Ok(LoadReport::default()) };
+        let mut report = LoadReport { found: true, ..LoadReport::default() };
+        let now_unix_ms = self.wall.unix_ns(now) / 1_000_000;
+        for saved in file.destinations {
+            let dst = saved.dst;
+            let Some((dest, created)) = self.table.entry(dst, now) else { continue };
+            if dest.annotation.ejected.is_some() {
+                continue;
+            }
+            let mono = |unix_ms: i64| self.wall.monotonic_ns(i128::from(unix_ms) * 1_000_000).min(now);
+            let standing = &mut dest.annotation;
+            standing.ejection_count = saved.ejection_count;
+            standing.probation = saved.probation;
+            standing.healthy_since_ns = mono(saved.healthy_since_unix_ms);
+            match saved.ejection {
+                Some(e) if i128::from(e.until_unix_ms) > now_unix_ms => {
+                    let until_ns = self.wall.monotonic_ns(i128::from(e.until_unix_ms) * 1_000_000);
+                    standing.ejected = Some(Ejected { since_ns: mono(e.since_unix_ms), until_ns, reason: e.reason });
+                    self.expiries.insert((until_ns, dst));
+                    report.restored += 1;
+                }
+                Some(e) => {
+                    standing.probation = true;
+                    standing.healthy_since_ns = now;
+                    let ejected_ms = u64::try_from(now_unix_ms - i128::from(e.since_unix_ms)).unwrap_or(0);
+                    out.push(Decision::Reinstate(Reinstatement { dst, ejected_ms, ts: None }));
+                    report.reinstated += 1;
+                    self.state_changed = true;
+                }
+                None => report.history += 1,
+            }
+            if created {
+                self.adopt(dst);
+            }
+        }
+        Ok(report)
+    }
+}

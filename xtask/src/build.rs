@@ -1,0 +1,36 @@
+//! `cargo xtask build`: set-up, then `cargo build` with the matching bpf-linker on PATH.
+
+use std::{path::PathBuf, process::Command};
+
+use crate::setup::{self, Toolchain, run_cmd};
+
+#[derive(clap::Args, Default)]
+pub struct Options {
+    /// Build with the release profile.
+    #[arg(long)]
+    pub release: bool,
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+/// Builds the agent; returns the path of the `connmon` binary.
+pub fn build_agent(toolchain: &Toolchain, release: bool) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root).args(["build", "--package", "monitor"]).env("PATH", toolchain.path_env());
+    if release {
+        cmd.arg("--release");
+    }
+    run_cmd(&mut cmd)?;
+    Ok(root.join("target").join(if release { "release" } else { "debug" }).join("connmon"))
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let toolchain = setup::run(&setup::Options { no_packages: true })?;
+    let bin = build_agent(&toolchain, opts.release)?;
+    setup::say(format!("built {}", bin.display()));
+    Ok(())
+}
