@@ -29,6 +29,31 @@ pub mod outcome {
     pub const UNREACHABLE: u32 = 6;
 }
 
+/// errno values the classification looks at (include/uapi/asm-generic/errno.h).
+pub mod errno {
+    pub const ECONNRESET: u32 = 104;
+    pub const ETIMEDOUT: u32 = 110;
+    pub const ECONNREFUSED: u32 = 111;
+}
+
+/// The outcome of a connect that left SYN_SENT for CLOSE, from `sk->sk_err` at that
+/// moment (`errno`) and whether `tcp:tcp_receive_reset` fired while it was pending.
+///
+/// ECONNREFUSED comes from a RST (`tcp_reset()`) or an ICMP port unreachable; ETIMEDOUT
+/// from `tcp_write_err()` after the last SYN retransmit; no error means the application
+/// closed the socket itself; anything else (EHOSTUNREACH, ENETUNREACH, ...) came from an
+/// ICMP error or a failed neighbour resolution.
+#[inline(always)]
+pub const fn classify_close(errno: u32, rst_seen: bool) -> u32 {
+    match errno {
+        errno::ECONNREFUSED => outcome::REFUSED,
+        errno::ETIMEDOUT => outcome::TIMEOUT,
+        0 if rst_seen => outcome::REFUSED,
+        0 => outcome::ABANDONED,
+        _ => outcome::UNREACHABLE,
+    }
+}
+
 /// Linux TCP states as they appear in `sock:inet_sock_set_state` (include/net/tcp_states.h).
 pub mod tcp_state {
     pub const ESTABLISHED: i32 = 1;
@@ -141,6 +166,22 @@ pub mod counter {
     /// the agent, or evicted from the in-flight LRU map).
     pub const UNTRACKED: u32 = 1;
     pub const COUNT: u32 = 2;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_classification() {
+        assert_eq!(classify_close(111, true), outcome::REFUSED);
+        assert_eq!(classify_close(111, false), outcome::REFUSED, "ICMP port unreachable");
+        assert_eq!(classify_close(0, true), outcome::REFUSED, "RST seen, sk_err already consumed");
+        assert_eq!(classify_close(110, false), outcome::TIMEOUT);
+        assert_eq!(classify_close(0, false), outcome::ABANDONED);
+        assert_eq!(classify_close(113, false), outcome::UNREACHABLE, "EHOSTUNREACH");
+        assert_eq!(classify_close(101, false), outcome::UNREACHABLE, "ENETUNREACH");
+    }
 }
 
 #[cfg(feature = "user")]

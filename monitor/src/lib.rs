@@ -5,6 +5,8 @@
 
 pub mod agent;
 pub mod clock;
+pub mod policy;
 pub mod sinks;
 pub mod source;
 pub mod stats;
+pub mod table;

@@ -5,11 +5,11 @@
 //! connection this host opened, the RST ends it: outcome `reset`.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use monitor_common::{kind, outcome};
+use monitor_common::{errno, kind, outcome};
 
 use crate::{
     maps::{ESTABLISHED, INFLIGHT, conf},
-    record::{Wakeup, emit, read_tuple, sk_err_of},
+    record::{Wakeup, emit, read_tuple},
 };
 
 #[tracepoint]
@@ -35,6 +35,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let _ = ESTABLISHED.remove(&skaddr);
     let tuple = read_tuple(ctx, &conf!(receive_reset))?;
-    emit(kind::OUTCOME, outcome::RESET, sk_err_of(skaddr), &tuple, &attempt, Wakeup::Now);
+    // `tcp_reset()` sets sk_err to ECONNRESET right after this tracepoint.
+    emit(kind::OUTCOME, outcome::RESET, errno::ECONNRESET, &tuple, &attempt, Wakeup::Now);
     Ok(())
 }

@@ -12,15 +12,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use monitor_common::{IPPROTO_TCP, kind, outcome, tcp_state};
+use monitor_common::{IPPROTO_TCP, classify_close, kind, outcome, tcp_state};
 
 use crate::{
     maps::{Attempt, ESTABLISHED, INFLIGHT, REPORTED_ERRORS, conf, count},
     record::{Wakeup, emit, netns_of, read_tuple, sk_err_of},
 };
-
-const ECONNREFUSED: u32 = 111;
-const ETIMEDOUT: u32 = 110;
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -95,13 +92,7 @@ fn finish_attempt(ctx: &TracePointContext, skaddr: u64, established: bool) -> Re
             }
         }
     }
-    let result = match errno {
-        ECONNREFUSED => outcome::REFUSED,
-        ETIMEDOUT => outcome::TIMEOUT,
-        0 if attempt.rst != 0 => outcome::REFUSED,
-        0 => outcome::ABANDONED,
-        _ => outcome::UNREACHABLE,
-    };
+    let result = classify_close(errno, attempt.rst != 0);
     emit(kind::OUTCOME, result, errno, &tuple, &attempt, Wakeup::Now);
     Ok(())
 }

@@ -88,20 +88,32 @@ pub struct ConfigError {
 }
 
 fn invalid(key: &str, value: impl std::fmt::Display, allowed: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_owned(), value: value.to_string(), allowed: allowed.into() }
+    ConfigError {
+        key: key.to_owned(),
+        value: value.to_string(),
+        allowed: allowed.into(),
+    }
 }
 
 fn ratio_in_unit_interval(key: &str, value: f64) -> Result<(), ConfigError> {
     if value > 0.0 && value <= 1.0 {
         Ok(())
     } else {
-        Err(invalid(key, value, "must be between 0 and 1 (greater than 0)"))
+        Err(invalid(
+            key,
+            value,
+            "must be between 0 and 1 (greater than 0)",
+        ))
     }
 }
 
 fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
     if value.is_zero() {
-        Err(invalid(key, format_duration(value), "must be greater than 0s"))
+        Err(invalid(
+            key,
+            format_duration(value),
+            "must be greater than 0s",
+        ))
     } else {
         Ok(())
     }
@@ -120,14 +132,21 @@ impl PolicyConfig {
             return Err(invalid(
                 "max_ejection",
                 format_duration(self.max_ejection),
-                format!("must be at least policy.base_ejection ({})", format_duration(self.base_ejection)),
+                format!(
+                    "must be at least policy.base_ejection ({})",
+                    format_duration(self.base_ejection)
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(invalid("jitter", self.jitter, "must be between 0 and 1"));
         }
         if self.max_ejection_percent > 100 {
-            return Err(invalid("max_ejection_percent", self.max_ejection_percent, "must be between 0 and 100"));
+            return Err(invalid(
+                "max_ejection_percent",
+                self.max_ejection_percent,
+                "must be between 0 and 100",
+            ));
         }
         ratio_in_unit_interval("outage_failure_ratio", self.outage_failure_ratio)?;
         positive("outage_window", self.outage_window)?;
@@ -166,7 +185,7 @@ pub fn format_duration(d: Duration) -> String {
     }
     let mut out = String::new();
     for (unit, name) in UNITS {
-        if nanos % unit == 0 {
+        if nanos.is_multiple_of(unit) {
             let _ = write!(out, "{}{name}", nanos / unit);
             break;
         }
@@ -183,13 +202,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total: u128 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("invalid duration {text:?}: expected a number"));
         }
-        let number: u128 = rest[..digits].parse().map_err(|_| format!("invalid duration {text:?}"))?;
+        let number: u128 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let scale: u128 = match &rest[..unit_len] {
             "h" => 3_600_000_000_000,
             "m" => 60_000_000_000,
@@ -197,7 +222,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "ms" => 1_000_000,
             "us" | "µs" => 1_000,
             "ns" => 1,
-            "" => return Err(format!("invalid duration {text:?}: missing unit (h, m, s, ms, us, ns)")),
+            "" => {
+                return Err(format!(
+                    "invalid duration {text:?}: missing unit (h, m, s, ms, us, ns)"
+                ));
+            }
             other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
         };
         rest = &rest[unit_len..];
@@ -206,7 +235,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .and_then(|n| total.checked_add(n))
             .ok_or_else(|| format!("invalid duration {text:?}: too large"))?;
     }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| format!("invalid duration {text:?}: too large"))?;
+    let secs = u64::try_from(total / 1_000_000_000)
+        .map_err(|_| format!("invalid duration {text:?}: too large"))?;
     Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
@@ -252,7 +282,8 @@ mod tests {
 
     #[test]
     fn partial_section_keeps_other_defaults() {
-        let config = parse("[policy]\nbase_ejection = \"1500ms\"\npool = [\"10.0.0.1:80\"]\n").expect("parse");
+        let config = parse("[policy]\nbase_ejection = \"1500ms\"\npool = [\"10.0.0.1:80\"]\n")
+            .expect("parse");
         assert_eq!(config.base_ejection, Duration::from_millis(1500));
         assert_eq!(config.consecutive_timeouts, 3);
         assert_eq!(config.pool_entries().map(|p| p.len()), Ok(1));
@@ -260,11 +291,20 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_durations_are_rejected() {
-        let err = parse("[policy]\nconsecutive_refuse = 1\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse("[policy]\nconsecutive_refuse = 1\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("unknown field"), "{err}");
-        let err = parse("[policy]\nbase_ejection = \"30\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse("[policy]\nbase_ejection = \"30\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("missing unit"), "{err}");
-        let err = parse("[policy]\nbase_ejection = \"3 parsecs\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse("[policy]\nbase_ejection = \"3 parsecs\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("unknown unit"), "{err}");
     }
 
@@ -281,20 +321,49 @@ mod tests {
 
     #[test]
     fn validation_names_key_value_and_allowed_range() {
-        let cases: [(fn(&mut PolicyConfig), &str); 8] = [
-            (|c| c.failure_ratio = 1.5, "policy.failure_ratio = 1.5: must be between 0 and 1"),
-            (|c| c.outage_failure_ratio = 0.0, "policy.outage_failure_ratio = 0: must be between 0 and 1"),
-            (|c| c.jitter = -0.1, "policy.jitter = -0.1: must be between 0 and 1"),
-            (|c| c.max_ejection_percent = 101, "policy.max_ejection_percent = 101: must be between 0 and 100"),
-            (|c| c.max_ejection = Duration::from_secs(10), "policy.max_ejection = 10s: must be at least policy.base_ejection (30s)"),
-            (|c| c.ratio_window = Duration::ZERO, "policy.ratio_window = 0s: must be greater than 0s"),
-            (|c| c.max_destinations = 0, "policy.max_destinations = 0: must be at least 1"),
-            (|c| c.pool = vec!["10.0.0.300:80".into()], "policy.pool[0] = \"10.0.0.300:80\": "),
+        type Mutation = fn(&mut PolicyConfig);
+        let cases: [(Mutation, &str); 8] = [
+            (
+                |c| c.failure_ratio = 1.5,
+                "policy.failure_ratio = 1.5: must be between 0 and 1",
+            ),
+            (
+                |c| c.outage_failure_ratio = 0.0,
+                "policy.outage_failure_ratio = 0: must be between 0 and 1",
+            ),
+            (
+                |c| c.jitter = -0.1,
+                "policy.jitter = -0.1: must be between 0 and 1",
+            ),
+            (
+                |c| c.max_ejection_percent = 101,
+                "policy.max_ejection_percent = 101: must be between 0 and 100",
+            ),
+            (
+                |c| c.max_ejection = Duration::from_secs(10),
+                "policy.max_ejection = 10s: must be at least policy.base_ejection (30s)",
+            ),
+            (
+                |c| c.ratio_window = Duration::ZERO,
+                "policy.ratio_window = 0s: must be greater than 0s",
+            ),
+            (
+                |c| c.max_destinations = 0,
+                "policy.max_destinations = 0: must be at least 1",
+            ),
+            (
+                |c| c.pool = vec!["10.0.0.300:80".into()],
+                "policy.pool[0] = \"10.0.0.300:80\": ",
+            ),
         ];
         for (mutate, want) in cases {
             let mut config = PolicyConfig::default();
             mutate(&mut config);
-            let got = config.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            let got = config
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(got.starts_with(want), "got {got:?}, want {want:?}");
         }
     }

@@ -56,7 +56,9 @@ impl Decision {
             Decision::Reinstate(r) => Some(r.dst),
             Decision::Suspect(s) => Some(s.dst),
             Decision::Diagnosis(d) => match &d.finding {
-                Finding::LocalhostTrap { dst, .. } | Finding::EjectionGuard { dst, .. } => Some(*dst),
+                Finding::LocalhostTrap { dst, .. } | Finding::EjectionGuard { dst, .. } => {
+                    Some(*dst)
+                }
                 Finding::LocalOutage { .. } => None,
             },
         }
@@ -141,13 +143,21 @@ pub struct Trigger {
 
 impl From<&ConnectRecord> for Trigger {
     fn from(rec: &ConnectRecord) -> Self {
-        Trigger { ktime_ns: rec.ktime_ns, pid: rec.who.pid, comm: rec.who.comm }
+        Trigger {
+            ktime_ns: rec.ktime_ns,
+            pid: rec.who.pid,
+            comm: rec.who.comm,
+        }
     }
 }
 
 impl From<&SynRetransmitRecord> for Trigger {
     fn from(rec: &SynRetransmitRecord) -> Self {
-        Trigger { ktime_ns: rec.ktime_ns, pid: rec.who.pid, comm: rec.who.comm }
+        Trigger {
+            ktime_ns: rec.ktime_ns,
+            pid: rec.who.pid,
+            comm: rec.who.comm,
+        }
     }
 }
 
@@ -214,11 +224,27 @@ pub struct Diagnosis {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Finding {
     /// A refused connect to loopback from another network namespace.
-    LocalhostTrap { dst: SocketAddr, pid: u32, tgid: u32, comm: Comm, netns: u32, cgroup_id: u64 },
+    LocalhostTrap {
+        dst: SocketAddr,
+        pid: u32,
+        tgid: u32,
+        comm: Comm,
+        netns: u32,
+        cgroup_id: u64,
+    },
     /// Most recently attempted destinations are failing at once.
-    LocalOutage { destinations: u32, failing: u32, window_ms: u64 },
+    LocalOutage {
+        destinations: u32,
+        failing: u32,
+        window_ms: u64,
+    },
     /// An ejection was withheld because `max_ejection_percent` of the pool is out.
-    EjectionGuard { dst: SocketAddr, ejected: u32, known_members: u32, max_ejection_percent: u32 },
+    EjectionGuard {
+        dst: SocketAddr,
+        ejected: u32,
+        known_members: u32,
+        max_ejection_percent: u32,
+    },
 }
 
 pub const LOCALHOST_TRAP_HINT: &str = "inside a network namespace (a container) localhost is the namespace itself: \
@@ -235,6 +261,12 @@ impl Diagnosis {
             Finding::LocalOutage { .. } => LOCAL_OUTAGE_HINT,
             Finding::EjectionGuard { .. } => EJECTION_GUARD_HINT,
         };
-        Diagnosis { finding, hint, trigger_ktime_ns, detect_us: None, ts: None }
+        Diagnosis {
+            finding,
+            hint,
+            trigger_ktime_ns,
+            detect_us: None,
+            ts: None,
+        }
     }
 }

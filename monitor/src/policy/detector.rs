@@ -59,9 +59,16 @@ impl Detectors {
     /// Evaluates a destination just after a failed `outcome` was recorded. The streak of
     /// the outcome's own kind is checked first; the other streaks next (one may still be
     /// over its threshold when a guard withheld the ejection it asked for); the ratio last.
-    pub fn after_failure<A>(&self, dest: &Destination<A>, outcome: Outcome, now: u64, slot_ns: u64) -> Option<Verdict> {
+    pub fn after_failure<A>(
+        &self,
+        dest: &Destination<A>,
+        outcome: Outcome,
+        now: u64,
+        slot_ns: u64,
+    ) -> Option<Verdict> {
         let current = StreakKind::of(outcome)?;
-        let order = std::iter::once(current).chain(StreakKind::ALL.into_iter().filter(|&k| k != current));
+        let order =
+            std::iter::once(current).chain(StreakKind::ALL.into_iter().filter(|&k| k != current));
         for kind in order {
             let threshold = self.threshold(kind);
             let streak = dest.streak(kind);
@@ -79,8 +86,13 @@ impl Detectors {
             }
         }
         let (attempts, failures) = dest.window_totals(now, slot_ns);
-        if attempts >= self.ratio_min_attempts && f64::from(failures) >= self.failure_ratio * f64::from(attempts) {
-            return Some(Verdict { reason: Reason::FailureRatio, streak: dest.streak(current) });
+        if attempts >= self.ratio_min_attempts
+            && f64::from(failures) >= self.failure_ratio * f64::from(attempts)
+        {
+            return Some(Verdict {
+                reason: Reason::FailureRatio,
+                streak: dest.streak(current),
+            });
         }
         None
     }

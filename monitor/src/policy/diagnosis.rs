@@ -2,7 +2,8 @@
 //! host's — typically a container — connects to 127.0.0.0/8 or ::1 and is refused,
 //! because loopback there is the namespace's own, not the host's where the service
 //! listens. Reported once per (namespace, destination) per interval, so a client
-//! retrying in a loop produces one diagnosis, not thousands.
+//! retrying in a loop produces one diagnosis, not thousands (the interval is
+//! `policy.ratio_window`).
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -23,24 +24,35 @@ pub struct LocalhostTraps {
 impl LocalhostTraps {
     /// `host_netns` is the inode of the host's network namespace (`/proc/1/ns/net`).
     pub fn new(host_netns: u32, interval_ns: u64) -> Self {
-        LocalhostTraps { host_netns, interval_ns, reported: HashMap::new() }
+        LocalhostTraps {
+            host_netns,
+            interval_ns,
+            reported: HashMap::new(),
+        }
     }
 
     /// The finding for this connect outcome, if it is a trap not reported recently.
     pub fn check(&mut self, rec: &ConnectRecord, now: u64) -> Option<Finding> {
         let netns = rec.who.netns;
-        if rec.outcome != Outcome::Refused || !rec.dst.ip().is_loopback() || netns == self.host_netns || netns == 0 {
+        if rec.outcome != Outcome::Refused
+            || !rec.dst.ip().is_loopback()
+            || netns == self.host_netns
+            || netns == 0
+        {
             return None;
         }
         let key = (netns, rec.dst);
-        if let Some(&at) = self.reported.get(&key) {
-            if now.saturating_sub(at) < self.interval_ns {
-                return None;
-            }
+        if self
+            .reported
+            .get(&key)
+            .is_some_and(|&at| now.saturating_sub(at) < self.interval_ns)
+        {
+            return None;
         }
         if self.reported.len() >= REMEMBERED {
             let interval_ns = self.interval_ns;
-            self.reported.retain(|_, at| now.saturating_sub(*at) < interval_ns);
+            self.reported
+                .retain(|_, at| now.saturating_sub(*at) < interval_ns);
             if self.reported.len() >= REMEMBERED {
                 self.reported.clear();
             }

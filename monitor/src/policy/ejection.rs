@@ -16,7 +16,13 @@ pub struct Jitter {
 impl Jitter {
     pub fn new(seed: u64) -> Self {
         let state = seed ^ 0x9E37_79B9_7F4A_7C15;
-        Jitter { state: if state == 0 { 0x2545_F491_4F6C_DD1D } else { state } }
+        Jitter {
+            state: if state == 0 {
+                0x2545_F491_4F6C_DD1D
+            } else {
+                state
+            },
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -62,7 +68,9 @@ impl Backoff {
     /// The duration of the `count`-th ejection without jitter.
     pub fn duration_ns(&self, count: u32) -> u64 {
         let doublings = count.saturating_sub(1).min(63);
-        self.base_ns.saturating_mul(1u64 << doublings).min(self.max_ns)
+        self.base_ns
+            .saturating_mul(1u64 << doublings)
+            .min(self.max_ns)
     }
 
     /// The duration of the `count`-th ejection with jitter.
@@ -138,7 +146,9 @@ impl Standing {
             return;
         }
         self.ejection_count -= steps;
-        self.healthy_since_ns = self.healthy_since_ns.saturating_add(u64::from(steps) * base_ns);
+        self.healthy_since_ns = self
+            .healthy_since_ns
+            .saturating_add(u64::from(steps) * base_ns);
         if self.ejection_count == 0 {
             self.probation = false;
         }
@@ -162,8 +172,16 @@ mod tests {
         let b = backoff();
         let secs: Vec<u64> = (1..=8).map(|n| b.duration_ns(n) / SEC).collect();
         assert_eq!(secs, [30, 60, 120, 240, 480, 600, 600, 600]);
-        assert_eq!(b.duration_ns(0), 30 * SEC, "count 0 is treated as a first ejection");
-        assert_eq!(b.duration_ns(u32::MAX), 600 * SEC, "no overflow for huge counts");
+        assert_eq!(
+            b.duration_ns(0),
+            30 * SEC,
+            "count 0 is treated as a first ejection"
+        );
+        assert_eq!(
+            b.duration_ns(u32::MAX),
+            600 * SEC,
+            "no overflow for huge counts"
+        );
     }
 
     #[test]
@@ -172,8 +190,14 @@ mod tests {
         let mut rng = Jitter::new(7);
         let samples: Vec<u64> = (0..500).map(|_| b.jittered_ns(1, &mut rng)).collect();
         assert!(samples.iter().all(|&d| (30 * SEC..=33 * SEC).contains(&d)));
-        assert!(samples.iter().any(|&d| d > 32 * SEC), "upper part of the range is reached");
-        assert!(samples.iter().any(|&d| d < 31 * SEC), "lower part of the range is reached");
+        assert!(
+            samples.iter().any(|&d| d > 32 * SEC),
+            "upper part of the range is reached"
+        );
+        assert!(
+            samples.iter().any(|&d| d < 31 * SEC),
+            "lower part of the range is reached"
+        );
         let capped: Vec<u64> = (0..500).map(|_| b.jittered_ns(20, &mut rng)).collect();
         assert!(capped.iter().all(|&d| d >= 600 * SEC && d <= b.bound_ns()));
         assert_eq!(b.bound_ns(), 660 * SEC);
@@ -181,27 +205,46 @@ mod tests {
 
     #[test]
     fn zero_jitter_is_exact_and_seeds_are_deterministic() {
-        let config = PolicyConfig { jitter: 0.0, base_ejection: Duration::from_secs(1), ..PolicyConfig::default() };
+        let config = PolicyConfig {
+            jitter: 0.0,
+            base_ejection: Duration::from_secs(1),
+            ..PolicyConfig::default()
+        };
         let b = Backoff::from_config(&config);
         assert_eq!(b.jittered_ns(3, &mut Jitter::new(1)), 4 * SEC);
         let (mut a, mut c) = (Jitter::new(42), Jitter::new(42));
-        assert_eq!((0..10).map(|_| a.up_to(1000)).collect::<Vec<_>>(), (0..10).map(|_| c.up_to(1000)).collect::<Vec<_>>());
+        assert_eq!(
+            (0..10).map(|_| a.up_to(1000)).collect::<Vec<_>>(),
+            (0..10).map(|_| c.up_to(1000)).collect::<Vec<_>>()
+        );
         assert_eq!(Jitter::new(0).up_to(0), 0);
     }
 
     #[test]
     fn count_decays_one_per_healthy_base_period() {
-        let mut s = Standing { ejection_count: 3, probation: true, healthy_since_ns: 100 * SEC, ..Standing::default() };
+        let mut s = Standing {
+            ejection_count: 3,
+            probation: true,
+            healthy_since_ns: 100 * SEC,
+            ..Standing::default()
+        };
         s.decay(129 * SEC, 30 * SEC);
         assert_eq!(s.ejection_count, 3);
         s.decay(131 * SEC, 30 * SEC);
         assert_eq!(s.ejection_count, 2);
-        assert_eq!(s.healthy_since_ns, 130 * SEC, "the partial period carries over");
+        assert_eq!(
+            s.healthy_since_ns,
+            130 * SEC,
+            "the partial period carries over"
+        );
         s.decay(161 * SEC, 30 * SEC);
         assert_eq!(s.ejection_count, 1);
         assert!(s.probation && s.pinned());
         s.decay(1_000 * SEC, 30 * SEC);
         assert_eq!(s.ejection_count, 0);
-        assert!(!s.probation && !s.pinned(), "spent history unpins the entry");
+        assert!(
+            !s.probation && !s.pinned(),
+            "spent history unpins the entry"
+        );
     }
 }

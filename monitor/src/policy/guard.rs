@@ -3,7 +3,8 @@
 //! * The percentage guard: never more than `max_ejection_percent` of the known pool
 //!   members ejected at once, but always at least one (as Envoy's outlier detection
 //!   does), so a single dead node of a small pool is still ejected; 0 % disables
-//!   automatic ejection. "Known members" are the members the pool names by address and
+//!   automatic ejection. When the guard withholds an ejection, an `ejection_guard`
+//!   diagnosis says so, at most once per `policy.ratio_window`. "Known members" are the members the pool names by address and
 //!   port plus every other candidate destination the table has seen (a CIDR member
 //!   becomes known when traffic reaches it; with no pool configured every destination
 //!   seen is a candidate).
@@ -60,7 +61,9 @@ pub struct OutageDetector {
 impl OutageDetector {
     pub fn new(config: &PolicyConfig) -> Self {
         OutageDetector {
-            window_ns: u64::try_from(config.outage_window.as_nanos()).unwrap_or(u64::MAX).max(1),
+            window_ns: u64::try_from(config.outage_window.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1),
             min_destinations: config.outage_min_destinations as usize,
             failure_ratio: config.outage_failure_ratio,
             cap: config.max_destinations,
@@ -79,6 +82,7 @@ impl OutageDetector {
     /// Records a connect outcome and reports whether the outage condition changed.
     pub fn observe(&mut self, dst: SocketAddr, failed: bool, now: u64) -> OutageChange {
         self.prune_if_due(now);
+        let room = self.latest.len() < self.cap;
         match self.latest.get_mut(&dst) {
             Some(latest) => {
                 if latest.failed != failed {
@@ -90,7 +94,7 @@ impl OutageDetector {
                 }
                 *latest = Latest { at_ns: now, failed };
             }
-            None if self.latest.len() < self.cap => {
+            None if room => {
                 self.latest.insert(dst, Latest { at_ns: now, failed });
                 if failed {
                     self.failing += 1;
@@ -112,7 +116,8 @@ impl OutageDetector {
             return;
         }
         let window_ns = self.window_ns;
-        self.latest.retain(|_, l| l.at_ns.saturating_add(window_ns) > now);
+        self.latest
+            .retain(|_, l| l.at_ns.saturating_add(window_ns) > now);
         self.failing = self.latest.values().filter(|l| l.failed).count();
         self.next_prune_ns = now.saturating_add((window_ns / 10).max(1));
     }
@@ -166,8 +171,18 @@ mod tests {
         for i in 1..=3 {
             assert_eq!(o.observe(dst(i), true, SEC), OutageChange::Unchanged);
         }
-        assert_eq!(o.observe(dst(4), true, SEC), OutageChange::Began { destinations: 5, failing: 4 });
-        assert_eq!(o.observe(dst(5), true, SEC), OutageChange::Unchanged, "once per episode");
+        assert_eq!(
+            o.observe(dst(4), true, SEC),
+            OutageChange::Began {
+                destinations: 5,
+                failing: 4
+            }
+        );
+        assert_eq!(
+            o.observe(dst(5), true, SEC),
+            OutageChange::Unchanged,
+            "once per episode"
+        );
         assert!(o.active());
         assert_eq!(o.tick(12 * SEC), OutageChange::Ended);
         assert!(!o.active());
@@ -182,6 +197,10 @@ mod tests {
         for i in 0..4 {
             o.observe(dst(i), false, SEC);
         }
-        assert_eq!(o.observe(dst(9), true, SEC), OutageChange::Unchanged, "1 of 5 failing");
+        assert_eq!(
+            o.observe(dst(9), true, SEC),
+            OutageChange::Unchanged,
+            "1 of 5 failing"
+        );
     }
 }

@@ -32,7 +32,8 @@ use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
 
 pub use config::{ConfigError, PolicyConfig};
 pub use decision::{
-    Decision, Diagnosis, EjectionTerm, Eviction, Evidence, Finding, Reason, Reinstatement, Suspicion, Trigger,
+    Decision, Diagnosis, EjectionTerm, Eviction, Evidence, Finding, Reason, Reinstatement,
+    Suspicion, Trigger,
 };
 use detector::{Detectors, SynVerdict, Verdict};
 use diagnosis::LocalhostTraps;
@@ -175,7 +176,9 @@ impl EjectionPolicy {
         self.seen_candidates = self
             .table
             .iter()
-            .filter(|(dst, d)| Self::candidate(evict_targets, d.annotation.role) && !members.contains(*dst))
+            .filter(|(dst, d)| {
+                Self::candidate(evict_targets, d.annotation.role) && !members.contains(*dst)
+            })
             .count();
         self.seen_counted_at = self.table.evicted();
     }
@@ -206,17 +209,34 @@ impl EjectionPolicy {
     /// Feeds one connect outcome.
     pub fn on_connect(&mut self, rec: &ConnectRecord, now: u64, out: &mut Vec<Decision>) {
         if let Some(finding) = self.traps.check(rec, now) {
-            out.push(Decision::Diagnosis(Diagnosis::new(finding, Some(rec.ktime_ns))));
+            out.push(Decision::Diagnosis(Diagnosis::new(
+                finding,
+                Some(rec.ktime_ns),
+            )));
         }
         if rec.outcome != Outcome::Reset {
-            self.observe_outage(rec.dst, rec.outcome.is_failure(), Some(rec.ktime_ns), now, out);
+            self.observe_outage(
+                rec.dst,
+                rec.outcome.is_failure(),
+                Some(rec.ktime_ns),
+                now,
+                out,
+            );
         }
-        let Some((_, created)) = self.table.record_connect(rec, now) else { return };
+        let Some((_, created)) = self.table.record_connect(rec, now) else {
+            return;
+        };
         if created {
             self.adopt(rec.dst);
         }
-        let (base_ns, slot_ns, evict_targets) = (self.backoff.base_ns, self.table.slot_ns(), self.config.evict_targets);
-        let Some(dest) = self.table.get_mut(&rec.dst) else { return };
+        let (base_ns, slot_ns, evict_targets) = (
+            self.backoff.base_ns,
+            self.table.slot_ns(),
+            self.config.evict_targets,
+        );
+        let Some(dest) = self.table.get_mut(&rec.dst) else {
+            return;
+        };
         let standing = &mut dest.annotation;
         standing.decay(now, base_ns);
         if standing.ejected.is_some() {
@@ -237,7 +257,8 @@ impl EjectionPolicy {
             let streak = StreakKind::of(rec.outcome).map_or(1, |k| dest.streak(k));
             Reason::of(rec.outcome).map(|reason| Verdict { reason, streak })
         } else {
-            self.detectors.after_failure(dest, rec.outcome, now, slot_ns)
+            self.detectors
+                .after_failure(dest, rec.outcome, now, slot_ns)
         };
         if let Some(verdict) = verdict {
             self.try_eject(rec.dst, verdict, Trigger::from(rec), now, out);
@@ -246,14 +267,23 @@ impl EjectionPolicy {
 
     /// Feeds one SYN retransmit of a pending connect: the first makes the destination a
     /// suspect, `syn_retransmits` of them eject it (failure mode `drop`).
-    pub fn on_syn_retransmit(&mut self, rec: &SynRetransmitRecord, now: u64, out: &mut Vec<Decision>) {
-        let Some((_, created)) = self.table.record_syn_retransmit(rec, now) else { return };
+    pub fn on_syn_retransmit(
+        &mut self,
+        rec: &SynRetransmitRecord,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) {
+        let Some((_, created)) = self.table.record_syn_retransmit(rec, now) else {
+            return;
+        };
         if created {
             self.adopt(rec.dst);
         }
         let evict_targets = self.config.evict_targets;
         let verdict = self.detectors.after_syn_retransmit(rec.retransmits);
-        let Some(dest) = self.table.get_mut(&rec.dst) else { return };
+        let Some(dest) = self.table.get_mut(&rec.dst) else {
+            return;
+        };
         let standing = &mut dest.annotation;
         if standing.ejected.is_some() || !Self::candidate(evict_targets, standing.role) {
             return;
@@ -276,7 +306,10 @@ impl EjectionPolicy {
             SynVerdict::Evict => {
                 standing.suspect = true;
                 dest.note_failure_mode(FailureMode::Drop);
-                let verdict = Verdict { reason: Reason::SynRetransmits, streak: rec.retransmits };
+                let verdict = Verdict {
+                    reason: Reason::SynRetransmits,
+                    streak: rec.retransmits,
+                };
                 self.try_eject(rec.dst, verdict, Trigger::from(rec), now, out);
             }
         }
@@ -289,6 +322,7 @@ impl EjectionPolicy {
             if until > now {
                 break;
             }
+            self.expiries.pop_first();
             self.reinstate(dst, now, out);
         }
         if self.outage.tick(now) == OutageChange::Ended {
@@ -306,12 +340,23 @@ impl EjectionPolicy {
     /// Ejects a destination by hand for `duration`, bypassing the detectors and guards
     /// but counting like any ejection (a later automatic ejection backs off further).
     /// Returns false when the table has no room for it.
-    pub fn evict_manual(&mut self, dst: SocketAddr, duration: Duration, now: u64, out: &mut Vec<Decision>) -> bool {
-        let Some((_, created)) = self.table.entry(dst, now) else { return false };
+    pub fn evict_manual(
+        &mut self,
+        dst: SocketAddr,
+        duration: Duration,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) -> bool {
+        let Some((_, created)) = self.table.entry(dst, now) else {
+            return false;
+        };
         if created {
             self.adopt(dst);
         }
-        let verdict = Verdict { reason: Reason::Manual, streak: 0 };
+        let verdict = Verdict {
+            reason: Reason::Manual,
+            streak: 0,
+        };
         self.eject(dst, verdict, None, Some(nanos(duration).max(1)), now, out)
     }
 
@@ -330,10 +375,19 @@ impl EjectionPolicy {
         out: &mut Vec<Decision>,
     ) {
         match self.outage.observe(dst, failed, now) {
-            OutageChange::Began { destinations, failing } => {
-                let finding =
-                    Finding::LocalOutage { destinations, failing, window_ms: ms(nanos(self.config.outage_window)) };
-                out.push(Decision::Diagnosis(Diagnosis::new(finding, trigger_ktime_ns)));
+            OutageChange::Began {
+                destinations,
+                failing,
+            } => {
+                let finding = Finding::LocalOutage {
+                    destinations,
+                    failing,
+                    window_ms: ms(nanos(self.config.outage_window)),
+                };
+                out.push(Decision::Diagnosis(Diagnosis::new(
+                    finding,
+                    trigger_ktime_ns,
+                )));
             }
             OutageChange::Ended => tracing::info!("local outage over: ejections resume"),
             OutageChange::Unchanged => {}
@@ -341,7 +395,14 @@ impl EjectionPolicy {
     }
 
     /// Applies the guards, then ejects.
-    fn try_eject(&mut self, dst: SocketAddr, verdict: Verdict, trigger: Trigger, now: u64, out: &mut Vec<Decision>) {
+    fn try_eject(
+        &mut self,
+        dst: SocketAddr,
+        verdict: Verdict,
+        trigger: Trigger,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) {
         if self.outage.active() {
             return;
         }
@@ -349,7 +410,10 @@ impl EjectionPolicy {
         let allowed = allowed_ejections(known, self.config.max_ejection_percent);
         if self.ejected() >= allowed {
             let quiet_ns = nanos(self.config.ratio_window);
-            if self.guard_noticed_ns.is_none_or(|at| now.saturating_sub(at) >= quiet_ns) {
+            if self
+                .guard_noticed_ns
+                .is_none_or(|at| now.saturating_sub(at) >= quiet_ns)
+            {
                 self.guard_noticed_ns = Some(now);
                 let finding = Finding::EjectionGuard {
                     dst,
@@ -357,7 +421,10 @@ impl EjectionPolicy {
                     known_members: u32::try_from(known).unwrap_or(u32::MAX),
                     max_ejection_percent: self.config.max_ejection_percent,
                 };
-                out.push(Decision::Diagnosis(Diagnosis::new(finding, Some(trigger.ktime_ns))));
+                out.push(Decision::Diagnosis(Diagnosis::new(
+                    finding,
+                    Some(trigger.ktime_ns),
+                )));
             }
             return;
         }
@@ -374,7 +441,9 @@ impl EjectionPolicy {
         now: u64,
         out: &mut Vec<Decision>,
     ) -> bool {
-        let Some(dest) = self.table.get_mut(&dst) else { return false };
+        let Some(dest) = self.table.get_mut(&dst) else {
+            return false;
+        };
         let standing = &mut dest.annotation;
         standing.decay(now, self.backoff.base_ns);
         if let Some(previous) = standing.ejected.take() {
@@ -382,9 +451,14 @@ impl EjectionPolicy {
         }
         standing.ejection_count = standing.ejection_count.saturating_add(1);
         let count = standing.ejection_count;
-        let duration_ns = fixed_ns.unwrap_or_else(|| self.backoff.jittered_ns(count, &mut self.jitter));
+        let duration_ns =
+            fixed_ns.unwrap_or_else(|| self.backoff.jittered_ns(count, &mut self.jitter));
         let until_ns = now.saturating_add(duration_ns);
-        standing.ejected = Some(Ejected { since_ns: now, until_ns, reason: verdict.reason });
+        standing.ejected = Some(Ejected {
+            since_ns: now,
+            until_ns,
+            reason: verdict.reason,
+        });
         standing.probation = false;
         standing.suspect = false;
         let role = standing.role;
@@ -399,7 +473,11 @@ impl EjectionPolicy {
             reason: verdict.reason,
             failure_mode,
             evidence,
-            ejection: EjectionTerm { count, duration_ms: ms(duration_ns), until: self.wall.rfc3339(until_ns) },
+            ejection: EjectionTerm {
+                count,
+                duration_ms: ms(duration_ns),
+                until: self.wall.rfc3339(until_ns),
+            },
             trigger,
             detect_us: None,
             ts: None,
@@ -409,10 +487,11 @@ impl EjectionPolicy {
 
     fn reinstate(&mut self, dst: SocketAddr, now: u64, out: &mut Vec<Decision>) -> bool {
         let Some(standing) = self.table.get_mut(&dst).map(|d| &mut d.annotation) else {
-            self.expiries.retain(|&(_, d)| d != dst);
             return false;
         };
-        let Some(ejected) = standing.ejected.take() else { return false };
+        let Some(ejected) = standing.ejected.take() else {
+            return false;
+        };
         standing.probation = true;
         standing.healthy_since_ns = now;
         self.expiries.remove(&(ejected.until_ns, dst));
@@ -429,9 +508,12 @@ impl EjectionPolicy {
     pub fn snapshot(&mut self, now: u64) -> PolicySnapshot {
         let known = self.known_members();
         let slot_ns = self.table.slot_ns();
-        let mut destinations: Vec<DestinationView> =
-            self.table.iter().map(|(dst, dest)| self.view(*dst, dest, now, slot_ns)).collect();
-        destinations.sort_by(|a, b| a.dst.cmp(&b.dst));
+        let mut destinations: Vec<DestinationView> = self
+            .table
+            .iter()
+            .map(|(dst, dest)| self.view(*dst, dest, now, slot_ns))
+            .collect();
+        destinations.sort_by_key(|d| d.dst);
         PolicySnapshot {
             ts: self.wall.rfc3339(now),
             local_outage: self.outage.active(),
@@ -445,7 +527,13 @@ impl EjectionPolicy {
         }
     }
 
-    fn view(&self, dst: SocketAddr, dest: &Destination<Standing>, now: u64, slot_ns: u64) -> DestinationView {
+    fn view(
+        &self,
+        dst: SocketAddr,
+        dest: &Destination<Standing>,
+        now: u64,
+        slot_ns: u64,
+    ) -> DestinationView {
         let standing = &dest.annotation;
         let state = if standing.ejected.is_some() {
             DestinationState::Ejected
@@ -471,7 +559,8 @@ impl EjectionPolicy {
                 unreachable: dest.count(Outcome::Unreachable),
             },
             syn_retransmits: dest.syn_retransmits(),
-            failure_ratio: (window_attempts > 0).then(|| f64::from(window_failures) / f64::from(window_attempts)),
+            failure_ratio: (window_attempts > 0)
+                .then(|| f64::from(window_failures) / f64::from(window_attempts)),
             window_attempts,
             handshake_p50_us: dest.handshake().quantile(0.50),
             handshake_p99_us: dest.handshake().quantile(0.99),
@@ -488,7 +577,8 @@ impl EjectionPolicy {
 
     /// Writes ejections in force and undecayed ejection counts to `path`, atomically.
     pub fn save_state(&self, path: &Path, now: u64) -> Result<(), StateError> {
-        let unix_ms = |mono: u64| i64::try_from(self.wall.unix_ns(mono) / 1_000_000).unwrap_or(i64::MAX);
+        let unix_ms =
+            |mono: u64| i64::try_from(self.wall.unix_ns(mono) / 1_000_000).unwrap_or(i64::MAX);
         let mut destinations: Vec<state::SavedStanding> = self
             .table
             .iter()
@@ -505,8 +595,12 @@ impl EjectionPolicy {
                 }),
             })
             .collect();
-        destinations.sort_by(|a, b| a.dst.cmp(&b.dst));
-        let file = state::StateFile { version: state::STATE_VERSION, saved_at: self.wall.rfc3339(now), destinations };
+        destinations.sort_by_key(|d| d.dst);
+        let file = state::StateFile {
+            version: state::STATE_VERSION,
+            saved_at: self.wall.rfc3339(now),
+            destinations,
+        };
         state::write(path, &file)
     }
 
@@ -514,33 +608,60 @@ impl EjectionPolicy {
     /// Ejections that ended while connmon was down are reinstated now (with decisions
     /// in `out`). On error nothing is loaded: the caller logs the error and goes on
     /// with an empty state. Destinations that already have an ejection are left alone.
-    pub fn load_state(&mut self, path: &Path, now: u64, out: &mut Vec<Decision>) -> Result<LoadReport, StateError> {
-        let Some(file) = state::read(path)? else { return Ok(LoadReport::default()) };
-        let mut report = LoadReport { found: true, ..LoadReport::default() };
+    pub fn load_state(
+        &mut self,
+        path: &Path,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) -> Result<LoadReport, StateError> {
+        let Some(file) = state::read(path)? else {
+            return Ok(LoadReport::default());
+        };
+        let mut report = LoadReport {
+            found: true,
+            ..LoadReport::default()
+        };
         let now_unix_ms = self.wall.unix_ns(now) / 1_000_000;
         for saved in file.destinations {
             let dst = saved.dst;
-            let Some((dest, created)) = self.table.entry(dst, now) else { continue };
+            let Some((dest, created)) = self.table.entry(dst, now) else {
+                continue;
+            };
             if dest.annotation.ejected.is_some() {
                 continue;
             }
-            let mono = |unix_ms: i64| self.wall.monotonic_ns(i128::from(unix_ms) * 1_000_000).min(now);
+            let mono = |unix_ms: i64| {
+                self.wall
+                    .monotonic_ns(i128::from(unix_ms) * 1_000_000)
+                    .min(now)
+            };
             let standing = &mut dest.annotation;
             standing.ejection_count = saved.ejection_count;
             standing.probation = saved.probation;
             standing.healthy_since_ns = mono(saved.healthy_since_unix_ms);
             match saved.ejection {
                 Some(e) if i128::from(e.until_unix_ms) > now_unix_ms => {
-                    let until_ns = self.wall.monotonic_ns(i128::from(e.until_unix_ms) * 1_000_000);
-                    standing.ejected = Some(Ejected { since_ns: mono(e.since_unix_ms), until_ns, reason: e.reason });
+                    let until_ns = self
+                        .wall
+                        .monotonic_ns(i128::from(e.until_unix_ms) * 1_000_000);
+                    standing.ejected = Some(Ejected {
+                        since_ns: mono(e.since_unix_ms),
+                        until_ns,
+                        reason: e.reason,
+                    });
                     self.expiries.insert((until_ns, dst));
                     report.restored += 1;
                 }
                 Some(e) => {
                     standing.probation = true;
                     standing.healthy_since_ns = now;
-                    let ejected_ms = u64::try_from(now_unix_ms - i128::from(e.since_unix_ms)).unwrap_or(0);
-                    out.push(Decision::Reinstate(Reinstatement { dst, ejected_ms, ts: None }));
+                    let ejected_ms =
+                        u64::try_from(now_unix_ms - i128::from(e.since_unix_ms)).unwrap_or(0);
+                    out.push(Decision::Reinstate(Reinstatement {
+                        dst,
+                        ejected_ms,
+                        ts: None,
+                    }));
                     report.reinstated += 1;
                     self.state_changed = true;
                 }

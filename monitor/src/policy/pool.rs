@@ -40,7 +40,11 @@ pub enum PoolEntry {
     /// One address and port.
     Member(SocketAddr),
     /// Every address of a network, on one port or (`None`) any port.
-    Network { addr: IpAddr, prefix: u8, port: Option<u16> },
+    Network {
+        addr: IpAddr,
+        prefix: u8,
+        port: Option<u16>,
+    },
 }
 
 impl PoolEntry {
@@ -58,9 +62,21 @@ impl fmt::Display for PoolEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             PoolEntry::Member(member) => write!(f, "{member}"),
-            PoolEntry::Network { addr: IpAddr::V6(a), prefix, port: Some(p) } => write!(f, "[{a}/{prefix}]:{p}"),
-            PoolEntry::Network { addr, prefix, port: Some(p) } => write!(f, "{addr}/{prefix}:{p}"),
-            PoolEntry::Network { addr, prefix, port: None } => write!(f, "{addr}/{prefix}"),
+            PoolEntry::Network {
+                addr: IpAddr::V6(a),
+                prefix,
+                port: Some(p),
+            } => write!(f, "[{a}/{prefix}]:{p}"),
+            PoolEntry::Network {
+                addr,
+                prefix,
+                port: Some(p),
+            } => write!(f, "{addr}/{prefix}:{p}"),
+            PoolEntry::Network {
+                addr,
+                prefix,
+                port: None,
+            } => write!(f, "{addr}/{prefix}"),
         }
     }
 }
@@ -121,7 +137,10 @@ impl PoolMembership {
 
     /// A configured pool of these entries (possibly none).
     pub fn from_entries(entries: impl IntoIterator<Item = PoolEntry>) -> Self {
-        let mut pool = PoolMembership { configured: true, ..PoolMembership::default() };
+        let mut pool = PoolMembership {
+            configured: true,
+            ..PoolMembership::default()
+        };
         for entry in entries {
             match entry {
                 PoolEntry::Member(member) => {
@@ -153,10 +172,18 @@ impl PoolMembership {
             }
             match Self::parse_entry(line) {
                 Ok(entry) => entries.push(entry),
-                Err(reason) => bad.push(BadLine { line: i + 1, text: line.to_owned(), reason }),
+                Err(reason) => bad.push(BadLine {
+                    line: i + 1,
+                    text: line.to_owned(),
+                    reason,
+                }),
             }
         }
-        if bad.is_empty() { Ok(entries) } else { Err(PoolError { lines: bad }) }
+        if bad.is_empty() {
+            Ok(entries)
+        } else {
+            Err(PoolError { lines: bad })
+        }
     }
 
     /// Parses one entry.
@@ -185,12 +212,16 @@ impl PoolMembership {
         let port = port.map(parse_port).transpose()?;
         let (ip, prefix) = match host.split_once('/') {
             Some((ip, prefix)) => {
-                let prefix: u8 = prefix.parse().map_err(|_| PoolEntryError::Prefix(prefix.to_owned()))?;
+                let prefix: u8 = prefix
+                    .parse()
+                    .map_err(|_| PoolEntryError::Prefix(prefix.to_owned()))?;
                 (ip, Some(prefix))
             }
             None => (host, None),
         };
-        let ip: IpAddr = ip.parse().map_err(|_| PoolEntryError::Address(ip.to_owned()))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| PoolEntryError::Address(ip.to_owned()))?;
         build(ip, prefix, port)
     }
 
@@ -201,7 +232,10 @@ impl PoolMembership {
 
     /// The role of a destination.
     pub fn role(&self, dst: &SocketAddr) -> Role {
-        if !self.configured || self.members.contains(dst) || self.networks.iter().any(|n| n.contains(dst)) {
+        if !self.configured
+            || self.members.contains(dst)
+            || self.networks.iter().any(|n| n.contains(dst))
+        {
             Role::Proxy
         } else {
             Role::Target
@@ -254,7 +288,11 @@ fn build(ip: IpAddr, prefix: Option<u8>, port: Option<u16>) -> Result<PoolEntry,
     }
     match port {
         Some(port) if prefix == max => Ok(PoolEntry::Member(SocketAddr::new(ip, port))),
-        _ => Ok(PoolEntry::Network { addr: mask(ip, prefix).ok_or(PoolEntryError::Syntax)?, prefix, port }),
+        _ => Ok(PoolEntry::Network {
+            addr: mask(ip, prefix).ok_or(PoolEntryError::Syntax)?,
+            prefix,
+            port,
+        }),
     }
 }
 
@@ -311,18 +349,29 @@ mod tests {
         ] {
             assert_eq!(pool.role(&sa(proxy)), Role::Proxy, "{proxy}");
         }
-        for target in ["198.51.100.44:8081", "10.1.200.3:8081", "[2001:db8:1::9]:80", "10.2.1.1:80", "192.0.2.10:80"]
-        {
+        for target in [
+            "198.51.100.44:8081",
+            "10.1.200.3:8081",
+            "[2001:db8:1::9]:80",
+            "10.2.1.1:80",
+            "192.0.2.10:80",
+        ] {
             assert_eq!(pool.role(&sa(target)), Role::Target, "{target}");
         }
         assert!(pool.members().contains(&sa("198.51.100.44:8080")));
-        assert!(pool.members().contains(&sa("203.0.113.2:80")), "v4-mapped canonicalised");
+        assert!(
+            pool.members().contains(&sa("203.0.113.2:80")),
+            "v4-mapped canonicalised"
+        );
         assert_eq!(pool.members().len(), 3);
     }
 
     #[test]
     fn full_length_prefix_with_port_is_a_member() {
-        assert_eq!(PoolMembership::parse_entry("10.0.0.1/32:80"), Ok(PoolEntry::Member(sa("10.0.0.1:80"))));
+        assert_eq!(
+            PoolMembership::parse_entry("10.0.0.1/32:80"),
+            Ok(PoolEntry::Member(sa("10.0.0.1:80")))
+        );
         assert_eq!(
             "10.0.0.9/8".parse::<PoolEntry>().map(|e| e.to_string()),
             Ok("10.0.0.0/8".to_owned())
@@ -336,10 +385,22 @@ mod tests {
         let lines: Vec<usize> = err.lines.iter().map(|l| l.line).collect();
         assert_eq!(lines, [2, 5, 6, 7, 8, 9]);
         let message = err.to_string();
-        assert!(message.starts_with("line 2: \"10.0.0.300:80\": invalid address"), "{message}");
-        assert!(message.contains("line 5: \"10.0.0.0/33\": invalid prefix length"), "{message}");
-        assert!(message.contains("line 7: \"10.0.0.1:0\": port 0"), "{message}");
-        assert!(message.contains("line 8: \"10.0.0.1:http\": invalid port"), "{message}");
+        assert!(
+            message.starts_with("line 2: \"10.0.0.300:80\": invalid address"),
+            "{message}"
+        );
+        assert!(
+            message.contains("line 5: \"10.0.0.0/33\": invalid prefix length"),
+            "{message}"
+        );
+        assert!(
+            message.contains("line 7: \"10.0.0.1:0\": port 0"),
+            "{message}"
+        );
+        assert!(
+            message.contains("line 8: \"10.0.0.1:http\": invalid port"),
+            "{message}"
+        );
     }
 
     #[test]

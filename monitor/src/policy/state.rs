@@ -57,8 +57,13 @@ pub enum StateError {
     #[error("cannot read state file {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("state file {path} is corrupt, ignoring it: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
-    #[error("state file {path} has version {found}, this connmon reads version {STATE_VERSION}; ignoring it")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "state file {path} has version {found}, this connmon reads version {STATE_VERSION}; ignoring it"
+    )]
     Version { path: PathBuf, found: u64 },
     #[error("cannot write state file {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
@@ -69,20 +74,37 @@ pub fn read(path: &Path) -> Result<Option<StateFile>, StateError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StateError::Read { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
-    let corrupt = |source| StateError::Corrupt { path: path.to_owned(), source };
+    let corrupt = |source| StateError::Corrupt {
+        path: path.to_owned(),
+        source,
+    };
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
-    let found = value.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let found = value
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
     if found != u64::from(STATE_VERSION) {
-        return Err(StateError::Version { path: path.to_owned(), found });
+        return Err(StateError::Version {
+            path: path.to_owned(),
+            found,
+        });
     }
     serde_json::from_value(value).map(Some).map_err(corrupt)
 }
 
 /// Writes the file atomically, creating its directory if needed.
 pub fn write(path: &Path, state: &StateFile) -> Result<(), StateError> {
-    let fail = |source| StateError::Write { path: path.to_owned(), source };
+    let fail = |source| StateError::Write {
+        path: path.to_owned(),
+        source,
+    };
     let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| fail(io::Error::other(e)))?;
     bytes.push(b'\n');
     let dir = match path.parent() {
@@ -90,7 +112,10 @@ pub fn write(path: &Path, state: &StateFile) -> Result<(), StateError> {
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&dir).map_err(fail)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "state".to_owned());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".to_owned());
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;

@@ -14,7 +14,10 @@ pub struct LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        LatencyHistogram { counts: [0; BUCKETS], total: 0 }
+        LatencyHistogram {
+            counts: [0; BUCKETS],
+            total: 0,
+        }
     }
 }
 

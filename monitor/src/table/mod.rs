@@ -9,10 +9,11 @@
 //! of finding them is amortised over many inserts. If every entry is pinned, the new
 //! destination is not tracked and [`DestinationTable::untracked`] counts it.
 //!
-//! Memory per entry: `size_of::<Destination<Standing>>()` is about 730 bytes (a test keeps
-//! this under 800), dominated by the latency histogram (192 B), the ratio window
-//! (160 B) and the top-process/cgroup lists (208 B); with the key and the hash table's
-//! overhead count about 800 bytes, i.e. ~80 MB at the default bound of 100 000 entries.
+//! Memory per entry: with the policy's annotation an entry is 712 bytes (a policy test
+//! keeps it under 768), dominated by the latency histogram (200 B), the ratio window
+//! (160 B) and the top-process/cgroup lists (208 B). With the 32-byte key and the hash
+//! table's spare capacity (load factor at most 7/8) count about 850 bytes: ~85 MB at the
+//! default bound of 100 000 entries.
 //! A host that talks to a few thousand destinations uses a few megabytes.
 
 mod histogram;
@@ -65,14 +66,20 @@ pub enum StreakKind {
 }
 
 impl StreakKind {
-    pub const ALL: [StreakKind; 3] = [StreakKind::Refused, StreakKind::Unanswered, StreakKind::Reset];
+    pub const ALL: [StreakKind; 3] = [
+        StreakKind::Refused,
+        StreakKind::Unanswered,
+        StreakKind::Reset,
+    ];
 
     /// The streak an outcome extends, `None` for a success.
     pub fn of(outcome: Outcome) -> Option<Self> {
         match outcome {
             Outcome::Established => None,
             Outcome::Refused => Some(StreakKind::Refused),
-            Outcome::Timeout | Outcome::Abandoned | Outcome::Unreachable => Some(StreakKind::Unanswered),
+            Outcome::Timeout | Outcome::Abandoned | Outcome::Unreachable => {
+                Some(StreakKind::Unanswered)
+            }
             Outcome::Reset => Some(StreakKind::Reset),
         }
     }
@@ -189,8 +196,13 @@ impl<A> Destination<A> {
         if outcome != Outcome::Reset {
             self.attempts = self.attempts.saturating_add(1);
             self.window.record(now, outcome.is_failure(), slot_ns);
-            self.processes.observe(Process { tgid: rec.who.tgid, comm: rec.who.comm });
-            self.cgroups.observe(Cgroup { cgroup_id: rec.who.cgroup_id });
+            self.processes.observe(Process {
+                tgid: rec.who.tgid,
+                comm: rec.who.comm,
+            });
+            self.cgroups.observe(Cgroup {
+                cgroup_id: rec.who.cgroup_id,
+            });
         }
         match StreakKind::of(outcome) {
             None => {
@@ -318,7 +330,11 @@ impl<A: Annotation> DestinationTable<A> {
     }
 
     /// Records a connect outcome; see [`DestinationTable::entry`] for the return value.
-    pub fn record_connect(&mut self, rec: &ConnectRecord, now: u64) -> Option<(&mut Destination<A>, bool)> {
+    pub fn record_connect(
+        &mut self,
+        rec: &ConnectRecord,
+        now: u64,
+    ) -> Option<(&mut Destination<A>, bool)> {
         let slot_ns = self.slot_ns;
         let (entry, created) = self.entry(rec.dst, now)?;
         entry.record_connect(rec, now, slot_ns);
@@ -429,7 +445,13 @@ mod tests {
             family: Family::Ipv4,
             src: addr(1, 40000),
             dst,
-            who: Attribution { pid: 7, tgid: 7, comm: Comm::from("curl"), cgroup_id: 9, netns: 1 },
+            who: Attribution {
+                pid: 7,
+                tgid: 7,
+                comm: Comm::from("curl"),
+                cgroup_id: 9,
+                netns: 1,
+            },
             syn_retransmits: 0,
             errno: 0,
         }
@@ -439,7 +461,12 @@ mod tests {
     fn counts_streaks_and_latency() {
         let mut t: DestinationTable<()> = DestinationTable::new(10, Duration::from_secs(60));
         let dst = addr(2, 80);
-        for outcome in [Outcome::Refused, Outcome::Timeout, Outcome::Refused, Outcome::Reset] {
+        for outcome in [
+            Outcome::Refused,
+            Outcome::Timeout,
+            Outcome::Refused,
+            Outcome::Reset,
+        ] {
             t.record_connect(&record(dst, outcome, SEC), SEC);
         }
         let d = t.get(&dst).expect("entry");
@@ -453,7 +480,11 @@ mod tests {
 
         t.record_connect(&record(dst, Outcome::Established, 2 * SEC), 2 * SEC);
         let d = t.get(&dst).expect("entry");
-        assert_eq!(d.streaks(), Streaks::default(), "a success resets every streak");
+        assert_eq!(
+            d.streaks(),
+            Streaks::default(),
+            "a success resets every streak"
+        );
         let p50 = d.handshake().quantile(0.5).unwrap_or_default();
         assert!((190..=320).contains(&p50), "p50 {p50}");
         assert_eq!(d.last_outcome(), Some((Outcome::Established, 2 * SEC)));
@@ -470,13 +501,23 @@ mod tests {
         t.entry(addr(2, 80), 4 * SEC);
         t.entry(addr(4, 80), 5 * SEC);
         assert_eq!(t.len(), 3);
-        assert!(t.get(&addr(1, 80)).is_some(), "pinned entries stay however old");
-        assert!(t.get(&addr(3, 80)).is_none(), "least recently used unpinned entry goes");
+        assert!(
+            t.get(&addr(1, 80)).is_some(),
+            "pinned entries stay however old"
+        );
+        assert!(
+            t.get(&addr(3, 80)).is_none(),
+            "least recently used unpinned entry goes"
+        );
         assert!(t.get(&addr(2, 80)).is_some());
         assert_eq!(t.evicted(), 1);
 
         for e in [1, 2, 4] {
-            t.entry(addr(e, 80), 6 * SEC).expect("present").0.annotation.0 = true;
+            t.entry(addr(e, 80), 6 * SEC)
+                .expect("present")
+                .0
+                .annotation
+                .0 = true;
         }
         assert!(t.entry(addr(5, 80), 7 * SEC).is_none());
         assert_eq!(t.untracked(), 1);

@@ -37,14 +37,17 @@ impl<K: Copy + PartialEq, const N: usize> TopN<K, N> {
             return;
         }
         if let Some(least) = self.slots.iter_mut().flatten().min_by_key(|t| t.connects) {
-            *least = Tally { key, connects: least.connects.saturating_add(1) };
+            *least = Tally {
+                key,
+                connects: least.connects.saturating_add(1),
+            };
         }
     }
 
     /// The kept keys, most frequent first.
     pub fn ranked(&self) -> Vec<Tally<K>> {
         let mut v: Vec<Tally<K>> = self.slots.iter().flatten().copied().collect();
-        v.sort_by(|a, b| b.connects.cmp(&a.connects));
+        v.sort_by_key(|t| std::cmp::Reverse(t.connects));
         v
     }
 }
@@ -64,6 +67,12 @@ mod tests {
         }
         let ranked = top.ranked();
         assert_eq!(ranked.len(), 2);
-        assert_eq!(ranked[0], Tally { key: 1, connects: 10 });
+        assert_eq!(
+            ranked[0],
+            Tally {
+                key: 1,
+                connects: 10
+            }
+        );
     }
 }

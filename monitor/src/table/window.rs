@@ -14,19 +14,23 @@ struct Slot {
     failures: u32,
 }
 
-/// Attempts and failures over a sliding window of [`SLOTS`] slots.
+/// Attempts and failures over a sliding window of `SLOTS` slots.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RatioWindow {
     slots: [Slot; SLOTS as usize],
 }
 
 impl RatioWindow {
-    /// Counts one attempt at `now`; `slot_ns` is the window length divided by [`SLOTS`].
+    /// Counts one attempt at `now`; `slot_ns` is the window length divided by `SLOTS`.
     pub fn record(&mut self, now: u64, failed: bool, slot_ns: u64) {
         let index = now / slot_ns.max(1);
         let slot = &mut self.slots[(index % SLOTS) as usize];
         if slot.index != index {
-            *slot = Slot { index, attempts: 0, failures: 0 };
+            *slot = Slot {
+                index,
+                attempts: 0,
+                failures: 0,
+            };
         }
         slot.attempts = slot.attempts.saturating_add(1);
         if failed {
@@ -40,7 +44,9 @@ impl RatioWindow {
         self.slots
             .iter()
             .filter(|s| s.index <= current && s.index + SLOTS > current)
-            .fold((0u32, 0u32), |(a, f), s| (a.saturating_add(s.attempts), f.saturating_add(s.failures)))
+            .fold((0u32, 0u32), |(a, f), s| {
+                (a.saturating_add(s.attempts), f.saturating_add(s.failures))
+            })
     }
 
     /// Forgets everything (after an ejection the evidence has been used).
