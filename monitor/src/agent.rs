@@ -1,42 +1,39 @@
-//! `connmon run`: attach, then read the ring buffer until SIGINT/SIGTERM.
+//! `connmon run`: attach, then feed kernel events through the policy to the sinks until
+//! SIGINT/SIGTERM.
 //!
-//! One task owns the pipeline: it drains the ring buffer when the kernel wakes it (every
-//! failure does) and on a short timer (routine `established` outcomes are written
-//! without a wake-up to keep the per-connect cost low), decodes each record, and hands it
-//! on to the sinks. Output is flushed once per drain.
+//! One task owns the pipeline (kernel → source → table/policy → sinks): it drains the ring
+//! buffer when the kernel wakes it (every failure does) and on a short timer (routine
+//! `established` outcomes are written without a wake-up to keep the per-connect cost
+//! low), decodes each record, runs it through the [`EjectionPolicy`], and renders events
+//! and decisions. Output is flushed once per drain; the state file is written after a
+//! drain that changed an ejection, and at exit.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    clock::WallClock,
+    clock::{WallClock, monotonic_now_ns},
+    config::Config,
+    policy::{EjectionPolicy, decision::Decision, pool::PoolMembership},
     sinks::stdout::{OutputFormat, StdoutSink},
     source::{
-        event::decode,
+        event::{KernelEvent, decode},
         kernel::{KernelSource, SourceOptions},
     },
     stats::{Counters, Stats},
 };
-
-/// Everything `connmon run` needs, after CLI and config merging.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub source: SourceOptions,
-    pub output: OutputFormat,
-    /// How often batched records are picked up without a kernel wake-up.
-    pub batch_interval: Duration,
-    /// How often a `stats` line is written (0: only at exit).
-    pub stats_interval: Duration,
-}
 
 /// Fails with one clear sentence when the host cannot run connmon.
 pub fn preflight() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("connmon must run as root (it loads eBPF programs and may mount tracefs)");
     }
-    let btf = std::path::Path::new(crate::source::btf::VMLINUX);
+    let btf = Path::new(crate::source::btf::VMLINUX);
     if !btf.exists() {
         anyhow::bail!(
             "{} not found: connmon needs Linux >= 5.8 built with CONFIG_DEBUG_INFO_BTF",
@@ -46,81 +43,218 @@ pub fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+/// The pool: `policy.pool` entries from the config plus the lines of the pool file.
+pub fn load_pool(config: &Config) -> anyhow::Result<PoolMembership> {
+    let mut entries = config.policy.pool_entries()?;
+    if let Some(path) = &config.agent.pool_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read pool file {}", path.display()))?;
+        let file_entries = PoolMembership::parse_entries(&text)
+            .with_context(|| format!("pool file {}", path.display()))?;
+        entries.extend(file_entries);
+    } else if entries.is_empty() {
+        return Ok(PoolMembership::unconfigured());
+    }
+    Ok(PoolMembership::from_entries(entries))
+}
+
+/// The inode of the host's network namespace (PID 1's), for `localhost_trap`.
+fn host_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/1/ns/net").map(|m| m.ino() as u32).unwrap_or(0)
+}
+
+/// The pipeline's state between drains.
+struct Pipeline {
+    policy: EjectionPolicy,
+    sink: StdoutSink,
+    counters: Counters,
+    decisions: Vec<Decision>,
+    clock: WallClock,
+    state_file: PathBuf,
+}
+
+impl Pipeline {
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(event) => self.on_event(&event),
+                Err(err) => {
+                    self.counters.decode_errors += 1;
+                    tracing::warn!(%err, "undecodable ring-buffer record");
+                }
+            }
+        }
+        self.persist_if_changed();
+    }
+
+    fn on_event(&mut self, event: &KernelEvent) {
+        self.counters.count(event);
+        let role = match event {
+            KernelEvent::Connect(c) => self.policy.pool().role(&c.dst),
+            KernelEvent::SynRetransmit(r) => self.policy.pool().role(&r.dst),
+        };
+        self.sink.event(event, role);
+        match event {
+            KernelEvent::Connect(c) => self.policy.on_connect(c, c.ktime_ns, &mut self.decisions),
+            KernelEvent::SynRetransmit(r) => {
+                self.policy.on_syn_retransmit(r, r.ktime_ns, &mut self.decisions)
+            }
+        }
+        self.emit_decisions();
+    }
+
+    fn tick(&mut self) {
+        self.policy.tick(monotonic_now_ns(), &mut self.decisions);
+        self.emit_decisions();
+        self.persist_if_changed();
+    }
+
+    fn emit_decisions(&mut self) {
+        if self.decisions.is_empty() {
+            return;
+        }
+        let now = monotonic_now_ns();
+        for mut decision in self.decisions.drain(..) {
+            decision.stamp(now, &self.clock);
+            self.sink.decision(&decision);
+        }
+    }
+
+    fn persist_if_changed(&mut self) {
+        if self.policy.take_state_changed() {
+            self.persist();
+        }
+    }
+
+    fn persist(&mut self) {
+        if let Err(err) = self.policy.save_state(&self.state_file, monotonic_now_ns()) {
+            tracing::warn!(path = %self.state_file.display(), %err, "could not write the state file; ejections will not survive a restart");
+        }
+    }
+}
+
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     preflight()?;
+    config.validate()?;
     let started = Instant::now();
-    let mut source = KernelSource::attach(&opts.source)?;
+    let agent = &config.agent;
+    let output = agent.output.unwrap_or_else(|| {
+        use std::io::IsTerminal as _;
+        if std::io::stdout().is_terminal() { OutputFormat::Text } else { OutputFormat::Json }
+    });
+    let clock = WallClock::calibrate();
+    let pool = load_pool(&config)?;
+    let seed = u64::from(std::process::id()) ^ monotonic_now_ns();
+    let policy = EjectionPolicy::new(config.policy.clone(), pool, host_netns(), clock, seed)?;
+    let mut pipe = Pipeline {
+        policy,
+        sink: StdoutSink::new(output, clock),
+        counters: Counters::default(),
+        decisions: Vec::new(),
+        clock,
+        state_file: agent.state_file.clone(),
+    };
+    match pipe.policy.load_state(&agent.state_file, monotonic_now_ns(), &mut pipe.decisions) {
+        Ok(report) if report.found => tracing::info!(
+            path = %agent.state_file.display(),
+            restored = report.restored,
+            reinstated = report.reinstated,
+            history = report.history,
+            "loaded ejection state"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(path = %agent.state_file.display(), %err, "ignoring unusable state file; starting with no ejections"),
+    }
+
+    let mut source = KernelSource::attach(&SourceOptions {
+        ring_buffer_bytes: agent.ring_buffer_bytes,
+        wakeup_every_event: agent.wakeup_every_event,
+    })?;
     if source.info.mounted_tracefs {
         tracing::info!(path = %source.info.tracefs.display(), "mounted tracefs");
     }
     tracing::info!(
-        ring_buffer_bytes = opts.source.ring_buffer_bytes,
+        ring_buffer_bytes = agent.ring_buffer_bytes,
         netns = source.info.netns_resolved,
+        pool_members = pipe.policy.pool().len(),
         "attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_retransmit_skb, sock:inet_sk_error_report"
     );
+    pipe.emit_decisions();
 
-    let clock = WallClock::calibrate();
-    let mut sink = StdoutSink::new(opts.output, clock);
-    let mut counters = Counters::default();
     let mut last_lost = 0u64;
-
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut batch_tick = tokio::time::interval(opts.batch_interval);
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut batch_tick = tokio::time::interval(agent.batch_interval);
     batch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stats_every = if opts.stats_interval.is_zero() { Duration::from_secs(86_400 * 365) } else { opts.stats_interval };
+    let stats_every = if agent.stats_interval.is_zero() {
+        Duration::from_secs(86_400 * 365)
+    } else {
+        agent.stats_interval
+    };
     let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
 
     loop {
         tokio::select! {
             guard = source.ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut sink, &mut counters);
+                pipe.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
-            _ = batch_tick.tick() => drain(source.ring.get_mut(), &mut sink, &mut counters),
-            _ = stats_tick.tick() => {
-                let stats = snapshot(&source, &counters, &clock, started, false)?;
-                if stats.lost_events > last_lost {
-                    tracing::warn!(
-                        lost = stats.lost_events - last_lost,
-                        total = stats.lost_events,
-                        "ring buffer full: events were lost (raise --ring-buffer-bytes)"
-                    );
-                    last_lost = stats.lost_events;
-                }
-                sink.stats(&stats);
+            _ = batch_tick.tick() => {
+                pipe.drain(source.ring.get_mut());
+                pipe.tick();
             }
+            _ = stats_tick.tick() => {
+                let stats = snapshot(&source, &pipe.counters, &clock, started, false)?;
+                warn_if_lost(&mut last_lost, stats.lost_events);
+                pipe.sink.stats(&stats);
+            }
+            _ = sighup.recv() => reload_pool(&mut pipe.policy, config_path.as_deref(), &config),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        sink.flush().await.context("writing to stdout")?;
+        pipe.sink.flush().await.context("writing to stdout")?;
     }
 
-    drain(source.ring.get_mut(), &mut sink, &mut counters);
-    let stats = snapshot(&source, &counters, &clock, started, true)?;
-    if stats.lost_events > last_lost {
-        tracing::warn!(total = stats.lost_events, "ring buffer full: events were lost (raise --ring-buffer-bytes)");
-    }
-    sink.stats(&stats);
-    sink.flush().await.context("writing to stdout")?;
+    pipe.drain(source.ring.get_mut());
+    let stats = snapshot(&source, &pipe.counters, &clock, started, true)?;
+    warn_if_lost(&mut last_lost, stats.lost_events);
+    pipe.sink.stats(&stats);
+    pipe.sink.flush().await.context("writing to stdout")?;
+    pipe.persist();
     drop(source);
     tracing::info!("detached; exiting");
     Ok(())
 }
 
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, sink: &mut StdoutSink, counters: &mut Counters) {
-    while let Some(item) = ring.next() {
-        match decode(&item) {
-            Ok(event) => {
-                counters.count(&event);
-                sink.event(&event);
-            }
-            Err(err) => {
-                counters.decode_errors += 1;
-                tracing::warn!(%err, "undecodable ring-buffer record");
-            }
+/// SIGHUP: re-read the pool — the config file's `policy.pool` and the pool file in
+/// effect (a `--pool` flag still wins) — and swap it in, keeping every destination's
+/// history. A bad file keeps the old pool.
+fn reload_pool(policy: &mut EjectionPolicy, config_path: Option<&Path>, started_with: &Config) {
+    let reloaded = Config::load(config_path).map_err(anyhow::Error::from).and_then(|file| {
+        let mut config = started_with.clone();
+        config.policy.pool = file.policy.pool;
+        load_pool(&config)
+    });
+    match reloaded {
+        Ok(pool) => {
+            tracing::info!(members = pool.len(), configured = pool.is_configured(), "SIGHUP: pool reloaded");
+            policy.set_pool(pool);
         }
+        Err(err) => tracing::error!("SIGHUP: keeping the current pool: {err:#}"),
+    }
+}
+
+fn warn_if_lost(last: &mut u64, lost: u64) {
+    if lost > *last {
+        tracing::warn!(
+            lost = lost - *last,
+            total = lost,
+            "ring buffer full: events were lost (raise --ring-buffer-bytes)"
+        );
+        *last = lost;
     }
 }
 
@@ -134,7 +268,7 @@ fn snapshot(
     let kernel = source.counters().context("reading kernel counters")?;
     Ok(Stats {
         r#type: "stats",
-        ts: clock.rfc3339(crate::clock::monotonic_now_ns()),
+        ts: clock.rfc3339(monotonic_now_ns()),
         uptime_s: started.elapsed().as_secs(),
         events: counters.events,
         outcomes: counters.outcomes.into(),

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod clock;
+pub mod config;
 pub mod policy;
 pub mod sinks;
 pub mod source;

@@ -1,17 +1,13 @@
 //! The `connmon` command line.
 
-use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use monitor::{
-    agent::{self, RunOptions},
-    sinks::stdout::OutputFormat,
-    source::kernel::{SourceOptions, validate_ring_buffer_bytes},
-};
+use monitor::{agent, config::Config, policy::config::parse_duration, sinks::stdout::OutputFormat};
 
 /// Kernel-level TCP connection monitor: every outgoing connect becomes one outcome
 /// (established, refused, reset, timeout, abandoned, unreachable), attributed to the
-/// process, cgroup and network namespace that made it.
+/// process, cgroup and network namespace that made it; dead pool members are evicted.
 #[derive(Parser)]
 #[command(name = "connmon", version)]
 struct Cli {
@@ -21,44 +17,82 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach to the kernel and stream connect outcomes to stdout.
+    /// Attach to the kernel, stream outcomes and evict/reinstate decisions to stdout.
     Run(RunArgs),
 }
 
+/// Flags override the config file (`--config`, default /etc/connmon/connmon.toml if it exists).
 #[derive(Args)]
 struct RunArgs {
-    /// Output format (default: json when stdout is not a terminal, text otherwise).
+    /// Config file (TOML). Without it, /etc/connmon/connmon.toml is read if present.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (file + flags) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Output format [default: json when stdout is not a terminal, text otherwise].
     #[arg(long, value_enum)]
     output: Option<OutputFormat>,
-    /// Ring buffer size in bytes (a power of two, >= 4096).
-    #[arg(long, default_value_t = 256 * 1024, value_parser = parse_ring_size)]
-    ring_buffer_bytes: u32,
+    /// Ring buffer size in bytes (a power of two, >= 4096) [default: 262144].
+    #[arg(long)]
+    ring_buffer_bytes: Option<u32>,
     /// Wake the reader for every event (default: routine `established` outcomes are batched).
     #[arg(long)]
     wakeup_every_event: bool,
-    /// How often batched events are picked up, e.g. 100ms.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    batch_interval: Duration,
-    /// How often a stats line is written, e.g. 10s (0s: only at exit).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    stats_interval: Duration,
+    /// How often batched events are collected and ejection timers checked [default: 100ms].
+    #[arg(long, value_parser = parse_duration)]
+    batch_interval: Option<Duration>,
+    /// How often a stats line is written, 0s: only at exit [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    stats_interval: Option<Duration>,
+    /// Pool members, one per line (ADDR:PORT, [V6]:PORT, CIDR:PORT, CIDR); reloaded on SIGHUP.
+    #[arg(long)]
+    pool: Option<PathBuf>,
+    /// Where ejections are kept across restarts [default: /var/lib/connmon/state.json].
+    #[arg(long)]
+    state_file: Option<PathBuf>,
 }
 
-fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|e| format!("{s:?} is not a byte count: {e}"))?;
-    validate_ring_buffer_bytes(n)?;
-    Ok(n)
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 100ms, 10s or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} is not a duration like 100ms, 10s or 5m")),
+impl RunArgs {
+    fn apply(&self, config: &mut Config) {
+        let a = &mut config.agent;
+        if self.output.is_some() {
+            a.output = self.output;
+        }
+        if let Some(n) = self.ring_buffer_bytes {
+            a.ring_buffer_bytes = n;
+        }
+        if self.wakeup_every_event {
+            a.wakeup_every_event = true;
+        }
+        if let Some(d) = self.batch_interval {
+            a.batch_interval = d;
+        }
+        if let Some(d) = self.stats_interval {
+            a.stats_interval = d;
+        }
+        if let Some(p) = &self.pool {
+            a.pool_file = Some(p.clone());
+        }
+        if let Some(p) = &self.state_file {
+            a.state_file = p.clone();
+        }
     }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    args.apply(&mut config);
+    config.validate()?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?
+        .block_on(agent::run(config, args.config))
 }
 
 fn main() -> ExitCode {
@@ -69,30 +103,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(args) => {
-            let output = args.output.unwrap_or(if std::io::stdout().is_terminal() {
-                OutputFormat::Text
-            } else {
-                OutputFormat::Json
-            });
-            let opts = RunOptions {
-                source: SourceOptions {
-                    ring_buffer_bytes: args.ring_buffer_bytes,
-                    wakeup_every_event: args.wakeup_every_event,
-                },
-                output,
-                batch_interval: args.batch_interval.max(Duration::from_millis(1)),
-                stats_interval: args.stats_interval,
-            };
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(agent::run(opts)))
-        }
+    let result = match Cli::parse().command {
+        Command::Run(args) => run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -128,11 +128,15 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent and waits until it has attached.
+    /// Starts the agent and waits until it has attached. Unless `extra_args` name one,
+    /// the agent gets a state file of its own (never the host's /var/lib/connmon).
     pub fn start(extra_args: &[&str]) -> Self {
-        let mut child = Command::new(connmon_bin())
-            .args(["run", "--output", "json"])
-            .args(extra_args)
+        let mut cmd = Command::new(connmon_bin());
+        cmd.args(["run", "--output", "json", "--config", "/dev/null"]).args(extra_args);
+        if !extra_args.contains(&"--state-file") {
+            cmd.arg("--state-file").arg(scratch_dir("state").join("state.json"));
+        }
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -249,6 +253,19 @@ impl Drop for Agent {
             let _ = wait_timeout(&mut self.child, Duration::from_secs(10));
         }
     }
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory under the system temp dir for this test process.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "connmon-test-{tag}-{}-{}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
 }
 
 /// Matches a `connect` line of `outcome` to `dst` from namespace `netns`.

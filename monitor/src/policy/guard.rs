@@ -4,10 +4,10 @@
 //!   members ejected at once, but always at least one (as Envoy's outlier detection
 //!   does), so a single dead node of a small pool is still ejected; 0 % disables
 //!   automatic ejection. When the guard withholds an ejection, an `ejection_guard`
-//!   diagnosis says so, at most once per `policy.ratio_window`. "Known members" are the members the pool names by address and
-//!   port plus every other candidate destination the table has seen (a CIDR member
-//!   becomes known when traffic reaches it; with no pool configured every destination
-//!   seen is a candidate).
+//!   diagnosis says so, at most once per `policy.ratio_window`. "Known members" are
+//!   the members the pool names by address and port plus every other candidate
+//!   destination the table has seen (a CIDR member becomes known when traffic reaches
+//!   it; with no pool configured every destination seen is a candidate).
 //! * The local-outage detector: when at least `outage_min_destinations` distinct
 //!   destinations were attempted within `outage_window` and at least
 //!   `outage_failure_ratio` of them are failing (their latest connect in the window

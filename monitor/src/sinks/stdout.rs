@@ -9,6 +9,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::{
     clock::WallClock,
+    policy::{decision::Decision, pool::Role},
     source::event::{Comm, ConnectRecord, Family, KernelEvent, Outcome, SynRetransmitRecord},
     stats::Stats,
 };
@@ -31,6 +32,7 @@ struct ConnectLine<'a> {
     ktime_ns: u64,
     src: SocketAddr,
     dst: SocketAddr,
+    role: Role,
     family: Family,
     pid: u32,
     tgid: u32,
@@ -49,6 +51,7 @@ struct SynRetransmitLine<'a> {
     ktime_ns: u64,
     src: SocketAddr,
     dst: SocketAddr,
+    role: Role,
     family: Family,
     pid: u32,
     tgid: u32,
@@ -72,14 +75,28 @@ impl StdoutSink {
         StdoutSink { format, clock, buf: Vec::with_capacity(64 * 1024), out: tokio::io::stdout() }
     }
 
-    pub fn event(&mut self, event: &KernelEvent) {
+    /// A kernel event; `role` is the destination's role in the pool.
+    pub fn event(&mut self, event: &KernelEvent, role: Role) {
         match event {
-            KernelEvent::Connect(c) => self.connect(c),
-            KernelEvent::SynRetransmit(r) => self.syn_retransmit(r),
+            KernelEvent::Connect(c) => self.connect(c, role),
+            KernelEvent::SynRetransmit(r) => self.syn_retransmit(r, role),
         }
     }
 
-    fn connect(&mut self, c: &ConnectRecord) {
+    /// A policy decision: the JSON object as documented, or a text line.
+    pub fn decision(&mut self, decision: &Decision) {
+        self.record(decision, || {
+            let json = serde_json::to_value(decision).unwrap_or_default();
+            let what = json["type"].as_str().unwrap_or("decision").to_uppercase();
+            let ts = json["ts"].as_str().unwrap_or_default();
+            let time = ts.get(11..26).unwrap_or(ts);
+            let dst = json["dst"].as_str().unwrap_or("-");
+            let detail = json["reason"].as_str().or(json["kind"].as_str()).unwrap_or_default();
+            format!("{time:<15}  {what:<14} {dst:>24}    {detail}  {json}")
+        });
+    }
+
+    fn connect(&mut self, c: &ConnectRecord, role: Role) {
         match self.format {
             OutputFormat::Json => {
                 let line = ConnectLine {
@@ -89,6 +106,7 @@ impl StdoutSink {
                     ktime_ns: c.ktime_ns,
                     src: c.src,
                     dst: c.dst,
+                    role,
                     family: c.family,
                     pid: c.who.pid,
                     tgid: c.who.tgid,
@@ -108,7 +126,7 @@ impl StdoutSink {
         }
     }
 
-    fn syn_retransmit(&mut self, r: &SynRetransmitRecord) {
+    fn syn_retransmit(&mut self, r: &SynRetransmitRecord, role: Role) {
         let since_syn_us = r.ktime_ns.saturating_sub(r.start_ns) / 1_000;
         match self.format {
             OutputFormat::Json => {
@@ -118,6 +136,7 @@ impl StdoutSink {
                     ktime_ns: r.ktime_ns,
                     src: r.src,
                     dst: r.dst,
+                    role,
                     family: r.family,
                     pid: r.who.pid,
                     tgid: r.who.tgid,
@@ -220,7 +239,7 @@ mod tests {
     #[test]
     fn json_connect_line_has_the_documented_fields() {
         let mut sink = StdoutSink::new(OutputFormat::Json, WallClock::from_offset_ns(1_700_000_000_000_000_000));
-        sink.event(&refused());
+        sink.event(&refused(), Role::Proxy);
         let text = std::str::from_utf8(sink.pending()).unwrap();
         assert!(text.ends_with('\n') && text.lines().count() == 1);
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
@@ -231,6 +250,7 @@ mod tests {
         assert_eq!(v["src"], "[::1]:33850");
         assert_eq!(v["dst"], "[::1]:40002");
         assert_eq!(v["family"], "ipv6");
+        assert_eq!(v["role"], "proxy");
         assert_eq!((v["pid"].as_u64(), v["tgid"].as_u64()), (Some(123), Some(123)));
         assert_eq!(v["comm"], "python3");
         assert_eq!((v["cgroup_id"].as_u64(), v["netns"].as_u64()), (Some(7), Some(9)));
@@ -240,7 +260,7 @@ mod tests {
     #[test]
     fn text_line_is_aligned() {
         let mut sink = StdoutSink::new(OutputFormat::Text, WallClock::from_offset_ns(0));
-        sink.event(&refused());
+        sink.event(&refused(), Role::Target);
         let text = std::str::from_utf8(sink.pending()).unwrap();
         assert!(text.contains("refused") && text.contains("[::1]:33850 -> [::1]:40002"), "{text}");
         assert!(text.contains("python3") && text.contains("57us retx=0"), "{text}");

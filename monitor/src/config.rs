@@ -1,0 +1,189 @@
+//! connmon.toml: one file for the agent and the policy, overridden by flags.
+//!
+//! ```toml
+//! [agent]
+//! output = "json"                       # or "text"; default: json unless stdout is a TTY
+//! ring_buffer_bytes = 262144
+//! batch_interval = "100ms"
+//! stats_interval = "10s"
+//! wakeup_every_event = false
+//! pool_file = "/etc/connmon/pool.txt"   # one member per line, reloaded on SIGHUP
+//! state_file = "/var/lib/connmon/state.json"
+//!
+//! [policy]                              # see policy::config::PolicyConfig
+//! consecutive_refused = 1
+//! pool = ["198.51.100.0/24:8080"]
+//! ```
+//!
+//! Every value is checked before anything is loaded; an error names the key, the value
+//! and what is allowed.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    policy::config::{PolicyConfig, human_duration},
+    sinks::stdout::OutputFormat,
+    source::kernel::validate_ring_buffer_bytes,
+};
+
+/// Where the config file is read from when `--config` is not given (if it exists).
+pub const DEFAULT_CONFIG: &str = "/etc/connmon/connmon.toml";
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/connmon/state.json";
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub policy: PolicyConfig,
+}
+
+/// The `[agent]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// None: json when stdout is not a terminal, text otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputFormat>,
+    pub ring_buffer_bytes: u32,
+    #[serde(with = "human_duration")]
+    pub batch_interval: Duration,
+    #[serde(with = "human_duration")]
+    pub stats_interval: Duration,
+    pub wakeup_every_event: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_file: Option<PathBuf>,
+    pub state_file: PathBuf,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            output: None,
+            ring_buffer_bytes: 256 * 1024,
+            batch_interval: Duration::from_millis(100),
+            stats_interval: Duration::from_secs(10),
+            wakeup_every_event: false,
+            pool_file: None,
+            state_file: PathBuf::from(DEFAULT_STATE_FILE),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key} = {value}: {allowed}")]
+    Invalid { key: String, value: String, allowed: String },
+    #[error(transparent)]
+    Policy(#[from] crate::policy::config::ConfigError),
+}
+
+impl Config {
+    /// Parses TOML text (`path` only names the file in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigFileError> {
+        toml::from_str(text).map_err(|e| ConfigFileError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Reads `path`, or the default file if it exists, or the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigFileError> {
+        let (path, required) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_CONFIG), false),
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigFileError::Read { path: path.to_path_buf(), source }),
+        }
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ConfigFileError> {
+        let a = &self.agent;
+        validate_ring_buffer_bytes(a.ring_buffer_bytes).map_err(|allowed| ConfigFileError::Invalid {
+            key: "agent.ring_buffer_bytes".into(),
+            value: a.ring_buffer_bytes.to_string(),
+            allowed,
+        })?;
+        if a.batch_interval.is_zero() || a.batch_interval > Duration::from_secs(10) {
+            return Err(ConfigFileError::Invalid {
+                key: "agent.batch_interval".into(),
+                value: crate::policy::config::format_duration(a.batch_interval),
+                allowed: "must be between 1ms and 10s".into(),
+            });
+        }
+        self.policy.validate()?;
+        self.policy.pool_entries()?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (`connmon run --print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults_and_round_trips() {
+        let c = Config::parse(Path::new("x.toml"), "").unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+        let again = Config::parse(Path::new("x.toml"), &c.to_toml()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn sections_override_defaults() {
+        let c = Config::parse(
+            Path::new("x.toml"),
+            "[agent]\noutput = \"text\"\nring_buffer_bytes = 1048576\nstate_file = \"/tmp/s.json\"\n[policy]\nbase_ejection = \"1s\"\npool = [\"127.0.0.1:8080\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.agent.output, Some(OutputFormat::Text));
+        assert_eq!(c.agent.ring_buffer_bytes, 1 << 20);
+        assert_eq!(c.policy.base_ejection, Duration::from_secs(1));
+        assert_eq!(c.agent.stats_interval, Duration::from_secs(10));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key() {
+        let err = Config::parse(Path::new("/etc/c.toml"), "[agent]\nring_bufer_bytes = 4096\n").unwrap_err().to_string();
+        assert!(err.starts_with("config file /etc/c.toml:") && err.contains("ring_bufer_bytes"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_key_value_and_what_is_allowed() {
+        let c = Config::parse(Path::new("x"), "[agent]\nring_buffer_bytes = 5000\n").unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "agent.ring_buffer_bytes = 5000: ring buffer size 5000 must be a power of two and at least 4096 bytes (e.g. 262144)"
+        );
+        let c = Config::parse(Path::new("x"), "[policy]\nfailure_ratio = 1.5\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().to_string(), "policy.failure_ratio = 1.5: must be between 0 and 1 (greater than 0)");
+        let c = Config::parse(Path::new("x"), "[policy]\npool = [\"not-an-address\"]\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().starts_with("policy.pool[0] = \"not-an-address\""));
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error_but_a_missing_default_is_not() {
+        let err = Config::load(Some(Path::new("/nonexistent/connmon.toml"))).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read config file /nonexistent/connmon.toml"), "{err}");
+    }
+}
