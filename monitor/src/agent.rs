@@ -58,10 +58,11 @@ pub fn load_pool(config: &Config) -> anyhow::Result<PoolMembership> {
     Ok(PoolMembership::from_entries(entries))
 }
 
-/// The inode of the host's network namespace (PID 1's), for `localhost_trap`.
+/// The inode of the agent's own network namespace — the host's, where connmon runs —
+/// for `localhost_trap` (a refused loopback connect from any other namespace).
 fn host_netns() -> u32 {
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/1/ns/net").map(|m| m.ino() as u32).unwrap_or(0)
+    std::fs::metadata("/proc/self/ns/net").map(|m| m.ino() as u32).unwrap_or(0)
 }
 
 /// The pipeline's state between drains.

@@ -132,7 +132,11 @@ impl Agent {
     /// the agent gets a state file of its own (never the host's /var/lib/connmon).
     pub fn start(extra_args: &[&str]) -> Self {
         let mut cmd = Command::new(connmon_bin());
-        cmd.args(["run", "--output", "json", "--config", "/dev/null"]).args(extra_args);
+        cmd.args(["run", "--output", "json"]).args(extra_args);
+        if !extra_args.contains(&"--config") {
+            // Never the host's /etc/connmon/connmon.toml.
+            cmd.args(["--config", "/dev/null"]);
+        }
         if !extra_args.contains(&"--state-file") {
             cmd.arg("--state-file").arg(scratch_dir("state").join("state.json"));
         }
