@@ -16,9 +16,14 @@ use std::{
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
 use crate::{
+    bus::EventBus,
     clock::{WallClock, monotonic_now_ns},
     config::Config,
+    control::{self, Control},
     policy::{EjectionPolicy, decision::Decision, pool::PoolMembership},
     sinks::stdout::{OutputFormat, StdoutSink},
     source::{
@@ -69,6 +74,7 @@ fn host_netns() -> u32 {
 struct Pipeline {
     policy: EjectionPolicy,
     sink: StdoutSink,
+    bus: EventBus,
     counters: Counters,
     decisions: Vec<Decision>,
     clock: WallClock,
@@ -96,6 +102,7 @@ impl Pipeline {
             KernelEvent::SynRetransmit(r) => self.policy.pool().role(&r.dst),
         };
         self.sink.event(event, role);
+        self.bus.event(event, role);
         match event {
             KernelEvent::Connect(c) => self.policy.on_connect(c, c.ktime_ns, &mut self.decisions),
             KernelEvent::SynRetransmit(r) => {
@@ -119,7 +126,36 @@ impl Pipeline {
         for mut decision in self.decisions.drain(..) {
             decision.stamp(now, &self.clock);
             self.sink.decision(&decision);
+            let role = decision.dst().map(|dst| self.policy.pool().role(&dst));
+            self.bus.decision(&decision, role);
         }
+    }
+
+    /// Runs one command from the control channel on the engine.
+    fn control(&mut self, command: Control) {
+        let now = monotonic_now_ns();
+        match command {
+            Control::Snapshot { reply } => {
+                let _ = reply.send(self.policy.snapshot(now));
+            }
+            Control::Pool { op, members, reply } => {
+                let pool = self.policy.pool().apply(op, &members);
+                let entries = pool.entries();
+                tracing::info!(?op, members = entries.len(), "pool changed over the control socket");
+                self.policy.set_pool(pool);
+                let _ = reply.send(entries);
+            }
+            Control::Evict { dst, duration, reply } => {
+                let done = self.policy.evict_manual(dst, duration, now, &mut self.decisions);
+                let _ = reply.send(done);
+            }
+            Control::Reinstate { dst, reply } => {
+                let done = self.policy.reinstate_manual(dst, now, &mut self.decisions);
+                let _ = reply.send(done);
+            }
+        }
+        self.emit_decisions();
+        self.persist_if_changed();
     }
 
     fn persist_if_changed(&mut self) {
@@ -148,9 +184,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let pool = load_pool(&config)?;
     let seed = u64::from(std::process::id()) ^ monotonic_now_ns();
     let policy = EjectionPolicy::new(config.policy.clone(), pool, host_netns(), clock, seed)?;
+    let bus = EventBus::new(agent.bus_capacity, clock);
     let mut pipe = Pipeline {
         policy,
         sink: StdoutSink::new(output, clock),
+        bus: bus.clone(),
         counters: Counters::default(),
         decisions: Vec::new(),
         clock,
@@ -183,6 +221,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     );
     pipe.emit_decisions();
 
+    // Consumers of the bus and the control channel run as their own tasks; each gets a
+    // receiver from `bus.subscribe()` and stops when `shutdown` is cancelled.
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let (control_tx, mut control_rx) = control::channel();
+    spawn_consumers(&config, &bus, &control_tx, &shutdown, &tasks).await?;
+    drop(control_tx);
+
     let mut last_lost = 0u64;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -211,7 +257,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 let stats = snapshot(&source, &pipe.counters, &clock, started, false)?;
                 warn_if_lost(&mut last_lost, stats.lost_events);
                 pipe.sink.stats(&stats);
+                pipe.bus.stats(&stats);
             }
+            Some(command) = control_rx.recv() => pipe.control(command),
             _ = sighup.recv() => reload_pool(&mut pipe.policy, config_path.as_deref(), &config),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -223,10 +271,35 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let stats = snapshot(&source, &pipe.counters, &clock, started, true)?;
     warn_if_lost(&mut last_lost, stats.lost_events);
     pipe.sink.stats(&stats);
+    pipe.bus.stats(&stats);
     pipe.sink.flush().await.context("writing to stdout")?;
     pipe.persist();
     drop(source);
+
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!("consumers did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
     tracing::info!("detached; exiting");
+    Ok(())
+}
+
+/// How long consumers get to flush (OTLP) and say goodbye (socket clients) at exit.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts the bus consumers the configuration asks for. Each is spawned on `tasks`,
+/// reads `bus.subscribe()`, may send commands on `control`, and returns when
+/// `shutdown` is cancelled. Errors here (e.g. a socket path in use) stop the agent
+/// before it attaches anything.
+#[expect(unused_variables, reason = "consumers are added one per feature")]
+async fn spawn_consumers(
+    config: &Config,
+    bus: &EventBus,
+    control: &mpsc::Sender<Control>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<()> {
     Ok(())
 }
 

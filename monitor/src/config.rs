@@ -9,6 +9,7 @@
 //! wakeup_every_event = false
 //! pool_file = "/etc/connmon/pool.txt"   # one member per line, reloaded on SIGHUP
 //! state_file = "/var/lib/connmon/state.json"
+//! bus_capacity = 16384                  # per-subscriber backlog before `lagged`
 //!
 //! [policy]                              # see policy::config::PolicyConfig
 //! consecutive_refused = 1
@@ -59,6 +60,9 @@ pub struct AgentConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool_file: Option<PathBuf>,
     pub state_file: PathBuf,
+    /// Messages a bus subscriber (socket client, exporter) may fall behind before it
+    /// loses the oldest and is told how many.
+    pub bus_capacity: usize,
 }
 
 impl Default for AgentConfig {
@@ -71,6 +75,7 @@ impl Default for AgentConfig {
             wakeup_every_event: false,
             pool_file: None,
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
+            bus_capacity: 16_384,
         }
     }
 }
@@ -122,6 +127,13 @@ impl Config {
                 key: "agent.batch_interval".into(),
                 value: crate::policy::config::format_duration(a.batch_interval),
                 allowed: "must be between 1ms and 10s".into(),
+            });
+        }
+        if a.bus_capacity == 0 || a.bus_capacity > 1 << 20 {
+            return Err(ConfigFileError::Invalid {
+                key: "agent.bus_capacity".into(),
+                value: a.bus_capacity.to_string(),
+                allowed: "must be between 1 and 1048576".into(),
             });
         }
         self.policy.validate()?;

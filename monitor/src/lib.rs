@@ -4,8 +4,10 @@
 //! → [`table`] (per-destination state) → [`policy`] (detectors, ejection) → [`sinks`].
 
 pub mod agent;
+pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod policy;
 pub mod sinks;
 pub mod source;

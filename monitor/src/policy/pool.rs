@@ -156,6 +156,24 @@ impl PoolMembership {
         pool
     }
 
+    /// The entries of a configured pool, members sorted first, then networks in order.
+    pub fn entries(&self) -> Vec<PoolEntry> {
+        let mut members: Vec<SocketAddr> = self.members.iter().copied().collect();
+        members.sort();
+        members.into_iter().map(PoolEntry::Member).chain(self.networks.iter().copied()).collect()
+    }
+
+    /// Applies a pool command: add or remove entries, or replace them all. The result is
+    /// always a configured pool.
+    pub fn apply(&self, op: crate::control::PoolOp, entries: &[PoolEntry]) -> Self {
+        use crate::control::PoolOp;
+        match op {
+            PoolOp::Replace => Self::from_entries(entries.iter().copied()),
+            PoolOp::Add => Self::from_entries(self.entries().into_iter().chain(entries.iter().copied())),
+            PoolOp::Remove => Self::from_entries(self.entries().into_iter().filter(|e| !entries.contains(e))),
+        }
+    }
+
     /// Parses a pool file: one entry per line, `#` starts a comment, blank lines ignored.
     pub fn parse(text: &str) -> Result<Self, PoolError> {
         Self::parse_entries(text).map(Self::from_entries)

@@ -1,3 +1,5 @@
-//! Where events and decisions go. For now: stdout, as NDJSON or aligned text.
+//! Where events and decisions go: stdout (NDJSON or text); subscribers of the
+//! [`crate::bus::EventBus`] render with the same [`json`] functions.
 
+pub mod json;
 pub mod stdout;

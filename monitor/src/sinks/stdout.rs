@@ -4,13 +4,15 @@
 
 use std::{fmt::Write as _, net::SocketAddr};
 
+use super::json;
+
 use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::{
     clock::WallClock,
     policy::{decision::Decision, pool::Role},
-    source::event::{Comm, ConnectRecord, Family, KernelEvent, Outcome, SynRetransmitRecord},
+    source::event::{Comm, ConnectRecord, KernelEvent, SynRetransmitRecord},
     stats::Stats,
 };
 
@@ -22,44 +24,6 @@ pub enum OutputFormat {
     Json,
     /// Aligned columns for a terminal.
     Text,
-}
-
-#[derive(Serialize)]
-struct ConnectLine<'a> {
-    r#type: &'static str,
-    outcome: Outcome,
-    ts: String,
-    ktime_ns: u64,
-    src: SocketAddr,
-    dst: SocketAddr,
-    role: Role,
-    family: Family,
-    pid: u32,
-    tgid: u32,
-    comm: &'a Comm,
-    cgroup_id: u64,
-    netns: u32,
-    syn_retransmits: u32,
-    duration_us: u64,
-    errno: u32,
-}
-
-#[derive(Serialize)]
-struct SynRetransmitLine<'a> {
-    r#type: &'static str,
-    ts: String,
-    ktime_ns: u64,
-    src: SocketAddr,
-    dst: SocketAddr,
-    role: Role,
-    family: Family,
-    pid: u32,
-    tgid: u32,
-    comm: &'a Comm,
-    cgroup_id: u64,
-    netns: u32,
-    retransmits: u32,
-    since_syn_us: u64,
 }
 
 /// Renders events into a buffer; [`StdoutSink::flush`] writes it out.
@@ -99,25 +63,8 @@ impl StdoutSink {
     fn connect(&mut self, c: &ConnectRecord, role: Role) {
         match self.format {
             OutputFormat::Json => {
-                let line = ConnectLine {
-                    r#type: "connect",
-                    outcome: c.outcome,
-                    ts: self.clock.rfc3339(c.ktime_ns),
-                    ktime_ns: c.ktime_ns,
-                    src: c.src,
-                    dst: c.dst,
-                    role,
-                    family: c.family,
-                    pid: c.who.pid,
-                    tgid: c.who.tgid,
-                    comm: &c.who.comm,
-                    cgroup_id: c.who.cgroup_id,
-                    netns: c.who.netns,
-                    syn_retransmits: c.syn_retransmits,
-                    duration_us: c.duration_us(),
-                    errno: c.errno,
-                };
-                self.json_line(&line);
+                json::connect(&mut self.buf, c, role, &self.clock);
+                self.buf.push(b'\n');
             }
             OutputFormat::Text => {
                 let extra = format!("{}us retx={}", c.duration_us(), c.syn_retransmits);
@@ -130,23 +77,8 @@ impl StdoutSink {
         let since_syn_us = r.ktime_ns.saturating_sub(r.start_ns) / 1_000;
         match self.format {
             OutputFormat::Json => {
-                let line = SynRetransmitLine {
-                    r#type: "syn_retransmit",
-                    ts: self.clock.rfc3339(r.ktime_ns),
-                    ktime_ns: r.ktime_ns,
-                    src: r.src,
-                    dst: r.dst,
-                    role,
-                    family: r.family,
-                    pid: r.who.pid,
-                    tgid: r.who.tgid,
-                    comm: &r.who.comm,
-                    cgroup_id: r.who.cgroup_id,
-                    netns: r.who.netns,
-                    retransmits: r.retransmits,
-                    since_syn_us,
-                };
-                self.json_line(&line);
+                json::syn_retransmit(&mut self.buf, r, role, &self.clock);
+                self.buf.push(b'\n');
             }
             OutputFormat::Text => {
                 let extra = format!("{since_syn_us}us retx={}", r.retransmits);
@@ -171,10 +103,8 @@ impl StdoutSink {
     }
 
     fn json_line<T: Serialize>(&mut self, value: &T) {
-        // Serializing these plain structs into a Vec cannot fail.
-        if serde_json::to_writer(&mut self.buf, value).is_ok() {
-            self.buf.push(b'\n');
-        }
+        json::value(&mut self.buf, value);
+        self.buf.push(b'\n');
     }
 
     #[expect(clippy::too_many_arguments, reason = "one column each")]

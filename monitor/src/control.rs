@@ -1,0 +1,35 @@
+//! Commands into the pipeline from outside (the Unix socket server): they run on the
+//! pipeline task, between two ring-buffer drains, so the engine stays single-owner.
+//! The channel is bounded; senders wait (a command is a request, not a stream).
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::policy::{PoolEntry, PolicySnapshot};
+
+/// How a pool command changes the membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolOp {
+    Add,
+    Remove,
+    Replace,
+}
+
+/// One command, with the channel its answer goes back on.
+#[derive(Debug)]
+pub enum Control {
+    /// Current ejections and per-destination statistics.
+    Snapshot { reply: oneshot::Sender<PolicySnapshot> },
+    /// Change the pool; answers with the resulting pool entries.
+    Pool { op: PoolOp, members: Vec<PoolEntry>, reply: oneshot::Sender<Vec<PoolEntry>> },
+    /// Manual ejection through the engine (broadcast like any other); false if refused.
+    Evict { dst: SocketAddr, duration: Duration, reply: oneshot::Sender<bool> },
+    /// Manual reinstatement; false if the destination was not ejected.
+    Reinstate { dst: SocketAddr, reply: oneshot::Sender<bool> },
+}
+
+/// Bounded queue of commands for the pipeline.
+pub fn channel() -> (mpsc::Sender<Control>, mpsc::Receiver<Control>) {
+    mpsc::channel(64)
+}
