@@ -150,7 +150,7 @@ impl StdoutSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::event::Attribution;
+    use crate::source::event::{Attribution, Family, Outcome};
 
     fn refused() -> KernelEvent {
         KernelEvent::Connect(ConnectRecord {
