@@ -1,7 +1,7 @@
 //! Reading the 4-tuple out of a tracepoint record and writing `ConnectEvent`s.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     programs::TracePointContext,
 };
@@ -74,7 +74,9 @@ pub fn sk_err_of(skaddr: u64) -> u32 {
 pub enum Wakeup {
     /// Failures and warnings: wake the reader now (also flushes any batched records).
     Now,
-    /// Routine records: no wake-up; the reader's periodic drain picks them up.
+    /// Routine records: no wake-up while the ring buffer is less than a quarter full;
+    /// the reader's periodic drain picks them up. Past a quarter, wake it: a burst of
+    /// routine records must not overflow the ring before the next drain.
     Batched,
 }
 
@@ -116,6 +118,12 @@ pub fn emit(
     let flags = match wakeup {
         Wakeup::Now => BPF_RB_FORCE_WAKEUP,
         Wakeup::Batched if conf!(wakeup_established) != 0 => 0,
+        Wakeup::Batched
+            if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA))
+                > EVENTS.query(u64::from(BPF_RB_RING_SIZE)) / 4 =>
+        {
+            BPF_RB_FORCE_WAKEUP
+        }
         Wakeup::Batched => BPF_RB_NO_WAKEUP,
     };
     slot.submit(u64::from(flags));

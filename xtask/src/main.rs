@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own set-up, build, run and test commands, so that a
 //! fresh machine needs nothing but Rust (rustup) and root.
 
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -28,6 +29,8 @@ enum Command {
     Run(run::Options),
     /// Set up, build and run every test, including the root eBPF integration tests.
     Test(test::Options),
+    /// Measure overhead, throughput, detection latency, memory and start-up (BENCHMARKS.md).
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Build(opts) => build::run(&opts),
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

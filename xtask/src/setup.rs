@@ -166,10 +166,15 @@ fn ensure_nextest() -> anyhow::Result<()> {
 }
 
 /// Debian packages the integration tests use, by the command that proves each present.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("python3", "python3")];
+const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("python3", "python3"), ("haproxy", "haproxy")];
 
 fn ensure_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    ensure_debian(PACKAGES)
+}
+
+/// Installs the Debian packages whose command (first of each pair) is missing.
+pub fn ensure_debian(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(cmd, _)| which::which(cmd).is_err())
         .map(|(_, pkg)| *pkg)
