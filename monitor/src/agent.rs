@@ -138,10 +138,15 @@ impl Pipeline {
             Control::Snapshot { reply } => {
                 let _ = reply.send(self.policy.snapshot(now));
             }
+            // Adding or removing nothing is a read (`pool list`): an unconfigured pool
+            // must stay unconfigured.
+            Control::Pool { op: control::PoolOp::Add | control::PoolOp::Remove, members, reply } if members.is_empty() => {
+                let _ = reply.send(self.policy.pool().entries());
+            }
             Control::Pool { op, members, reply } => {
                 let pool = self.policy.pool().apply(op, &members);
                 let entries = pool.entries();
-                tracing::info!(?op, members = entries.len(), "pool changed over the control socket");
+                tracing::info!(?op, members = entries.len(), "pool changed by a control command");
                 self.policy.set_pool(pool);
                 let _ = reply.send(entries);
             }
@@ -206,6 +211,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         Err(err) => tracing::warn!(path = %agent.state_file.display(), %err, "ignoring unusable state file; starting with no ejections"),
     }
 
+    // Consumers of the bus and the control channel run as their own tasks; each gets a
+    // receiver from `bus.subscribe()` and stops when `shutdown` is cancelled.
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let (control_tx, mut control_rx) = control::channel();
+    spawn_consumers(&config, &bus, &control_tx, &shutdown, &tasks).await?;
+    drop(control_tx);
+
     let mut source = KernelSource::attach(&SourceOptions {
         ring_buffer_bytes: agent.ring_buffer_bytes,
         wakeup_every_event: agent.wakeup_every_event,
@@ -219,15 +232,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         pool_members = pipe.policy.pool().len(),
         "attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_retransmit_skb, sock:inet_sk_error_report"
     );
+    // Reinstatements from loading the state file, now that every consumer listens.
     pipe.emit_decisions();
-
-    // Consumers of the bus and the control channel run as their own tasks; each gets a
-    // receiver from `bus.subscribe()` and stops when `shutdown` is cancelled.
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let (control_tx, mut control_rx) = control::channel();
-    spawn_consumers(&config, &bus, &control_tx, &shutdown, &tasks).await?;
-    drop(control_tx);
 
     let mut last_lost = 0u64;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -292,7 +298,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// reads `bus.subscribe()`, may send commands on `control`, and returns when
 /// `shutdown` is cancelled. Errors here (e.g. a socket path in use) stop the agent
 /// before it attaches anything.
-#[expect(unused_variables, reason = "consumers are added one per feature")]
 async fn spawn_consumers(
     config: &Config,
     bus: &EventBus,
@@ -300,6 +305,9 @@ async fn spawn_consumers(
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
+    crate::server::spawn(config, bus, control, shutdown, tasks).await?;
+    crate::sinks::haproxy::spawn(config, bus, control, shutdown, tasks)?;
+    crate::export::spawn(config, bus, control, shutdown, tasks)?;
     Ok(())
 }
 
@@ -345,7 +353,7 @@ fn snapshot(
         ts: clock.rfc3339(monotonic_now_ns()),
         uptime_s: started.elapsed().as_secs(),
         events: counters.events,
-        outcomes: counters.outcomes.into(),
+        outcomes: counters.outcome_counts(),
         syn_retransmits: counters.syn_retransmits,
         lost_events: kernel.lost_events,
         untracked: kernel.untracked,

@@ -50,12 +50,30 @@ impl WallClock {
 }
 
 /// Formats Unix nanoseconds as RFC 3339 UTC with nanoseconds.
+///
+/// This runs once per event on the hot path, so the calendar part
+/// (`2026-11-24T00:31:02.`) is computed once per second and cached per thread.
 pub fn rfc3339_unix_ns(unix_ns: i128) -> String {
+    use std::{cell::RefCell, fmt::Write as _};
+
+    thread_local! {
+        static PREFIX: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
     let secs = i64::try_from(unix_ns.div_euclid(1_000_000_000)).unwrap_or(0);
     let nanos = u32::try_from(unix_ns.rem_euclid(1_000_000_000)).unwrap_or(0);
-    chrono::DateTime::from_timestamp(secs, nanos)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    PREFIX.with_borrow_mut(|(cached_secs, prefix)| {
+        if *cached_secs != secs {
+            *prefix = chrono::DateTime::from_timestamp(secs, 0)
+                .unwrap_or_default()
+                .format("%Y-%m-%dT%H:%M:%S.")
+                .to_string();
+            *cached_secs = secs;
+        }
+        let mut out = String::with_capacity(prefix.len() + 10);
+        out.push_str(prefix);
+        let _ = write!(out, "{nanos:09}Z");
+        out
+    })
 }
 
 #[cfg(test)]
@@ -67,6 +85,18 @@ mod tests {
         let clock = WallClock::from_offset_ns(1_700_000_000_000_000_000);
         assert_eq!(clock.rfc3339(123_456_789), "2023-11-14T22:13:20.123456789Z");
         assert_eq!(clock.monotonic_ns(clock.unix_ns(42)), 42);
+    }
+
+    #[test]
+    fn cached_prefix_matches_chrono_across_seconds() {
+        for unix_ns in [0i128, 999_999_999, 1_000_000_000, 1_795_480_229_615_000_123, 1_795_480_230_000_000_000] {
+            let secs = i64::try_from(unix_ns / 1_000_000_000).unwrap();
+            let nanos = u32::try_from(unix_ns % 1_000_000_000).unwrap();
+            let want = chrono::DateTime::from_timestamp(secs, nanos)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+            assert_eq!(rfc3339_unix_ns(unix_ns), want);
+        }
     }
 
     #[test]

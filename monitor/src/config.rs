@@ -10,6 +10,11 @@
 //! pool_file = "/etc/connmon/pool.txt"   # one member per line, reloaded on SIGHUP
 //! state_file = "/var/lib/connmon/state.json"
 //! bus_capacity = 16384                  # per-subscriber backlog before `lagged`
+//! socket = "/run/connmon/connmon.sock"  # pool-controller socket (docs/protocol.md)
+//! socket_group = "connmon"              # group of the 0660 socket (default: root's)
+//! max_clients = 64
+//! allowed_uids = [1000]                 # besides root: may send pool/evict/reinstate
+//! allowed_gids = []
 //!
 //! [policy]                              # see policy::config::PolicyConfig
 //! consecutive_refused = 1
@@ -35,6 +40,8 @@ use crate::{
 /// Where the config file is read from when `--config` is not given (if it exists).
 pub const DEFAULT_CONFIG: &str = "/etc/connmon/connmon.toml";
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/connmon/state.json";
+/// The pool-controller socket when neither `--socket` nor `agent.socket` names one.
+pub const DEFAULT_SOCKET: &str = "/run/connmon/connmon.sock";
 
 /// The whole file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -42,6 +49,11 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/connmon/state.json";
 pub struct Config {
     pub agent: AgentConfig,
     pub policy: PolicyConfig,
+    /// `[[haproxy]]` tables: HAProxy runtime APIs driven by evict/reinstate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub haproxy: Vec<crate::sinks::haproxy::HaproxyConfig>,
+    /// `[otlp]`: OpenTelemetry export (see export::config).
+    pub otlp: crate::export::OtlpConfig,
 }
 
 /// The `[agent]` section.
@@ -63,6 +75,16 @@ pub struct AgentConfig {
     /// Messages a bus subscriber (socket client, exporter) may fall behind before it
     /// loses the oldest and is told how many.
     pub bus_capacity: usize,
+    /// The pool-controller Unix socket (see `server`).
+    pub socket: PathBuf,
+    /// Group owning the socket (mode 0660); None: root's group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Socket clients served at once; more are refused with an error line.
+    pub max_clients: usize,
+    /// Peers (besides root) allowed to send pool/evict/reinstate, by uid or primary gid.
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
 }
 
 impl Default for AgentConfig {
@@ -76,6 +98,11 @@ impl Default for AgentConfig {
             pool_file: None,
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             bus_capacity: 16_384,
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_group: None,
+            max_clients: 64,
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
         }
     }
 }
@@ -136,8 +163,11 @@ impl Config {
                 allowed: "must be between 1 and 1048576".into(),
             });
         }
+        validate_socket(a)?;
         self.policy.validate()?;
         self.policy.pool_entries()?;
+        crate::sinks::haproxy::validate(&self.haproxy)?;
+        self.otlp.validate().map_err(|crate::export::OtlpConfigError::Invalid { key, value, allowed }| ConfigFileError::Invalid { key, value, allowed })?;
         Ok(())
     }
 
@@ -145,6 +175,32 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
+}
+
+/// The socket keys: an absolute path short enough for `sun_path`, a sane client cap,
+/// a plausible group name.
+fn validate_socket(a: &AgentConfig) -> Result<(), ConfigFileError> {
+    let invalid = |key: &str, value: String, allowed: &str| ConfigFileError::Invalid {
+        key: key.into(),
+        value,
+        allowed: allowed.into(),
+    };
+    let path = a.socket.as_os_str();
+    // sun_path holds 107 bytes; the socket is bound as `.NAME.new` before its rename.
+    if !a.socket.is_absolute() || path.len() > 100 {
+        return Err(invalid(
+            "agent.socket",
+            format!("{:?}", a.socket.display().to_string()),
+            "must be an absolute path of at most 100 bytes",
+        ));
+    }
+    if a.max_clients == 0 || a.max_clients > 4096 {
+        return Err(invalid("agent.max_clients", a.max_clients.to_string(), "must be between 1 and 4096"));
+    }
+    if let Some(group) = a.socket_group.as_ref().filter(|g| g.is_empty() || g.contains(['/', ':', '\n', '\0'])) {
+        return Err(invalid("agent.socket_group", format!("{group:?}"), "must be a group name"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -191,6 +247,24 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().to_string(), "policy.failure_ratio = 1.5: must be between 0 and 1 (greater than 0)");
         let c = Config::parse(Path::new("x"), "[policy]\npool = [\"not-an-address\"]\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().starts_with("policy.pool[0] = \"not-an-address\""));
+    }
+
+    #[test]
+    fn socket_keys_parse_and_are_checked() {
+        let c = Config::parse(
+            Path::new("x"),
+            "[agent]\nsocket = \"/tmp/c.sock\"\nsocket_group = \"connmon\"\nmax_clients = 8\nallowed_uids = [1000]\nallowed_gids = [27]\n",
+        )
+        .unwrap();
+        assert_eq!(c.agent.socket, PathBuf::from("/tmp/c.sock"));
+        assert_eq!(c.agent.socket_group.as_deref(), Some("connmon"));
+        assert_eq!((c.agent.max_clients, c.agent.allowed_uids.as_slice(), c.agent.allowed_gids.as_slice()), (8, &[1000][..], &[27][..]));
+        c.validate().unwrap();
+        assert_eq!(Config::default().agent.socket, PathBuf::from(DEFAULT_SOCKET));
+        let c = Config::parse(Path::new("x"), "[agent]\nsocket = \"relative.sock\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().to_string(), "agent.socket = \"relative.sock\": must be an absolute path of at most 100 bytes");
+        let c = Config::parse(Path::new("x"), "[agent]\nmax_clients = 0\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().to_string(), "agent.max_clients = 0: must be between 1 and 4096");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use monitor::{agent, config::Config, policy::config::parse_duration, sinks::stdout::OutputFormat};
+use monitor::{agent, cli, config::Config, policy::config::parse_duration, sinks::stdout::OutputFormat};
 
 /// Kernel-level TCP connection monitor: every outgoing connect becomes one outcome
 /// (established, refused, reset, timeout, abandoned, unreachable), attributed to the
@@ -19,6 +19,16 @@ struct Cli {
 enum Command {
     /// Attach to the kernel, stream outcomes and evict/reinstate decisions to stdout.
     Run(RunArgs),
+    /// Stream events from a running agent (coloured on a terminal, NDJSON otherwise).
+    Watch(cli::WatchArgs),
+    /// Show the agent's destinations: state, failure ratio, handshake times, ejections.
+    Status(cli::StatusArgs),
+    /// Eject a destination by hand.
+    Evict(cli::EvictArgs),
+    /// Lift an ejection by hand.
+    Reinstate(cli::ReinstateArgs),
+    /// Show or change the pool of a running agent.
+    Pool(cli::PoolArgs),
 }
 
 /// Flags override the config file (`--config`, default /etc/connmon/connmon.toml if it exists).
@@ -48,9 +58,15 @@ struct RunArgs {
     /// Pool members, one per line (ADDR:PORT, [V6]:PORT, CIDR:PORT, CIDR); reloaded on SIGHUP.
     #[arg(long)]
     pool: Option<PathBuf>,
+    /// Export spans and metrics over OTLP to this collector URL (see docs/telemetry.md).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Where ejections are kept across restarts [default: /var/lib/connmon/state.json].
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// The pool-controller socket [default: /run/connmon/connmon.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -77,6 +93,12 @@ impl RunArgs {
         if let Some(p) = &self.state_file {
             a.state_file = p.clone();
         }
+        if let Some(url) = &self.otlp_endpoint {
+            config.otlp.endpoint = Some(url.clone());
+        }
+        if let Some(p) = &self.socket {
+            a.socket = p.clone();
+        }
     }
 }
 
@@ -98,6 +120,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -105,6 +128,11 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Run(args) => run(args),
+        Command::Watch(args) => cli::watch(&args),
+        Command::Status(args) => cli::status(&args),
+        Command::Evict(args) => cli::evict(&args),
+        Command::Reinstate(args) => cli::reinstate(&args),
+        Command::Pool(args) => cli::pool(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::source::event::{KernelEvent, Outcome};
+use crate::source::event::{KernelEvent, Outcome, OutcomeCounts};
 
 /// Running totals kept by the reader.
 #[derive(Clone, Copy, Debug, Default)]
@@ -15,30 +15,16 @@ pub struct Counters {
 }
 
 impl Counters {
+    pub fn outcome_counts(&self) -> OutcomeCounts {
+        OutcomeCounts::from_fn(|o| self.outcomes[o as usize])
+    }
+
     pub fn count(&mut self, event: &KernelEvent) {
         self.events += 1;
         match event {
             KernelEvent::Connect(c) => self.outcomes[c.outcome as usize] += 1,
             KernelEvent::SynRetransmit(_) => self.syn_retransmits += 1,
         }
-    }
-}
-
-/// Connect outcomes by kind, serialized as an object.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct OutcomeCounts {
-    pub established: u64,
-    pub refused: u64,
-    pub reset: u64,
-    pub timeout: u64,
-    pub abandoned: u64,
-    pub unreachable: u64,
-}
-
-impl From<[u64; 6]> for OutcomeCounts {
-    fn from(c: [u64; 6]) -> Self {
-        let [established, refused, reset, timeout, abandoned, unreachable] = c;
-        OutcomeCounts { established, refused, reset, timeout, abandoned, unreachable }
     }
 }
 

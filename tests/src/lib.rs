@@ -22,6 +22,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod otlp_receiver;
+
 /// Panics unless running as root: these tests must run, never skip.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -128,8 +130,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent and waits until it has attached. Unless `extra_args` name one,
-    /// the agent gets a state file of its own (never the host's /var/lib/connmon).
+    /// Starts the agent and waits until it has attached. Unless `extra_args` name them,
+    /// the agent gets a state file and a control socket of its own (never the host's).
     pub fn start(extra_args: &[&str]) -> Self {
         let mut cmd = Command::new(connmon_bin());
         cmd.args(["run", "--output", "json"]).args(extra_args);
@@ -139,6 +141,10 @@ impl Agent {
         }
         if !extra_args.contains(&"--state-file") {
             cmd.arg("--state-file").arg(scratch_dir("state").join("state.json"));
+        }
+        if !extra_args.contains(&"--socket") {
+            // Never the host's /run/connmon/connmon.sock (another agent may own it).
+            cmd.arg("--socket").arg(scratch_dir("sock").join("connmon.sock"));
         }
         let mut child = cmd
             .env("RUST_LOG", "info")

@@ -200,6 +200,8 @@ fn start_connmon(env: &Env, tag: &str, extra: &[&str]) -> anyhow::Result<(Tracer
         .arg(env.dir.join("bench.toml"))
         .arg("--state-file")
         .arg(&state)
+        .arg("--socket")
+        .arg(env.dir.join(format!("connmon-{tag}.sock")))
         .args(extra);
     spawn_traced("connmon", &format!("connmon-{tag}"), &mut cmd, &env.dir, "attached to", Duration::from_secs(20))
 }

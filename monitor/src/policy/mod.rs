@@ -550,14 +550,7 @@ impl EjectionPolicy {
             role: standing.role,
             state,
             attempts: dest.attempts(),
-            outcomes: OutcomeCounts {
-                established: dest.count(Outcome::Established),
-                refused: dest.count(Outcome::Refused),
-                reset: dest.count(Outcome::Reset),
-                timeout: dest.count(Outcome::Timeout),
-                abandoned: dest.count(Outcome::Abandoned),
-                unreachable: dest.count(Outcome::Unreachable),
-            },
+            outcomes: OutcomeCounts::from_fn(|outcome| dest.count(outcome)),
             syn_retransmits: dest.syn_retransmits(),
             failure_ratio: (window_attempts > 0)
                 .then(|| f64::from(window_failures) / f64::from(window_attempts)),

@@ -40,16 +40,7 @@ pub enum DestinationState {
     Probation,
 }
 
-/// Counts per outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct OutcomeCounts {
-    pub established: u64,
-    pub refused: u64,
-    pub reset: u64,
-    pub timeout: u64,
-    pub abandoned: u64,
-    pub unreachable: u64,
-}
+pub use crate::source::event::OutcomeCounts;
 
 /// One destination.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -66,6 +66,30 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// A count per outcome, serialized as an object keyed by outcome name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OutcomeCounts {
+    pub established: u64,
+    pub refused: u64,
+    pub reset: u64,
+    pub timeout: u64,
+    pub abandoned: u64,
+    pub unreachable: u64,
+}
+
+impl OutcomeCounts {
+    pub fn from_fn(mut count: impl FnMut(Outcome) -> u64) -> Self {
+        OutcomeCounts {
+            established: count(Outcome::Established),
+            refused: count(Outcome::Refused),
+            reset: count(Outcome::Reset),
+            timeout: count(Outcome::Timeout),
+            abandoned: count(Outcome::Abandoned),
+            unreachable: count(Outcome::Unreachable),
+        }
+    }
+}
+
 /// Address family of the socket (a v4-mapped IPv6 socket is `Ipv6` with IPv4 addresses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,0 +1,213 @@
+//! Human renderings for the client subcommands: one coloured line per event for
+//! `connmon watch` on a terminal, and the aligned destination table of `connmon status`.
+//! They read the protocol's JSON objects, so anything the agent adds later still prints.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+const RESET: &str = "\x1b[0m";
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const MAGENTA: &str = "\x1b[35m";
+const DIM: &str = "\x1b[2m";
+const BOLD: &str = "\x1b[1m";
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+/// `HH:MM:SS.mmm` of an RFC 3339 `ts`.
+fn clock(v: &Value) -> &str {
+    v["ts"]
+        .as_str()
+        .and_then(|ts| ts.get(11..23))
+        .unwrap_or("            ")
+}
+
+/// One line for a terminal, coloured by what happened.
+pub fn pretty(v: &Value) -> String {
+    let t = clock(v);
+    match v["type"].as_str().unwrap_or_default() {
+        "connect" => {
+            let outcome = s(&v["outcome"]);
+            let colour = if outcome == "established" { GREEN } else { RED };
+            format!(
+                "{DIM}{t}{RESET} connect  {colour}{outcome:<11}{RESET} {} {DIM}{}{RESET} {}µs {} pid {} errno {}",
+                s(&v["dst"]),
+                s(&v["role"]),
+                v["duration_us"],
+                s(&v["comm"]),
+                v["tgid"],
+                v["errno"]
+            )
+        }
+        "syn_retransmit" => format!(
+            "{DIM}{t}{RESET} {YELLOW}syn_retransmit{RESET} {} {DIM}{}{RESET} #{} after {}µs {}",
+            s(&v["dst"]),
+            s(&v["role"]),
+            v["retransmits"],
+            v["since_syn_us"],
+            s(&v["comm"])
+        ),
+        "evict" => format!(
+            "{DIM}{t}{RESET} {BOLD}{RED}EVICT{RESET}     {} {DIM}{}{RESET} reason {} for {}ms until {} ({} attempts)",
+            s(&v["dst"]),
+            s(&v["role"]),
+            s(&v["reason"]),
+            v["ejection"]["duration_ms"],
+            s(&v["ejection"]["until"]),
+            v["evidence"]["attempts"]
+        ),
+        "reinstate" => format!(
+            "{DIM}{t}{RESET} {BOLD}{GREEN}REINSTATE{RESET} {} after {}ms",
+            s(&v["dst"]),
+            v["ejected_ms"]
+        ),
+        "suspect" => format!(
+            "{DIM}{t}{RESET} {YELLOW}suspect{RESET}   {} {DIM}{}{RESET} {} SYN retransmits",
+            s(&v["dst"]),
+            s(&v["role"]),
+            v["syn_retransmits"]
+        ),
+        "diagnosis" => format!(
+            "{DIM}{t}{RESET} {MAGENTA}diagnosis{RESET} {} {}: {}",
+            s(&v["kind"]),
+            v["dst"].as_str().unwrap_or(""),
+            s(&v["hint"])
+        ),
+        "stats" => format!(
+            "{DIM}{t} stats events={} refused={} timeout={} lost_events={}{RESET}",
+            v["events"], v["outcomes"]["refused"], v["outcomes"]["timeout"], v["lost_events"]
+        ),
+        "lagged" => format!(
+            "{YELLOW}missed {} events: this terminal read too slowly{RESET}",
+            v["missed"]
+        ),
+        _ => v.to_string(),
+    }
+}
+
+fn micros(v: &Value) -> String {
+    match v.as_u64() {
+        Some(us) if us >= 1_000_000 => format!("{:.2}s", us as f64 / 1e6),
+        Some(us) if us >= 1_000 => format!("{:.1}ms", us as f64 / 1e3),
+        Some(us) => format!("{us}µs"),
+        None => "-".into(),
+    }
+}
+
+/// `connmon status`: a header line, then one row per destination.
+pub fn status_table(snapshot: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "tracked: {}, ejected: {} (at most {} at once), local outage: {}",
+        snapshot["tracked"],
+        snapshot["ejected"],
+        snapshot["max_ejected"],
+        if snapshot["local_outage"] == true {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    let header = [
+        "DESTINATION",
+        "ROLE",
+        "STATE",
+        "ATTEMPTS",
+        "FAIL%",
+        "P50",
+        "P99",
+        "EJECTED UNTIL",
+    ];
+    let mut rows: Vec<[String; 8]> = vec![header.map(String::from)];
+    for d in snapshot["destinations"].as_array().into_iter().flatten() {
+        rows.push([
+            s(&d["dst"]).to_owned(),
+            s(&d["role"]).to_owned(),
+            s(&d["state"]).to_owned(),
+            d["attempts"].to_string(),
+            d["failure_ratio"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
+            micros(&d["handshake_p50_us"]),
+            micros(&d["handshake_p99_us"]),
+            d["ejected_until"].as_str().unwrap_or("-").to_owned(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let pad = widths[c] - cell.chars().count();
+            // Numbers right-aligned, text left-aligned.
+            if (3..=6).contains(&c) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                if c + 1 < row.len() {
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+            if c + 1 < row.len() {
+                line.push_str("  ");
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_status_table_aligns_columns() {
+        let snap = json!({"tracked": 2, "ejected": 1, "max_ejected": 1, "local_outage": false, "destinations": [
+            {"dst": "10.0.0.1:80", "role": "proxy", "state": "ejected", "attempts": 12, "failure_ratio": 0.5,
+             "handshake_p50_us": 1500, "handshake_p99_us": null, "ejected_until": "2026-11-24T01:00:00Z"},
+            {"dst": "[2001:db8::1]:3128", "role": "target", "state": "healthy", "attempts": 3, "failure_ratio": null,
+             "handshake_p50_us": 80, "handshake_p99_us": 2_500_000, "ejected_until": null}
+        ]});
+        let table = status_table(&snap);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "tracked: 2, ejected: 1 (at most 1 at once), local outage: no"
+        );
+        assert!(
+            lines[1].starts_with(
+                "DESTINATION         ROLE    STATE    ATTEMPTS  FAIL%    P50    P99  EJECTED UNTIL"
+            ),
+            "{table}"
+        );
+        assert!(lines[2].starts_with("10.0.0.1:80         proxy   ejected        12    50%  1.5ms      -  2026-11-24T01:00:00Z"), "{table}");
+        assert!(
+            lines[3].starts_with(
+                "[2001:db8::1]:3128  target  healthy         3      -   80µs  2.50s  -"
+            ),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn pretty_lines_name_the_destination() {
+        let line = pretty(
+            &json!({"type": "evict", "ts": "2026-11-24T00:40:33.989297959Z", "dst": "10.0.0.1:80", "role": "proxy",
+            "reason": "refused", "ejection": {"duration_ms": 30000, "until": "x"}, "evidence": {"attempts": 1}}),
+        );
+        assert!(
+            line.contains("00:40:33.989") && line.contains("EVICT") && line.contains("10.0.0.1:80"),
+            "{line}"
+        );
+    }
+}

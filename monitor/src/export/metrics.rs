@@ -1,0 +1,289 @@
+//! connmon's OpenTelemetry metrics: the instruments, and the exporter's own drop and lag
+//! accounting ([`Tally`]), which feeds both `connmon.export.dropped` and a warning
+//! logged at most once a minute.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use opentelemetry::{
+    KeyValue,
+    metrics::{Counter, Gauge, Histogram, Meter, ObservableCounter},
+};
+
+use super::spans::role_str;
+use crate::{
+    policy::{Role, decision::Eviction},
+    source::event::ConnectRecord,
+};
+
+/// Why telemetry was dropped before reaching the collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The span queue was full (the collector is slow or away).
+    QueueFull,
+    /// An export request failed or timed out; its spans are gone.
+    ExportFailed,
+    /// The exporter fell behind the event bus and lost messages.
+    BusLagged,
+    /// Spans still queued when the shutdown time limit ran out.
+    Shutdown,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        DropReason::QueueFull,
+        DropReason::ExportFailed,
+        DropReason::BusLagged,
+        DropReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::ExportFailed => "export_failed",
+            DropReason::BusLagged => "bus_lagged",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How often the drop warning may be logged.
+pub const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Running totals shared by the exporter's tasks; read by observable counters.
+#[derive(Debug, Default)]
+pub struct Tally {
+    dropped: [AtomicU64; 4],
+    /// Messages this exporter's bus subscription lost.
+    lagged: AtomicU64,
+    /// `lost_events` of the last `stats` message (cumulative in the kernel).
+    lost_events: AtomicU64,
+    failed_exports: AtomicU64,
+    log: Mutex<LogState>,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    last: Option<Instant>,
+    reported: [u64; 4],
+    reported_failures: u64,
+    last_error: Option<String>,
+}
+
+impl Tally {
+    /// Counts `n` dropped items (spans or bus messages).
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn dropped_total(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// The bus told the exporter it missed `n` messages.
+    pub fn lagged(&self, n: u64) {
+        self.lagged.fetch_add(n, Ordering::Relaxed);
+        self.dropped(DropReason::BusLagged, n);
+    }
+
+    pub fn set_lost_events(&self, total: u64) {
+        self.lost_events.fetch_max(total, Ordering::Relaxed);
+    }
+
+    /// An export request failed; the error is kept for the next warning.
+    pub fn export_failed(&self, signal: &str, error: &str) {
+        self.failed_exports.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut log) = self.log.lock() {
+            log.last_error = Some(format!("{signal}: {error}"));
+        }
+    }
+
+    /// Logs what was dropped or failed since the last warning, at most once a minute.
+    pub fn warn_if_due(&self, now: Instant) {
+        let Ok(mut log) = self.log.lock() else { return };
+        if log
+            .last
+            .is_some_and(|last| now.duration_since(last) < DROP_LOG_EVERY)
+        {
+            return;
+        }
+        let totals: [u64; 4] = std::array::from_fn(|i| self.dropped[i].load(Ordering::Relaxed));
+        let failures = self.failed_exports.load(Ordering::Relaxed);
+        if totals == log.reported && failures == log.reported_failures {
+            return;
+        }
+        let delta = |r: DropReason| totals[r as usize] - log.reported[r as usize];
+        tracing::warn!(
+            queue_full = delta(DropReason::QueueFull),
+            export_failed = delta(DropReason::ExportFailed),
+            bus_lagged = delta(DropReason::BusLagged),
+            shutdown = delta(DropReason::Shutdown),
+            failed_requests = failures - log.reported_failures,
+            last_error = log.last_error.as_deref().unwrap_or("none"),
+            "OTLP export is losing telemetry (counted in connmon.export.dropped; this warning repeats at most once a minute)"
+        );
+        log.reported = totals;
+        log.reported_failures = failures;
+        log.last = Some(now);
+    }
+}
+
+/// The instruments the consumer records into.
+pub struct Instruments {
+    attempts: Counter<u64>,
+    duration: Histogram<f64>,
+    evictions: Counter<u64>,
+    reinstatements: Counter<u64>,
+    pub tracked: Gauge<u64>,
+    pub ejected: Gauge<u64>,
+    _observed: [ObservableCounter<u64>; 3],
+}
+
+/// Handshake-time buckets, seconds: 100 µs (loopback) to 10 s (retransmitted SYNs).
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+impl Instruments {
+    pub fn new(meter: &Meter, tally: &Arc<Tally>) -> Self {
+        let t = Arc::clone(tally);
+        let dropped = meter
+            .u64_observable_counter("connmon.export.dropped")
+            .with_unit("{item}")
+            .with_description(
+                "Spans and bus messages dropped before reaching the collector, by reason",
+            )
+            .with_callback(move |o| {
+                for r in DropReason::ALL {
+                    o.observe(t.dropped_total(r), &[KeyValue::new("reason", r.as_str())]);
+                }
+            })
+            .build();
+        let t = Arc::clone(tally);
+        let lagged = meter
+            .u64_observable_counter("connmon.subscribers.lagged")
+            .with_unit("{message}")
+            .with_description("Event-bus messages a slow subscriber lost")
+            .with_callback(move |o| {
+                o.observe(
+                    t.lagged.load(Ordering::Relaxed),
+                    &[KeyValue::new("subscriber", "otlp")],
+                )
+            })
+            .build();
+        let t = Arc::clone(tally);
+        let lost = meter
+            .u64_observable_counter("connmon.events.lost")
+            .with_unit("{event}")
+            .with_description("Kernel events lost because the ring buffer was full")
+            .with_callback(move |o| o.observe(t.lost_events.load(Ordering::Relaxed), &[]))
+            .build();
+        Instruments {
+            attempts: meter
+                .u64_counter("connmon.connect.attempts")
+                .with_unit("{attempt}")
+                .with_description("Outgoing TCP connect attempts by outcome and role")
+                .build(),
+            duration: meter
+                .f64_histogram("connmon.connect.duration")
+                .with_unit("s")
+                .with_description("TCP handshake time of established connects")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            evictions: meter
+                .u64_counter("connmon.evictions")
+                .with_unit("{eviction}")
+                .with_description("Destinations taken out of rotation, by reason")
+                .build(),
+            reinstatements: meter
+                .u64_counter("connmon.reinstatements")
+                .with_unit("{reinstatement}")
+                .with_description("Destinations put back into rotation")
+                .build(),
+            tracked: meter
+                .u64_gauge("connmon.destinations.tracked")
+                .with_unit("{destination}")
+                .with_description("Destinations in the policy's table")
+                .build(),
+            ejected: meter
+                .u64_gauge("connmon.destinations.ejected")
+                .with_unit("{destination}")
+                .with_description("Destinations currently ejected")
+                .build(),
+            _observed: [dropped, lagged, lost],
+        }
+    }
+
+    pub fn on_connect(&self, c: &ConnectRecord, role: Role) {
+        let role = KeyValue::new("role", role_str(role));
+        self.attempts.add(
+            1,
+            &[KeyValue::new("outcome", c.outcome.as_str()), role.clone()],
+        );
+        if !c.outcome.is_failure() {
+            self.duration
+                .record(c.ktime_ns.saturating_sub(c.start_ns) as f64 / 1e9, &[role]);
+        }
+    }
+
+    pub fn on_evict(&self, e: &Eviction) {
+        let reason = serde_json::to_value(e.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.evictions.add(1, &[KeyValue::new("reason", reason)]);
+    }
+
+    pub fn on_reinstate(&self) {
+        self.reinstatements.add(1, &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_counted_by_reason_and_lag_counts_twice() {
+        let t = Tally::default();
+        t.dropped(DropReason::QueueFull, 3);
+        t.lagged(5);
+        assert_eq!(t.dropped_total(DropReason::QueueFull), 3);
+        assert_eq!(t.dropped_total(DropReason::BusLagged), 5);
+        assert_eq!(t.lagged.load(Ordering::Relaxed), 5);
+        t.set_lost_events(7);
+        t.set_lost_events(4);
+        assert_eq!(
+            t.lost_events.load(Ordering::Relaxed),
+            7,
+            "a cumulative total never goes back"
+        );
+    }
+
+    #[test]
+    fn the_warning_is_rate_limited_to_once_a_minute() {
+        let t = Tally::default();
+        let start = Instant::now();
+        t.dropped(DropReason::QueueFull, 1);
+        t.warn_if_due(start);
+        assert_eq!(t.log.lock().unwrap().last, Some(start));
+        t.dropped(DropReason::QueueFull, 1);
+        t.warn_if_due(start + Duration::from_secs(30));
+        assert_eq!(
+            t.log.lock().unwrap().last,
+            Some(start),
+            "not again within a minute"
+        );
+        t.warn_if_due(start + Duration::from_secs(61));
+        assert_eq!(
+            t.log.lock().unwrap().reported[DropReason::QueueFull as usize],
+            2
+        );
+    }
+}

@@ -1,0 +1,441 @@
+//! The pool-controller Unix socket: how proxy managers, scrapers and `connmon watch`
+//! consume connmon. It speaks NDJSON v1 ([`protocol`], docs/protocol.md): events as
+//! `connmon run` prints them, plus snapshot/pool/evict/reinstate commands that run on the
+//! pipeline through the control channel.
+//!
+//! Lifecycle: the socket is bound before the agent attaches (a path in use is an error
+//! then, not later); connections are accepted in a `select!` with the shutdown token and
+//! served on the agent's `TaskTracker`; a semaphore caps them at `agent.max_clients`
+//! (one more gets an error line and is closed); accept errors (EMFILE…) back off instead
+//! of spinning. At shutdown each client gets `{"type":"bye"}` and the socket file is
+//! removed — unless another process has replaced it meanwhile.
+
+pub mod peer;
+pub mod protocol;
+pub mod session;
+
+use std::{
+    io::ErrorKind,
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{UnixListener, UnixStream},
+    sync::{Semaphore, mpsc},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use self::{
+    peer::{Peer, Permissions},
+    session::SessionContext,
+};
+use crate::{bus::EventBus, config::Config, control::Control};
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("another connmon is listening on {0} (stop it, or give this one --socket PATH)")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("cannot create the socket directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot replace the stale socket {path}: {source}")]
+    Stale {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set mode 0660 on {path}: {source}")]
+    Mode {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent.socket_group {0:?}: no such group")]
+    UnknownGroup(String),
+    #[error("agent.socket_group {group:?}: cannot look it up: {source}")]
+    GroupLookup {
+        group: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot give {path} to group {group:?}: {source}")]
+    Chown {
+        path: PathBuf,
+        group: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The server's own counters, in every `snapshot` reply under `"server"`.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    clients: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    /// Bus messages subscribers lost because they read too slowly.
+    lagged_messages: AtomicU64,
+    lagged_notices: AtomicU64,
+    protocol_errors: AtomicU64,
+    closed_for_errors: AtomicU64,
+    lag_log: Mutex<LagLog>,
+}
+
+/// Lag warnings are rate-limited: at most one line a minute, carrying what accumulated.
+#[derive(Debug, Default)]
+struct LagLog {
+    last: Option<Instant>,
+    pending: u64,
+}
+
+const LAG_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl ServerStats {
+    pub fn count_lagged(&self, missed: u64) {
+        self.lagged_messages.fetch_add(missed, Ordering::Relaxed);
+        self.lagged_notices.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut log) = self.lag_log.lock() else {
+            return;
+        };
+        log.pending += missed;
+        if log.last.is_none_or(|at| at.elapsed() >= LAG_LOG_EVERY) {
+            tracing::warn!(
+                missed = log.pending,
+                total = self.lagged_messages.load(Ordering::Relaxed),
+                "socket subscribers read too slowly and missed events (they were sent `lagged`); raise agent.bus_capacity or read faster"
+            );
+            log.pending = 0;
+            log.last = Some(Instant::now());
+        }
+    }
+
+    pub fn count_protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_closed_for_errors(&self) {
+        self.closed_for_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn to_json(&self) -> Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "clients": n(&self.clients),
+            "accepted": n(&self.accepted),
+            "refused_clients": n(&self.refused),
+            "lagged_messages": n(&self.lagged_messages),
+            "lagged_notices": n(&self.lagged_notices),
+            "protocol_errors": n(&self.protocol_errors),
+            "closed_for_errors": n(&self.closed_for_errors),
+        })
+    }
+}
+
+/// Binds the socket and starts serving it on `tasks` until `shutdown`.
+pub async fn spawn(
+    config: &Config,
+    bus: &EventBus,
+    control: &mpsc::Sender<Control>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(), ServerError> {
+    let agent = &config.agent;
+    let socket = bind(&agent.socket, agent.socket_group.as_deref())?;
+    tracing::info!(path = %agent.socket.display(), max_clients = agent.max_clients, "listening for pool controllers");
+    let ctx = SessionContext {
+        bus: bus.clone(),
+        control: control.clone(),
+        permissions: Arc::new(Permissions {
+            allowed_uids: agent.allowed_uids.clone(),
+            allowed_gids: agent.allowed_gids.clone(),
+        }),
+        default_ejection: config.policy.base_ejection,
+        stats: Arc::new(ServerStats::default()),
+        shutdown: shutdown.clone(),
+    };
+    let limit = Arc::new(Semaphore::new(agent.max_clients));
+    tasks.spawn(accept_loop(
+        socket,
+        ctx,
+        limit,
+        agent.max_clients,
+        tasks.clone(),
+    ));
+    Ok(())
+}
+
+/// The listener and the socket file it owns; the file goes when this is dropped (at
+/// shutdown, or when the runtime drops the task after an error), if it is still ours.
+struct BoundSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.ino() == self.inode => {
+                if let Err(err) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(path = %self.path.display(), %err, "cannot remove the socket file");
+                }
+            }
+            _ => {
+                tracing::debug!(path = %self.path.display(), "socket file already gone or replaced")
+            }
+        }
+    }
+}
+
+/// Creates the directory (0755), replaces a stale socket, binds, sets 0660 and the group.
+fn bind(path: &Path, group: Option<&str>) -> Result<BoundSocket, ServerError> {
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|source| ServerError::Directory {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(ServerError::InUse(path.to_path_buf())),
+                Err(_) => {
+                    tracing::info!(path = %path.display(), "replacing a stale socket file (no one listens on it)");
+                    std::fs::remove_file(path).map_err(|source| ServerError::Stale {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        Ok(_) => return Err(ServerError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::Stale {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    let gid = match group {
+        None => None,
+        Some(group) => match nix::unistd::Group::from_name(group) {
+            Ok(Some(g)) => Some((g.gid, group)),
+            Ok(None) => return Err(ServerError::UnknownGroup(group.to_owned())),
+            Err(source) => {
+                return Err(ServerError::GroupLookup {
+                    group: group.to_owned(),
+                    source,
+                });
+            }
+        },
+    };
+    // Bound under a staging name, given its mode and group, then renamed into place: a
+    // client never finds the socket with the umask's mode, and clients that wait for
+    // the path find it ready.
+    let staging = staging_path(path);
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(|source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let inode = std::fs::symlink_metadata(&staging)
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    let mut bound = BoundSocket {
+        listener,
+        path: staging.clone(),
+        inode,
+    };
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o660)).map_err(
+        |source| ServerError::Mode {
+            path: path.to_path_buf(),
+            source,
+        },
+    )?;
+    if let Some((gid, group)) = gid {
+        nix::unistd::chown(&staging, None, Some(gid)).map_err(|source| ServerError::Chown {
+            path: path.to_path_buf(),
+            group: group.to_owned(),
+            source,
+        })?;
+    }
+    std::fs::rename(&staging, path).map_err(|source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    bound.path = path.to_path_buf();
+    Ok(bound)
+}
+
+/// `DIR/.NAME.new` for `DIR/NAME`.
+fn staging_path(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".new");
+    path.with_file_name(name)
+}
+
+/// Back-off after a failed accept (e.g. out of file descriptors), doubling up to 1 s.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+async fn accept_loop(
+    socket: BoundSocket,
+    ctx: SessionContext,
+    limit: Arc<Semaphore>,
+    max: usize,
+    tasks: TaskTracker,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.listener.accept() => accepted,
+            _ = ctx.shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                stream
+            }
+            Err(err) => {
+                tracing::warn!(%err, "accepting a socket client failed; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = ctx.shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                max_clients = max,
+                "refusing a socket client: too many clients"
+            );
+            tasks.spawn(refuse(stream, max));
+            continue;
+        };
+        let peer = match Peer::of(&stream) {
+            Ok(peer) => peer,
+            Err(err) => {
+                tracing::warn!(%err, "cannot read a socket client's credentials; closing it");
+                continue;
+            }
+        };
+        ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.clients.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "socket client connected");
+        let session_ctx = ctx.clone();
+        tasks.spawn(async move {
+            let stats = Arc::clone(&session_ctx.stats);
+            session::serve(stream, peer, session_ctx).await;
+            stats.clients.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    drop(socket);
+    let lagged = ctx.stats.lagged_messages.load(Ordering::Relaxed);
+    if lagged > 0 {
+        tracing::info!(
+            lagged_messages = lagged,
+            "socket subscribers missed events in total (they were told with `lagged`)"
+        );
+    }
+}
+
+/// Tells a client over the limit why, without waiting on it.
+async fn refuse(mut stream: UnixStream, max: usize) {
+    let mut line = protocol::connection_error(
+        "too_many_clients",
+        &format!(
+            "connmon serves at most {max} clients at once (agent.max_clients); try again later"
+        ),
+    );
+    line.push('\n');
+    let _ = tokio::time::timeout(
+        Duration::from_millis(200),
+        stream.write_all(line.as_bytes()),
+    )
+    .await;
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_socket_is_replaced_a_live_one_is_an_error_and_the_file_goes_on_drop() {
+        let dir = std::env::temp_dir().join(format!("connmon-server-{}", std::process::id()));
+        let path = dir.join("sub").join("c.sock");
+        {
+            let stale = std::os::unix::net::UnixListener::bind({
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                &path
+            })
+            .unwrap();
+            drop(stale);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let bound = bind(&path, None).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o660);
+            let err = bind(&path, None)
+                .err()
+                .expect("a live socket must be refused")
+                .to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "another connmon is listening on {} (stop it, or give this one --socket PATH)",
+                    path.display()
+                )
+            );
+            drop(bound);
+            assert!(!path.exists(), "socket file removed on drop");
+            assert!(matches!(
+                bind(&path, Some("no-such-group-connmon")),
+                Err(ServerError::UnknownGroup(_))
+            ));
+        });
+        std::fs::write(&path, "x").unwrap();
+        assert!(matches!(
+            rt.block_on(async { bind(&path, None) }),
+            Err(ServerError::NotASocket(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

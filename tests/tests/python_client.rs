@@ -1,0 +1,160 @@
+//! The Python client (`clients/python/`) against the real agent: its unittest suite
+//! (subscribe, the evict for a refused connect, snapshot, `forbidden` as uid 65534,
+//! the asyncio reader) and the example pool controller.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::TcpStream,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use connmon_integration::{Agent, closed_port, require_root, scratch_dir};
+
+fn python_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients/python")
+}
+
+/// An agent with no pool (every destination may be evicted, with no percentage guard:
+/// each Python test evicts one more) whose socket uid 65534 can open (group `nogroup`).
+fn start_agent(tag: &str) -> (Agent, PathBuf) {
+    let dir = scratch_dir(tag);
+    let config = dir.join("connmon.toml");
+    std::fs::write(
+        &config,
+        "[agent]\nsocket_group = \"nogroup\"\n[policy]\nmax_ejection_percent = 100\n",
+    )
+    .expect("config");
+    let socket = dir.join("sock").join("connmon.sock");
+    let agent = Agent::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    wait_for_socket(&socket, &agent);
+    (agent, socket)
+}
+
+fn wait_for_socket(path: &Path, agent: &Agent) {
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no socket at {}; stderr:\n{}",
+            path.display(),
+            agent.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_python_client_test_suite_passes_against_a_real_agent() {
+    require_root();
+    let (_agent, socket) = start_agent("py");
+    let mut child = Command::new("python3")
+        .args(["-m", "unittest", "-v", "test_connmon_client"])
+        .current_dir(python_dir())
+        .env("CONNMON_SOCKET", &socket)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python3 -m unittest failed:\n{report}"
+    );
+    for test in [
+        "test_subscribe_receives_the_evict_for_a_refused_connect",
+        "test_snapshot_lists_destinations",
+        "test_state_changing_commands_are_forbidden_as_non_root",
+        "test_async_reader_receives_the_evict",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(test) && l.ends_with("ok")),
+            "{test} did not pass:\n{report}"
+        );
+    }
+    assert!(!report.contains("skipped"), "no test may skip:\n{report}");
+}
+
+#[test]
+fn the_example_pool_controller_marks_an_evicted_proxy_dead_and_then_good() {
+    require_root();
+    let (_agent, socket) = start_agent("pyexample");
+    let mut child = Command::new("python3")
+        .arg("example_pool_controller.py")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--exit-after", "2"])
+        .current_dir(python_dir())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3");
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the controller connects");
+    assert!(first.starts_with("connected to connmon"), "{first}");
+    let port = closed_port("127.0.0.1");
+    TcpStream::connect(("127.0.0.1", port)).expect_err("refused");
+    let dst = format!("127.0.0.1:{port}");
+    let dead = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("dead line");
+    assert!(
+        dead.starts_with(&format!("dead {dst} (refused, until ")),
+        "{dead}"
+    );
+    let reinstate = Command::new(connmon_integration::connmon_bin())
+        .args(["reinstate", &dst, "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("connmon reinstate");
+    assert!(
+        reinstate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reinstate.stderr)
+    );
+    let good = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("good line");
+    assert_eq!(good, format!("good {dst}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the controller did not exit after two changes"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.wait().expect("status").success());
+}
