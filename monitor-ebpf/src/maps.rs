@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{ProbeConfig, counter};
 
@@ -29,6 +29,12 @@ pub(crate) use conf;
 /// (`--ring-buffer-bytes`); this is only the default.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// 1 while records written without a wake-up (batched `established` outcomes) may be
+/// waiting in `EVENTS`: the next failure then forces a wake-up instead of relying on
+/// the kernel's "consumer caught up" check, which does not fire behind them.
+#[map]
+pub static UNWOKEN: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `monitor_common::counter`.
 #[map]

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use monitor_common::{AF_INET, AF_INET6, ConnectEvent, TupleOffsets, counter};
 
-use crate::maps::{Attempt, EVENTS, TupleKey, conf, count};
+use crate::maps::{Attempt, EVENTS, TupleKey, UNWOKEN, conf, count};
 
 /// Reads family, ports and addresses at the given offsets of the record.
 #[inline(always)]
@@ -90,6 +90,11 @@ pub fn emit(
     attempt: &Attempt,
     wakeup: Wakeup,
 ) {
+    let batched = wakeup == Wakeup::Batched && conf!(wakeup_established) == 0;
+    if batched {
+        // Before the reserve: a failure that reads 0 here was reserved ahead of us.
+        set_unwoken(1);
+    }
     let Some(mut slot) = EVENTS.reserve::<ConnectEvent>(0) else {
         count(counter::LOST_EVENTS);
         return;
@@ -116,15 +121,36 @@ pub fn emit(
         _pad: [0; 6],
     });
     let flags = match wakeup {
-        Wakeup::Now => BPF_RB_FORCE_WAKEUP,
-        Wakeup::Batched if conf!(wakeup_established) != 0 => 0,
+        // Records written without a wake-up are waiting: the reader must come now.
+        Wakeup::Now if unwoken() != 0 => {
+            set_unwoken(0);
+            BPF_RB_FORCE_WAKEUP
+        }
+        // The kernel wakes the reader if it has consumed everything before this record;
+        // if not, it is awake already (or woken for an earlier record) and will drain
+        // this one too. Under a flood this coalesces wake-ups instead of one per event.
+        Wakeup::Now => 0,
+        Wakeup::Batched if !batched => 0,
         Wakeup::Batched
             if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA))
                 > EVENTS.query(u64::from(BPF_RB_RING_SIZE)) / 4 =>
         {
+            set_unwoken(0);
             BPF_RB_FORCE_WAKEUP
         }
         Wakeup::Batched => BPF_RB_NO_WAKEUP,
     };
     slot.submit(u64::from(flags));
+}
+
+fn unwoken() -> u32 {
+    UNWOKEN.get(0).copied().unwrap_or(0)
+}
+
+fn set_unwoken(value: u32) {
+    if let Some(flag) = UNWOKEN.get_ptr_mut(0) {
+        // SAFETY: a plain aligned store into a map value; a lost race costs at most one
+        // extra wake-up or one batch interval of delay, never an event.
+        unsafe { core::ptr::write_volatile(flag, value) };
+    }
 }

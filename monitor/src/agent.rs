@@ -24,6 +24,7 @@ use crate::{
     clock::{WallClock, monotonic_now_ns},
     config::Config,
     control::{self, Control},
+    persist::StateWriter,
     policy::{EjectionPolicy, decision::Decision, pool::PoolMembership},
     sinks::stdout::{OutputFormat, StdoutSink},
     source::{
@@ -78,7 +79,7 @@ struct Pipeline {
     counters: Counters,
     decisions: Vec<Decision>,
     clock: WallClock,
-    state_file: PathBuf,
+    state: StateWriter,
 }
 
 impl Pipeline {
@@ -170,9 +171,7 @@ impl Pipeline {
     }
 
     fn persist(&mut self) {
-        if let Err(err) = self.policy.save_state(&self.state_file, monotonic_now_ns()) {
-            tracing::warn!(path = %self.state_file.display(), %err, "could not write the state file; ejections will not survive a restart");
-        }
+        self.state.submit(self.policy.state_snapshot(monotonic_now_ns()));
     }
 }
 
@@ -197,7 +196,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         counters: Counters::default(),
         decisions: Vec::new(),
         clock,
-        state_file: agent.state_file.clone(),
+        state: StateWriter::spawn(agent.state_file.clone()).context("starting the state-file writer")?,
     };
     match pipe.policy.load_state(&agent.state_file, monotonic_now_ns(), &mut pipe.decisions) {
         Ok(report) if report.found => tracing::info!(
@@ -270,7 +269,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        pipe.sink.flush().await.context("writing to stdout")?;
+        pipe.sink.flush().context("writing to stdout")?;
     }
 
     pipe.drain(source.ring.get_mut());
@@ -278,9 +277,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     warn_if_lost(&mut last_lost, stats.lost_events);
     pipe.sink.stats(&stats);
     pipe.bus.stats(&stats);
-    pipe.sink.flush().await.context("writing to stdout")?;
+    pipe.sink.flush().context("writing to stdout")?;
     pipe.persist();
     drop(source);
+    let Pipeline { state, .. } = pipe;
+    state.finish();
 
     shutdown.cancel();
     tasks.close();

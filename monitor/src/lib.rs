@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod export;
+pub mod persist;
 pub mod policy;
 pub mod server;
 pub mod cli;

@@ -570,6 +570,12 @@ impl EjectionPolicy {
 
     /// Writes ejections in force and undecayed ejection counts to `path`, atomically.
     pub fn save_state(&self, path: &Path, now: u64) -> Result<(), StateError> {
+        state::write(path, &self.state_snapshot(now))
+    }
+
+    /// What [`EjectionPolicy::save_state`] writes, for writing elsewhere (the agent
+    /// hands it to a writer thread so that fsync never delays the pipeline).
+    pub fn state_snapshot(&self, now: u64) -> state::StateFile {
         let unix_ms =
             |mono: u64| i64::try_from(self.wall.unix_ns(mono) / 1_000_000).unwrap_or(i64::MAX);
         let mut destinations: Vec<state::SavedStanding> = self
@@ -589,12 +595,11 @@ impl EjectionPolicy {
             })
             .collect();
         destinations.sort_by_key(|d| d.dst);
-        let file = state::StateFile {
+        state::StateFile {
             version: state::STATE_VERSION,
             saved_at: self.wall.rfc3339(now),
             destinations,
-        };
-        state::write(path, &file)
+        }
     }
 
     /// Loads a state file written by [`EjectionPolicy::save_state`], normally at start.
