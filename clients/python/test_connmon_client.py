@@ -9,9 +9,11 @@ test, `agent.socket_group = "nogroup"`; tests/tests/python_client.rs starts one 
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -85,8 +87,15 @@ class SyncClientTest(unittest.TestCase):
     def test_state_changing_commands_are_forbidden_as_non_root(self):
         if os.geteuid() != 0:
             self.skipTest("needs root to run the client as uid 65534")
+        # uid 65534 may not reach this checkout (a fresh clone can sit in a 0700
+        # directory): run a world-readable copy of the client.
+        shared = tempfile.mkdtemp(prefix="connmon-client-")
+        os.chmod(shared, 0o755)
+        client = shutil.copy(CLIENT, shared)
+        os.chmod(client, 0o644)
+        self.addCleanup(shutil.rmtree, shared, True)
         run = lambda *args: subprocess.run(
-            [SYSTEM_PYTHON, CLIENT, "--socket", SOCKET, *args],
+            [SYSTEM_PYTHON, client, "--socket", SOCKET, *args],
             user=65534, group=65534, extra_groups=[], capture_output=True, text=True, timeout=10,
         )
         snap = run("snapshot")

@@ -278,6 +278,18 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// A copy of `file` that an unprivileged user can execute or read: the build tree (a
+/// fresh clone in CI may live in a 0700 directory) is not reachable for uid 65534.
+pub fn world_readable_copy(file: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch_dir("shared");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let copy = dir.join(file.file_name().expect("a file name"));
+    std::fs::copy(file, &copy).expect("copy");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod file");
+    copy
+}
+
 /// Matches a `connect` line of `outcome` to `dst` from namespace `netns`.
 pub fn is_connect(v: &Value, outcome: &str, dst: &str, netns: u32) -> bool {
     v["type"] == "connect" && v["outcome"] == outcome && v["dst"] == dst && v["netns"] == netns

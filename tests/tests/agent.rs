@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use connmon_integration::{Agent, Netns, closed_port, connmon_bin, is_connect, require_root};
+use connmon_integration::{Agent, Netns, closed_port, connmon_bin, is_connect, require_root, world_readable_copy};
 
 #[test]
 fn a_full_ring_buffer_is_counted_and_reported() {
@@ -63,14 +63,8 @@ fn starts_with_tracefs_unmounted() {
 #[test]
 fn non_root_gets_one_clear_error_line() {
     require_root();
-    // A copy nobody can reach only through the test's (possibly private) build directory.
-    let dir = std::env::temp_dir().join(format!("connmon-nonroot-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let bin = dir.join("connmon");
-    std::fs::copy(connmon_bin(), &bin).unwrap();
+    let bin = world_readable_copy(&connmon_bin());
     let out = Command::new(&bin).arg("run").uid(65534).gid(65534).output().expect("run connmon");
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim(), "connmon: error: connmon must run as root (it loads eBPF programs and may mount tracefs)");

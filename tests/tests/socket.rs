@@ -14,6 +14,7 @@ use std::{
 
 use connmon_integration::{
     Agent, LOCAL_V4, Netns, closed_port, connmon_bin, is_connect, require_root, scratch_dir,
+    world_readable_copy,
 };
 use serde_json::{Value, json};
 
@@ -364,9 +365,10 @@ fn state_changing_commands_are_forbidden_for_an_unprivileged_peer() {
         NOBODY,
         "socket given to agent.socket_group"
     );
+    let client = world_readable_copy(&python_client());
     let as_nobody = |args: &[&str]| {
         let mut cmd = Command::new("/usr/bin/python3");
-        cmd.arg(python_client())
+        cmd.arg(&client)
             .arg("--socket")
             .arg(&path)
             .args(args)
@@ -415,7 +417,7 @@ fn clients_without_access_to_the_socket_get_a_clear_error() {
     let path = socket_path("noaccess");
     let _agent = start(&path, &[]);
     let out = run_with_timeout(
-        Command::new(connmon_bin())
+        Command::new(world_readable_copy(&connmon_bin()))
             .args(["status", "--socket"])
             .arg(&path)
             .uid(NOBODY)
