@@ -153,7 +153,11 @@ pub struct ProbeConfig {
     /// 1: wake the reader for every event; 0: routine `established` outcomes are
     /// submitted with BPF_RB_NO_WAKEUP and picked up by the reader's periodic drain.
     pub wakeup_established: u32,
-    pub _pad: u32,
+    /// 1: remember `inet_sk_error_report` errors by 4-tuple for the CLOSE transition.
+    /// Only kernels before 6.10 report the error before closing the socket; on later
+    /// ones (`tcp_done_with_error()`) the report always comes after, so the agent leaves
+    /// this 0 and the program returns at once.
+    pub error_fallback: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 4 * (7 * 4 + 4 + 1 + 2 + 2 + 4 + 2));

@@ -24,6 +24,9 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
 }
 
 fn try_inet_sk_error_report(ctx: &TracePointContext) -> Result<(), i32> {
+    if conf!(error_fallback) == 0 {
+        return Ok(());
+    }
     // SAFETY: bpf_probe_read_kernel at offsets from the format file.
     let (protocol, error) = unsafe {
         (

@@ -83,7 +83,7 @@ fn finish_attempt(ctx: &TracePointContext, skaddr: u64, established: bool) -> Re
         return ESTABLISHED.insert(&skaddr, &attempt, 0);
     }
     let mut errno = sk_err_of(skaddr);
-    if errno == 0 {
+    if errno == 0 && conf!(error_fallback) != 0 {
         // SAFETY: the value is copied out before the entry is removed.
         if let Some(reported) = unsafe { REPORTED_ERRORS.get(&tuple) }.copied() {
             let _ = REPORTED_ERRORS.remove(&tuple);

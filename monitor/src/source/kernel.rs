@@ -54,6 +54,23 @@ pub struct KernelCounters {
     pub untracked: u64,
 }
 
+/// The running kernel's release string (`uname -r`).
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether this kernel raises the socket error before the CLOSE transition (before
+/// 6.10, when `tcp_done_with_error()` made the order close-then-report). Unknown
+/// versions get the fallback: it costs a map update per error, never an outcome.
+pub fn reports_error_before_close(release: &str) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) < (6, 10)
+}
+
 /// Checks the ring buffer size the kernel will accept.
 pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<(), String> {
     let page = 4096;
@@ -63,6 +80,20 @@ pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_report_fallback_only_before_6_10() {
+        assert!(reports_error_before_close("5.15.0-91-generic"));
+        assert!(reports_error_before_close("6.9.12"));
+        assert!(!reports_error_before_close("6.10.0"));
+        assert!(!reports_error_before_close("6.18.44-fc-v782"));
+        assert!(reports_error_before_close("garbage"));
+    }
 }
 
 impl KernelSource {
@@ -90,6 +121,7 @@ impl KernelSource {
             }
         };
         config.wakeup_established = u32::from(opts.wakeup_every_event);
+        config.error_fallback = u32::from(reports_error_before_close(&kernel_release()));
 
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
