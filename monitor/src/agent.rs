@@ -83,8 +83,11 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+    /// Reads everything the ring buffer holds; returns how many records that was.
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> usize {
+        let mut records = 0;
         while let Some(item) = ring.next() {
+            records += 1;
             match decode(&item) {
                 Ok(event) => self.on_event(&event),
                 Err(err) => {
@@ -94,6 +97,7 @@ impl Pipeline {
             }
         }
         self.persist_if_changed();
+        records
     }
 
     fn on_event(&mut self, event: &KernelEvent) {
@@ -251,11 +255,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         tokio::select! {
             guard = source.ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                pipe.drain(guard.get_inner_mut());
+                let records = pipe.drain(guard.get_inner_mut());
                 guard.clear_ready();
+                if records >= BUSY_DRAIN {
+                    // Wake-up moderation: under a flood, pause outside epoll so the kernel's
+                    // per-record wake-ups find no sleeper and the next drain takes a batch.
+                    // A deliberate blocking sleep: a tokio timer would park in epoll_wait
+                    // and be woken by the very records it is meant to batch.
+                    std::thread::sleep(MODERATION);
+                }
             }
             _ = batch_tick.tick() => {
-                pipe.drain(source.ring.get_mut());
+                let _ = pipe.drain(source.ring.get_mut());
                 pipe.tick();
             }
             _ = stats_tick.tick() => {
@@ -272,7 +283,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         pipe.sink.flush().context("writing to stdout")?;
     }
 
-    pipe.drain(source.ring.get_mut());
+    let _ = pipe.drain(source.ring.get_mut());
     let stats = snapshot(&source, &pipe.counters, &clock, started, true)?;
     warn_if_lost(&mut last_lost, stats.lost_events);
     pipe.sink.stats(&stats);
@@ -291,6 +302,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     tracing::info!("detached; exiting");
     Ok(())
 }
+
+/// A drain at least this large means a flood: see [`MODERATION`].
+const BUSY_DRAIN: usize = 32;
+/// How long the reader pauses after a busy drain (bounded added latency under load).
+const MODERATION: Duration = Duration::from_micros(250);
 
 /// How long consumers get to flush (OTLP) and say goodbye (socket clients) at exit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -105,7 +105,8 @@ pub struct Standing {
     pub suspect: bool,
     /// n: how many times ejected, minus one per base period healthy since reinstatement.
     pub ejection_count: u32,
-    pub ejected: Option<Ejected>,
+    /// Boxed: an ejection is rare and this keeps every table entry 16 bytes smaller.
+    pub ejected: Option<Box<Ejected>>,
     /// Reinstated and not yet connected successfully: the next failure re-ejects.
     pub probation: bool,
     /// Start of the current healthy run, for decay (meaningful when `ejection_count > 0`).

@@ -149,7 +149,7 @@ impl EjectionPolicy {
     pub fn set_pool(&mut self, pool: PoolMembership) {
         self.pool = pool;
         for (dst, dest) in self.table.iter_mut() {
-            dest.annotation.role = self.pool.role(dst);
+            dest.annotation.role = self.pool.role(&dst);
         }
         self.recount_seen_candidates();
     }
@@ -177,7 +177,7 @@ impl EjectionPolicy {
             .table
             .iter()
             .filter(|(dst, d)| {
-                Self::candidate(evict_targets, d.annotation.role) && !members.contains(*dst)
+                Self::candidate(evict_targets, d.annotation.role) && !members.contains(dst)
             })
             .count();
         self.seen_counted_at = self.table.evicted();
@@ -454,11 +454,11 @@ impl EjectionPolicy {
         let duration_ns =
             fixed_ns.unwrap_or_else(|| self.backoff.jittered_ns(count, &mut self.jitter));
         let until_ns = now.saturating_add(duration_ns);
-        standing.ejected = Some(Ejected {
+        standing.ejected = Some(Box::new(Ejected {
             since_ns: now,
             until_ns,
             reason: verdict.reason,
-        });
+        }));
         standing.probation = false;
         standing.suspect = false;
         let role = standing.role;
@@ -511,7 +511,7 @@ impl EjectionPolicy {
         let mut destinations: Vec<DestinationView> = self
             .table
             .iter()
-            .map(|(dst, dest)| self.view(*dst, dest, now, slot_ns))
+            .map(|(dst, dest)| self.view(dst, dest, now, slot_ns))
             .collect();
         destinations.sort_by_key(|d| d.dst);
         PolicySnapshot {
@@ -545,6 +545,7 @@ impl EjectionPolicy {
             DestinationState::Healthy
         };
         let (window_attempts, window_failures) = dest.window_totals(now, slot_ns);
+        let handshake = dest.handshake();
         DestinationView {
             dst,
             role: standing.role,
@@ -555,14 +556,17 @@ impl EjectionPolicy {
             failure_ratio: (window_attempts > 0)
                 .then(|| f64::from(window_failures) / f64::from(window_attempts)),
             window_attempts,
-            handshake_p50_us: dest.handshake().quantile(0.50),
-            handshake_p99_us: dest.handshake().quantile(0.99),
+            handshake_p50_us: handshake.quantile(0.50),
+            handshake_p99_us: handshake.quantile(0.99),
             last_outcome: dest.last_outcome().map(|(o, _)| o),
             last_outcome_at: dest.last_outcome().map(|(_, at)| self.wall.rfc3339(at)),
             failure_mode: dest.failure_mode(),
             ejection_count: standing.ejection_count,
-            ejection_reason: standing.ejected.map(|e| e.reason),
-            ejected_until: standing.ejected.map(|e| self.wall.rfc3339(e.until_ns)),
+            ejection_reason: standing.ejected.as_ref().map(|e| e.reason),
+            ejected_until: standing
+                .ejected
+                .as_ref()
+                .map(|e| self.wall.rfc3339(e.until_ns)),
             top_processes: dest.top_processes(),
             top_cgroups: dest.top_cgroups(),
         }
@@ -583,11 +587,11 @@ impl EjectionPolicy {
             .iter()
             .filter(|(_, d)| d.annotation.ejected.is_some() || d.annotation.ejection_count > 0)
             .map(|(dst, d)| state::SavedStanding {
-                dst: *dst,
+                dst,
                 ejection_count: d.annotation.ejection_count,
                 probation: d.annotation.probation,
                 healthy_since_unix_ms: unix_ms(d.annotation.healthy_since_ns),
-                ejection: d.annotation.ejected.map(|e| state::SavedEjection {
+                ejection: d.annotation.ejected.as_ref().map(|e| state::SavedEjection {
                     reason: e.reason,
                     since_unix_ms: unix_ms(e.since_ns),
                     until_unix_ms: unix_ms(e.until_ns),
@@ -642,11 +646,11 @@ impl EjectionPolicy {
                     let until_ns = self
                         .wall
                         .monotonic_ns(i128::from(e.until_unix_ms) * 1_000_000);
-                    standing.ejected = Some(Ejected {
+                    standing.ejected = Some(Box::new(Ejected {
                         since_ns: mono(e.since_unix_ms),
                         until_ns,
                         reason: e.reason,
-                    });
+                    }));
                     self.expiries.insert((until_ns, dst));
                     report.restored += 1;
                 }

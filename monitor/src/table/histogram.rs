@@ -29,6 +29,14 @@ impl LatencyHistogram {
         self.total = self.total.saturating_add(1);
     }
 
+    /// Counts one duration already mapped to its bucket by [`bucket_of`] (used when a
+    /// destination's inline summary is promoted to a full histogram).
+    pub fn record_bucket(&mut self, bucket: u8) {
+        let i = usize::from(bucket).min(BUCKETS - 1);
+        self.counts[i] = self.counts[i].saturating_add(1);
+        self.total = self.total.saturating_add(1);
+    }
+
     /// How many durations were recorded.
     pub fn total(&self) -> u64 {
         self.total
@@ -60,7 +68,7 @@ impl LatencyHistogram {
 }
 
 /// Bucket 0 holds 0 µs, bucket 1 holds 1 µs; from there two buckets per power of two.
-fn bucket_of(micros: u64) -> usize {
+pub(crate) fn bucket_of(micros: u64) -> usize {
     if micros < 2 {
         return micros as usize;
     }

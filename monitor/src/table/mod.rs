@@ -6,22 +6,41 @@
 //! The table is bounded by a capacity (`policy.max_destinations`). When it is full, the
 //! least recently used entries whose annotation is not pinned (in practice: healthy,
 //! non-ejected destinations) are dropped in a batch of 1 % of the capacity, so the cost
-//! of finding them is amortised over many inserts. If every entry is pinned, the new
-//! destination is not tracked and [`DestinationTable::untracked`] counts it.
+//! of finding them is amortised over many inserts. Recency is kept to the second, so
+//! entries last used within the same second are an arbitrary tie. If every entry is
+//! pinned, the new destination is not tracked and [`DestinationTable::untracked`]
+//! counts it.
 //!
-//! Memory per entry: with the policy's annotation an entry is 712 bytes (a policy test
-//! keeps it under 768), dominated by the latency histogram (200 B), the ratio window
-//! (160 B) and the top-process/cgroup lists (208 B). With the 32-byte key and the hash
-//! table's spare capacity (load factor at most 7/8) count about 850 bytes: ~85 MB at the
-//! default bound of 100 000 entries.
-//! A host that talks to a few thousand destinations uses a few megabytes.
+//! Memory: the common destination is contacted a few times, successfully, by one
+//! process, so an entry is a compact core — 72 bytes with the policy's annotation (a
+//! policy test holds it to that) — and everything that grows with variety lives in a
+//! lazily allocated 640-byte `Detail`: failure counts, streaks, SYN retransmits, the
+//! latency histogram (200 B), the ratio window (160 B) and the top-process/cgroup lists
+//! (208 B). Until a destination's first failure (a reset included), first SYN
+//! retransmit, 5th attempt (`INLINE` is 4), second process or cgroup, or an ejection, the
+//! core keeps an inline summary of its successes (window slot and histogram bucket of
+//! each, and a shared handle on the process) from which every statistic is computed
+//! exactly as the detail would give it. Entries live in a dense vector per address
+//! family with a parallel vector of addresses (6 bytes for IPv4, 28 for IPv6) and a hash
+//! index of `u32` positions (5 bytes a bucket, load 44–88 %): about 85–90 bytes per
+//! common destination all in, ~9 MB at the default bound of 100 000 entries. The IPv4
+//! vectors and index are reserved for the capacity (up to 2 M entries) when the table is
+//! created: virtual memory, resident only once touched, and no rehash that would hold two
+//! copies of the index at once.
 
 mod histogram;
 mod top;
 mod window;
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher as _, Hash, RandomState},
+    net::{SocketAddr, SocketAddrV4, SocketAddrV6},
+    sync::Arc,
+    time::Duration,
+};
 
+use hashbrown::HashTable;
 pub use histogram::LatencyHistogram;
 use serde::Serialize;
 pub use top::{Tally, TopN};
@@ -113,14 +132,14 @@ impl Streaks {
 }
 
 /// A process that connected to a destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Process {
     pub tgid: u32,
     pub comm: Comm,
 }
 
 /// A cgroup whose processes connected to a destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Cgroup {
     pub cgroup_id: u64,
 }
@@ -137,90 +156,230 @@ impl Annotation for () {
     }
 }
 
-/// What the table knows about one destination.
-#[derive(Clone, Debug)]
-pub struct Destination<A> {
-    /// Connect attempts: every outcome except `reset`, which ends an already counted one.
-    attempts: u64,
-    /// Outcomes, indexed like [`Outcome::ALL`].
-    outcomes: [u64; 6],
+/// Up to this many IPv4 entries are reserved when the table is created (virtual memory:
+/// pages count only once touched); a larger table grows from there.
+const RESERVE_LIMIT: usize = 1 << 21;
+
+/// Attempts a destination keeps in its inline summary before its [`Detail`] is allocated.
+const INLINE: usize = 4;
+
+/// Who made a connect attempt: the process and its cgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Who {
+    process: Process,
+    cgroup: Cgroup,
+}
+
+/// The full statistics of a destination that is more than a few successes from one
+/// process: allocated on its first failure (a reset included), its first SYN retransmit,
+/// its `INLINE + 1`-th attempt, a second process or cgroup, or when its evidence is
+/// cleared by an ejection.
+#[derive(Clone, Debug, Default)]
+struct Detail {
+    /// Successful connects (without detail every attempt was one).
+    established: u64,
+    /// Failure outcomes, indexed like [`Outcome::ALL`] without `established`.
+    failures: [u64; 5],
     syn_retransmits: u64,
     streaks: Streaks,
     handshake: LatencyHistogram,
     window: RatioWindow,
-    last_outcome: Option<(Outcome, u64)>,
-    /// Last time anything happened to this destination, for LRU eviction.
-    last_used_ns: u64,
-    failure_mode: Option<FailureMode>,
     processes: TopN<Process, 4>,
     cgroups: TopN<Cgroup, 4>,
-    /// The policy's view of this destination.
-    pub annotation: A,
 }
 
-fn outcome_index(outcome: Outcome) -> usize {
+/// Size of a destination's detail, for the memory documentation's test.
+#[cfg(test)]
+pub(crate) fn detail_size() -> usize {
+    size_of::<Detail>()
+}
+
+/// What the table knows about one destination.
+///
+/// Every entry has a compact core: the count of attempts (`u32`, saturating),
+/// the last outcome and its time, the last-used time in whole seconds, the failure mode
+/// and the annotation. Until it needs a `Detail` it also keeps an inline summary of
+/// its at most `INLINE` successful attempts — their ratio-window slots and handshake
+/// histogram buckets and the one process behind them (shared with other entries) — from
+/// which the window totals, handshake percentiles and top lists are computed exactly as
+/// the full structures would give them; the summary is replayed into the detail when
+/// that is allocated.
+#[derive(Clone, Debug)]
+pub struct Destination<A> {
+    last_outcome_ns: u64,
+    detail: Option<Box<Detail>>,
+    /// Without detail and with attempts: who made every one of them.
+    who: Option<Arc<Who>>,
+    /// The policy's view of this destination.
+    pub annotation: A,
+    /// Connect attempts: every outcome except `reset`, which ends an already counted one.
+    attempts: u32,
+    /// Last time anything happened to this destination (whole seconds of the monotonic
+    /// clock), for LRU eviction.
+    last_used_s: u32,
+    /// Without detail: the ratio-window slot of the first attempt.
+    first_slot: u32,
+    /// Without detail: the slot of attempt `i + 1` minus `first_slot`.
+    slot_delta: [u8; INLINE - 1],
+    /// Without detail: the handshake histogram bucket of attempt `i`.
+    buckets: [u8; INLINE],
+    last_outcome: Option<Outcome>,
+    failure_mode: Option<FailureMode>,
+}
+
+/// Index of a failure outcome in [`Detail::failures`], `None` for `established`.
+fn failure_index(outcome: Outcome) -> Option<usize> {
     match outcome {
-        Outcome::Established => 0,
-        Outcome::Refused => 1,
-        Outcome::Reset => 2,
-        Outcome::Timeout => 3,
-        Outcome::Abandoned => 4,
-        Outcome::Unreachable => 5,
+        Outcome::Established => None,
+        Outcome::Refused => Some(0),
+        Outcome::Reset => Some(1),
+        Outcome::Timeout => Some(2),
+        Outcome::Abandoned => Some(3),
+        Outcome::Unreachable => Some(4),
     }
+}
+
+fn seconds(ns: u64) -> u32 {
+    u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX)
 }
 
 impl<A: Default> Destination<A> {
     fn new(now: u64) -> Self {
         Destination {
-            attempts: 0,
-            outcomes: [0; 6],
-            syn_retransmits: 0,
-            streaks: Streaks::default(),
-            handshake: LatencyHistogram::default(),
-            window: RatioWindow::default(),
-            last_outcome: None,
-            last_used_ns: now,
-            failure_mode: None,
-            processes: TopN::default(),
-            cgroups: TopN::default(),
+            last_outcome_ns: 0,
+            detail: None,
+            who: None,
             annotation: A::default(),
+            attempts: 0,
+            last_used_s: seconds(now),
+            first_slot: 0,
+            slot_delta: [0; INLINE - 1],
+            buckets: [0; INLINE],
+            last_outcome: None,
+            failure_mode: None,
         }
     }
 }
 
 impl<A> Destination<A> {
-    fn record_connect(&mut self, rec: &ConnectRecord, now: u64, slot_ns: u64) {
+    /// Attempts kept in the inline summary (all of them while there is no detail).
+    fn inline_len(&self) -> usize {
+        if self.detail.is_some() {
+            0
+        } else {
+            self.attempts as usize
+        }
+    }
+
+    /// Absolute ratio-window slot of inline attempt `i`.
+    fn inline_slot(&self, i: usize) -> u64 {
+        let delta = if i == 0 { 0 } else { self.slot_delta[i - 1] };
+        u64::from(self.first_slot) + u64::from(delta)
+    }
+
+    /// The ratio window the inline summary stands for.
+    fn inline_window(&self) -> RatioWindow {
+        let mut window = RatioWindow::default();
+        for i in 0..self.inline_len() {
+            window.record_slot(self.inline_slot(i), false);
+        }
+        window
+    }
+
+    /// Whether a successful attempt in `slot` by `who` still fits the inline summary.
+    fn fits_inline(&self, slot: u64, who: &Who) -> bool {
+        let n = self.attempts as usize;
+        if n == 0 {
+            return u32::try_from(slot).is_ok();
+        }
+        n < INLINE
+            && self.who.as_deref() == Some(who)
+            && slot
+                .checked_sub(u64::from(self.first_slot))
+                .is_some_and(|d| d <= u64::from(u8::MAX))
+    }
+
+    /// The detail, allocated from the inline summary if needed.
+    fn detail_mut(&mut self) -> &mut Detail {
+        if self.detail.is_none() {
+            let mut detail = Detail {
+                established: self.inline_len() as u64,
+                ..Detail::default()
+            };
+            for i in 0..self.inline_len() {
+                detail.window.record_slot(self.inline_slot(i), false);
+                detail.handshake.record_bucket(self.buckets[i]);
+                if let Some(who) = self.who.as_deref() {
+                    detail.processes.observe(who.process);
+                    detail.cgroups.observe(who.cgroup);
+                }
+            }
+            self.who = None;
+            self.detail = Some(Box::new(detail));
+        }
+        self.detail.get_or_insert_default()
+    }
+
+    fn record_connect(&mut self, rec: &ConnectRecord, now: u64, slot_ns: u64, whos: &mut WhoCache) {
         let outcome = rec.outcome;
-        let i = outcome_index(outcome);
-        self.outcomes[i] = self.outcomes[i].saturating_add(1);
-        if outcome != Outcome::Reset {
-            self.attempts = self.attempts.saturating_add(1);
-            self.window.record(now, outcome.is_failure(), slot_ns);
-            self.processes.observe(Process {
+        let slot = now / slot_ns.max(1);
+        let who = Who {
+            process: Process {
                 tgid: rec.who.tgid,
                 comm: rec.who.comm,
-            });
-            self.cgroups.observe(Cgroup {
+            },
+            cgroup: Cgroup {
                 cgroup_id: rec.who.cgroup_id,
-            });
+            },
+        };
+        self.last_outcome = Some(outcome);
+        self.last_outcome_ns = now;
+        self.last_used_s = self.last_used_s.max(seconds(now));
+        if self.detail.is_none() && outcome == Outcome::Established && self.fits_inline(slot, &who)
+        {
+            let n = self.attempts as usize;
+            if n == 0 {
+                self.first_slot = u32::try_from(slot).unwrap_or(u32::MAX);
+                self.who = Some(whos.intern(who));
+            } else {
+                self.slot_delta[n - 1] =
+                    u8::try_from(slot - u64::from(self.first_slot)).unwrap_or(u8::MAX);
+            }
+            self.buckets[n] = histogram::bucket_of(rec.duration_us()) as u8;
+            self.attempts += 1;
+            return;
+        }
+        // Allocates the detail (replaying the summary) before this attempt is counted.
+        self.detail_mut();
+        if outcome != Outcome::Reset {
+            self.attempts = self.attempts.saturating_add(1);
+        }
+        let detail = self.detail_mut();
+        match failure_index(outcome) {
+            Some(i) => detail.failures[i] = detail.failures[i].saturating_add(1),
+            None => detail.established = detail.established.saturating_add(1),
+        }
+        if outcome != Outcome::Reset {
+            detail.window.record_slot(slot, outcome.is_failure());
+            detail.processes.observe(who.process);
+            detail.cgroups.observe(who.cgroup);
         }
         match StreakKind::of(outcome) {
             None => {
-                self.streaks = Streaks::default();
-                self.handshake.record(rec.duration_us());
+                detail.streaks = Streaks::default();
+                detail.handshake.record(rec.duration_us());
             }
             Some(kind) => {
-                self.streaks.bump(kind);
+                detail.streaks.bump(kind);
                 self.failure_mode = FailureMode::of(outcome);
             }
         }
-        self.last_outcome = Some((outcome, now));
-        self.last_used_ns = now;
     }
 
     fn record_syn_retransmit(&mut self, _rec: &SynRetransmitRecord, now: u64) {
-        self.syn_retransmits = self.syn_retransmits.saturating_add(1);
-        self.last_used_ns = now;
+        let detail = self.detail_mut();
+        detail.syn_retransmits = detail.syn_retransmits.saturating_add(1);
+        self.last_used_s = self.last_used_s.max(seconds(now));
     }
 
     /// Marks a drop-mode failure that was not an outcome (SYN retransmits).
@@ -231,45 +390,68 @@ impl<A> Destination<A> {
     /// Forgets the streaks and the ratio window: after an ejection the evidence is spent,
     /// and a reinstated destination is judged on what happens next.
     pub fn clear_evidence(&mut self) {
-        self.streaks = Streaks::default();
-        self.window.clear();
+        let detail = self.detail_mut();
+        detail.streaks = Streaks::default();
+        detail.window.clear();
     }
 
     pub fn attempts(&self) -> u64 {
-        self.attempts
+        u64::from(self.attempts)
     }
 
     pub fn count(&self, outcome: Outcome) -> u64 {
-        self.outcomes[outcome_index(outcome)]
+        match failure_index(outcome) {
+            None => self
+                .detail
+                .as_ref()
+                .map_or(u64::from(self.attempts), |d| d.established),
+            Some(i) => self.detail.as_ref().map_or(0, |d| d.failures[i]),
+        }
     }
 
     pub fn syn_retransmits(&self) -> u64 {
-        self.syn_retransmits
+        self.detail.as_ref().map_or(0, |d| d.syn_retransmits)
     }
 
     pub fn streaks(&self) -> Streaks {
-        self.streaks
+        self.detail
+            .as_ref()
+            .map_or_else(Streaks::default, |d| d.streaks)
     }
 
     pub fn streak(&self, kind: StreakKind) -> u32 {
-        self.streaks.get(kind)
+        self.streaks().get(kind)
     }
 
-    pub fn handshake(&self) -> &LatencyHistogram {
-        &self.handshake
+    /// The handshake-latency histogram of the successful connects.
+    pub fn handshake(&self) -> LatencyHistogram {
+        match &self.detail {
+            Some(d) => d.handshake.clone(),
+            None => {
+                let mut h = LatencyHistogram::default();
+                for &bucket in &self.buckets[..self.inline_len()] {
+                    h.record_bucket(bucket);
+                }
+                h
+            }
+        }
     }
 
     /// `(attempts, failures)` over the ratio window ending at `now`.
     pub fn window_totals(&self, now: u64, slot_ns: u64) -> (u32, u32) {
-        self.window.totals(now, slot_ns)
+        match &self.detail {
+            Some(d) => d.window.totals(now, slot_ns),
+            None => self.inline_window().totals(now, slot_ns),
+        }
     }
 
     pub fn last_outcome(&self) -> Option<(Outcome, u64)> {
-        self.last_outcome
+        self.last_outcome.map(|o| (o, self.last_outcome_ns))
     }
 
+    /// Last time anything happened to this destination, to the second.
     pub fn last_used_ns(&self) -> u64 {
-        self.last_used_ns
+        u64::from(self.last_used_s) * 1_000_000_000
     }
 
     pub fn failure_mode(&self) -> Option<FailureMode> {
@@ -277,11 +459,167 @@ impl<A> Destination<A> {
     }
 
     pub fn top_processes(&self) -> Vec<Tally<Process>> {
-        self.processes.ranked()
+        match (&self.detail, self.who.as_deref()) {
+            (Some(d), _) => d.processes.ranked(),
+            (None, Some(who)) if self.attempts > 0 => vec![Tally {
+                key: who.process,
+                connects: self.attempts,
+            }],
+            (None, _) => Vec::new(),
+        }
     }
 
     pub fn top_cgroups(&self) -> Vec<Tally<Cgroup>> {
-        self.cgroups.ranked()
+        match (&self.detail, self.who.as_deref()) {
+            (Some(d), _) => d.cgroups.ranked(),
+            (None, Some(who)) if self.attempts > 0 => vec![Tally {
+                key: who.cgroup,
+                connects: self.attempts,
+            }],
+            (None, _) => Vec::new(),
+        }
+    }
+}
+
+/// The processes behind inline summaries, shared: a host has few distinct (process,
+/// cgroup) pairs and many destinations. Pairs no entry refers to any more are dropped
+/// whenever the cache has doubled since the last sweep, so it stays within twice the
+/// pairs in use (plus a small floor).
+#[derive(Debug, Default)]
+struct WhoCache {
+    shared: HashMap<Who, Arc<Who>>,
+    sweep_at: usize,
+}
+
+impl WhoCache {
+    fn intern(&mut self, who: Who) -> Arc<Who> {
+        if let Some(shared) = self.shared.get(&who) {
+            return Arc::clone(shared);
+        }
+        if self.shared.len() >= self.sweep_at {
+            self.shared
+                .retain(|_, shared| Arc::strong_count(shared) > 1);
+            self.sweep_at = (self.shared.len() * 2).max(64);
+        }
+        let shared = Arc::new(who);
+        self.shared.insert(who, Arc::clone(&shared));
+        shared
+    }
+}
+
+/// The entries of one address family: a dense vector of entries, a parallel vector of
+/// their addresses, and a hash index of positions. The index's buckets hold only a
+/// `u32` position (compared through the address vector), so its spare capacity costs
+/// 5 bytes a bucket with the control byte; the vectors hold no touched spare entries,
+/// and a removal moves the last entry into the hole.
+#[derive(Debug)]
+struct Part<K, A> {
+    index: HashTable<u32>,
+    hasher: RandomState,
+    keys: Vec<K>,
+    dests: Vec<Destination<A>>,
+}
+
+impl<K: Copy + Eq + Hash, A> Part<K, A> {
+    /// A part reserved for `reserve` entries: the index then never rehashes (no moment
+    /// with two copies of it) and, as for the vectors, only touched pages count.
+    fn with_capacity(reserve: usize) -> Self {
+        Part {
+            index: HashTable::with_capacity(reserve),
+            hasher: RandomState::new(),
+            keys: Vec::with_capacity(reserve),
+            dests: Vec::with_capacity(reserve),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.dests.len()
+    }
+
+    fn position(&self, key: &K) -> Option<usize> {
+        let keys = &self.keys;
+        self.index
+            .find(self.hasher.hash_one(key), |&i| {
+                keys.get(i as usize) == Some(key)
+            })
+            .map(|&i| i as usize)
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        self.position(key).is_some()
+    }
+
+    fn get(&self, key: &K) -> Option<&Destination<A>> {
+        self.dests.get(self.position(key)?)
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut Destination<A>> {
+        let i = self.position(key)?;
+        self.dests.get_mut(i)
+    }
+
+    /// Adds an entry for a key that is not present.
+    fn insert(&mut self, key: K, dest: Destination<A>) {
+        let Ok(i) = u32::try_from(self.dests.len()) else {
+            return;
+        };
+        self.keys.push(key);
+        self.dests.push(dest);
+        let Part {
+            index,
+            hasher,
+            keys,
+            ..
+        } = self;
+        index.insert_unique(hasher.hash_one(key), i, |&j| {
+            hasher.hash_one(keys[j as usize])
+        });
+    }
+
+    /// Points the index entry of the key at position `from` to position `to`, or removes
+    /// it when `to` is `None`.
+    fn reindex(&mut self, from: usize, to: Option<usize>) {
+        let Some(key) = self.keys.get(from) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(key);
+        let Ok(entry) = self.index.find_entry(hash, |&i| i as usize == from) else {
+            return;
+        };
+        match to {
+            None => {
+                entry.remove();
+            }
+            Some(to) => *entry.into_mut() = to as u32,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (K, &Destination<A>)> {
+        self.keys.iter().copied().zip(self.dests.iter())
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (K, &mut Destination<A>)> {
+        self.keys.iter().copied().zip(self.dests.iter_mut())
+    }
+
+    /// Removes the entries at `positions`, which must be sorted in descending order:
+    /// each removal moves the last entry into the hole, never one still to be removed.
+    fn remove_descending(&mut self, positions: &[u32]) {
+        for &i in positions {
+            let i = i as usize;
+            let Some(last) = self.dests.len().checked_sub(1) else {
+                return;
+            };
+            if i > last {
+                continue;
+            }
+            self.reindex(i, None);
+            if i != last {
+                self.reindex(last, Some(i));
+            }
+            self.keys.swap_remove(i);
+            self.dests.swap_remove(i);
+        }
     }
 }
 
@@ -289,7 +627,9 @@ impl<A> Destination<A> {
 /// entries.
 #[derive(Debug)]
 pub struct DestinationTable<A> {
-    entries: HashMap<SocketAddr, Destination<A>>,
+    v4: Part<SocketAddrV4, A>,
+    v6: Part<SocketAddrV6, A>,
+    whos: WhoCache,
     capacity: usize,
     /// Length of one ratio-window slot.
     slot_ns: u64,
@@ -301,9 +641,13 @@ impl<A: Annotation> DestinationTable<A> {
     /// A table of at most `capacity` destinations whose failure ratio covers `ratio_window`.
     pub fn new(capacity: usize, ratio_window: Duration) -> Self {
         let window_ns = u64::try_from(ratio_window.as_nanos()).unwrap_or(u64::MAX);
+        let capacity = capacity.clamp(1, u32::MAX as usize);
         DestinationTable {
-            entries: HashMap::new(),
-            capacity: capacity.max(1),
+            // IPv4 is the common case and reserved up front; IPv6 grows on demand.
+            v4: Part::with_capacity(capacity.min(RESERVE_LIMIT)),
+            v6: Part::with_capacity(0),
+            whos: WhoCache::default(),
+            capacity,
             slot_ns: (window_ns / window::SLOTS).max(1),
             evicted: 0,
             untracked: 0,
@@ -313,19 +657,23 @@ impl<A: Annotation> DestinationTable<A> {
     /// The entry for `dst`, created if needed, marked as used at `now`. The flag is true
     /// when the entry is new. `None` when the table is full of pinned entries.
     pub fn entry(&mut self, dst: SocketAddr, now: u64) -> Option<(&mut Destination<A>, bool)> {
-        let created = !self.entries.contains_key(&dst);
+        let created = !self.contains(&dst);
         if created {
-            if self.entries.len() >= self.capacity {
+            if self.len() >= self.capacity {
                 self.evict_least_recently_used();
             }
-            if self.entries.len() >= self.capacity {
+            if self.len() >= self.capacity {
                 self.untracked = self.untracked.saturating_add(1);
                 return None;
             }
-            self.entries.insert(dst, Destination::new(now));
+            let dest = Destination::new(now);
+            match dst {
+                SocketAddr::V4(a) => self.v4.insert(a, dest),
+                SocketAddr::V6(a) => self.v6.insert(a, dest),
+            }
         }
-        let entry = self.entries.get_mut(&dst)?;
-        entry.last_used_ns = entry.last_used_ns.max(now);
+        let entry = self.get_mut(&dst)?;
+        entry.last_used_s = entry.last_used_s.max(seconds(now));
         Some((entry, created))
     }
 
@@ -336,8 +684,13 @@ impl<A: Annotation> DestinationTable<A> {
         now: u64,
     ) -> Option<(&mut Destination<A>, bool)> {
         let slot_ns = self.slot_ns;
-        let (entry, created) = self.entry(rec.dst, now)?;
-        entry.record_connect(rec, now, slot_ns);
+        let created = self.entry(rec.dst, now)?.1;
+        let whos = &mut self.whos;
+        let entry = match rec.dst {
+            SocketAddr::V4(a) => self.v4.get_mut(&a),
+            SocketAddr::V6(a) => self.v6.get_mut(&a),
+        }?;
+        entry.record_connect(rec, now, slot_ns, whos);
         Some((entry, created))
     }
 
@@ -352,28 +705,45 @@ impl<A: Annotation> DestinationTable<A> {
         Some((entry, created))
     }
 
+    fn contains(&self, dst: &SocketAddr) -> bool {
+        match dst {
+            SocketAddr::V4(a) => self.v4.contains(a),
+            SocketAddr::V6(a) => self.v6.contains(a),
+        }
+    }
+
     pub fn get(&self, dst: &SocketAddr) -> Option<&Destination<A>> {
-        self.entries.get(dst)
+        match dst {
+            SocketAddr::V4(a) => self.v4.get(a),
+            SocketAddr::V6(a) => self.v6.get(a),
+        }
     }
 
     pub fn get_mut(&mut self, dst: &SocketAddr) -> Option<&mut Destination<A>> {
-        self.entries.get_mut(dst)
+        match dst {
+            SocketAddr::V4(a) => self.v4.get_mut(a),
+            SocketAddr::V6(a) => self.v6.get_mut(a),
+        }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&SocketAddr, &Destination<A>)> {
-        self.entries.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &Destination<A>)> {
+        let v4 = self.v4.iter().map(|(k, d)| (SocketAddr::V4(k), d));
+        let v6 = self.v6.iter().map(|(k, d)| (SocketAddr::V6(k), d));
+        v4.chain(v6)
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&SocketAddr, &mut Destination<A>)> {
-        self.entries.iter_mut()
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (SocketAddr, &mut Destination<A>)> {
+        let v4 = self.v4.iter_mut().map(|(k, d)| (SocketAddr::V4(k), d));
+        let v6 = self.v6.iter_mut().map(|(k, d)| (SocketAddr::V6(k), d));
+        v4.chain(v6)
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.v4.len() + self.v6.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     pub fn capacity(&self) -> usize {
@@ -395,29 +765,54 @@ impl<A: Annotation> DestinationTable<A> {
         self.untracked
     }
 
-    /// Drops the least recently used 1 % (at least one) of the unpinned entries.
+    /// Drops the least recently used 1 % (at least one) of the unpinned entries. Each
+    /// candidate is one `u64` (last-used second, position), so finding them costs eight
+    /// bytes per entry for the moment of the sweep.
     fn evict_least_recently_used(&mut self) {
         let batch = (self.capacity / 100).max(1);
-        let mut candidates: Vec<(u64, SocketAddr)> = self
-            .entries
+        let n4 = self.v4.len() as u64;
+        let candidate = |i: u64, d: &Destination<A>| {
+            (!d.annotation.pinned()).then_some((u64::from(d.last_used_s) << 32) | i)
+        };
+        let mut candidates: Vec<u64> = self
+            .v4
+            .dests
             .iter()
-            .filter(|(_, d)| !d.annotation.pinned())
-            .map(|(dst, d)| (d.last_used_ns, *dst))
+            .enumerate()
+            .filter_map(|(i, d)| candidate(i as u64, d))
+            .chain(
+                self.v6
+                    .dests
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| candidate(n4 + i as u64, d)),
+            )
             .collect();
         if candidates.len() > batch {
             candidates.select_nth_unstable(batch - 1);
             candidates.truncate(batch);
         }
-        for (_, dst) in &candidates {
-            self.entries.remove(dst);
-        }
-        self.evicted = self.evicted.saturating_add(candidates.len() as u64);
+        let evicted = candidates.len() as u64;
+        let mut positions: Vec<u64> = candidates.iter().map(|&c| c & 0xFFFF_FFFF).collect();
+        drop(candidates);
+        positions.sort_unstable_by(|a, b| b.cmp(a));
+        let split = positions.partition_point(|&p| p >= n4);
+        let v6: Vec<u32> = positions[..split]
+            .iter()
+            .map(|&p| (p - n4) as u32)
+            .collect();
+        let v4: Vec<u32> = positions[split..].iter().map(|&p| p as u32).collect();
+        self.v6.remove_descending(&v6);
+        self.v4.remove_descending(&v4);
+        self.evicted = self.evicted.saturating_add(evicted);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
+
+    use proptest::prelude::*;
 
     use super::*;
     use crate::source::event::{Attribution, Family};
@@ -490,6 +885,159 @@ mod tests {
         assert_eq!(d.last_outcome(), Some((Outcome::Established, 2 * SEC)));
         assert_eq!(d.top_processes()[0].connects, 4);
         assert_eq!(d.top_cgroups()[0].key.cgroup_id, 9);
+    }
+
+    /// The statistics as the full structures compute them, fed the same connects.
+    #[derive(Default)]
+    struct Reference {
+        attempts: u64,
+        counts: [u64; 6],
+        streaks: Streaks,
+        handshake: LatencyHistogram,
+        window: RatioWindow,
+        processes: TopN<Process, 4>,
+        cgroups: TopN<Cgroup, 4>,
+    }
+
+    impl Reference {
+        fn record(&mut self, rec: &ConnectRecord, now: u64, slot_ns: u64) {
+            let i = Outcome::ALL
+                .iter()
+                .position(|&o| o == rec.outcome)
+                .unwrap_or_default();
+            self.counts[i] += 1;
+            if rec.outcome != Outcome::Reset {
+                self.attempts += 1;
+                self.window.record(now, rec.outcome.is_failure(), slot_ns);
+                self.processes.observe(Process {
+                    tgid: rec.who.tgid,
+                    comm: rec.who.comm,
+                });
+                self.cgroups.observe(Cgroup {
+                    cgroup_id: rec.who.cgroup_id,
+                });
+            }
+            match StreakKind::of(rec.outcome) {
+                None => {
+                    self.streaks = Streaks::default();
+                    self.handshake.record(rec.duration_us());
+                }
+                Some(kind) => self.streaks.bump(kind),
+            }
+        }
+    }
+
+    fn connect() -> impl Strategy<Value = (Outcome, u64, u64, u32)> {
+        (
+            prop_oneof![
+                8 => Just(Outcome::Established),
+                1 => Just(Outcome::Refused),
+                1 => Just(Outcome::Reset),
+                1 => Just(Outcome::Timeout),
+            ],
+            prop_oneof![3 => 0..2 * SEC, 1 => 0..2_000 * SEC],
+            1..5_000_000u64,
+            prop_oneof![6 => Just(7u32), 1 => 8..10u32],
+        )
+    }
+
+    proptest! {
+        /// Whether a destination is still an inline summary or has its detail, every
+        /// statistic is what the full structures give for the same connects.
+        #[test]
+        fn compact_entries_report_what_the_full_structures_would(
+            connects in proptest::collection::vec(connect(), 1..12),
+        ) {
+            let mut t: DestinationTable<()> = DestinationTable::new(10, Duration::from_secs(60));
+            let slot_ns = t.slot_ns();
+            let dst = addr(2, 80);
+            let mut reference = Reference::default();
+            let mut now = SEC;
+            for (outcome, gap, handshake_ns, tgid) in connects {
+                now += gap;
+                let mut rec = record(dst, outcome, now);
+                rec.start_ns = now - handshake_ns;
+                rec.who.tgid = tgid;
+                rec.who.cgroup_id = u64::from(tgid);
+                t.record_connect(&rec, now);
+                reference.record(&rec, now, slot_ns);
+                let d = t.get(&dst).expect("entry");
+                prop_assert_eq!(d.attempts(), reference.attempts);
+                for (i, o) in Outcome::ALL.into_iter().enumerate() {
+                    prop_assert_eq!(d.count(o), reference.counts[i], "{:?}", o);
+                }
+                prop_assert_eq!(d.streaks(), reference.streaks);
+                prop_assert_eq!(d.handshake(), reference.handshake.clone());
+                for later in [0, SEC, 30 * SEC, 59 * SEC, 61 * SEC, 600 * SEC] {
+                    prop_assert_eq!(
+                        d.window_totals(now + later, slot_ns),
+                        reference.window.totals(now + later, slot_ns)
+                    );
+                }
+                prop_assert_eq!(d.top_processes(), reference.processes.ranked());
+                prop_assert_eq!(d.top_cgroups(), reference.cgroups.ranked());
+                prop_assert_eq!(d.last_outcome(), Some((outcome, now)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_few_successes_from_one_process_allocate_no_detail() {
+        let mut t: DestinationTable<()> = DestinationTable::new(10, Duration::from_secs(60));
+        let dst = addr(2, 80);
+        for i in 0..INLINE as u64 {
+            t.record_connect(&record(dst, Outcome::Established, SEC + i), SEC + i);
+        }
+        assert!(t.get(&dst).is_some_and(|d| d.detail.is_none()));
+        t.record_connect(&record(dst, Outcome::Established, 2 * SEC), 2 * SEC);
+        assert!(
+            t.get(&dst).is_some_and(|d| d.detail.is_some()),
+            "attempt {} needs the detail",
+            INLINE + 1
+        );
+        let other = addr(3, 80);
+        t.record_connect(&record(other, Outcome::Refused, SEC), SEC);
+        assert!(
+            t.get(&other).is_some_and(|d| d.detail.is_some()),
+            "a failure needs the detail"
+        );
+    }
+
+    #[test]
+    fn eviction_keeps_every_remaining_entry_reachable() {
+        let mut t: DestinationTable<Pin> = DestinationTable::new(300, Duration::from_secs(60));
+        let dst = |i: u32| -> SocketAddr {
+            if i.is_multiple_of(3) {
+                SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::from(u128::from(i))), 443)
+            } else {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), 80)
+            }
+        };
+        for i in 0..2_000u32 {
+            let now = SEC * u64::from(i + 1);
+            let (d, created) = t.entry(dst(i), now).expect("room");
+            assert!(created);
+            d.annotation.0 = i % 50 == 0;
+            for _ in 0..i % 4 {
+                t.record_connect(&record(dst(i), Outcome::Established, now), now);
+            }
+        }
+        assert!(t.len() <= 300);
+        assert_eq!(t.len() as u64 + t.evicted(), 2_000);
+        let mut seen = 0;
+        for (a, d) in t.iter() {
+            let got = t.get(&a).expect("iterated entry is found by address");
+            assert_eq!(got.attempts(), d.attempts());
+            seen += 1;
+        }
+        assert_eq!(seen, t.len());
+        for i in (0..2_000u32).filter(|i| i % 50 == 0) {
+            assert!(t.get(&dst(i)).is_some(), "pinned {i} kept");
+        }
+        for i in 1_990..2_000u32 {
+            let d = t.get(&dst(i)).expect("recent entries kept");
+            assert_eq!(d.attempts(), u64::from(i % 4), "entry {i} is its own");
+        }
     }
 
     #[test]

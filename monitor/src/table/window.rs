@@ -23,7 +23,11 @@ pub struct RatioWindow {
 impl RatioWindow {
     /// Counts one attempt at `now`; `slot_ns` is the window length divided by `SLOTS`.
     pub fn record(&mut self, now: u64, failed: bool, slot_ns: u64) {
-        let index = now / slot_ns.max(1);
+        self.record_slot(now / slot_ns.max(1), failed);
+    }
+
+    /// Counts one attempt in absolute slot `index` (`now / slot_ns`).
+    pub fn record_slot(&mut self, index: u64, failed: bool) {
         let slot = &mut self.slots[(index % SLOTS) as usize];
         if slot.index != index {
             *slot = Slot {
