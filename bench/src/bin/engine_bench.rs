@@ -40,10 +40,17 @@ fn cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Peak resident set size of this process in KiB (the table is at its fullest here).
-fn peak_rss_kib() -> i64 {
-    use nix::sys::resource::{UsageWho, getrusage};
-    getrusage(UsageWho::RUSAGE_SELF).map(|u| u.max_rss()).unwrap_or(0)
+/// Peak resident set size of this process image in KiB (`VmHWM`). Not `getrusage`'s
+/// `ru_maxrss`: that keeps the high-water mark of the parent it was forked from.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn main() -> anyhow::Result<()> {
