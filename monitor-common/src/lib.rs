@@ -179,12 +179,28 @@ mod tests {
     #[test]
     fn close_classification() {
         assert_eq!(classify_close(111, true), outcome::REFUSED);
-        assert_eq!(classify_close(111, false), outcome::REFUSED, "ICMP port unreachable");
-        assert_eq!(classify_close(0, true), outcome::REFUSED, "RST seen, sk_err already consumed");
+        assert_eq!(
+            classify_close(111, false),
+            outcome::REFUSED,
+            "ICMP port unreachable"
+        );
+        assert_eq!(
+            classify_close(0, true),
+            outcome::REFUSED,
+            "RST seen, sk_err already consumed"
+        );
         assert_eq!(classify_close(110, false), outcome::TIMEOUT);
         assert_eq!(classify_close(0, false), outcome::ABANDONED);
-        assert_eq!(classify_close(113, false), outcome::UNREACHABLE, "EHOSTUNREACH");
-        assert_eq!(classify_close(101, false), outcome::UNREACHABLE, "ENETUNREACH");
+        assert_eq!(
+            classify_close(113, false),
+            outcome::UNREACHABLE,
+            "EHOSTUNREACH"
+        );
+        assert_eq!(
+            classify_close(101, false),
+            outcome::UNREACHABLE,
+            "ENETUNREACH"
+        );
     }
 }
 

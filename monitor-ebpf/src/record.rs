@@ -64,8 +64,9 @@ pub fn netns_of(skaddr: u64) -> u32 {
 #[inline(always)]
 pub fn sk_err_of(skaddr: u64) -> u32 {
     // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
-    let err = unsafe { bpf_probe_read_kernel((skaddr + u64::from(conf!(sock_sk_err))) as *const i32) }
-        .unwrap_or(0);
+    let err =
+        unsafe { bpf_probe_read_kernel((skaddr + u64::from(conf!(sock_sk_err))) as *const i32) }
+            .unwrap_or(0);
     err.unsigned_abs()
 }
 

@@ -14,9 +14,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
-
-use tokio::sync::mpsc;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -68,7 +69,9 @@ pub fn load_pool(config: &Config) -> anyhow::Result<PoolMembership> {
 /// for `localhost_trap` (a refused loopback connect from any other namespace).
 fn host_netns() -> u32 {
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self/ns/net").map(|m| m.ino() as u32).unwrap_or(0)
+    std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino() as u32)
+        .unwrap_or(0)
 }
 
 /// The pipeline's state between drains.
@@ -111,7 +114,8 @@ impl Pipeline {
         match event {
             KernelEvent::Connect(c) => self.policy.on_connect(c, c.ktime_ns, &mut self.decisions),
             KernelEvent::SynRetransmit(r) => {
-                self.policy.on_syn_retransmit(r, r.ktime_ns, &mut self.decisions)
+                self.policy
+                    .on_syn_retransmit(r, r.ktime_ns, &mut self.decisions)
             }
         }
         self.emit_decisions();
@@ -145,18 +149,32 @@ impl Pipeline {
             }
             // Adding or removing nothing is a read (`pool list`): an unconfigured pool
             // must stay unconfigured.
-            Control::Pool { op: control::PoolOp::Add | control::PoolOp::Remove, members, reply } if members.is_empty() => {
+            Control::Pool {
+                op: control::PoolOp::Add | control::PoolOp::Remove,
+                members,
+                reply,
+            } if members.is_empty() => {
                 let _ = reply.send(self.policy.pool().entries());
             }
             Control::Pool { op, members, reply } => {
                 let pool = self.policy.pool().apply(op, &members);
                 let entries = pool.entries();
-                tracing::info!(?op, members = entries.len(), "pool changed by a control command");
+                tracing::info!(
+                    ?op,
+                    members = entries.len(),
+                    "pool changed by a control command"
+                );
                 self.policy.set_pool(pool);
                 let _ = reply.send(entries);
             }
-            Control::Evict { dst, duration, reply } => {
-                let done = self.policy.evict_manual(dst, duration, now, &mut self.decisions);
+            Control::Evict {
+                dst,
+                duration,
+                reply,
+            } => {
+                let done = self
+                    .policy
+                    .evict_manual(dst, duration, now, &mut self.decisions);
                 let _ = reply.send(done);
             }
             Control::Reinstate { dst, reply } => {
@@ -175,7 +193,8 @@ impl Pipeline {
     }
 
     fn persist(&mut self) {
-        self.state.submit(self.policy.state_snapshot(monotonic_now_ns()));
+        self.state
+            .submit(self.policy.state_snapshot(monotonic_now_ns()));
     }
 }
 
@@ -186,7 +205,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let agent = &config.agent;
     let output = agent.output.unwrap_or_else(|| {
         use std::io::IsTerminal as _;
-        if std::io::stdout().is_terminal() { OutputFormat::Text } else { OutputFormat::Json }
+        if std::io::stdout().is_terminal() {
+            OutputFormat::Text
+        } else {
+            OutputFormat::Json
+        }
     });
     let clock = WallClock::calibrate();
     let pool = load_pool(&config)?;
@@ -200,9 +223,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         counters: Counters::default(),
         decisions: Vec::new(),
         clock,
-        state: StateWriter::spawn(agent.state_file.clone()).context("starting the state-file writer")?,
+        state: StateWriter::spawn(agent.state_file.clone())
+            .context("starting the state-file writer")?,
     };
-    match pipe.policy.load_state(&agent.state_file, monotonic_now_ns(), &mut pipe.decisions) {
+    match pipe
+        .policy
+        .load_state(&agent.state_file, monotonic_now_ns(), &mut pipe.decisions)
+    {
         Ok(report) if report.found => tracing::info!(
             path = %agent.state_file.display(),
             restored = report.restored,
@@ -211,7 +238,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             "loaded ejection state"
         ),
         Ok(_) => {}
-        Err(err) => tracing::warn!(path = %agent.state_file.display(), %err, "ignoring unusable state file; starting with no ejections"),
+        Err(err) => {
+            tracing::warn!(path = %agent.state_file.display(), %err, "ignoring unusable state file; starting with no ejections")
+        }
     }
 
     // Consumers of the bus and the control channel run as their own tasks; each gets a
@@ -249,7 +278,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     } else {
         agent.stats_interval
     };
-    let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
+    let mut stats_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
 
     loop {
         tokio::select! {
@@ -296,7 +326,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 
     shutdown.cancel();
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("consumers did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     tracing::info!("detached; exiting");
@@ -332,14 +365,20 @@ async fn spawn_consumers(
 /// effect (a `--pool` flag still wins) — and swap it in, keeping every destination's
 /// history. A bad file keeps the old pool.
 fn reload_pool(policy: &mut EjectionPolicy, config_path: Option<&Path>, started_with: &Config) {
-    let reloaded = Config::load(config_path).map_err(anyhow::Error::from).and_then(|file| {
-        let mut config = started_with.clone();
-        config.policy.pool = file.policy.pool;
-        load_pool(&config)
-    });
+    let reloaded = Config::load(config_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|file| {
+            let mut config = started_with.clone();
+            config.policy.pool = file.policy.pool;
+            load_pool(&config)
+        });
     match reloaded {
         Ok(pool) => {
-            tracing::info!(members = pool.len(), configured = pool.is_configured(), "SIGHUP: pool reloaded");
+            tracing::info!(
+                members = pool.len(),
+                configured = pool.is_configured(),
+                "SIGHUP: pool reloaded"
+            );
             policy.set_pool(pool);
         }
         Err(err) => tracing::error!("SIGHUP: keeping the current pool: {err:#}"),

@@ -7,7 +7,10 @@
 //! is told how many (`RecvError::Lagged(n)`); it must count and report that. With no
 //! subscribers nothing is allocated.
 
-use std::{net::SocketAddr, sync::{Arc, OnceLock}};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use tokio::sync::broadcast;
 
@@ -88,10 +91,15 @@ impl Published {
         Arc::clone(self.json.get_or_init(|| {
             let mut buf = Vec::with_capacity(512);
             match &self.payload {
-                Payload::Connect(c) => json::connect(&mut buf, c, self.role.unwrap_or(Role::Target), &self.clock),
-                Payload::SynRetransmit(r) => {
-                    json::syn_retransmit(&mut buf, r, self.role.unwrap_or(Role::Target), &self.clock)
+                Payload::Connect(c) => {
+                    json::connect(&mut buf, c, self.role.unwrap_or(Role::Target), &self.clock)
                 }
+                Payload::SynRetransmit(r) => json::syn_retransmit(
+                    &mut buf,
+                    r,
+                    self.role.unwrap_or(Role::Target),
+                    &self.clock,
+                ),
                 Payload::Decision(d) => json::value(&mut buf, d),
                 Payload::Stats(s) => json::value(&mut buf, s),
             }
@@ -111,7 +119,11 @@ pub struct EventBus {
 impl EventBus {
     pub fn new(capacity: usize, clock: WallClock) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        EventBus { tx, capacity: capacity.max(1), clock }
+        EventBus {
+            tx,
+            capacity: capacity.max(1),
+            clock,
+        }
     }
 
     /// How many messages a subscriber may fall behind before it loses some.
@@ -131,17 +143,32 @@ impl EventBus {
         if !self.has_subscribers() {
             return;
         }
-        let msg = Published { topic, role, dst, payload, clock: self.clock, json: OnceLock::new() };
+        let msg = Published {
+            topic,
+            role,
+            dst,
+            payload,
+            clock: self.clock,
+            json: OnceLock::new(),
+        };
         // Err only means every subscriber left in the meantime.
         let _ = self.tx.send(Arc::new(msg));
     }
 
     pub fn event(&self, event: &KernelEvent, role: Role) {
         match event {
-            KernelEvent::Connect(c) => self.publish(Topic::Connect, Some(role), Some(c.dst), Payload::Connect(*c)),
-            KernelEvent::SynRetransmit(r) => {
-                self.publish(Topic::SynRetransmit, Some(role), Some(r.dst), Payload::SynRetransmit(*r))
-            }
+            KernelEvent::Connect(c) => self.publish(
+                Topic::Connect,
+                Some(role),
+                Some(c.dst),
+                Payload::Connect(*c),
+            ),
+            KernelEvent::SynRetransmit(r) => self.publish(
+                Topic::SynRetransmit,
+                Some(role),
+                Some(r.dst),
+                Payload::SynRetransmit(*r),
+            ),
         }
     }
 
@@ -154,7 +181,12 @@ impl EventBus {
             Decision::Diagnosis(_) => Topic::Diagnosis,
         };
         if self.has_subscribers() {
-            self.publish(topic, role, decision.dst(), Payload::Decision(decision.clone()));
+            self.publish(
+                topic,
+                role,
+                decision.dst(),
+                Payload::Decision(decision.clone()),
+            );
         }
     }
 
@@ -178,7 +210,13 @@ mod tests {
             family: Family::Ipv4,
             src: "127.0.0.1:1000".parse().unwrap(),
             dst: "127.0.0.1:9".parse().unwrap(),
-            who: Attribution { pid: 1, tgid: 1, comm: Comm::from("x"), cgroup_id: 1, netns: 1 },
+            who: Attribution {
+                pid: 1,
+                tgid: 1,
+                comm: Comm::from("x"),
+                cgroup_id: 1,
+                netns: 1,
+            },
             syn_retransmits: 0,
             errno: 111,
         })
@@ -193,7 +231,9 @@ mod tests {
         let msg = rx.try_recv().unwrap();
         assert_eq!(msg.topic, Topic::Connect);
         let mut stdout = Vec::new();
-        let KernelEvent::Connect(c) = refused() else { unreachable!() };
+        let KernelEvent::Connect(c) = refused() else {
+            unreachable!()
+        };
         json::connect(&mut stdout, &c, Role::Proxy, &clock);
         assert_eq!(msg.json().as_bytes(), stdout.as_slice());
     }
@@ -205,7 +245,10 @@ mod tests {
         for _ in 0..10 {
             bus.event(&refused(), Role::Proxy);
         }
-        assert_eq!(rx.try_recv().unwrap_err(), broadcast::error::TryRecvError::Lagged(6));
+        assert_eq!(
+            rx.try_recv().unwrap_err(),
+            broadcast::error::TryRecvError::Lagged(6)
+        );
         assert!(rx.try_recv().is_ok());
     }
 

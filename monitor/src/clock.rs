@@ -26,7 +26,9 @@ impl WallClock {
         let before = ns(ClockId::CLOCK_REALTIME);
         let mono = ns(ClockId::CLOCK_MONOTONIC);
         let after = ns(ClockId::CLOCK_REALTIME);
-        WallClock { offset_ns: (before + after) / 2 - mono }
+        WallClock {
+            offset_ns: (before + after) / 2 - mono,
+        }
     }
 
     pub fn from_offset_ns(offset_ns: i128) -> Self {
@@ -89,7 +91,13 @@ mod tests {
 
     #[test]
     fn cached_prefix_matches_chrono_across_seconds() {
-        for unix_ns in [0i128, 999_999_999, 1_000_000_000, 1_795_480_229_615_000_123, 1_795_480_230_000_000_000] {
+        for unix_ns in [
+            0i128,
+            999_999_999,
+            1_000_000_000,
+            1_795_480_229_615_000_123,
+            1_795_480_230_000_000_000,
+        ] {
             let secs = i64::try_from(unix_ns / 1_000_000_000).unwrap();
             let nanos = u32::try_from(unix_ns % 1_000_000_000).unwrap();
             let want = chrono::DateTime::from_timestamp(secs, nanos)
@@ -102,7 +110,9 @@ mod tests {
     #[test]
     fn calibration_is_close_to_the_system_clock() {
         let clock = WallClock::calibrate();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
         let mapped = clock.unix_ns(monotonic_now_ns());
         assert!((mapped - now.as_nanos() as i128).abs() < 50_000_000);
     }

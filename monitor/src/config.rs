@@ -110,11 +110,19 @@ impl Default for AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{key} = {value}: {allowed}")]
-    Invalid { key: String, value: String, allowed: String },
+    Invalid {
+        key: String,
+        value: String,
+        allowed: String,
+    },
     #[error(transparent)]
     Policy(#[from] crate::policy::config::ConfigError),
 }
@@ -136,18 +144,25 @@ impl Config {
         };
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(path, &text),
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(source) => Err(ConfigFileError::Read { path: path.to_path_buf(), source }),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigFileError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
     /// Checks every value.
     pub fn validate(&self) -> Result<(), ConfigFileError> {
         let a = &self.agent;
-        validate_ring_buffer_bytes(a.ring_buffer_bytes).map_err(|allowed| ConfigFileError::Invalid {
-            key: "agent.ring_buffer_bytes".into(),
-            value: a.ring_buffer_bytes.to_string(),
-            allowed,
+        validate_ring_buffer_bytes(a.ring_buffer_bytes).map_err(|allowed| {
+            ConfigFileError::Invalid {
+                key: "agent.ring_buffer_bytes".into(),
+                value: a.ring_buffer_bytes.to_string(),
+                allowed,
+            }
         })?;
         if a.batch_interval.is_zero() || a.batch_interval > Duration::from_secs(10) {
             return Err(ConfigFileError::Invalid {
@@ -167,7 +182,17 @@ impl Config {
         self.policy.validate()?;
         self.policy.pool_entries()?;
         crate::sinks::haproxy::validate(&self.haproxy)?;
-        self.otlp.validate().map_err(|crate::export::OtlpConfigError::Invalid { key, value, allowed }| ConfigFileError::Invalid { key, value, allowed })?;
+        self.otlp.validate().map_err(
+            |crate::export::OtlpConfigError::Invalid {
+                 key,
+                 value,
+                 allowed,
+             }| ConfigFileError::Invalid {
+                key,
+                value,
+                allowed,
+            },
+        )?;
         Ok(())
     }
 
@@ -195,10 +220,22 @@ fn validate_socket(a: &AgentConfig) -> Result<(), ConfigFileError> {
         ));
     }
     if a.max_clients == 0 || a.max_clients > 4096 {
-        return Err(invalid("agent.max_clients", a.max_clients.to_string(), "must be between 1 and 4096"));
+        return Err(invalid(
+            "agent.max_clients",
+            a.max_clients.to_string(),
+            "must be between 1 and 4096",
+        ));
     }
-    if let Some(group) = a.socket_group.as_ref().filter(|g| g.is_empty() || g.contains(['/', ':', '\n', '\0'])) {
-        return Err(invalid("agent.socket_group", format!("{group:?}"), "must be a group name"));
+    if let Some(group) = a
+        .socket_group
+        .as_ref()
+        .filter(|g| g.is_empty() || g.contains(['/', ':', '\n', '\0']))
+    {
+        return Err(invalid(
+            "agent.socket_group",
+            format!("{group:?}"),
+            "must be a group name",
+        ));
     }
     Ok(())
 }
@@ -232,8 +269,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_key() {
-        let err = Config::parse(Path::new("/etc/c.toml"), "[agent]\nring_bufer_bytes = 4096\n").unwrap_err().to_string();
-        assert!(err.starts_with("config file /etc/c.toml:") && err.contains("ring_bufer_bytes"), "{err}");
+        let err = Config::parse(
+            Path::new("/etc/c.toml"),
+            "[agent]\nring_bufer_bytes = 4096\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("config file /etc/c.toml:") && err.contains("ring_bufer_bytes"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -244,9 +289,17 @@ mod tests {
             "agent.ring_buffer_bytes = 5000: ring buffer size 5000 must be a power of two and at least 4096 bytes (e.g. 262144)"
         );
         let c = Config::parse(Path::new("x"), "[policy]\nfailure_ratio = 1.5\n").unwrap();
-        assert_eq!(c.validate().unwrap_err().to_string(), "policy.failure_ratio = 1.5: must be between 0 and 1 (greater than 0)");
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "policy.failure_ratio = 1.5: must be between 0 and 1 (greater than 0)"
+        );
         let c = Config::parse(Path::new("x"), "[policy]\npool = [\"not-an-address\"]\n").unwrap();
-        assert!(c.validate().unwrap_err().to_string().starts_with("policy.pool[0] = \"not-an-address\""));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("policy.pool[0] = \"not-an-address\"")
+        );
     }
 
     #[test]
@@ -258,18 +311,39 @@ mod tests {
         .unwrap();
         assert_eq!(c.agent.socket, PathBuf::from("/tmp/c.sock"));
         assert_eq!(c.agent.socket_group.as_deref(), Some("connmon"));
-        assert_eq!((c.agent.max_clients, c.agent.allowed_uids.as_slice(), c.agent.allowed_gids.as_slice()), (8, &[1000][..], &[27][..]));
+        assert_eq!(
+            (
+                c.agent.max_clients,
+                c.agent.allowed_uids.as_slice(),
+                c.agent.allowed_gids.as_slice()
+            ),
+            (8, &[1000][..], &[27][..])
+        );
         c.validate().unwrap();
-        assert_eq!(Config::default().agent.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(
+            Config::default().agent.socket,
+            PathBuf::from(DEFAULT_SOCKET)
+        );
         let c = Config::parse(Path::new("x"), "[agent]\nsocket = \"relative.sock\"\n").unwrap();
-        assert_eq!(c.validate().unwrap_err().to_string(), "agent.socket = \"relative.sock\": must be an absolute path of at most 100 bytes");
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "agent.socket = \"relative.sock\": must be an absolute path of at most 100 bytes"
+        );
         let c = Config::parse(Path::new("x"), "[agent]\nmax_clients = 0\n").unwrap();
-        assert_eq!(c.validate().unwrap_err().to_string(), "agent.max_clients = 0: must be between 1 and 4096");
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "agent.max_clients = 0: must be between 1 and 4096"
+        );
     }
 
     #[test]
     fn a_missing_explicit_file_is_an_error_but_a_missing_default_is_not() {
-        let err = Config::load(Some(Path::new("/nonexistent/connmon.toml"))).unwrap_err().to_string();
-        assert!(err.starts_with("cannot read config file /nonexistent/connmon.toml"), "{err}");
+        let err = Config::load(Some(Path::new("/nonexistent/connmon.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot read config file /nonexistent/connmon.toml"),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::policy::{PoolEntry, PolicySnapshot};
+use crate::policy::{PolicySnapshot, PoolEntry};
 
 /// How a pool command changes the membership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,13 +20,26 @@ pub enum PoolOp {
 #[derive(Debug)]
 pub enum Control {
     /// Current ejections and per-destination statistics.
-    Snapshot { reply: oneshot::Sender<PolicySnapshot> },
+    Snapshot {
+        reply: oneshot::Sender<PolicySnapshot>,
+    },
     /// Change the pool; answers with the resulting pool entries.
-    Pool { op: PoolOp, members: Vec<PoolEntry>, reply: oneshot::Sender<Vec<PoolEntry>> },
+    Pool {
+        op: PoolOp,
+        members: Vec<PoolEntry>,
+        reply: oneshot::Sender<Vec<PoolEntry>>,
+    },
     /// Manual ejection through the engine (broadcast like any other); false if refused.
-    Evict { dst: SocketAddr, duration: Duration, reply: oneshot::Sender<bool> },
+    Evict {
+        dst: SocketAddr,
+        duration: Duration,
+        reply: oneshot::Sender<bool>,
+    },
     /// Manual reinstatement; false if the destination was not ejected.
-    Reinstate { dst: SocketAddr, reply: oneshot::Sender<bool> },
+    Reinstate {
+        dst: SocketAddr,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Bounded queue of commands for the pipeline.

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bus;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -12,7 +13,6 @@ pub mod export;
 pub mod persist;
 pub mod policy;
 pub mod server;
-pub mod cli;
 pub mod sinks;
 pub mod source;
 pub mod stats;

@@ -3,7 +3,9 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use monitor::{agent, cli, config::Config, policy::config::parse_duration, sinks::stdout::OutputFormat};
+use monitor::{
+    agent, cli, config::Config, policy::config::parse_duration, sinks::stdout::OutputFormat,
+};
 
 /// Kernel-level TCP connection monitor: every outgoing connect becomes one outcome
 /// (established, refused, reset, timeout, abandoned, unreachable), attributed to the

@@ -48,7 +48,10 @@ impl StateWriter {
                 }
             }
         })?;
-        Ok(StateWriter { shared, thread: Some(thread) })
+        Ok(StateWriter {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// Queues `file` for writing, replacing any state not yet written.
@@ -84,7 +87,11 @@ mod tests {
     use super::*;
 
     fn file(n: usize) -> StateFile {
-        StateFile { version: state::STATE_VERSION, saved_at: format!("t{n}"), destinations: Vec::new() }
+        StateFile {
+            version: state::STATE_VERSION,
+            saved_at: format!("t{n}"),
+            destinations: Vec::new(),
+        }
     }
 
     #[test]

@@ -28,13 +28,24 @@ pub mod otlp_receiver;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "connmon's integration tests load eBPF and create network namespaces: run them as root (`sudo -E cargo xtask test`)");
+    assert_eq!(
+        euid, 0,
+        "connmon's integration tests load eBPF and create network namespaces: run them as root (`sudo -E cargo xtask test`)"
+    );
 }
 
 /// Runs a shell-free command and panics with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("starting {args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("starting {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -58,7 +69,11 @@ pub const NO_ARP_V4: &str = "10.200.0.3";
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
-        let name = format!("connmon-{tag}-{}-{}", std::process::id(), NEXT_NS.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "connmon-{tag}-{}-{}",
+            std::process::id(),
+            NEXT_NS.fetch_add(1, Ordering::Relaxed)
+        );
         sh(&["ip", "netns", "add", &name]);
         let mut ns = Netns { inode: 0, name };
         let ip = |args: &[&str]| {
@@ -67,11 +82,23 @@ impl Netns {
             sh(&full);
         };
         ip(&["link", "set", "lo", "up"]);
-        ip(&["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"]);
+        ip(&[
+            "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+        ]);
         ip(&["addr", "add", &format!("{LOCAL_V4}/24"), "dev", "veth0"]);
         ip(&["link", "set", "veth0", "up"]);
         ip(&["link", "set", "veth1", "up"]);
-        ip(&["neigh", "add", BLACKHOLE_V4, "lladdr", "02:00:00:00:00:99", "dev", "veth0", "nud", "permanent"]);
+        ip(&[
+            "neigh",
+            "add",
+            BLACKHOLE_V4,
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            "veth0",
+            "nud",
+            "permanent",
+        ]);
         ns.sysctl("net.ipv4.tcp_syn_retries", "1");
         ns.sysctl("net.ipv4.neigh.veth0.mcast_solicit", "1");
         ns.sysctl("net.ipv4.neigh.veth0.retrans_time_ms", "300");
@@ -85,12 +112,25 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
-        sh(&["ip", "netns", "exec", &self.name, "sysctl", "-q", "-w", &format!("{key}={value}")]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("{key}={value}"),
+        ]);
     }
 
     /// Runs `f` on a new thread named `thread_name` (that becomes its `comm`) inside this
     /// namespace, and returns its result with the thread's kernel tid.
-    pub fn run<T: Send + 'static>(&self, thread_name: &str, f: impl FnOnce() -> T + Send + 'static) -> (T, u32) {
+    pub fn run<T: Send + 'static>(
+        &self,
+        thread_name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> (T, u32) {
         let path = self.path();
         thread::Builder::new()
             .name(thread_name.to_owned())
@@ -109,16 +149,20 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// The `connmon` binary under test: `CONNMON_BIN` (set by `cargo xtask test`) or the
 /// workspace's debug build.
 pub fn connmon_bin() -> PathBuf {
-    std::env::var_os("CONNMON_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/connmon")
-    })
+    std::env::var_os("CONNMON_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/connmon")
+        })
 }
 
 /// A running `connmon run --output json`, its stdout parsed into JSON values.
@@ -140,11 +184,13 @@ impl Agent {
             cmd.args(["--config", "/dev/null"]);
         }
         if !extra_args.contains(&"--state-file") {
-            cmd.arg("--state-file").arg(scratch_dir("state").join("state.json"));
+            cmd.arg("--state-file")
+                .arg(scratch_dir("state").join("state.json"));
         }
         if !extra_args.contains(&"--socket") {
             // Never the host's /run/connmon/connmon.sock (another agent may own it).
-            cmd.arg("--socket").arg(scratch_dir("sock").join("connmon.sock"));
+            cmd.arg("--socket")
+                .arg(scratch_dir("sock").join("connmon.sock"));
         }
         let mut child = cmd
             .env("RUST_LOG", "info")
@@ -158,8 +204,9 @@ impl Agent {
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("connmon printed a line that is not JSON ({e}): {line}"));
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("connmon printed a line that is not JSON ({e}): {line}")
+                });
                 if tx.send(value).is_err() {
                     break;
                 }
@@ -178,10 +225,18 @@ impl Agent {
                 sink.lock().expect("stderr lock").push_str(&(line + "\n"));
             }
         });
-        let mut agent = Agent { child, lines, stderr, seen: Vec::new() };
+        let mut agent = Agent {
+            child,
+            lines,
+            stderr,
+            seen: Vec::new(),
+        };
         if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
             let status = agent.child.try_wait().ok().flatten();
-            panic!("connmon did not attach within 20 s (exit: {status:?}); stderr:\n{}", agent.stderr());
+            panic!(
+                "connmon did not attach within 20 s (exit: {status:?}); stderr:\n{}",
+                agent.stderr()
+            );
         }
         agent
     }
@@ -195,7 +250,12 @@ impl Agent {
     }
 
     /// Waits for the first line matching `pred` (lines already seen are searched first).
-    pub fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         if let Some(v) = self.seen.iter().find(|v| pred(v)) {
             return v.clone();
         }
@@ -211,7 +271,11 @@ impl Agent {
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
                     "no {what} within {timeout:?}; lines seen:\n{}\nstderr:\n{}",
-                    self.seen.iter().map(Value::to_string).collect::<Vec<_>>().join("\n"),
+                    self.seen
+                        .iter()
+                        .map(Value::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
                     self.stderr()
                 ),
             }
@@ -221,7 +285,10 @@ impl Agent {
     /// Collects lines for `period` and returns everything seen so far.
     pub fn collect_for(&mut self, period: Duration) -> &[Value] {
         let deadline = Instant::now() + period;
-        while let Ok(v) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        while let Ok(v) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             self.seen.push(v);
         }
         &self.seen

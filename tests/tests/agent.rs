@@ -1,14 +1,11 @@
 //! Root integration tests of the agent's own behaviour: losses are counted and reported,
 //! tracefs is mounted when missing, and bad conditions give one clear error line.
 
-use std::{
-    net::TcpStream,
-    os::unix::process::CommandExt as _,
-    process::Command,
-    time::Duration,
-};
+use std::{net::TcpStream, os::unix::process::CommandExt as _, process::Command, time::Duration};
 
-use connmon_integration::{Agent, Netns, closed_port, connmon_bin, is_connect, require_root, world_readable_copy};
+use connmon_integration::{
+    Agent, Netns, closed_port, connmon_bin, is_connect, require_root, world_readable_copy,
+};
 
 #[test]
 fn a_full_ring_buffer_is_counted_and_reported() {
@@ -20,7 +17,9 @@ fn a_full_ring_buffer_is_counted_and_reported() {
     agent.signal(libc::SIGSTOP);
     let (attempts, _) = ns.run("flooder", || {
         let port = closed_port("127.0.0.1");
-        (0..300).filter(|_| TcpStream::connect(("127.0.0.1", port)).is_err()).count()
+        (0..300)
+            .filter(|_| TcpStream::connect(("127.0.0.1", port)).is_err())
+            .count()
     });
     assert_eq!(attempts, 300);
     agent.signal(libc::SIGCONT);
@@ -28,16 +27,30 @@ fn a_full_ring_buffer_is_counted_and_reported() {
     let stderr_before_stop = agent.stderr();
     let (ok, lines) = agent.stop();
     assert!(ok);
-    let delivered = lines.iter().filter(|l| l["type"] == "connect" && l["netns"] == ns.inode).count();
+    let delivered = lines
+        .iter()
+        .filter(|l| l["type"] == "connect" && l["netns"] == ns.inode)
+        .count();
     let last = lines.last().expect("final stats");
     assert_eq!(last["final"], true, "{last}");
     let lost = last["lost_events"].as_u64().unwrap();
     assert!(lost > 0, "no lost events reported: {last}");
-    assert!(delivered < 300, "all 300 delivered through a one-page ring buffer?");
-    assert!(delivered as u64 + lost >= 300, "{delivered} delivered + {lost} lost < 300 attempts: an event vanished uncounted");
-    let periodic = lines.iter().any(|l| l["type"] == "stats" && l["final"] == false && l["lost_events"].as_u64() > Some(0));
+    assert!(
+        delivered < 300,
+        "all 300 delivered through a one-page ring buffer?"
+    );
+    assert!(
+        delivered as u64 + lost >= 300,
+        "{delivered} delivered + {lost} lost < 300 attempts: an event vanished uncounted"
+    );
+    let periodic = lines.iter().any(|l| {
+        l["type"] == "stats" && l["final"] == false && l["lost_events"].as_u64() > Some(0)
+    });
     assert!(periodic, "a periodic stats line reports the loss");
-    assert!(stderr_before_stop.contains("events were lost"), "stderr warns about the loss:\n{stderr_before_stop}");
+    assert!(
+        stderr_before_stop.contains("events were lost"),
+        "stderr warns about the loss:\n{stderr_before_stop}"
+    );
 }
 
 #[test]
@@ -45,18 +58,31 @@ fn starts_with_tracefs_unmounted() {
     require_root();
     for mount in ["/sys/kernel/debug/tracing", "/sys/kernel/tracing"] {
         // Unmount every stacked tracefs mount here (ignore "not mounted").
-        while Command::new("umount").arg(mount).output().is_ok_and(|o| o.status.success()) {}
+        while Command::new("umount")
+            .arg(mount)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {}
     }
-    assert!(!std::path::Path::new("/sys/kernel/tracing/events").exists(), "tracefs still mounted");
+    assert!(
+        !std::path::Path::new("/sys/kernel/tracing/events").exists(),
+        "tracefs still mounted"
+    );
     let ns = Netns::new("tfs");
     let mut agent = Agent::start(&[]);
-    assert!(agent.stderr().contains("mounted tracefs"), "{}", agent.stderr());
+    assert!(
+        agent.stderr().contains("mounted tracefs"),
+        "{}",
+        agent.stderr()
+    );
     let (port, _) = ns.run("tracefs", || {
         let port = closed_port("127.0.0.1");
         let _ = TcpStream::connect(("127.0.0.1", port));
         port
     });
-    agent.wait_for("refused line", Duration::from_secs(5), |v| is_connect(v, "refused", &format!("127.0.0.1:{port}"), ns.inode));
+    agent.wait_for("refused line", Duration::from_secs(5), |v| {
+        is_connect(v, "refused", &format!("127.0.0.1:{port}"), ns.inode)
+    });
     assert!(std::path::Path::new("/sys/kernel/tracing/events/sock").is_dir());
 }
 
@@ -64,16 +90,27 @@ fn starts_with_tracefs_unmounted() {
 fn non_root_gets_one_clear_error_line() {
     require_root();
     let bin = world_readable_copy(&connmon_bin());
-    let out = Command::new(&bin).arg("run").uid(65534).gid(65534).output().expect("run connmon");
+    let out = Command::new(&bin)
+        .arg("run")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run connmon");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.trim(), "connmon: error: connmon must run as root (it loads eBPF programs and may mount tracefs)");
+    assert_eq!(
+        stderr.trim(),
+        "connmon: error: connmon must run as root (it loads eBPF programs and may mount tracefs)"
+    );
     assert!(out.stdout.is_empty());
 }
 
 #[test]
 fn bad_ring_buffer_size_is_rejected_before_loading() {
-    let out = Command::new(connmon_bin()).args(["run", "--ring-buffer-bytes", "5000"]).output().expect("run connmon");
+    let out = Command::new(connmon_bin())
+        .args(["run", "--ring-buffer-bytes", "5000"])
+        .output()
+        .expect("run connmon");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -84,7 +121,12 @@ fn bad_ring_buffer_size_is_rejected_before_loading() {
 
 /// Names (as the kernel truncates them, 15 bytes) of connmon's loaded tracepoint programs.
 fn connmon_programs() -> Vec<String> {
-    const OURS: [&str; 4] = ["inet_sock_set_s", "tcp_receive_res", "tcp_retransmit_", "inet_sk_error_r"];
+    const OURS: [&str; 4] = [
+        "inet_sock_set_s",
+        "tcp_receive_res",
+        "tcp_retransmit_",
+        "inet_sk_error_r",
+    ];
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| p.name_as_str().map(str::to_owned))
@@ -95,11 +137,27 @@ fn connmon_programs() -> Vec<String> {
 #[test]
 fn sigterm_detaches_every_program() {
     require_root();
-    assert!(connmon_programs().is_empty(), "another connmon is running: {:?}", connmon_programs());
+    assert!(
+        connmon_programs().is_empty(),
+        "another connmon is running: {:?}",
+        connmon_programs()
+    );
     let agent = Agent::start(&[]);
-    assert_eq!(connmon_programs().len(), 4, "all four programs loaded while running");
+    assert_eq!(
+        connmon_programs().len(),
+        4,
+        "all four programs loaded while running"
+    );
     let (ok, lines) = agent.stop();
     assert!(ok, "exit status 0 after SIGTERM");
-    assert_eq!(lines.last().map(|l| l["final"] == true), Some(true), "final stats line written");
-    assert!(connmon_programs().is_empty(), "programs left loaded after exit: {:?}", connmon_programs());
+    assert_eq!(
+        lines.last().map(|l| l["final"] == true),
+        Some(true),
+        "final stats line written"
+    );
+    assert!(
+        connmon_programs().is_empty(),
+        "programs left loaded after exit: {:?}",
+        connmon_programs()
+    );
 }

@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use connmon_integration::{Agent, BLACKHOLE_V4, Netns, closed_port, is_connect, require_root, scratch_dir};
+use connmon_integration::{
+    Agent, BLACKHOLE_V4, Netns, closed_port, is_connect, require_root, scratch_dir,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(6);
@@ -18,14 +20,19 @@ fn write(path: &Path, text: &str) -> String {
 }
 
 fn decisions<'a>(lines: &'a [Value], kind: &str, dst: &str) -> Vec<&'a Value> {
-    lines.iter().filter(|l| l["type"] == kind && l["dst"] == dst).collect()
+    lines
+        .iter()
+        .filter(|l| l["type"] == kind && l["dst"] == dst)
+        .collect()
 }
 
 /// An open listener (kept alive by the returned value) and a closed port, in `ns`.
 fn open_and_closed(ns: &Netns) -> (TcpListener, SocketAddr, SocketAddr) {
     let ((listener, closed), _) = ns.run("setup", || {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let closed: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1")).parse().unwrap();
+        let closed: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+            .parse()
+            .unwrap();
         (l, closed)
     });
     let open = listener.local_addr().unwrap();
@@ -44,24 +51,31 @@ fn pool_members_are_evicted_by_how_they_fail_and_healthy_ones_never() {
     // Six members so that the 50 % guard allows three ejections at once.
     let pool = write(
         &dir.join("pool.txt"),
-        &format!("# test pool\n{open}\n{closed}\n{blackholed}\n10.200.0.10:80\n10.200.0.11:80\n10.200.0.12:80\n"),
+        &format!(
+            "# test pool\n{open}\n{closed}\n{blackholed}\n10.200.0.10:80\n10.200.0.11:80\n10.200.0.12:80\n"
+        ),
     );
     let mut agent = Agent::start(&["--pool", &pool]);
-    let target_port = ns.run("scraper", move || {
-        for _ in 0..5 {
-            TcpStream::connect(open).expect("open member accepts");
-        }
-        TcpStream::connect(closed).expect_err("closed member refuses");
-        let target_port = closed_port("127.0.0.1");
-        TcpStream::connect(("127.0.0.1", target_port)).expect_err("target refuses");
-        // A scraper-style 4 s connect timeout against the blackholed member.
-        let dst: SocketAddr = format!("{BLACKHOLE_V4}:80").parse().unwrap();
-        TcpStream::connect_timeout(&dst, Duration::from_secs(4)).expect_err("blackholed member never answers");
-        target_port
-    }).0;
+    let target_port = ns
+        .run("scraper", move || {
+            for _ in 0..5 {
+                TcpStream::connect(open).expect("open member accepts");
+            }
+            TcpStream::connect(closed).expect_err("closed member refuses");
+            let target_port = closed_port("127.0.0.1");
+            TcpStream::connect(("127.0.0.1", target_port)).expect_err("target refuses");
+            // A scraper-style 4 s connect timeout against the blackholed member.
+            let dst: SocketAddr = format!("{BLACKHOLE_V4}:80").parse().unwrap();
+            TcpStream::connect_timeout(&dst, Duration::from_secs(4))
+                .expect_err("blackholed member never answers");
+            target_port
+        })
+        .0;
     let target = format!("127.0.0.1:{target_port}");
 
-    let evict = agent.wait_for("evict of the closed member", WAIT, |v| v["type"] == "evict" && v["dst"] == closed.to_string());
+    let evict = agent.wait_for("evict of the closed member", WAIT, |v| {
+        v["type"] == "evict" && v["dst"] == closed.to_string()
+    });
     assert_eq!(evict["reason"], "refused", "{evict}");
     assert_eq!(evict["role"], "proxy");
     assert_eq!(evict["failure_mode"], "reject");
@@ -70,30 +84,63 @@ fn pool_members_are_evicted_by_how_they_fail_and_healthy_ones_never() {
     assert!(evict["trigger"]["comm"] == "scraper", "{evict}");
     assert!(evict["detect_us"].as_u64().unwrap() < 1_000_000, "{evict}");
 
-    let suspect = agent.wait_for("suspect for the blackholed member", WAIT, |v| v["type"] == "suspect" && v["dst"] == blackholed);
-    let evict_bh = agent.wait_for("evict of the blackholed member", WAIT, |v| v["type"] == "evict" && v["dst"] == blackholed);
+    let suspect = agent.wait_for("suspect for the blackholed member", WAIT, |v| {
+        v["type"] == "suspect" && v["dst"] == blackholed
+    });
+    let evict_bh = agent.wait_for("evict of the blackholed member", WAIT, |v| {
+        v["type"] == "evict" && v["dst"] == blackholed
+    });
     assert_eq!(evict_bh["reason"], "syn_retransmits", "{evict_bh}");
     assert_eq!(evict_bh["failure_mode"], "drop");
     let first_syn_to_evict = evict_bh["trigger"]["ktime_ns"].as_u64().unwrap();
-    let retransmit = agent.wait_for("first syn_retransmit", WAIT, |v| v["type"] == "syn_retransmit" && v["dst"] == blackholed);
+    let retransmit = agent.wait_for("first syn_retransmit", WAIT, |v| {
+        v["type"] == "syn_retransmit" && v["dst"] == blackholed
+    });
     let since_syn = retransmit["since_syn_us"].as_u64().unwrap() * 1_000;
     let syn_ns = retransmit["ktime_ns"].as_u64().unwrap() - since_syn;
     let evicted_after = Duration::from_nanos(first_syn_to_evict - syn_ns);
-    assert!(evicted_after < Duration::from_millis(3500), "blackholed node evicted {evicted_after:?} after its SYN");
-    let abandoned = agent.wait_for("abandoned connect", WAIT, |v| is_connect(v, "abandoned", &blackholed, ns.inode));
-    assert!(suspect["ts"].as_str() < evict_bh["ts"].as_str() && evict_bh["ts"].as_str() < abandoned["ts"].as_str());
+    assert!(
+        evicted_after < Duration::from_millis(3500),
+        "blackholed node evicted {evicted_after:?} after its SYN"
+    );
+    let abandoned = agent.wait_for("abandoned connect", WAIT, |v| {
+        is_connect(v, "abandoned", &blackholed, ns.inode)
+    });
+    assert!(
+        suspect["ts"].as_str() < evict_bh["ts"].as_str()
+            && evict_bh["ts"].as_str() < abandoned["ts"].as_str()
+    );
 
-    let refused_target = agent.wait_for("refused target", WAIT, |v| is_connect(v, "refused", &target, ns.inode));
+    let refused_target = agent.wait_for("refused target", WAIT, |v| {
+        is_connect(v, "refused", &target, ns.inode)
+    });
     assert_eq!(refused_target["role"], "target");
     let (ok, lines) = agent.stop();
     assert!(ok);
-    assert_eq!(decisions(&lines, "evict", &closed.to_string()).len(), 1, "exactly one evict for the closed member");
-    assert_eq!(decisions(&lines, "evict", &blackholed).len(), 1, "exactly one evict for the blackholed member");
+    assert_eq!(
+        decisions(&lines, "evict", &closed.to_string()).len(),
+        1,
+        "exactly one evict for the closed member"
+    );
+    assert_eq!(
+        decisions(&lines, "evict", &blackholed).len(),
+        1,
+        "exactly one evict for the blackholed member"
+    );
     for kind in ["evict", "suspect"] {
-        assert!(decisions(&lines, kind, &open.to_string()).is_empty(), "healthy member touched: {kind}");
-        assert!(decisions(&lines, kind, &target).is_empty(), "target evicted: {kind}");
+        assert!(
+            decisions(&lines, kind, &open.to_string()).is_empty(),
+            "healthy member touched: {kind}"
+        );
+        assert!(
+            decisions(&lines, kind, &target).is_empty(),
+            "target evicted: {kind}"
+        );
     }
-    let established = lines.iter().filter(|l| is_connect(l, "established", &open.to_string(), ns.inode)).count();
+    let established = lines
+        .iter()
+        .filter(|l| is_connect(l, "established", &open.to_string(), ns.inode))
+        .count();
     assert_eq!(established, 5);
 }
 
@@ -103,12 +150,23 @@ fn a_short_ejection_is_reinstated() {
     let ns = Netns::new("reinst");
     let (_listener, _open, closed) = open_and_closed(&ns);
     let dir = scratch_dir("reinst");
-    let config = write(&dir.join("connmon.toml"), &format!("[policy]\nbase_ejection = \"1s\"\njitter = 0.0\npool = [\"{closed}\", \"10.200.0.10:80\"]\n"));
+    let config = write(
+        &dir.join("connmon.toml"),
+        &format!(
+            "[policy]\nbase_ejection = \"1s\"\njitter = 0.0\npool = [\"{closed}\", \"10.200.0.10:80\"]\n"
+        ),
+    );
     let mut agent = Agent::start(&["--config", &config]);
-    ns.run("scraper", move || TcpStream::connect(closed).expect_err("refused"));
-    let evict = agent.wait_for("evict", WAIT, |v| v["type"] == "evict" && v["dst"] == closed.to_string());
+    ns.run("scraper", move || {
+        TcpStream::connect(closed).expect_err("refused")
+    });
+    let evict = agent.wait_for("evict", WAIT, |v| {
+        v["type"] == "evict" && v["dst"] == closed.to_string()
+    });
     assert_eq!(evict["ejection"]["duration_ms"], 1000, "{evict}");
-    let reinstate = agent.wait_for("reinstate", WAIT, |v| v["type"] == "reinstate" && v["dst"] == closed.to_string());
+    let reinstate = agent.wait_for("reinstate", WAIT, |v| {
+        v["type"] == "reinstate" && v["dst"] == closed.to_string()
+    });
     let ejected_ms = reinstate["ejected_ms"].as_u64().unwrap();
     assert!((1000..1500).contains(&ejected_ms), "{reinstate}");
 }
@@ -127,17 +185,29 @@ fn refused_loopback_from_another_namespace_is_a_localhost_trap() {
         port
     });
     let dst = format!("127.0.0.1:{port}");
-    let trap = agent.wait_for("localhost_trap", WAIT, |v| v["type"] == "diagnosis" && v["kind"] == "localhost_trap" && v["dst"] == dst);
+    let trap = agent.wait_for("localhost_trap", WAIT, |v| {
+        v["type"] == "diagnosis" && v["kind"] == "localhost_trap" && v["dst"] == dst
+    });
     assert_eq!(trap["netns"], ns.inode);
     assert_eq!(trap["pid"], tid);
     assert_eq!(trap["tgid"], std::process::id());
     assert_eq!(trap["comm"], "container-app");
-    assert!(trap["hint"].as_str().is_some_and(|h| h.len() > 20), "{trap}");
+    assert!(
+        trap["hint"].as_str().is_some_and(|h| h.len() > 20),
+        "{trap}"
+    );
     let (_, lines) = agent.stop();
     let host_dst = format!("127.0.0.1:{host_port}");
-    assert!(lines.iter().any(|l| l["type"] == "connect" && l["dst"] == host_dst), "host connect seen");
     assert!(
-        !lines.iter().any(|l| l["type"] == "diagnosis" && l["dst"] == host_dst),
+        lines
+            .iter()
+            .any(|l| l["type"] == "connect" && l["dst"] == host_dst),
+        "host connect seen"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["type"] == "diagnosis" && l["dst"] == host_dst),
         "a refused loopback connect in the agent's own namespace is not a trap"
     );
 }
@@ -150,23 +220,49 @@ fn an_ejection_survives_a_restart() {
     let dir = scratch_dir("restart");
     let state = dir.join("state.json");
     let state_arg = state.to_str().unwrap().to_owned();
-    let config = write(&dir.join("connmon.toml"), &format!("[policy]\nbase_ejection = \"4s\"\njitter = 0.0\npool = [\"{closed}\", \"10.200.0.10:80\"]\n"));
+    let config = write(
+        &dir.join("connmon.toml"),
+        &format!(
+            "[policy]\nbase_ejection = \"4s\"\njitter = 0.0\npool = [\"{closed}\", \"10.200.0.10:80\"]\n"
+        ),
+    );
     let mut first = Agent::start(&["--config", &config, "--state-file", &state_arg]);
-    ns.run("scraper", move || TcpStream::connect(closed).expect_err("refused"));
-    first.wait_for("evict", WAIT, |v| v["type"] == "evict" && v["dst"] == closed.to_string());
+    ns.run("scraper", move || {
+        TcpStream::connect(closed).expect_err("refused")
+    });
+    first.wait_for("evict", WAIT, |v| {
+        v["type"] == "evict" && v["dst"] == closed.to_string()
+    });
     let (ok, lines) = first.stop();
     assert!(ok);
-    assert!(decisions(&lines, "reinstate", &closed.to_string()).is_empty(), "reinstated before the restart");
-    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).expect("state file written")).unwrap();
+    assert!(
+        decisions(&lines, "reinstate", &closed.to_string()).is_empty(),
+        "reinstated before the restart"
+    );
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).expect("state file written"))
+            .unwrap();
     assert!(saved.to_string().contains(&closed.to_string()), "{saved}");
 
     let mut second = Agent::start(&["--config", &config, "--state-file", &state_arg]);
-    assert!(second.stderr().contains("loaded ejection state"), "{}", second.stderr());
-    let reinstate = second.wait_for("reinstate after restart", Duration::from_secs(8), |v| v["type"] == "reinstate" && v["dst"] == closed.to_string());
+    assert!(
+        second.stderr().contains("loaded ejection state"),
+        "{}",
+        second.stderr()
+    );
+    let reinstate = second.wait_for("reinstate after restart", Duration::from_secs(8), |v| {
+        v["type"] == "reinstate" && v["dst"] == closed.to_string()
+    });
     let ejected_ms = reinstate["ejected_ms"].as_u64().unwrap();
-    assert!((3900..5000).contains(&ejected_ms), "the restored ejection kept its term: {reinstate}");
+    assert!(
+        (3900..5000).contains(&ejected_ms),
+        "the restored ejection kept its term: {reinstate}"
+    );
     let (_, lines) = second.stop();
-    assert!(decisions(&lines, "evict", &closed.to_string()).is_empty(), "no second eviction after restart");
+    assert!(
+        decisions(&lines, "evict", &closed.to_string()).is_empty(),
+        "no second eviction after restart"
+    );
 }
 
 #[test]
@@ -176,24 +272,49 @@ fn sighup_reloads_the_pool_without_losing_state() {
     let (_listener, open, closed) = open_and_closed(&ns);
     let dir = scratch_dir("hup");
     let pool_path = dir.join("pool.txt");
-    let pool = write(&pool_path, &format!("{open}\n10.200.0.10:80\n10.200.0.11:80\n"));
+    let pool = write(
+        &pool_path,
+        &format!("{open}\n10.200.0.10:80\n10.200.0.11:80\n"),
+    );
     let mut agent = Agent::start(&["--pool", &pool]);
-    ns.run("scraper", move || TcpStream::connect(closed).expect_err("refused"));
-    let before = agent.wait_for("refused target", WAIT, |v| is_connect(v, "refused", &closed.to_string(), ns.inode));
+    ns.run("scraper", move || {
+        TcpStream::connect(closed).expect_err("refused")
+    });
+    let before = agent.wait_for("refused target", WAIT, |v| {
+        is_connect(v, "refused", &closed.to_string(), ns.inode)
+    });
     assert_eq!(before["role"], "target");
-    write(&pool_path, &format!("{open}\n{closed}\n10.200.0.10:80\n10.200.0.11:80\n"));
+    write(
+        &pool_path,
+        &format!("{open}\n{closed}\n10.200.0.10:80\n10.200.0.11:80\n"),
+    );
     agent.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(agent.stderr().contains("SIGHUP: pool reloaded"), "{}", agent.stderr());
-    ns.run("scraper", move || TcpStream::connect(closed).expect_err("refused"));
-    let evict = agent.wait_for("evict after reload", WAIT, |v| v["type"] == "evict" && v["dst"] == closed.to_string());
+    assert!(
+        agent.stderr().contains("SIGHUP: pool reloaded"),
+        "{}",
+        agent.stderr()
+    );
+    ns.run("scraper", move || {
+        TcpStream::connect(closed).expect_err("refused")
+    });
+    let evict = agent.wait_for("evict after reload", WAIT, |v| {
+        v["type"] == "evict" && v["dst"] == closed.to_string()
+    });
     assert_eq!(evict["role"], "proxy");
-    assert_eq!(evict["evidence"]["attempts"], 2, "the attempt made before the reload is kept: {evict}");
+    assert_eq!(
+        evict["evidence"]["attempts"], 2,
+        "the attempt made before the reload is kept: {evict}"
+    );
 
     // A broken pool file keeps the current pool.
     write(&pool_path, "this is not an address\n");
     agent.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(agent.stderr().contains("SIGHUP: keeping the current pool"), "{}", agent.stderr());
+    assert!(
+        agent.stderr().contains("SIGHUP: keeping the current pool"),
+        "{}",
+        agent.stderr()
+    );
     assert!(agent.stderr().contains("line 1"), "{}", agent.stderr());
 }

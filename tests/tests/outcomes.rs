@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use connmon_integration::{Agent, BLACKHOLE_V4, NO_ARP_V4, Netns, closed_port, is_connect, require_root};
+use connmon_integration::{
+    Agent, BLACKHOLE_V4, NO_ARP_V4, Netns, closed_port, is_connect, require_root,
+};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -21,7 +23,12 @@ fn assert_attributed(v: &serde_json::Value, tid: u32, comm: &str, ns: &Netns) {
     assert_eq!(v["comm"], comm, "{v}");
     assert_eq!(v["netns"], ns.inode, "{v}");
     assert!(v["cgroup_id"].as_u64().unwrap_or(0) > 0, "{v}");
-    assert!(v["ts"].as_str().is_some_and(|ts| ts.ends_with('Z') && ts.len() == 30), "{v}");
+    assert!(
+        v["ts"]
+            .as_str()
+            .is_some_and(|ts| ts.ends_with('Z') && ts.len() == 30),
+        "{v}"
+    );
 }
 
 fn refused(addr: &'static str, tag: &str) {
@@ -30,23 +37,36 @@ fn refused(addr: &'static str, tag: &str) {
     let mut agent = Agent::start(&[]);
     let ((dst, err), tid) = ns.run("refuser", move || {
         let port = closed_port(addr);
-        let dst: SocketAddr = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") }
-            .parse()
-            .unwrap();
+        let dst: SocketAddr = if addr.contains(':') {
+            format!("[{addr}]:{port}")
+        } else {
+            format!("{addr}:{port}")
+        }
+        .parse()
+        .unwrap();
         (dst, TcpStream::connect(dst).unwrap_err().kind())
     });
     assert_eq!(err, ErrorKind::ConnectionRefused);
-    let v = agent.wait_for("refused line", WAIT, |v| is_connect(v, "refused", &dst.to_string(), ns.inode));
+    let v = agent.wait_for("refused line", WAIT, |v| {
+        is_connect(v, "refused", &dst.to_string(), ns.inode)
+    });
     assert_attributed(&v, tid, "refuser", &ns);
     assert_eq!(v["errno"], 111);
     assert_eq!(v["syn_retransmits"], 0);
     assert!(v["duration_us"].as_u64().unwrap() < 1_000_000, "{v}");
     let (ok, lines) = agent.stop();
     assert!(ok, "connmon exited non-zero on SIGTERM");
-    let same: Vec<_> = lines.iter().filter(|l| l["netns"] == ns.inode && l["type"] == "connect").collect();
+    let same: Vec<_> = lines
+        .iter()
+        .filter(|l| l["netns"] == ns.inode && l["type"] == "connect")
+        .collect();
     assert_eq!(same.len(), 1, "exactly one outcome per connect: {same:?}");
     let last = lines.last().expect("lines");
-    assert_eq!((last["type"].as_str(), last["final"].as_bool()), (Some("stats"), Some(true)), "{last}");
+    assert_eq!(
+        (last["type"].as_str(), last["final"].as_bool()),
+        (Some("stats"), Some(true)),
+        "{last}"
+    );
 }
 
 #[test]
@@ -69,10 +89,15 @@ fn refused_v4_mapped_is_reported_as_ipv4() {
         let s = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
         s.set_only_v6(false).unwrap();
         let dst: SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
-        assert_eq!(s.connect(&SockAddr::from(dst)).unwrap_err().kind(), ErrorKind::ConnectionRefused);
+        assert_eq!(
+            s.connect(&SockAddr::from(dst)).unwrap_err().kind(),
+            ErrorKind::ConnectionRefused
+        );
         port
     });
-    let v = agent.wait_for("refused line", WAIT, |v| is_connect(v, "refused", &format!("127.0.0.1:{port}"), ns.inode));
+    let v = agent.wait_for("refused line", WAIT, |v| {
+        is_connect(v, "refused", &format!("127.0.0.1:{port}"), ns.inode)
+    });
     assert_eq!(v["family"], "ipv6");
     assert_attributed(&v, tid, "mapped", &ns);
 }
@@ -87,11 +112,16 @@ fn established_with_plausible_handshake() {
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         (stream.local_addr().unwrap(), stream.peer_addr().unwrap())
     });
-    let v = agent.wait_for("established line", WAIT, |v| is_connect(v, "established", &dst.to_string(), ns.inode));
+    let v = agent.wait_for("established line", WAIT, |v| {
+        is_connect(v, "established", &dst.to_string(), ns.inode)
+    });
     assert_attributed(&v, tid, "establisher", &ns);
     assert_eq!(v["src"], src.to_string());
     let us = v["duration_us"].as_u64().unwrap();
-    assert!(us > 0 && us < 500_000, "loopback handshake took {us} µs: {v}");
+    assert!(
+        us > 0 && us < 500_000,
+        "loopback handshake took {us} µs: {v}"
+    );
     assert_eq!(v["errno"], 0);
 }
 
@@ -116,8 +146,12 @@ fn reset_by_server_with_linger_zero() {
         assert_eq!(err.kind(), ErrorKind::ConnectionReset);
         dst
     });
-    let est = agent.wait_for("established line", WAIT, |v| is_connect(v, "established", &dst.to_string(), ns.inode));
-    let v = agent.wait_for("reset line", WAIT, |v| is_connect(v, "reset", &dst.to_string(), ns.inode));
+    let est = agent.wait_for("established line", WAIT, |v| {
+        is_connect(v, "established", &dst.to_string(), ns.inode)
+    });
+    let v = agent.wait_for("reset line", WAIT, |v| {
+        is_connect(v, "reset", &dst.to_string(), ns.inode)
+    });
     assert_attributed(&v, tid, "resetee", &ns);
     assert_eq!(v["src"], est["src"]);
 }
@@ -131,25 +165,47 @@ fn kernel_timeout_with_syn_retransmit_first_and_connector_attribution() {
     let target: SocketAddr = dst.parse().unwrap();
     let ((err, took), tid) = ns.run("timeouter", move || {
         let start = Instant::now();
-        (TcpStream::connect(target).unwrap_err().kind(), start.elapsed())
+        (
+            TcpStream::connect(target).unwrap_err().kind(),
+            start.elapsed(),
+        )
     });
     assert_eq!(err, ErrorKind::TimedOut);
-    assert!(took < Duration::from_secs(10), "tcp_syn_retries=1 should time out in ~3 s, took {took:?}");
-    let warn = agent.wait_for("syn_retransmit", WAIT, |v| v["type"] == "syn_retransmit" && v["dst"] == dst && v["netns"] == ns.inode);
+    assert!(
+        took < Duration::from_secs(10),
+        "tcp_syn_retries=1 should time out in ~3 s, took {took:?}"
+    );
+    let warn = agent.wait_for("syn_retransmit", WAIT, |v| {
+        v["type"] == "syn_retransmit" && v["dst"] == dst && v["netns"] == ns.inode
+    });
     assert_eq!(warn["retransmits"], 1);
     assert_attributed(&warn, tid, "timeouter", &ns);
     let since = warn["since_syn_us"].as_u64().unwrap();
-    assert!((800_000..2_500_000).contains(&since), "first SYN retransmit after ~1 s, got {since} µs");
-    let v = agent.wait_for("timeout line", WAIT, |v| is_connect(v, "timeout", &dst, ns.inode));
+    assert!(
+        (800_000..2_500_000).contains(&since),
+        "first SYN retransmit after ~1 s, got {since} µs"
+    );
+    let v = agent.wait_for("timeout line", WAIT, |v| {
+        is_connect(v, "timeout", &dst, ns.inode)
+    });
     // Decided in timer context (pid 0 there), yet attributed to the connecting thread.
     assert_attributed(&v, tid, "timeouter", &ns);
     assert_eq!(v["errno"], 110);
     assert!(v["syn_retransmits"].as_u64().unwrap() >= 1, "{v}");
     assert!(warn["ktime_ns"].as_u64() < v["ktime_ns"].as_u64());
     let seen = agent.collect_for(Duration::ZERO);
-    let warn_pos = seen.iter().position(|l| l["type"] == "syn_retransmit" && l["netns"] == ns.inode).unwrap();
-    let out_pos = seen.iter().position(|l| is_connect(l, "timeout", &dst, ns.inode)).unwrap();
-    assert!(warn_pos < out_pos, "syn_retransmit must arrive before the final outcome");
+    let warn_pos = seen
+        .iter()
+        .position(|l| l["type"] == "syn_retransmit" && l["netns"] == ns.inode)
+        .unwrap();
+    let out_pos = seen
+        .iter()
+        .position(|l| is_connect(l, "timeout", &dst, ns.inode))
+        .unwrap();
+    assert!(
+        warn_pos < out_pos,
+        "syn_retransmit must arrive before the final outcome"
+    );
 }
 
 #[test]
@@ -167,12 +223,20 @@ fn abandoned_when_the_application_closes_a_pending_connect() {
         thread::sleep(Duration::from_millis(1500));
         drop(s);
     });
-    let v = agent.wait_for("abandoned line", WAIT, |v| is_connect(v, "abandoned", &dst, ns.inode));
+    let v = agent.wait_for("abandoned line", WAIT, |v| {
+        is_connect(v, "abandoned", &dst, ns.inode)
+    });
     assert_attributed(&v, tid, "abandoner", &ns);
     assert_eq!(v["errno"], 0);
     let us = v["duration_us"].as_u64().unwrap();
-    assert!((1_400_000..3_000_000).contains(&us), "closed after 1.5 s, got {us} µs");
-    assert_eq!(v["syn_retransmits"], 1, "one SYN retransmit at ~1 s before the close: {v}");
+    assert!(
+        (1_400_000..3_000_000).contains(&us),
+        "closed after 1.5 s, got {us} µs"
+    );
+    assert_eq!(
+        v["syn_retransmits"], 1,
+        "one SYN retransmit at ~1 s before the close: {v}"
+    );
 }
 
 #[test]
@@ -182,9 +246,15 @@ fn unreachable_when_the_neighbour_never_answers() {
     let mut agent = Agent::start(&[]);
     let dst = format!("{NO_ARP_V4}:80");
     let target: SocketAddr = dst.parse().unwrap();
-    let (err, tid) = ns.run("unreacher", move || TcpStream::connect_timeout(&target, Duration::from_secs(8)).unwrap_err().raw_os_error());
+    let (err, tid) = ns.run("unreacher", move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(8))
+            .unwrap_err()
+            .raw_os_error()
+    });
     assert_eq!(err, Some(libc::EHOSTUNREACH));
-    let v = agent.wait_for("unreachable line", WAIT, |v| is_connect(v, "unreachable", &dst, ns.inode));
+    let v = agent.wait_for("unreachable line", WAIT, |v| {
+        is_connect(v, "unreachable", &dst, ns.inode)
+    });
     assert_attributed(&v, tid, "unreacher", &ns);
     assert_eq!(v["errno"], libc::EHOSTUNREACH);
 }

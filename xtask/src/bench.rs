@@ -70,8 +70,18 @@ impl Plan {
                 load_secs: 3.0,
                 latency_secs: 5.0,
                 blackhole_trials: 3,
-                ring_sizes: &[16 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024],
-                engine_sizes: &[(10_000, 2_000_000), (100_000, 2_000_000), (1_000_000, 2_000_000)],
+                ring_sizes: &[
+                    16 * 1024,
+                    64 * 1024,
+                    256 * 1024,
+                    1024 * 1024,
+                    4 * 1024 * 1024,
+                ],
+                engine_sizes: &[
+                    (10_000, 2_000_000),
+                    (100_000, 2_000_000),
+                    (1_000_000, 2_000_000),
+                ],
                 startup_trials: 5,
             }
         }
@@ -91,12 +101,23 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         bail!("the benchmarks load eBPF programs: run `sudo -E cargo xtask bench`");
     }
     let toolchain = setup::run(&setup::Options::default())?;
-    setup::ensure_debian(&[("bpftrace", "bpftrace"), ("tcpstates", "libbpf-tools"), ("stdbuf", "coreutils")])?;
+    setup::ensure_debian(&[
+        ("bpftrace", "bpftrace"),
+        ("tcpstates", "libbpf-tools"),
+        ("stdbuf", "coreutils"),
+    ])?;
     let root = build::workspace_root();
     setup::run_cmd(
         Command::new("cargo")
             .current_dir(&root)
-            .args(["build", "--release", "--package", "monitor", "--package", "connmon-bench"])
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "monitor",
+                "--package",
+                "connmon-bench",
+            ])
             .env("PATH", toolchain.path_env()),
     )?;
     let release = root.join("target/release");
@@ -114,9 +135,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let _ = writeln!(
         report,
         "# connmon benchmark report\n\nMachine: {} cores, kernel {}. Mode: {}.\n",
-        thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        if opts.quick { "quick (harness check; numbers are not meaningful)" } else { "full" }
+        thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        if opts.quick {
+            "quick (harness check; numbers are not meaningful)"
+        } else {
+            "full"
+        }
     );
     overhead(&env, &plan, &mut report)?;
     ingest(&env, &plan, &mut report)?;
@@ -124,10 +153,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     blackhole(&env, &plan, &mut report)?;
     memory(&env, &plan, &mut report)?;
     startup(&env, &plan, &mut report)?;
-    let _ = writeln!(report, "Total bench time: {:.0} s.", started.elapsed().as_secs_f64());
+    let _ = writeln!(
+        report,
+        "Total bench time: {:.0} s.",
+        started.elapsed().as_secs_f64()
+    );
     fs::write(env.dir.join("report.md"), &report)?;
     println!("{report}");
-    setup::say(format!("report written to {}", env.dir.join("report.md").display()));
+    setup::say(format!(
+        "report written to {}",
+        env.dir.join("report.md").display()
+    ));
     Ok(())
 }
 
@@ -169,7 +205,14 @@ impl Tracer {
 }
 
 /// Starts a process with stdout/stderr in files and waits until `ready` appears in either.
-fn spawn_traced(name: &'static str, stem: &str, cmd: &mut Command, dir: &Path, ready: &str, timeout: Duration) -> anyhow::Result<(Tracer, Duration)> {
+fn spawn_traced(
+    name: &'static str,
+    stem: &str,
+    cmd: &mut Command,
+    dir: &Path,
+    ready: &str,
+    timeout: Duration,
+) -> anyhow::Result<(Tracer, Duration)> {
     let stdout = dir.join(format!("{stem}.out"));
     let stderr = dir.join(format!("{stem}.err"));
     let start = Instant::now();
@@ -179,14 +222,22 @@ fn spawn_traced(name: &'static str, stem: &str, cmd: &mut Command, dir: &Path, r
         .stderr(fs::File::create(&stderr)?)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    let mut tracer = Tracer { name, child, stdout: stdout.clone() };
+    let mut tracer = Tracer {
+        name,
+        child,
+        stdout: stdout.clone(),
+    };
     loop {
-        let out = fs::read_to_string(&stdout).unwrap_or_default() + &fs::read_to_string(&stderr).unwrap_or_default();
+        let out = fs::read_to_string(&stdout).unwrap_or_default()
+            + &fs::read_to_string(&stderr).unwrap_or_default();
         if out.contains(ready) {
             return Ok((tracer, start.elapsed()));
         }
         if let Some(status) = tracer.child.try_wait()? {
-            bail!("{name} exited ({status}) before it was ready: {}", out.trim());
+            bail!(
+                "{name} exited ({status}) before it was ready: {}",
+                out.trim()
+            );
         }
         if start.elapsed() > timeout {
             let _ = tracer.child.kill();
@@ -200,14 +251,28 @@ fn start_connmon(env: &Env, tag: &str, extra: &[&str]) -> anyhow::Result<(Tracer
     let state = env.dir.join(format!("state-{tag}.json"));
     let _ = fs::remove_file(&state);
     let mut cmd = Command::new(&env.connmon);
-    cmd.args(["run", "--output", "json", "--stats-interval", "0s", "--config"])
-        .arg(env.dir.join("bench.toml"))
-        .arg("--state-file")
-        .arg(&state)
-        .arg("--socket")
-        .arg(env.dir.join(format!("connmon-{tag}.sock")))
-        .args(extra);
-    spawn_traced("connmon", &format!("connmon-{tag}"), &mut cmd, &env.dir, "attached to", Duration::from_secs(20))
+    cmd.args([
+        "run",
+        "--output",
+        "json",
+        "--stats-interval",
+        "0s",
+        "--config",
+    ])
+    .arg(env.dir.join("bench.toml"))
+    .arg("--state-file")
+    .arg(&state)
+    .arg("--socket")
+    .arg(env.dir.join(format!("connmon-{tag}.sock")))
+    .args(extra);
+    spawn_traced(
+        "connmon",
+        &format!("connmon-{tag}"),
+        &mut cmd,
+        &env.dir,
+        "attached to",
+        Duration::from_secs(20),
+    )
 }
 
 fn write_config(env: &Env, text: &str) -> anyhow::Result<()> {
@@ -215,9 +280,15 @@ fn write_config(env: &Env, text: &str) -> anyhow::Result<()> {
 }
 
 fn loadgen(env: &Env, args: &[&str]) -> anyhow::Result<Value> {
-    let out = Command::new(&env.loadgen).args(args).output().context("running loadgen")?;
+    let out = Command::new(&env.loadgen)
+        .args(args)
+        .output()
+        .context("running loadgen")?;
     if !out.status.success() {
-        bail!("loadgen {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "loadgen {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     serde_json::from_slice(&out.stdout).context("loadgen output")
 }
@@ -244,7 +315,10 @@ fn lines(output: &str) -> impl Iterator<Item = Value> + '_ {
 
 /// connmon's final stats line.
 fn final_stats(output: &str) -> Value {
-    lines(output).filter(|v| v["type"] == "stats").last().unwrap_or(Value::Null)
+    lines(output)
+        .filter(|v| v["type"] == "stats")
+        .last()
+        .unwrap_or(Value::Null)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -291,10 +365,26 @@ impl Peer {
             Peer::None => None,
             Peer::Connmon => Some(start_connmon(env, "overhead", &[])?.0),
             Peer::Tcpstates => Some(
-                spawn_traced("tcpstates", "tcpstates", Command::new("stdbuf").args(["-oL", "tcpstates"]), &env.dir, "SKADDR", Duration::from_secs(20))?.0,
+                spawn_traced(
+                    "tcpstates",
+                    "tcpstates",
+                    Command::new("stdbuf").args(["-oL", "tcpstates"]),
+                    &env.dir,
+                    "SKADDR",
+                    Duration::from_secs(20),
+                )?
+                .0,
             ),
             Peer::Bpftrace => Some(
-                spawn_traced("bpftrace", "bpftrace", Command::new("bpftrace").args(["-e", BPFTRACE_COUNT]), &env.dir, "Attaching", Duration::from_secs(30))?.0,
+                spawn_traced(
+                    "bpftrace",
+                    "bpftrace",
+                    Command::new("bpftrace").args(["-e", BPFTRACE_COUNT]),
+                    &env.dir,
+                    "Attaching",
+                    Duration::from_secs(30),
+                )?
+                .0,
             ),
         })
     }
@@ -315,7 +405,9 @@ fn overhead(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
     write_config(env, "")?;
     let peers = [Peer::None, Peer::Connmon, Peer::Tcpstates, Peer::Bpftrace];
     let secs = format!("{}", plan.load_secs);
-    let mut results: Vec<Vec<Sample>> = (0..2).map(|_| peers.iter().map(|_| Sample::default()).collect()).collect();
+    let mut results: Vec<Vec<Sample>> = (0..2)
+        .map(|_| peers.iter().map(|_| Sample::default()).collect())
+        .collect();
     for round in 0..plan.rounds {
         for (m, mode) in ["refused", "established"].into_iter().enumerate() {
             let mut baseline = f64::NAN;
@@ -330,9 +422,15 @@ fn overhead(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
                 };
                 let cpu0 = tracer.as_ref().map(Tracer::cpu).unwrap_or(0.0);
                 let t0 = Instant::now();
-                let load = loadgen(env, &["--mode", mode, "--threads", "2", "--duration", &secs])?;
+                let load = loadgen(
+                    env,
+                    &["--mode", mode, "--threads", "2", "--duration", &secs],
+                )?;
                 let wall = t0.elapsed().as_secs_f64();
-                let cpu = tracer.as_ref().map(|t| (t.cpu() - cpu0) / wall * 100.0).unwrap_or(0.0);
+                let cpu = tracer
+                    .as_ref()
+                    .map(|t| (t.cpu() - cpu0) / wall * 100.0)
+                    .unwrap_or(0.0);
                 let rate = load["rate"].as_f64().unwrap_or(0.0);
                 let connects = load["connects"].as_u64().unwrap_or(0);
                 if *peer == Peer::None {
@@ -345,14 +443,22 @@ fn overhead(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
                     let out = t.stop()?;
                     if *peer == Peer::Connmon {
                         let stats = final_stats(&out);
-                        let outcome = if mode == "refused" { "refused" } else { "established" };
+                        let outcome = if mode == "refused" {
+                            "refused"
+                        } else {
+                            "established"
+                        };
                         sample.delivered += stats["outcomes"][outcome].as_u64().unwrap_or(0);
                         sample.lost += stats["lost_events"].as_u64().unwrap_or(0);
                         sample.connects += connects;
                     }
                 }
             }
-            setup::say(format!("overhead round {}/{} {mode} done", round + 1, plan.rounds));
+            setup::say(format!(
+                "overhead round {}/{} {mode} done",
+                round + 1,
+                plan.rounds
+            ));
         }
     }
     let _ = writeln!(
@@ -367,7 +473,12 @@ fn overhead(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
         for (p, peer) in peers.iter().enumerate() {
             let s = &results[m][p];
             if let Some(err) = &s.error {
-                let _ = writeln!(report, "| {mode} | {} | unavailable: {} | | | |", peer.label(), err.lines().next().unwrap_or(""));
+                let _ = writeln!(
+                    report,
+                    "| {mode} | {} | unavailable: {} | | | |",
+                    peer.label(),
+                    err.lines().next().unwrap_or("")
+                );
                 continue;
             }
             let delivery = if *peer == Peer::Connmon {
@@ -399,10 +510,14 @@ fn ingest(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
     );
     let secs = format!("{}", plan.load_secs);
     for &size in plan.ring_sizes {
-        let (tracer, _) = start_connmon(env, "ingest", &["--ring-buffer-bytes", &size.to_string()])?;
+        let (tracer, _) =
+            start_connmon(env, "ingest", &["--ring-buffer-bytes", &size.to_string()])?;
         let cpu0 = tracer.cpu();
         let t0 = Instant::now();
-        let load = loadgen(env, &["--mode", "refused", "--threads", "2", "--duration", &secs])?;
+        let load = loadgen(
+            env,
+            &["--mode", "refused", "--threads", "2", "--duration", &secs],
+        )?;
         let cpu = (tracer.cpu() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
         let stats = final_stats(&tracer.stop()?);
         let _ = writeln!(
@@ -440,7 +555,16 @@ fn latency(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
         let loadgen_bin = env.loadgen.clone();
         let bg = (background > 0).then(|| {
             Command::new(&loadgen_bin)
-                .args(["--mode", "refused", "--threads", "2", "--duration", &bg_secs, "--rate", &background.to_string()])
+                .args([
+                    "--mode",
+                    "refused",
+                    "--threads",
+                    "2",
+                    "--duration",
+                    &bg_secs,
+                    "--rate",
+                    &background.to_string(),
+                ])
                 .stdout(Stdio::null())
                 .spawn()
         });
@@ -448,7 +572,25 @@ fn latency(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
         thread::sleep(Duration::from_millis(250));
         let secs = format!("{}", plan.latency_secs);
         let probes = (200.0 * plan.latency_secs) as u64;
-        loadgen(env, &["--mode", "ports", "--addr", "127.0.0.2", "--port", "20000", "--threads", "1", "--rate", "200", "--duration", &secs, "--max", &probes.to_string()])?;
+        loadgen(
+            env,
+            &[
+                "--mode",
+                "ports",
+                "--addr",
+                "127.0.0.2",
+                "--port",
+                "20000",
+                "--threads",
+                "1",
+                "--rate",
+                "200",
+                "--duration",
+                &secs,
+                "--max",
+                &probes.to_string(),
+            ],
+        )?;
         if let Some(mut bg) = bg {
             let _ = bg.wait();
         }
@@ -461,7 +603,13 @@ fn latency(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
             .collect();
         detect.sort_by(f64::total_cmp);
         received.sort_by(f64::total_cmp);
-        let _ = writeln!(report, "| {background} | {} | {} | {} |", detect.len(), quantiles(&detect), quantiles(&received));
+        let _ = writeln!(
+            report,
+            "| {background} | {} | {} | {} |",
+            detect.len(),
+            quantiles(&detect),
+            quantiles(&received)
+        );
     }
     report.push('\n');
     Ok(())
@@ -479,7 +627,10 @@ fn quantiles(sorted: &[f64]) -> String {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -507,7 +658,9 @@ impl Subscriber {
             let mut latencies = Vec::new();
             for line in lines.map_while(Result::ok) {
                 let now = monotonic_ns();
-                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
                 if let Some(k) = v["trigger"]["ktime_ns"].as_u64() {
                     latencies.push(now.saturating_sub(k) as f64 / 1_000.0);
                 }
@@ -534,11 +687,25 @@ impl BenchNetns {
         for args in [
             vec!["netns", "add", &name],
             vec!["-n", &name, "link", "set", "lo", "up"],
-            vec!["-n", &name, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1"],
+            vec![
+                "-n", &name, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+            ],
             vec!["-n", &name, "addr", "add", "10.200.0.1/24", "dev", "veth0"],
             vec!["-n", &name, "link", "set", "veth0", "up"],
             vec!["-n", &name, "link", "set", "veth1", "up"],
-            vec!["-n", &name, "neigh", "add", "10.200.0.2", "lladdr", "02:00:00:00:00:99", "dev", "veth0", "nud", "permanent"],
+            vec![
+                "-n",
+                &name,
+                "neigh",
+                "add",
+                "10.200.0.2",
+                "lladdr",
+                "02:00:00:00:00:99",
+                "dev",
+                "veth0",
+                "nud",
+                "permanent",
+            ],
         ] {
             setup::run_cmd(Command::new("ip").args(&args).stdout(Stdio::null()))?;
         }
@@ -559,7 +726,27 @@ fn blackhole(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> 
     let mut evict_ms = Vec::new();
     for _ in 0..plan.blackhole_trials {
         let (tracer, _) = start_connmon(env, "blackhole", &[])?;
-        loadgen(env, &["--netns", &ns.0, "--mode", "refused", "--addr", "10.200.0.2", "--port", "80", "--threads", "1", "--max", "1", "--timeout-ms", "3500", "--duration", "5"])?;
+        loadgen(
+            env,
+            &[
+                "--netns",
+                &ns.0,
+                "--mode",
+                "refused",
+                "--addr",
+                "10.200.0.2",
+                "--port",
+                "80",
+                "--threads",
+                "1",
+                "--max",
+                "1",
+                "--timeout-ms",
+                "3500",
+                "--duration",
+                "5",
+            ],
+        )?;
         let out = tracer.stop()?;
         let all: Vec<Value> = lines(&out).collect();
         let syn = all
@@ -569,7 +756,9 @@ fn blackhole(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> 
         let decided = |kind: &str| {
             all.iter()
                 .find(|v| v["type"] == kind && v["dst"] == "10.200.0.2:80")
-                .and_then(|v| Some(v["trigger"]["ktime_ns"].as_u64()? + v["detect_us"].as_u64()? * 1000))
+                .and_then(|v| {
+                    Some(v["trigger"]["ktime_ns"].as_u64()? + v["detect_us"].as_u64()? * 1000)
+                })
         };
         if let (Some(syn), Some(s), Some(e)) = (syn, decided("suspect"), decided("evict")) {
             suspect_ms.push((s - syn) as f64 / 1e6);
@@ -604,11 +793,19 @@ fn memory(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
     );
     for &(destinations, events) in plan.engine_sizes {
         let out = Command::new(&env.engine)
-            .args(["--destinations", &destinations.to_string(), "--events", &events.to_string()])
+            .args([
+                "--destinations",
+                &destinations.to_string(),
+                "--events",
+                &events.to_string(),
+            ])
             .output()
             .context("running engine_bench")?;
         if !out.status.success() {
-            bail!("engine_bench failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "engine_bench failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let v: Value = serde_json::from_slice(&out.stdout)?;
         let _ = writeln!(

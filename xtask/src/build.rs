@@ -13,19 +13,27 @@ pub struct Options {
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 /// Builds the agent; returns the path of the `connmon` binary.
 pub fn build_agent(toolchain: &Toolchain, release: bool) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(&root).args(["build", "--package", "monitor"]).env("PATH", toolchain.path_env());
+    cmd.current_dir(&root)
+        .args(["build", "--package", "monitor"])
+        .env("PATH", toolchain.path_env());
     if release {
         cmd.arg("--release");
     }
     run_cmd(&mut cmd)?;
-    Ok(root.join("target").join(if release { "release" } else { "debug" }).join("connmon"))
+    Ok(root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("connmon"))
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {

@@ -55,7 +55,10 @@ pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -71,7 +74,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
-    Ok(PathBuf::from(output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim()))
+    Ok(PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    ))
 }
 
 fn ensure_nightly() -> anyhow::Result<()> {
@@ -81,14 +86,31 @@ fn ensure_nightly() -> anyhow::Result<()> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !have_nightly {
-        say("installing the nightly toolchain with rust-src (the eBPF crate is built with -Z build-std)");
+        say(
+            "installing the nightly toolchain with rust-src (the eBPF crate is built with -Z build-std)",
+        );
         return run_cmd(Command::new("rustup").args([
-            "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
         ]));
     }
-    if !nightly_sysroot()?.join("lib/rustlib/src/rust/library").is_dir() {
+    if !nightly_sysroot()?
+        .join("lib/rustlib/src/rust/library")
+        .is_dir()
+    {
         say("adding rust-src to nightly (the eBPF crate is built with -Z build-std)");
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -110,8 +132,12 @@ fn nightly_identity() -> anyhow::Result<(String, String, String)> {
 
 fn ensure_bpf_linker() -> anyhow::Result<PathBuf> {
     let (release, commit, llvm_major) = nightly_identity()?;
-    let home = env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-    let root = home.join(".cache/connmon").join(format!("bpf-linker-{release}-{commit}-llvm{llvm_major}"));
+    let home = env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    let root = home
+        .join(".cache/connmon")
+        .join(format!("bpf-linker-{release}-{commit}-llvm{llvm_major}"));
     let bin = root.join("bin");
     if works(&bin.join("bpf-linker")) {
         return Ok(bin);
@@ -127,7 +153,14 @@ fn ensure_bpf_linker() -> anyhow::Result<PathBuf> {
     );
     run_cmd(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", "0.13.0", "--locked", "--no-default-features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+                "--locked",
+                "--no-default-features",
+            ])
             .args(["--features", &format!("llvm-{llvm_major},no-llvm-linking")])
             .arg("--root")
             .arg(&root)
@@ -140,7 +173,10 @@ fn ensure_bpf_linker() -> anyhow::Result<PathBuf> {
 }
 
 fn works(bin: &Path) -> bool {
-    Command::new(bin).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The name to pass to `-l dylib=` for nightly's libLLVM, e.g. `LLVM-22-rust-1.97.0-nightly`.
@@ -154,11 +190,18 @@ fn find_llvm_dylib(lib: &Path, major: &str) -> anyhow::Result<String> {
             return Ok(stem.to_owned());
         }
     }
-    bail!("no {prefix}*.so in {}: cannot build bpf-linker against nightly's LLVM", lib.display())
+    bail!(
+        "no {prefix}*.so in {}: cannot build bpf-linker against nightly's LLVM",
+        lib.display()
+    )
 }
 
 fn ensure_nextest() -> anyhow::Result<()> {
-    if Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success()) {
+    if Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
     say("installing cargo-nextest (the test runner)");
@@ -166,7 +209,11 @@ fn ensure_nextest() -> anyhow::Result<()> {
 }
 
 /// Debian packages the integration tests use, by the command that proves each present.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("python3", "python3"), ("haproxy", "haproxy")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("python3", "python3"),
+    ("haproxy", "haproxy"),
+];
 
 fn ensure_packages() -> anyhow::Result<()> {
     ensure_debian(PACKAGES)
@@ -182,9 +229,16 @@ pub fn ensure_debian(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    say(format!("installing Debian packages for the tests: {}", missing.join(" ")));
+    say(format!(
+        "installing Debian packages for the tests: {}",
+        missing.join(" ")
+    ));
     let apt = |args: &[&str]| {
-        run_cmd(Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive"))
+        run_cmd(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
     };
     apt(&["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];

@@ -22,27 +22,43 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     if !is_root() {
-        bail!("the integration tests load eBPF programs and create network namespaces: run `sudo -E cargo xtask test`");
+        bail!(
+            "the integration tests load eBPF programs and create network namespaces: run `sudo -E cargo xtask test`"
+        );
     }
     let toolchain = setup::run(&setup::Options::default())?;
     let bench_result = if opts.no_bench {
         Ok(())
     } else {
-        setup::say("benchmark smoke run (cargo xtask bench --quick): checks the harness, not the numbers");
-        bench::run(&bench::Options { quick: true, rounds: None })
+        setup::say(
+            "benchmark smoke run (cargo xtask bench --quick): checks the harness, not the numbers",
+        );
+        bench::run(&bench::Options {
+            quick: true,
+            rounds: None,
+        })
     };
     let bin = build::build_agent(&toolchain, false)?;
     let root = build::workspace_root();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
-        .args(["nextest", "run", "--workspace", "--exclude", "monitor-ebpf", "--no-fail-fast"])
+        .args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--exclude",
+            "monitor-ebpf",
+            "--no-fail-fast",
+        ])
         .args(&opts.args)
         .env("PATH", toolchain.path_env())
         .env("CONNMON_BIN", &bin);
     let tests_result = setup::run_cmd(&mut cmd);
     match (bench_result, tests_result) {
         (Ok(()), Ok(())) => Ok(()),
-        (Err(bench), Ok(())) => Err(bench.context("the benchmark smoke run failed (the tests passed)")),
+        (Err(bench), Ok(())) => {
+            Err(bench.context("the benchmark smoke run failed (the tests passed)"))
+        }
         (_, Err(tests)) => Err(tests),
     }
 }

@@ -60,9 +60,20 @@ fn main() -> anyhow::Result<()> {
         outage_min_destinations: 0,
         ..PolicyConfig::default()
     };
-    let mut policy =
-        EjectionPolicy::new(config, PoolMembership::unconfigured(), 1, WallClock::from_offset_ns(0), 7)?;
-    let who = Attribution { pid: 1, tgid: 1, comm: Comm::from("bench"), cgroup_id: 1, netns: 1 };
+    let mut policy = EjectionPolicy::new(
+        config,
+        PoolMembership::unconfigured(),
+        1,
+        WallClock::from_offset_ns(0),
+        7,
+    )?;
+    let who = Attribution {
+        pid: 1,
+        tgid: 1,
+        comm: Comm::from("bench"),
+        cgroup_id: 1,
+        netns: 1,
+    };
     let mut out = Vec::new();
     let mut now = 1_000_000_000u64;
     let record = |i: u32, outcome: Outcome, now: u64| ConnectRecord {
@@ -87,7 +98,11 @@ fn main() -> anyhow::Result<()> {
     for n in 0..args.events {
         now += 1_000;
         let i = (n.wrapping_mul(2_654_435_761) % u64::from(args.destinations.max(1))) as u32;
-        let outcome = if n % 100 == 0 { Outcome::Refused } else { Outcome::Established };
+        let outcome = if n % 100 == 0 {
+            Outcome::Refused
+        } else {
+            Outcome::Established
+        };
         policy.on_connect(&record(i, outcome, now), now, &mut out);
         out.clear();
         if n % 4096 == 0 {

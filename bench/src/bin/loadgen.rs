@@ -63,7 +63,8 @@ fn closed_port(addr: IpAddr) -> anyhow::Result<u16> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(ns) = &args.netns {
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
+        let file = std::fs::File::open(format!("/run/netns/{ns}"))
+            .with_context(|| format!("netns {ns}"))?;
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
     }
     if args.threads == 0 || args.duration <= 0.0 || args.duration > 600.0 {
@@ -72,14 +73,22 @@ fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (target, acceptor) = match args.mode {
         Mode::Refused => {
-            let port = if args.port == 0 { closed_port(args.addr)? } else { args.port };
+            let port = if args.port == 0 {
+                closed_port(args.addr)?
+            } else {
+                args.port
+            };
             (SocketAddr::new(args.addr, port), None)
         }
         Mode::Ports => (SocketAddr::new(args.addr, args.port.max(1)), None),
         Mode::Established => {
             // A deep backlog: with a shallow one, SYNs dropped on a full accept queue
             // cost a 1 s retransmit and measure the acceptor, not connect().
-            let sock = socket2::Socket::new(socket2::Domain::for_address(SocketAddr::new(args.addr, 0)), socket2::Type::STREAM, None)?;
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(SocketAddr::new(args.addr, 0)),
+                socket2::Type::STREAM,
+                None,
+            )?;
             sock.set_reuse_address(true)?;
             sock.bind(&SocketAddr::new(args.addr, 0).into())?;
             sock.listen(4096)?;
@@ -101,13 +110,17 @@ fn main() -> anyhow::Result<()> {
     let errors = Arc::new(AtomicU64::new(0));
     let next_port = Arc::new(AtomicU64::new(u64::from(target.port())));
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
-    let per_thread_interval = (args.rate > 0)
-        .then(|| Duration::from_secs_f64(args.threads as f64 / args.rate as f64));
+    let per_thread_interval =
+        (args.rate > 0).then(|| Duration::from_secs_f64(args.threads as f64 / args.rate as f64));
     let timeout = Duration::from_millis(args.timeout_ms);
     let start = Instant::now();
     let workers: Vec<_> = (0..args.threads)
         .map(|_| {
-            let (connects, errors, next_port) = (Arc::clone(&connects), Arc::clone(&errors), Arc::clone(&next_port));
+            let (connects, errors, next_port) = (
+                Arc::clone(&connects),
+                Arc::clone(&errors),
+                Arc::clone(&next_port),
+            );
             let mode = args.mode;
             let max = args.max;
             thread::spawn(move || {

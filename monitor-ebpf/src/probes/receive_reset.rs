@@ -22,8 +22,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: bpf_probe_read_kernel at the offset from the format file.
-    let skaddr = unsafe { ctx.read_at::<u64>(conf!(receive_reset_skaddr) as usize) }
-        ?;
+    let skaddr = unsafe { ctx.read_at::<u64>(conf!(receive_reset_skaddr) as usize) }?;
     if let Some(pending) = INFLIGHT.get_ptr_mut(&skaddr) {
         // SAFETY: the pointer comes from a successful map lookup.
         unsafe { (*pending).rst = 1 };
@@ -36,6 +35,13 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let _ = ESTABLISHED.remove(&skaddr);
     let tuple = read_tuple(ctx, &conf!(receive_reset))?;
     // `tcp_reset()` sets sk_err to ECONNRESET right after this tracepoint.
-    emit(kind::OUTCOME, outcome::RESET, errno::ECONNRESET, &tuple, &attempt, Wakeup::Now);
+    emit(
+        kind::OUTCOME,
+        outcome::RESET,
+        errno::ECONNRESET,
+        &tuple,
+        &attempt,
+        Wakeup::Now,
+    );
     Ok(())
 }

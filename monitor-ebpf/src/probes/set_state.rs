@@ -8,7 +8,9 @@
 //! - ESTABLISHED→anything: the connection this host opened is over; forget it.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -79,7 +81,14 @@ fn finish_attempt(ctx: &TracePointContext, skaddr: u64, established: bool) -> Re
     let _ = INFLIGHT.remove(&skaddr);
     let tuple = read_tuple(ctx, &conf!(set_state))?;
     if established {
-        emit(kind::OUTCOME, outcome::ESTABLISHED, 0, &tuple, &attempt, Wakeup::Batched);
+        emit(
+            kind::OUTCOME,
+            outcome::ESTABLISHED,
+            0,
+            &tuple,
+            &attempt,
+            Wakeup::Batched,
+        );
         return ESTABLISHED.insert(&skaddr, &attempt, 0);
     }
     let mut errno = sk_err_of(skaddr);

@@ -160,7 +160,11 @@ impl PoolMembership {
     pub fn entries(&self) -> Vec<PoolEntry> {
         let mut members: Vec<SocketAddr> = self.members.iter().copied().collect();
         members.sort();
-        members.into_iter().map(PoolEntry::Member).chain(self.networks.iter().copied()).collect()
+        members
+            .into_iter()
+            .map(PoolEntry::Member)
+            .chain(self.networks.iter().copied())
+            .collect()
     }
 
     /// Applies a pool command: add or remove entries, or replace them all. The result is
@@ -169,8 +173,12 @@ impl PoolMembership {
         use crate::control::PoolOp;
         match op {
             PoolOp::Replace => Self::from_entries(entries.iter().copied()),
-            PoolOp::Add => Self::from_entries(self.entries().into_iter().chain(entries.iter().copied())),
-            PoolOp::Remove => Self::from_entries(self.entries().into_iter().filter(|e| !entries.contains(e))),
+            PoolOp::Add => {
+                Self::from_entries(self.entries().into_iter().chain(entries.iter().copied()))
+            }
+            PoolOp::Remove => {
+                Self::from_entries(self.entries().into_iter().filter(|e| !entries.contains(e)))
+            }
         }
     }
 

@@ -2,13 +2,11 @@
 //! aligned text for people. Lines are rendered into a buffer and written once per
 //! ring-buffer drain, so a burst costs one write.
 
-use std::{fmt::Write as _, net::SocketAddr};
-
-use super::json;
+use std::{fmt::Write as _, io::Write as _, net::SocketAddr};
 
 use serde::Serialize;
-use std::io::Write as _;
 
+use super::json;
 use crate::{
     clock::WallClock,
     policy::{decision::Decision, pool::Role},
@@ -36,7 +34,12 @@ pub struct StdoutSink {
 
 impl StdoutSink {
     pub fn new(format: OutputFormat, clock: WallClock) -> Self {
-        StdoutSink { format, clock, buf: Vec::with_capacity(64 * 1024), out: std::io::stdout() }
+        StdoutSink {
+            format,
+            clock,
+            buf: Vec::with_capacity(64 * 1024),
+            out: std::io::stdout(),
+        }
     }
 
     /// A kernel event; `role` is the destination's role in the pool.
@@ -55,7 +58,10 @@ impl StdoutSink {
             let ts = json["ts"].as_str().unwrap_or_default();
             let time = ts.get(11..26).unwrap_or(ts);
             let dst = json["dst"].as_str().unwrap_or("-");
-            let detail = json["reason"].as_str().or(json["kind"].as_str()).unwrap_or_default();
+            let detail = json["reason"]
+                .as_str()
+                .or(json["kind"].as_str())
+                .unwrap_or_default();
             format!("{time:<15}  {what:<14} {dst:>24}    {detail}  {json}")
         });
     }
@@ -68,7 +74,15 @@ impl StdoutSink {
             }
             OutputFormat::Text => {
                 let extra = format!("{}us retx={}", c.duration_us(), c.syn_retransmits);
-                self.text_line(c.ktime_ns, c.outcome.as_str(), c.src, c.dst, c.who.tgid, &c.who.comm, &extra);
+                self.text_line(
+                    c.ktime_ns,
+                    c.outcome.as_str(),
+                    c.src,
+                    c.dst,
+                    c.who.tgid,
+                    &c.who.comm,
+                    &extra,
+                );
             }
         }
     }
@@ -82,7 +96,15 @@ impl StdoutSink {
             }
             OutputFormat::Text => {
                 let extra = format!("{since_syn_us}us retx={}", r.retransmits);
-                self.text_line(r.ktime_ns, "syn_retransmit", r.src, r.dst, r.who.tgid, &r.who.comm, &extra);
+                self.text_line(
+                    r.ktime_ns,
+                    "syn_retransmit",
+                    r.src,
+                    r.dst,
+                    r.who.tgid,
+                    &r.who.comm,
+                    &extra,
+                );
             }
         }
     }
@@ -166,7 +188,13 @@ mod tests {
             family: Family::Ipv6,
             src: "[::1]:33850".parse().unwrap(),
             dst: "[::1]:40002".parse().unwrap(),
-            who: Attribution { pid: 123, tgid: 123, comm: Comm::from("python3"), cgroup_id: 7, netns: 9 },
+            who: Attribution {
+                pid: 123,
+                tgid: 123,
+                comm: Comm::from("python3"),
+                cgroup_id: 7,
+                netns: 9,
+            },
             syn_retransmits: 0,
             errno: 111,
         })
@@ -174,7 +202,10 @@ mod tests {
 
     #[test]
     fn json_connect_line_has_the_documented_fields() {
-        let mut sink = StdoutSink::new(OutputFormat::Json, WallClock::from_offset_ns(1_700_000_000_000_000_000));
+        let mut sink = StdoutSink::new(
+            OutputFormat::Json,
+            WallClock::from_offset_ns(1_700_000_000_000_000_000),
+        );
         sink.event(&refused(), Role::Proxy);
         let text = std::str::from_utf8(sink.pending()).unwrap();
         assert!(text.ends_with('\n') && text.lines().count() == 1);
@@ -187,10 +218,19 @@ mod tests {
         assert_eq!(v["dst"], "[::1]:40002");
         assert_eq!(v["family"], "ipv6");
         assert_eq!(v["role"], "proxy");
-        assert_eq!((v["pid"].as_u64(), v["tgid"].as_u64()), (Some(123), Some(123)));
+        assert_eq!(
+            (v["pid"].as_u64(), v["tgid"].as_u64()),
+            (Some(123), Some(123))
+        );
         assert_eq!(v["comm"], "python3");
-        assert_eq!((v["cgroup_id"].as_u64(), v["netns"].as_u64()), (Some(7), Some(9)));
-        assert_eq!((v["syn_retransmits"].as_u64(), v["duration_us"].as_u64()), (Some(0), Some(57)));
+        assert_eq!(
+            (v["cgroup_id"].as_u64(), v["netns"].as_u64()),
+            (Some(7), Some(9))
+        );
+        assert_eq!(
+            (v["syn_retransmits"].as_u64(), v["duration_us"].as_u64()),
+            (Some(0), Some(57))
+        );
     }
 
     #[test]
@@ -198,7 +238,13 @@ mod tests {
         let mut sink = StdoutSink::new(OutputFormat::Text, WallClock::from_offset_ns(0));
         sink.event(&refused(), Role::Target);
         let text = std::str::from_utf8(sink.pending()).unwrap();
-        assert!(text.contains("refused") && text.contains("[::1]:33850 -> [::1]:40002"), "{text}");
-        assert!(text.contains("python3") && text.contains("57us retx=0"), "{text}");
+        assert!(
+            text.contains("refused") && text.contains("[::1]:33850 -> [::1]:40002"),
+            "{text}"
+        );
+        assert!(
+            text.contains("python3") && text.contains("57us retx=0"),
+            "{text}"
+        );
     }
 }

@@ -12,8 +12,14 @@ pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("kernel BTF not readable at {path} (a kernel built with CONFIG_DEBUG_INFO_BTF is required): {source}")]
-    Unreadable { path: String, #[source] source: btf_rs::Error },
+    #[error(
+        "kernel BTF not readable at {path} (a kernel built with CONFIG_DEBUG_INFO_BTF is required): {source}"
+    )]
+    Unreadable {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
     #[error("BTF has no struct `{0}`")]
     NoStruct(String),
     #[error("BTF struct `{strukt}` has no member `{member}`")]
@@ -38,8 +44,10 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path)
-            .map_err(|source| BtfError::Unreadable { path: path.display().to_string(), source })?;
+        let btf = Btf::from_file(path).map_err(|source| BtfError::Unreadable {
+            path: path.display().to_string(),
+            source,
+        })?;
         Ok(KernelBtf { btf })
     }
 
@@ -55,9 +63,12 @@ impl KernelBtf {
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         let mut total_bits = 0u32;
         for member in path {
-            let (bits, member_ty) = self
-                .find_member(&ty, member)
-                .ok_or_else(|| BtfError::NoMember { strukt: strukt.to_owned(), member: path.join(".") })?;
+            let (bits, member_ty) =
+                self.find_member(&ty, member)
+                    .ok_or_else(|| BtfError::NoMember {
+                        strukt: strukt.to_owned(),
+                        member: path.join("."),
+                    })?;
             total_bits += bits;
             ty = member_ty;
         }
@@ -116,7 +127,10 @@ mod tests {
     #[test]
     fn resolves_socket_offsets_from_vmlinux() {
         let path = Path::new(VMLINUX);
-        assert!(path.exists(), "{VMLINUX} missing: connmon needs a kernel with BTF");
+        assert!(
+            path.exists(),
+            "{VMLINUX} missing: connmon needs a kernel with BTF"
+        );
         let btf = KernelBtf::open(path).unwrap();
         let offsets = btf.kernel_offsets().unwrap();
         // struct sock starts with struct sock_common, and sk_err lies well past it.
@@ -130,9 +144,15 @@ mod tests {
     #[test]
     fn unknown_members_are_named_in_the_error() {
         let btf = KernelBtf::open(Path::new(VMLINUX)).unwrap();
-        let err = btf.offset_of("sock", &["no_such_member"]).unwrap_err().to_string();
+        let err = btf
+            .offset_of("sock", &["no_such_member"])
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "BTF struct `sock` has no member `no_such_member`");
-        let err = btf.offset_of("no_such_struct_xyz", &["a"]).unwrap_err().to_string();
+        let err = btf
+            .offset_of("no_such_struct_xyz", &["a"])
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "BTF has no struct `no_such_struct_xyz`");
     }
 }

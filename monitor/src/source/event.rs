@@ -222,7 +222,10 @@ pub enum DecodeError {
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let want = size_of::<ConnectEvent>();
     if bytes.len() < want {
-        return Err(DecodeError::Short { got: bytes.len(), want });
+        return Err(DecodeError::Short {
+            got: bytes.len(),
+            want,
+        });
     }
     // SAFETY: the length is checked above; ConnectEvent is plain old data, and
     // read_unaligned makes no assumption about the buffer's alignment.
@@ -320,7 +323,10 @@ mod tests {
     fn bytes_of(ev: &ConnectEvent) -> Vec<u8> {
         // SAFETY: ConnectEvent is repr(C) plain old data with explicit padding.
         unsafe {
-            std::slice::from_raw_parts((ev as *const ConnectEvent).cast::<u8>(), size_of::<ConnectEvent>())
+            std::slice::from_raw_parts(
+                (ev as *const ConnectEvent).cast::<u8>(),
+                size_of::<ConnectEvent>(),
+            )
         }
         .to_vec()
     }
@@ -345,12 +351,16 @@ mod tests {
         ev.family = AF_INET6;
         ev.saddr = Ipv6Addr::LOCALHOST.octets();
         ev.daddr = Ipv6Addr::LOCALHOST.octets();
-        let KernelEvent::Connect(c) = decode(&bytes_of(&ev)).unwrap() else { panic!() };
+        let KernelEvent::Connect(c) = decode(&bytes_of(&ev)).unwrap() else {
+            panic!()
+        };
         assert_eq!(c.dst.to_string(), "[::1]:40002");
         assert_eq!(c.family, Family::Ipv6);
 
         ev.daddr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
-        let KernelEvent::Connect(c) = decode(&bytes_of(&ev)).unwrap() else { panic!() };
+        let KernelEvent::Connect(c) = decode(&bytes_of(&ev)).unwrap() else {
+            panic!()
+        };
         assert_eq!(c.dst.to_string(), "10.1.2.3:40002");
         assert_eq!(c.family, Family::Ipv6);
     }
@@ -358,7 +368,10 @@ mod tests {
     #[test]
     fn short_or_unknown_records_are_errors() {
         let bytes = bytes_of(&raw_event());
-        assert_eq!(decode(&bytes[..50]), Err(DecodeError::Short { got: 50, want: 112 }));
+        assert_eq!(
+            decode(&bytes[..50]),
+            Err(DecodeError::Short { got: 50, want: 112 })
+        );
         let mut ev = raw_event();
         ev.kind = 9;
         assert_eq!(decode(&bytes_of(&ev)), Err(DecodeError::Kind(9)));
@@ -376,7 +389,9 @@ mod tests {
         ev.kind = kind::SYN_RETRANSMIT;
         ev.outcome = 0;
         ev.syn_retransmits = 2;
-        let KernelEvent::SynRetransmit(r) = decode(&bytes_of(&ev)).unwrap() else { panic!() };
+        let KernelEvent::SynRetransmit(r) = decode(&bytes_of(&ev)).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.retransmits, 2);
     }
 

@@ -65,7 +65,9 @@ fn kernel_release() -> String {
 /// 6.10, when `tcp_done_with_error()` made the order close-then-report). Unknown
 /// versions get the fallback: it costs a map update per error, never an outcome.
 pub fn reports_error_before_close(release: &str) -> bool {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty());
     let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     (major, minor) < (6, 10)
@@ -100,7 +102,9 @@ impl KernelSource {
     /// Mounts tracefs if needed, resolves offsets, loads and attaches all four programs.
     pub fn attach(opts: &SourceOptions) -> anyhow::Result<Self> {
         if EBPF_OBJECT.is_empty() {
-            bail!("this connmon binary was built without its eBPF programs (AYA_BUILD_SKIP=1); build it with `cargo xtask build`");
+            bail!(
+                "this connmon binary was built without its eBPF programs (AYA_BUILD_SKIP=1); build it with `cargo xtask build`"
+            );
         }
         validate_ring_buffer_bytes(opts.ring_buffer_bytes).map_err(anyhow::Error::msg)?;
         let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
@@ -116,7 +120,9 @@ impl KernelSource {
                 true
             }
             _ => {
-                tracing::warn!("kernel BTF lacks sock_common.skc_net.net or net.ns.inum: netns will be reported as 0");
+                tracing::warn!(
+                    "kernel BTF lacks sock_common.skc_net.net or net.ns.inum: netns will be reported as 0"
+                );
                 false
             }
         };
@@ -139,7 +145,8 @@ impl KernelSource {
                 .program_mut(program)
                 .with_context(|| format!("program {program} missing from the eBPF object"))?
                 .try_into()?;
-            tp.load().with_context(|| format!("loading program {program}"))?;
+            tp.load()
+                .with_context(|| format!("loading program {program}"))?;
             tp.attach(category, name)
                 .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
         }
@@ -155,15 +162,18 @@ impl KernelSource {
             _ebpf: ebpf,
             ring,
             counters,
-            info: SourceInfo { tracefs: tracefs_path, mounted_tracefs: mounted, netns_resolved },
+            info: SourceInfo {
+                tracefs: tracefs_path,
+                mounted_tracefs: mounted,
+                netns_resolved,
+            },
         })
     }
 
     /// Reads the per-CPU counters.
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
-        let sum = |index: u32| -> anyhow::Result<u64> {
-            Ok(self.counters.get(&index, 0)?.iter().sum())
-        };
+        let sum =
+            |index: u32| -> anyhow::Result<u64> { Ok(self.counters.get(&index, 0)?.iter().sum()) };
         Ok(KernelCounters {
             lost_events: sum(counter::LOST_EVENTS)?,
             untracked: sum(counter::UNTRACKED)?,

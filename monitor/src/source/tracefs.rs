@@ -23,24 +23,54 @@ pub enum TracefsError {
     #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
     Mount(#[source] nix::Error),
     #[error("tracepoint {category}:{name} not found ({path}): is this kernel built with it?")]
-    MissingTracepoint { category: String, name: String, path: PathBuf, #[source] source: std::io::Error },
+    MissingTracepoint {
+        category: String,
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("tracepoint {category}:{name} has no field `{field}` in its format file")]
-    MissingField { category: String, name: String, field: &'static str },
+    MissingField {
+        category: String,
+        name: String,
+        field: &'static str,
+    },
     #[error("tracepoint {category}:{name} field `{field}` is {got} bytes, expected {want}")]
-    FieldSize { category: String, name: String, field: &'static str, got: u32, want: u32 },
+    FieldSize {
+        category: String,
+        name: String,
+        field: &'static str,
+        got: u32,
+        want: u32,
+    },
     #[error("tracepoint {category}:{name}: malformed format line {line:?}")]
-    Malformed { category: String, name: String, line: String },
+    Malformed {
+        category: String,
+        name: String,
+        line: String,
+    },
 }
 
 /// Returns the tracefs mount point, mounting tracefs on `/sys/kernel/tracing` if neither
 /// usual place has it. The second value says whether this call mounted it.
 pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
-    if let Some(found) = MOUNT_POINTS.iter().map(Path::new).find(|p| p.join("events").is_dir()) {
+    if let Some(found) = MOUNT_POINTS
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("events").is_dir())
+    {
         return Ok((found.to_path_buf(), false));
     }
     let target = Path::new(MOUNT_POINTS[0]);
-    nix::mount::mount(Some("tracefs"), target, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(TracefsError::Mount)?;
+    nix::mount::mount(
+        Some("tracefs"),
+        target,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(TracefsError::Mount)?;
     Ok((target.to_path_buf(), true))
 }
 
@@ -63,7 +93,11 @@ impl Format {
     /// Parses the text of a format file.
     pub fn parse(category: &str, name: &str, text: &str) -> Result<Self, TracefsError> {
         let mut fields = HashMap::new();
-        for line in text.lines().map(str::trim).filter(|l| l.starts_with("field:")) {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("field:"))
+        {
             let malformed = || TracefsError::Malformed {
                 category: category.to_owned(),
                 name: name.to_owned(),
@@ -91,12 +125,20 @@ impl Format {
             }
             fields.insert(ident.to_owned(), Field { offset, size });
         }
-        Ok(Format { category: category.to_owned(), name: name.to_owned(), fields })
+        Ok(Format {
+            category: category.to_owned(),
+            name: name.to_owned(),
+            fields,
+        })
     }
 
     /// Reads and parses `<tracefs>/events/<category>/<name>/format`.
     pub fn read(tracefs: &Path, (category, name): (&str, &str)) -> Result<Self, TracefsError> {
-        let path = tracefs.join("events").join(category).join(name).join("format");
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         let text = fs::read_to_string(&path).map_err(|source| TracefsError::MissingTracepoint {
             category: category.to_owned(),
             name: name.to_owned(),
@@ -108,11 +150,14 @@ impl Format {
 
     /// The offset of `field`, checking that it has the size the programs read.
     pub fn offset(&self, field: &'static str, want: u32) -> Result<u32, TracefsError> {
-        let f = self.fields.get(field).ok_or_else(|| TracefsError::MissingField {
-            category: self.category.clone(),
-            name: self.name.clone(),
-            field,
-        })?;
+        let f = self
+            .fields
+            .get(field)
+            .ok_or_else(|| TracefsError::MissingField {
+                category: self.category.clone(),
+                name: self.name.clone(),
+                field,
+            })?;
         if f.size != want {
             return Err(TracefsError::FieldSize {
                 category: self.category.clone(),
@@ -197,23 +242,59 @@ mod tests {
     fn offsets_from_real_format_files() {
         let c = all();
         assert_eq!(
-            (c.set_state_skaddr, c.set_state_oldstate, c.set_state_newstate, c.set_state_protocol),
+            (
+                c.set_state_skaddr,
+                c.set_state_oldstate,
+                c.set_state_newstate,
+                c.set_state_protocol
+            ),
             (8, 16, 20, 30)
         );
         assert_eq!(
             c.set_state,
-            TupleOffsets { sport: 24, dport: 26, family: 28, saddr: 32, daddr: 36, saddr_v6: 40, daddr_v6: 56 }
+            TupleOffsets {
+                sport: 24,
+                dport: 26,
+                family: 28,
+                saddr: 32,
+                daddr: 36,
+                saddr_v6: 40,
+                daddr_v6: 56
+            }
         );
-        assert_eq!((c.receive_reset_skaddr, c.receive_reset.sport, c.receive_reset.daddr_v6), (8, 16, 46));
-        assert_eq!((c.retransmit_skaddr, c.retransmit_state, c.retransmit.family), (16, 24, 32));
-        assert_eq!((c.error_report_error, c.error_report_protocol, c.error_report.saddr), (8, 18, 20));
+        assert_eq!(
+            (
+                c.receive_reset_skaddr,
+                c.receive_reset.sport,
+                c.receive_reset.daddr_v6
+            ),
+            (8, 16, 46)
+        );
+        assert_eq!(
+            (c.retransmit_skaddr, c.retransmit_state, c.retransmit.family),
+            (16, 24, 32)
+        );
+        assert_eq!(
+            (
+                c.error_report_error,
+                c.error_report_protocol,
+                c.error_report.saddr
+            ),
+            (8, 18, 20)
+        );
     }
 
     #[test]
     fn pointer_fields_and_arrays_are_named_correctly() {
         let f = Format::parse("sock", "inet_sock_set_state", SET_STATE_TXT).unwrap();
         assert_eq!(f.fields["skaddr"], Field { offset: 8, size: 8 });
-        assert_eq!(f.fields["saddr_v6"], Field { offset: 40, size: 16 });
+        assert_eq!(
+            f.fields["saddr_v6"],
+            Field {
+                offset: 40,
+                size: 16
+            }
+        );
         assert_eq!(f.fields["common_pid"], Field { offset: 4, size: 4 });
     }
 
@@ -222,27 +303,42 @@ mod tests {
         let text = SET_STATE_TXT.replace("protocol", "proto");
         let f = Format::parse("sock", "inet_sock_set_state", &text).unwrap();
         let err = f.offset("protocol", 2).unwrap_err().to_string();
-        assert_eq!(err, "tracepoint sock:inet_sock_set_state has no field `protocol` in its format file");
+        assert_eq!(
+            err,
+            "tracepoint sock:inet_sock_set_state has no field `protocol` in its format file"
+        );
     }
 
     #[test]
     fn wrong_size_is_rejected() {
-        let text = SET_STATE_TXT.replace("__u16 sport;\toffset:24;\tsize:2;", "__u32 sport;\toffset:24;\tsize:4;");
+        let text = SET_STATE_TXT.replace(
+            "__u16 sport;\toffset:24;\tsize:2;",
+            "__u32 sport;\toffset:24;\tsize:4;",
+        );
         let f = Format::parse("sock", "inet_sock_set_state", &text).unwrap();
         let err = f.offset("sport", 2).unwrap_err().to_string();
-        assert!(err.contains("field `sport` is 4 bytes, expected 2"), "{err}");
+        assert!(
+            err.contains("field `sport` is 4 bytes, expected 2"),
+            "{err}"
+        );
     }
 
     #[test]
     fn malformed_line_is_an_error() {
-        let err = Format::parse("tcp", "x", "format:\n\tfield:int a;\toffset:zz;\tsize:4;\n").unwrap_err();
+        let err = Format::parse("tcp", "x", "format:\n\tfield:int a;\toffset:zz;\tsize:4;\n")
+            .unwrap_err();
         assert!(matches!(err, TracefsError::Malformed { .. }), "{err}");
     }
 
     #[test]
     fn missing_tracepoint_is_a_clear_error() {
         let dir = std::env::temp_dir().join(format!("connmon-tracefs-test-{}", std::process::id()));
-        let err = Format::read(&dir, ("tcp", "no_such_tracepoint")).unwrap_err().to_string();
-        assert!(err.starts_with("tracepoint tcp:no_such_tracepoint not found"), "{err}");
+        let err = Format::read(&dir, ("tcp", "no_such_tracepoint"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("tracepoint tcp:no_such_tracepoint not found"),
+            "{err}"
+        );
     }
 }
