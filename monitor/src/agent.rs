@@ -200,6 +200,11 @@ impl Pipeline {
 
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     preflight()?;
+    // Before anything is attached: a SIGTERM that arrives during start-up must still
+    // detach cleanly and exit 0, not kill the process by default action.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     config.validate()?;
     let started = Instant::now();
     let agent = &config.agent;
@@ -268,9 +273,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     pipe.emit_decisions();
 
     let mut last_lost = 0u64;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut batch_tick = tokio::time::interval(agent.batch_interval);
     batch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = if agent.stats_interval.is_zero() {
