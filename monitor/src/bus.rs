@@ -200,26 +200,10 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::event::{Attribution, Comm, Family, Outcome};
+    use crate::source::event::refused_to;
 
     fn refused() -> KernelEvent {
-        KernelEvent::Connect(ConnectRecord {
-            outcome: Outcome::Refused,
-            ktime_ns: 2_000,
-            start_ns: 1_000,
-            family: Family::Ipv4,
-            src: "127.0.0.1:1000".parse().unwrap(),
-            dst: "127.0.0.1:9".parse().unwrap(),
-            who: Attribution {
-                pid: 1,
-                tgid: 1,
-                comm: Comm::from("x"),
-                cgroup_id: 1,
-                netns: 1,
-            },
-            syn_retransmits: 0,
-            errno: 111,
-        })
+        refused_to(SocketAddr::from(([127, 0, 0, 1], 9)))
     }
 
     #[test]

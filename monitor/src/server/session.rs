@@ -447,27 +447,11 @@ mod tests {
     use crate::{
         clock::WallClock,
         policy::Role,
-        source::event::{Attribution, Comm, ConnectRecord, Family, KernelEvent, Outcome},
+        source::event::{KernelEvent, refused_to},
     };
 
     fn refused(port: u16) -> KernelEvent {
-        KernelEvent::Connect(ConnectRecord {
-            outcome: Outcome::Refused,
-            ktime_ns: 2_000,
-            start_ns: 1_000,
-            family: Family::Ipv4,
-            src: "127.0.0.1:1000".parse().unwrap(),
-            dst: SocketAddr::from(([127, 0, 0, 1], port)),
-            who: Attribution {
-                pid: 1,
-                tgid: 1,
-                comm: Comm::from("x"),
-                cgroup_id: 1,
-                netns: 1,
-            },
-            syn_retransmits: 0,
-            errno: 111,
-        })
+        refused_to(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     /// A session on one end of a socket pair; the other end, past `hello` and a subscribe.

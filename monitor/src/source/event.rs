@@ -206,6 +206,28 @@ impl KernelEvent {
     }
 }
 
+/// A refused IPv4 connect to `dst` by pid 1 (`x`), for tests of downstream stages.
+#[cfg(test)]
+pub(crate) fn refused_to(dst: SocketAddr) -> KernelEvent {
+    KernelEvent::Connect(ConnectRecord {
+        outcome: Outcome::Refused,
+        ktime_ns: 2_000,
+        start_ns: 1_000,
+        family: Family::Ipv4,
+        src: SocketAddr::from(([127, 0, 0, 1], 1000)),
+        dst,
+        who: Attribution {
+            pid: 1,
+            tgid: 1,
+            comm: Comm::from("x"),
+            cgroup_id: 1,
+            netns: 1,
+        },
+        syn_retransmits: 0,
+        errno: 111,
+    })
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record is {got} bytes, expected at least {want}")]
