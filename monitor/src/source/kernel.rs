@@ -84,20 +84,6 @@ pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_report_fallback_only_before_6_10() {
-        assert!(reports_error_before_close("5.15.0-91-generic"));
-        assert!(reports_error_before_close("6.9.12"));
-        assert!(!reports_error_before_close("6.10.0"));
-        assert!(!reports_error_before_close("6.18.44-fc-v782"));
-        assert!(reports_error_before_close("garbage"));
-    }
-}
-
 impl KernelSource {
     /// Mounts tracefs if needed, resolves offsets, loads and attaches all four programs.
     pub fn attach(opts: &SourceOptions) -> anyhow::Result<Self> {
@@ -178,5 +164,19 @@ impl KernelSource {
             lost_events: sum(counter::LOST_EVENTS)?,
             untracked: sum(counter::UNTRACKED)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_report_fallback_only_before_6_10() {
+        assert!(reports_error_before_close("5.15.0-91-generic"));
+        assert!(reports_error_before_close("6.9.12"));
+        assert!(!reports_error_before_close("6.10.0"));
+        assert!(!reports_error_before_close("6.18.44-fc-v782"));
+        assert!(reports_error_before_close("garbage"));
     }
 }
