@@ -339,9 +339,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 }
 
 /// A drain at least this large means a flood: see [`MODERATION`].
-const BUSY_DRAIN: usize = 32;
+const BUSY_DRAIN: usize = 8;
 /// How long the reader pauses after a busy drain (bounded added latency under load).
-const MODERATION: Duration = Duration::from_micros(250);
+const MODERATION: Duration = Duration::from_micros(500);
 
 /// How long consumers get to flush (OTLP) and say goodbye (socket clients) at exit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
