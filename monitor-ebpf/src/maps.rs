@@ -28,7 +28,7 @@ pub(crate) use conf;
 /// Outcome and early-warning records for the agent. The agent sizes it at load time
 /// (`--ring-buffer-bytes`); this is only the default.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// 1 while records written without a wake-up (batched `established` outcomes) may be
 /// waiting in `EVENTS`: the next failure then forces a wake-up instead of relying on

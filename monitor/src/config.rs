@@ -3,7 +3,7 @@
 //! ```toml
 //! [agent]
 //! output = "json"                       # or "text"; default: json unless stdout is a TTY
-//! ring_buffer_bytes = 262144
+//! ring_buffer_bytes = 1048576
 //! batch_interval = "100ms"
 //! stats_interval = "10s"
 //! wakeup_every_event = false
@@ -91,7 +91,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             output: None,
-            ring_buffer_bytes: 256 * 1024,
+            ring_buffer_bytes: 1024 * 1024,
             batch_interval: Duration::from_millis(100),
             stats_interval: Duration::from_secs(10),
             wakeup_every_event: false,
@@ -257,11 +257,11 @@ mod tests {
     fn sections_override_defaults() {
         let c = Config::parse(
             Path::new("x.toml"),
-            "[agent]\noutput = \"text\"\nring_buffer_bytes = 1048576\nstate_file = \"/tmp/s.json\"\n[policy]\nbase_ejection = \"1s\"\npool = [\"127.0.0.1:8080\"]\n",
+            "[agent]\noutput = \"text\"\nring_buffer_bytes = 2097152\nstate_file = \"/tmp/s.json\"\n[policy]\nbase_ejection = \"1s\"\npool = [\"127.0.0.1:8080\"]\n",
         )
         .unwrap();
         assert_eq!(c.agent.output, Some(OutputFormat::Text));
-        assert_eq!(c.agent.ring_buffer_bytes, 1 << 20);
+        assert_eq!(c.agent.ring_buffer_bytes, 2 << 20);
         assert_eq!(c.policy.base_ejection, Duration::from_secs(1));
         assert_eq!(c.agent.stats_interval, Duration::from_secs(10));
         c.validate().unwrap();

@@ -45,7 +45,7 @@ struct RunArgs {
     /// Output format [default: json when stdout is not a terminal, text otherwise].
     #[arg(long, value_enum)]
     output: Option<OutputFormat>,
-    /// Ring buffer size in bytes (a power of two, >= 4096) [default: 262144].
+    /// Ring buffer size in bytes (a power of two, >= 4096) [default: 1048576].
     #[arg(long)]
     ring_buffer_bytes: Option<u32>,
     /// Wake the reader for every event (default: routine `established` outcomes are batched).

@@ -21,7 +21,7 @@ fn connmon(args: &[&str]) -> (i32, String, String) {
 fn print_config_shows_file_values_overridden_by_flags() {
     let dir = scratch_dir("cfg");
     let path = dir.join("connmon.toml");
-    std::fs::write(&path, "[agent]\nring_buffer_bytes = 1048576\nstats_interval = \"30s\"\n[policy]\nbase_ejection = \"45s\"\n").unwrap();
+    std::fs::write(&path, "[agent]\nring_buffer_bytes = 2097152\nstats_interval = \"30s\"\n[policy]\nbase_ejection = \"45s\"\n").unwrap();
     let (code, out, err) = connmon(&[
         "run",
         "--config",
@@ -31,7 +31,7 @@ fn print_config_shows_file_values_overridden_by_flags() {
         "--print-config",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("ring_buffer_bytes = 1048576"), "{out}");
+    assert!(out.contains("ring_buffer_bytes = 2097152"), "{out}");
     assert!(out.contains("stats_interval = \"5s\""), "flag wins: {out}");
     assert!(out.contains("base_ejection = \"45s\""), "{out}");
     assert!(
