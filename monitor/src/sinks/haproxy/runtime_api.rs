@@ -120,25 +120,17 @@ impl RuntimeApi {
     pub async fn command(&self, line: &str) -> Result<String, ApiError> {
         let endpoint = &self.endpoint;
         let exchange = async {
+            let refused = |source| ApiError::Connect {
+                endpoint: endpoint.clone(),
+                source,
+            };
             match endpoint {
                 Endpoint::Unix(path) => {
-                    let stream =
-                        UnixStream::connect(path)
-                            .await
-                            .map_err(|source| ApiError::Connect {
-                                endpoint: endpoint.clone(),
-                                source,
-                            })?;
+                    let stream = UnixStream::connect(path).await.map_err(refused)?;
                     exchange(stream, line, endpoint).await
                 }
                 Endpoint::Tcp(addr) => {
-                    let stream =
-                        TcpStream::connect(addr)
-                            .await
-                            .map_err(|source| ApiError::Connect {
-                                endpoint: endpoint.clone(),
-                                source,
-                            })?;
+                    let stream = TcpStream::connect(addr).await.map_err(refused)?;
                     exchange(stream, line, endpoint).await
                 }
             }
