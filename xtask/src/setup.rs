@@ -5,7 +5,9 @@
 //! - a `bpf-linker` whose LLVM major equals nightly's. No Debian package ships LLVM 22,
 //!   so it is built against nightly's own `libLLVM` (its C API is exported) and cached
 //!   under `~/.cache/connmon/`, keyed by nightly's commit: a nightly update rebuilds it;
-//! - `cargo-nextest` (the test runner) and the Debian packages the integration tests use.
+//! - `cargo-nextest` (the test runner) and the Debian packages the integration tests use;
+//! - for the kernel matrix (kernels.rs): QEMU, busybox-static, kmod and virtme-ng (PyPI,
+//!   pinned) in a venv under `~/.cache/connmon/`.
 
 use std::{
     env,
@@ -69,6 +71,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {
     ensure_nextest()?;
     if !opts.no_packages {
         ensure_packages()?;
+        crate::kernels::ensure_tools()?;
     }
     Ok(Toolchain { bpf_linker_dir })
 }
@@ -233,15 +236,30 @@ pub fn ensure_debian(packages: &[(&str, &str)]) -> anyhow::Result<()> {
         "installing Debian packages for the tests: {}",
         missing.join(" ")
     ));
+    apt_install(&missing)
+}
+
+/// `apt-get update` then `apt-get install` of `packages` (waits for apt's lock).
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let apt = |args: &[&str]| {
         run_cmd(
             Command::new("apt-get")
+                .args(["-o", "DPkg::Lock::Timeout=600"])
                 .args(args)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
     };
     apt(&["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-    args.extend(&missing);
+    args.extend(packages);
     apt(&args)
+}
+
+/// `~/.cache/connmon`: the project's caches outside the repository (bpf-linker builds,
+/// the virtme-ng venv, unpacked kernels).
+pub fn cache_dir() -> PathBuf {
+    env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".cache/connmon")
 }
