@@ -165,6 +165,9 @@ pub fn connmon_bin() -> PathBuf {
         })
 }
 
+/// How long [`Agent::start`] waits for the agent to attach.
+pub const ATTACH_DEADLINE: Duration = Duration::from_secs(120);
+
 /// A running `connmon run --output json`, its stdout parsed into JSON values.
 pub struct Agent {
     child: Child,
@@ -177,7 +180,14 @@ impl Agent {
     /// Starts the agent and waits until it has attached. Unless `extra_args` name them,
     /// the agent gets a state file and a control socket of its own (never the host's).
     pub fn start(extra_args: &[&str]) -> Self {
+        Self::start_with(extra_args, |_| {})
+    }
+
+    /// [`Agent::start`], with `configure` applied to the command first (e.g. a
+    /// `pre_exec` hook that gives the agent a mount namespace of its own).
+    pub fn start_with(extra_args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
         let mut cmd = Command::new(connmon_bin());
+        configure(&mut cmd);
         cmd.args(["run", "--output", "json"]).args(extra_args);
         if !extra_args.contains(&"--config") {
             // Never the host's /etc/connmon/connmon.toml.
@@ -231,10 +241,12 @@ impl Agent {
             stderr,
             seen: Vec::new(),
         };
-        if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        // A deadline, not a goal: attaching takes ~1 s natively but far longer under
+        // QEMU emulation (the kernel matrix) on a loaded machine.
+        if ready_rx.recv_timeout(ATTACH_DEADLINE).is_err() {
             let status = agent.child.try_wait().ok().flatten();
             panic!(
-                "connmon did not attach within 20 s (exit: {status:?}); stderr:\n{}",
+                "connmon did not attach within {ATTACH_DEADLINE:?} (exit: {status:?}); stderr:\n{}",
                 agent.stderr()
             );
         }

@@ -166,7 +166,9 @@ pub fn run_matrix(
     smoke: bool,
 ) -> anyhow::Result<MatrixResult> {
     let vng = ensure_tools()?;
-    let agent = build::build_agent(toolchain, false)?;
+    // The release agent, as users run it: the debug build's BTF parsing alone takes many
+    // seconds under emulation.
+    let agent = build::build_agent(toolchain, true)?;
     let binaries = build_test_binaries(toolchain)?;
     let plan = plan_tests(&binaries, smoke)?;
     let out_root = build::workspace_root().join("target/kernels");
@@ -174,7 +176,16 @@ pub fn run_matrix(
     let mut results = Vec::new();
     for release in kernels {
         let vmlinuz = ensure_kernel(release)?;
-        let accel = *accel.get_or_insert_with(|| detect_accel(&vng, &vmlinuz, &out_root));
+        let accel = *accel.get_or_insert_with(|| {
+            let probe = Instant::now();
+            let accel = detect_accel(&vng, &vmlinuz, &out_root);
+            say(format!(
+                "KVM probe: {} ({:.0} s)",
+                if accel == Accel::Kvm { "works" } else { "does not boot a guest" },
+                probe.elapsed().as_secs_f64()
+            ));
+            accel
+        });
         say(format!(
             "kernel {release}: booting under QEMU ({}), {} test(s){}",
             accel.describe(),
@@ -377,6 +388,8 @@ fn ensure_kernel(release: &str) -> anyhow::Result<PathBuf> {
     let staging = kernel_cache().join(format!(".{release}.partial"));
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    // apt-get download drops privileges to `_apt` when it can write the directory.
+    let _ = fs::set_permissions(&staging, std::os::unix::fs::PermissionsExt::from_mode(0o777));
     let result = (|| -> anyhow::Result<()> {
         run_cmd(
             Command::new("apt-get")
@@ -446,6 +459,14 @@ fn detect_accel(vng: &Path, vmlinuz: &Path, out_root: &Path) -> Accel {
 
 fn vng_command(vng: &Path, accel: Accel, vmlinuz: &Path, rwdir: &Path, exec: &str) -> Command {
     let mut cmd = Command::new(vng);
+    // vng runs its sibling `virtme-run` from PATH.
+    let mut path = vec![vng.parent().unwrap_or(Path::new("/")).to_path_buf()];
+    if let Some(p) = std::env::var_os("PATH") {
+        path.extend(std::env::split_paths(&p));
+    }
+    if let Ok(joined) = std::env::join_paths(path) {
+        cmd.env("PATH", joined);
+    }
     cmd.arg("--run")
         .arg(vmlinuz)
         .args(["--user", "root", "--cpus", "2", "--memory", "2G"])
@@ -459,15 +480,14 @@ fn vng_command(vng: &Path, accel: Accel, vmlinuz: &Path, rwdir: &Path, exec: &st
     cmd
 }
 
-/// Runs `cmd` with its output in `log`, killing its process group after `deadline`.
+/// Runs `cmd` with its output in `log`, killing it and its descendants (QEMU) after
+/// `deadline`. It stays in xtask's process group, so Ctrl-C stops QEMU too.
 /// Returns whether it ended by itself.
 fn run_bounded(cmd: &mut Command, log: &Path, deadline: Duration) -> anyhow::Result<bool> {
-    use std::os::unix::process::CommandExt as _;
     let log_file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut child = cmd
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
-        .process_group(0)
         .spawn()
         .with_context(|| format!("starting {cmd:?}"))?;
     let start = Instant::now();
@@ -476,14 +496,39 @@ fn run_bounded(cmd: &mut Command, log: &Path, deadline: Duration) -> anyhow::Res
             return Ok(true);
         }
         if start.elapsed() > deadline {
-            let pgid = child.id() as i32;
-            // SAFETY: kill has no memory-safety preconditions; the group is the child's own.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            kill_tree(child.id());
             let _ = child.wait();
             return Ok(false);
         }
         thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// SIGKILLs `pid` and every descendant (found through /proc/*/stat), children first.
+fn kill_tree(pid: u32) {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.filter_map(Result::ok) {
+            let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            // Fields after the parenthesised command: state, ppid, ...
+            if let Ok(stat) = fs::read_to_string(entry.path().join("stat"))
+                && let Some((_, rest)) = stat.rsplit_once(')')
+                && let Some(ppid) = rest.split_whitespace().nth(1).and_then(|v| v.parse().ok())
+            {
+                parents.push((p, ppid));
+            }
+        }
+    }
+    fn visit(pid: u32, parents: &[(u32, u32)]) {
+        for &(child, _) in parents.iter().filter(|(_, pp)| *pp == pid) {
+            visit(child, parents);
+        }
+        // SAFETY: kill has no memory-safety preconditions; pid is our own descendant.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    visit(pid, &parents);
 }
 
 fn shell_quote(s: &str) -> String {
