@@ -253,6 +253,22 @@ impl Agent {
         agent
     }
 
+    /// Polls the agent's stderr until it contains `needle`; returns the stderr.
+    pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(needle) {
+                return stderr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent stderr has no {needle:?} within {timeout:?}:\n{stderr}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -13,7 +13,7 @@ fn a_full_ring_buffer_is_counted_and_reported() {
     let ns = Netns::new("lost");
     // The smallest ring buffer (one page, ~34 records) and a reader that is stopped
     // while 300 connects are refused: most records cannot be written.
-    let agent = Agent::start(&["--ring-buffer-bytes", "4096", "--stats-interval", "1s"]);
+    let mut agent = Agent::start(&["--ring-buffer-bytes", "4096", "--stats-interval", "1s"]);
     agent.signal(libc::SIGSTOP);
     let (attempts, _) = ns.run("flooder", || {
         let port = closed_port("127.0.0.1");
@@ -23,8 +23,11 @@ fn a_full_ring_buffer_is_counted_and_reported() {
     });
     assert_eq!(attempts, 300);
     agent.signal(libc::SIGCONT);
-    std::thread::sleep(Duration::from_millis(1500));
-    let stderr_before_stop = agent.stderr();
+    // Polled, not slept: a slow (emulated) CPU takes longer to drain and report.
+    let stderr_before_stop = agent.wait_for_stderr("events were lost", Duration::from_secs(60));
+    agent.wait_for("a periodic stats line with losses", Duration::from_secs(60), |l| {
+        l["type"] == "stats" && l["final"] == false && l["lost_events"].as_u64() > Some(0)
+    });
     let (ok, lines) = agent.stop();
     assert!(ok);
     let delivered = lines

@@ -14,7 +14,7 @@ use aya::{
 use monitor_common::{ProbeConfig, counter};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{btf, tracefs};
+use super::{btf, features, tracefs};
 
 /// The eBPF object built by `build.rs` (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -100,6 +100,7 @@ impl KernelSource {
             );
         }
         validate_ring_buffer_bytes(opts.ring_buffer_bytes).map_err(anyhow::Error::msg)?;
+        features::check()?;
         let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
         let mut config: ProbeConfig = tracefs::read_probe_offsets(&tracefs_path)?;
 
