@@ -44,20 +44,18 @@ pub const DEFAULT_KERNELS: &[&str] = &["6.1.0-57-amd64", "6.12.117+deb12-amd64"]
 
 /// The root integration test binaries (`tests/tests/<name>.rs`) that form the kernel
 /// matrix: the ones whose result depends on the kernel (tracepoints, BTF, tracefs, socket
-/// errors, the ring buffer). Tests that need services (HAProxy, OTLP collectors, Python
-/// clients, ...) or only exercise user-space protocol code are left to the host run, so
-/// the matrix's CI cost does not grow with the suite. Add a binary here only if it tests
-/// kernel behaviour.
-pub const MATRIX_BINARIES: &[&str] = &["outcomes", "agent", "eviction", "config"];
+/// errors, the ring buffer, the pool policy fed by them). Tests that need services
+/// (HAProxy, OTLP collectors, Python clients, ...) or only exercise user-space code
+/// (`config`, `socket`) are left to the host run, so the matrix's CI cost does not grow
+/// with the suite. Add a binary here only if it tests kernel behaviour.
+pub const MATRIX_BINARIES: &[&str] = &["outcomes", "agent", "eviction"];
 
-/// The `--smoke` subset: (binary, test name). Attach, the four outcomes' tracepoints over
-/// IPv4 and IPv6, and the tracefs/debugfs layout.
+/// The `--smoke` subset: (binary, test name). Attach, and refused (which also fires
+/// `tcp_receive_reset` and `inet_sk_error_report`) and established over IPv4 and IPv6.
 const SMOKE_TESTS: &[(&str, &str)] = &[
     ("outcomes", "refused_ipv4"),
     ("outcomes", "refused_ipv6"),
     ("outcomes", "established_with_plausible_handshake"),
-    ("outcomes", "reset_by_server_with_linger_zero"),
-    ("agent", "starts_with_tracefs_unmounted"),
 ];
 
 /// virtme-ng version installed into the project venv.
