@@ -25,9 +25,11 @@ fn a_full_ring_buffer_is_counted_and_reported() {
     agent.signal(libc::SIGCONT);
     // Polled, not slept: a slow (emulated) CPU takes longer to drain and report.
     let stderr_before_stop = agent.wait_for_stderr("events were lost", Duration::from_secs(60));
-    agent.wait_for("a periodic stats line with losses", Duration::from_secs(60), |l| {
-        l["type"] == "stats" && l["final"] == false && l["lost_events"].as_u64() > Some(0)
-    });
+    agent.wait_for(
+        "a periodic stats line with losses",
+        Duration::from_secs(60),
+        |l| l["type"] == "stats" && l["final"] == false && l["lost_events"].as_u64() > Some(0),
+    );
     let (ok, lines) = agent.stop();
     assert!(ok);
     let delivered = lines

@@ -118,7 +118,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         opts.kernels.clone()
     };
     let result = run_matrix(&toolchain, &kernels, opts.smoke)?;
-    eprintln!("kernel matrix: {} passed, {} failed", result.passed, result.failed);
+    eprintln!(
+        "kernel matrix: {} passed, {} failed",
+        result.passed, result.failed
+    );
     if result.failed > 0 {
         bail!("{} test(s) failed in the kernel matrix", result.failed);
     }
@@ -131,10 +134,9 @@ pub fn ensure_tools() -> anyhow::Result<PathBuf> {
     setup::ensure_debian(PACKAGES)?;
     let venv = setup::cache_dir().join(format!("virtme-ng-{VIRTME_NG}"));
     let vng = venv.join("bin/vng");
-    let works = Command::new(&vng)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(VIRTME_NG));
+    let works = Command::new(&vng).arg("--version").output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(VIRTME_NG)
+    });
     if works {
         return Ok(vng);
     }
@@ -179,7 +181,11 @@ pub fn run_matrix(
             let accel = detect_accel(&vng, &vmlinuz, &out_root);
             say(format!(
                 "KVM probe: {} ({:.0} s)",
-                if accel == Accel::Kvm { "works" } else { "does not boot a guest" },
+                if accel == Accel::Kvm {
+                    "works"
+                } else {
+                    "does not boot a guest"
+                },
                 probe.elapsed().as_secs_f64()
             ));
             accel
@@ -191,7 +197,9 @@ pub fn run_matrix(
             if smoke { " (smoke)" } else { "" }
         ));
         let started = Instant::now();
-        let result = run_kernel(&vng, accel, release, &vmlinuz, &agent, &plan, &out_root, smoke)?;
+        let result = run_kernel(
+            &vng, accel, release, &vmlinuz, &agent, &plan, &out_root, smoke,
+        )?;
         say(format!(
             "kernel {release}: guest finished in {:.0} s",
             started.elapsed().as_secs_f64()
@@ -205,7 +213,10 @@ pub fn run_matrix(
             r.release,
             r.passed.len(),
             r.failed.len(),
-            r.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+            r.note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
         );
         for (name, why) in &r.failed {
             eprintln!("    FAILED {name}");
@@ -387,7 +398,10 @@ fn ensure_kernel(release: &str) -> anyhow::Result<PathBuf> {
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     // apt-get download drops privileges to `_apt` when it can write the directory.
-    let _ = fs::set_permissions(&staging, std::os::unix::fs::PermissionsExt::from_mode(0o777));
+    let _ = fs::set_permissions(
+        &staging,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    );
     let result = (|| -> anyhow::Result<()> {
         run_cmd(
             Command::new("apt-get")
@@ -405,7 +419,8 @@ fn ensure_kernel(release: &str) -> anyhow::Result<PathBuf> {
             bail!("{package} has no boot/vmlinuz-{release}");
         }
         let _ = fs::remove_dir_all(&dir);
-        fs::rename(&tree, &dir).with_context(|| format!("moving the kernel to {}", dir.display()))?;
+        fs::rename(&tree, &dir)
+            .with_context(|| format!("moving the kernel to {}", dir.display()))?;
         Ok(())
     })();
     let _ = fs::remove_dir_all(&staging);
@@ -507,7 +522,11 @@ fn kill_tree(pid: u32) {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.filter_map(Result::ok) {
-            let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             // Fields after the parenthesised command: state, ppid, ...
@@ -536,15 +555,14 @@ fn shell_quote(s: &str) -> String {
 /// The script the guest runs: each test on its own, its status and log into `out`.
 fn guest_script(plan: &[PlannedTest], agent: &Path, out: &Path) -> String {
     let q = |p: &Path| shell_quote(&p.display().to_string());
-    let mut s = String::from("#!/bin/bash\n# Written by `cargo xtask kernels`; runs inside the guest.\nset -u\n");
+    let mut s = String::from(
+        "#!/bin/bash\n# Written by `cargo xtask kernels`; runs inside the guest.\nset -u\n",
+    );
     s += &format!("OUT={}\n", q(out));
     s += "uname -r > \"$OUT/uname\"\n";
     s += &format!("export CONNMON_BIN={}\n", q(agent));
     s += "export RUST_BACKTRACE=1 CONNMON_KERNEL_MATRIX=1\n";
-    s += &format!(
-        "cd {}\n",
-        q(&build::workspace_root().join("tests"))
-    );
+    s += &format!("cd {}\n", q(&build::workspace_root().join("tests")));
     for t in plan {
         s += &format!(
             "echo {id} > \"$OUT/current\"\ntimeout -k 10 {secs} {exe} --exact {test} --test-threads=1 > \"$OUT/{stem}.log\" 2>&1\necho $? > \"$OUT/{stem}.rc\"\n",
@@ -559,7 +577,10 @@ fn guest_script(plan: &[PlannedTest], agent: &Path, out: &Path) -> String {
     s
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 fn run_kernel(
     vng: &Path,
     accel: Accel,
@@ -595,7 +616,9 @@ fn run_kernel(
         note = Some(format!(
             "guest killed after {} s, during {}",
             deadline.as_secs(),
-            fs::read_to_string(out.join("current")).unwrap_or_default().trim()
+            fs::read_to_string(out.join("current"))
+                .unwrap_or_default()
+                .trim()
         ));
     } else if let Ok(seen) = fs::read_to_string(out.join("uname"))
         && seen.trim() != release
@@ -667,7 +690,10 @@ mod tests {
             s.contains("'/t/outcomes-abc' --exact 'refused_ipv4' --test-threads=1 > \"$OUT/outcomes.refused_ipv4.log\""),
             "{s}"
         );
-        assert!(s.contains("echo $? > \"$OUT/outcomes.refused_ipv4.rc\""), "{s}");
+        assert!(
+            s.contains("echo $? > \"$OUT/outcomes.refused_ipv4.rc\""),
+            "{s}"
+        );
         assert!(s.contains("export CONNMON_BIN='/t/connmon'"), "{s}");
     }
 

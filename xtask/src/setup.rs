@@ -310,7 +310,10 @@ mod tests {
     #[test]
     fn reads_the_pinned_nightly_from_the_manifest() {
         let manifest = "[workspace]\nnightly = \"x\"\n[workspace.metadata.connmon]\n# comment\nnightly = \"nightly-2026-05-20\"\n[workspace.dependencies]\n";
-        assert_eq!(parse_pinned_nightly(manifest).as_deref(), Some("nightly-2026-05-20"));
+        assert_eq!(
+            parse_pinned_nightly(manifest).as_deref(),
+            Some("nightly-2026-05-20")
+        );
         assert_eq!(parse_pinned_nightly("[workspace]\n"), None);
         assert!(
             pinned_nightly().is_ok_and(|n| n.starts_with("nightly-20")),

@@ -166,11 +166,19 @@ mod tests {
     fn reads_nextest_summaries() {
         assert_eq!(
             parse_summary("     Summary [  12.3s] 10 tests run: 9 passed, 1 failed, 2 skipped"),
-            Some(Counts { passed: 9, failed: 1 })
+            Some(Counts {
+                passed: 9,
+                failed: 1
+            })
         );
         assert_eq!(
-            parse_summary("     Summary [ 100.0s] 5 tests run: 3 passed (1 slow), 1 failed, 1 timed out, 0 skipped"),
-            Some(Counts { passed: 3, failed: 2 })
+            parse_summary(
+                "     Summary [ 100.0s] 5 tests run: 3 passed (1 slow), 1 failed, 1 timed out, 0 skipped"
+            ),
+            Some(Counts {
+                passed: 3,
+                failed: 2
+            })
         );
         assert_eq!(parse_summary("        PASS [   1.0s] x"), None);
     }

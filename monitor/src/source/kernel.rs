@@ -128,7 +128,8 @@ impl KernelSource {
         } else {
             std::fs::read_to_string("/proc/kallsyms").ok()
         };
-        let error_fallback = reports_error_before_close(done_with_error_in_btf, kallsyms.as_deref());
+        let error_fallback =
+            reports_error_before_close(done_with_error_in_btf, kallsyms.as_deref());
         config.error_fallback = u32::from(error_fallback);
 
         let mut ebpf = EbpfLoader::new()
