@@ -229,10 +229,12 @@ impl Agent {
         thread::spawn(move || {
             for line in BufReader::new(err_pipe).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("attached to") {
+                let attached = line.contains("attached to");
+                // Stored before signalling, so `stderr()` right after `start` has the line.
+                sink.lock().expect("stderr lock").push_str(&(line + "\n"));
+                if attached {
                     let _ = ready_tx.send(());
                 }
-                sink.lock().expect("stderr lock").push_str(&(line + "\n"));
             }
         });
         let mut agent = Agent {

@@ -250,9 +250,7 @@ fn an_ejection_survives_a_restart() {
             .unwrap();
     assert!(saved.to_string().contains(&closed.to_string()), "{saved}");
 
-    // A term restarted when the second agent loads the state would end at least
-    // `restart_gap` later than the kept one; how long a restart takes depends on the CPU,
-    // so it is measured rather than assumed.
+    // How long the restart takes depends on the CPU, so it is measured, not assumed.
     let restart_gap = evicted_at.elapsed().as_millis() as u64;
     let mut second = Agent::start(&["--config", &config, "--state-file", &state_arg]);
     assert!(
@@ -264,8 +262,10 @@ fn an_ejection_survives_a_restart() {
         v["type"] == "reinstate" && v["dst"] == closed.to_string()
     });
     let ejected_ms = reinstate["ejected_ms"].as_u64().unwrap();
+    // Reinstatement runs on a ~1 s tick (up to 5 000 ms natively); a term restarted at
+    // the restart would be at least `restart_gap` later still.
     assert!(
-        (3900..4000 + restart_gap).contains(&ejected_ms),
+        (3900..5000 + restart_gap).contains(&ejected_ms),
         "the restored ejection kept its term (restart took {restart_gap} ms): {reinstate}"
     );
     let (_, lines) = second.stop();

@@ -397,16 +397,12 @@ fn ensure_kernel(release: &str) -> anyhow::Result<PathBuf> {
     let staging = kernel_cache().join(format!(".{release}.partial"));
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    // apt-get download drops privileges to `_apt` when it can write the directory.
-    let _ = fs::set_permissions(
-        &staging,
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    );
     let result = (|| -> anyhow::Result<()> {
         run_cmd(
             Command::new("apt-get")
                 .current_dir(&staging)
-                .args(["download", "-q", &package]),
+                // The cache is under root's home, which apt's `_apt` user cannot enter.
+                .args(["-o", "APT::Sandbox::User=root", "download", "-q", &package]),
         )?;
         let deb = fs::read_dir(&staging)?
             .filter_map(Result::ok)
