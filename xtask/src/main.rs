@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod kernels;
 mod run;
 mod setup;
 mod test;
@@ -29,6 +30,9 @@ enum Command {
     Run(run::Options),
     /// Set up, build and run every test, including the root eBPF integration tests.
     Test(test::Options),
+    /// Run the kernel-facing root integration tests inside other kernels (Debian 6.1 and
+    /// 6.12 by default) under QEMU with virtme-ng: `cargo xtask kernels --smoke`.
+    Kernels(kernels::Options),
     /// Measure overhead, throughput, detection latency, memory and start-up (BENCHMARKS.md).
     Bench(bench::Options),
 }
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Kernels(opts) => kernels::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -108,6 +108,15 @@ impl KernelBtf {
         None
     }
 
+    /// Whether the kernel has a (non-inlined) function `name`: BTF describes every
+    /// function the kernel keeps as a symbol, whatever the version number says
+    /// (distributions backport).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+    }
+
     /// Resolves everything the programs need. `sk_err` is required; the network
     /// namespace is optional (a kernel without CONFIG_NET_NS has no `skc_net.net`).
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {

@@ -3,5 +3,6 @@
 
 pub mod btf;
 pub mod event;
+pub mod features;
 pub mod kernel;
 pub mod tracefs;
