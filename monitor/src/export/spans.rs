@@ -328,7 +328,7 @@ impl ConnectSpans {
     /// An eviction: a span from its trigger to its emission, linked to the trigger's connect.
     pub fn on_evict(&mut self, e: &Eviction) {
         let now = SystemTime::now();
-        let (start, end) = match (e.trigger, e.detect_us) {
+        let (start, end) = match (&e.trigger, e.detect_us) {
             (Some(t), Some(us)) => {
                 let start = self.wall(t.ktime_ns);
                 (start, start + Duration::from_micros(us))

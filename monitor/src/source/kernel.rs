@@ -34,6 +34,8 @@ pub struct SourceInfo {
     pub tracefs: PathBuf,
     pub mounted_tracefs: bool,
     pub netns_resolved: bool,
+    /// The owner of each socket's network namespace is read (`net->user_ns->level`).
+    pub netns_owner_resolved: bool,
 }
 
 /// The attached programs and the maps the agent reads.
@@ -112,6 +114,21 @@ impl KernelSource {
                 false
             }
         };
+        let netns_owner_resolved = match (kernel.net_user_ns, kernel.user_ns_level) {
+            (Some(user_ns), Some(level)) if netns_resolved => {
+                config.net_user_ns = user_ns;
+                config.user_ns_level = level;
+                config.has_netns_owner = 1;
+                true
+            }
+            _ => {
+                tracing::warn!(
+                    "kernel BTF lacks net.user_ns or user_namespace.level: namespace ownership is unknown, \
+                     so only connects from connmon's own network namespace count as evidence under trust = \"rootful\""
+                );
+                false
+            }
+        };
         config.wakeup_established = u32::from(opts.wakeup_every_event);
         config.error_fallback = u32::from(reports_error_before_close(&kernel_release()));
 
@@ -152,6 +169,7 @@ impl KernelSource {
                 tracefs: tracefs_path,
                 mounted_tracefs: mounted,
                 netns_resolved,
+                netns_owner_resolved,
             },
         })
     }
