@@ -440,8 +440,10 @@ fn collector_away_at_start_then_back_with_bounded_memory() {
     );
     let url = format!("http://127.0.0.1:{port}");
     let mut agent = start_agent(&["--config", &cfg, "--otlp-endpoint", &url]);
+    // The namespace's veth address, not its loopback: another namespace's loopback is
+    // always a target, and the metrics below count candidates (role=proxy).
     let (flood_dst, _) = ns.run("setup", || -> SocketAddr {
-        format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+        format!("{LOCAL_V4}:{}", closed_port(LOCAL_V4))
             .parse()
             .unwrap()
     });
@@ -537,7 +539,7 @@ fn shutdown_flushes_queued_spans_within_the_time_limit() {
     let url = receiver.http_url();
     let mut agent = start_agent(&["--config", &cfg, "--otlp-endpoint", &url]);
     let (dst, _) = ns.run("otlpexit", || {
-        let dst: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+        let dst: SocketAddr = format!("{LOCAL_V4}:{}", closed_port(LOCAL_V4))
             .parse()
             .unwrap();
         TcpStream::connect(dst).unwrap_err();
