@@ -181,7 +181,8 @@ pub struct ProbeConfig {
     pub error_fallback: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 4 * (7 * 4 + 4 + 1 + 2 + 2 + 4 + 3 + 2));
+const _: () =
+    assert!(core::mem::size_of::<ProbeConfig>() == 4 * (7 * 4 + 4 + 1 + 2 + 2 + 4 + 3 + 2));
 
 /// Index of the counters in the per-CPU `COUNTERS` array.
 pub mod counter {

@@ -61,8 +61,9 @@ pub fn netns_of(skaddr: u64) -> (u32, u32) {
         return (0, u32::from(netns_owner::UNKNOWN));
     }
     // SAFETY: as above.
-    let inum = unsafe { bpf_probe_read_kernel((net + u64::from(conf!(net_ns_inum))) as *const u32) }
-        .unwrap_or(0);
+    let inum =
+        unsafe { bpf_probe_read_kernel((net + u64::from(conf!(net_ns_inum))) as *const u32) }
+            .unwrap_or(0);
     (inum, u32::from(owner_of(net)))
 }
 
@@ -73,7 +74,8 @@ fn owner_of(net: u64) -> u16 {
         return netns_owner::UNKNOWN;
     }
     // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
-    let user_ns = unsafe { bpf_probe_read_kernel((net + u64::from(conf!(net_user_ns))) as *const u64) };
+    let user_ns =
+        unsafe { bpf_probe_read_kernel((net + u64::from(conf!(net_user_ns))) as *const u64) };
     let Ok(user_ns) = user_ns else {
         return netns_owner::UNKNOWN;
     };
@@ -81,7 +83,9 @@ fn owner_of(net: u64) -> u16 {
         return netns_owner::UNKNOWN;
     }
     // SAFETY: as above.
-    match unsafe { bpf_probe_read_kernel((user_ns + u64::from(conf!(user_ns_level))) as *const i32) } {
+    match unsafe {
+        bpf_probe_read_kernel((user_ns + u64::from(conf!(user_ns_level))) as *const i32)
+    } {
         Ok(0) => netns_owner::INITIAL,
         Ok(_) => netns_owner::CHILD,
         Err(_) => netns_owner::UNKNOWN,

@@ -25,16 +25,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use connmon_integration::{
-    Agent, LOCAL_V4, Netns, closed_port, require_root, scratch_dir, sh,
-};
+use connmon_integration::{Agent, LOCAL_V4, Netns, closed_port, require_root, scratch_dir, sh};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(8);
 
 /// Guards, opened wide: the agent sees every connect on the host, and failures of
 /// anything else running at the same time must not hold back this test's evictions.
-const OPEN_GUARDS: &str = "jitter = 0.0\nmax_ejection_percent = 100\noutage_min_destinations = 100000\n";
+const OPEN_GUARDS: &str =
+    "jitter = 0.0\nmax_ejection_percent = 100\noutage_min_destinations = 100000\n";
 
 fn evictions_of<'a>(lines: &'a [Value], dst: &str) -> Vec<&'a Value> {
     lines
@@ -197,7 +196,16 @@ fn an_unprivileged_users_namespace_evicts_nothing_and_leaves_haproxy_alone() {
         .collect();
     // The control below: the first member's address refuses inside the root-created
     // namespace too.
-    sh(&["ip", "-n", &ns.name, "addr", "add", "10.200.0.10/32", "dev", "lo"]);
+    sh(&[
+        "ip",
+        "-n",
+        &ns.name,
+        "addr",
+        "add",
+        "10.200.0.10/32",
+        "dev",
+        "lo",
+    ]);
     let dir = scratch_dir("trust");
     let servers: Vec<(String, SocketAddr)> = members
         .iter()
@@ -225,7 +233,10 @@ fn an_unprivileged_users_namespace_evicts_nothing_and_leaves_haproxy_alone() {
         v["type"] == "connect" && v["netns"] == private && v["dst"] == members[3].to_string()
     });
     assert_eq!(refused["trusted"], false, "{refused}");
-    assert_eq!(refused["role"], "proxy", "it is a pool member's address: {refused}");
+    assert_eq!(
+        refused["role"], "proxy",
+        "it is a pool member's address: {refused}"
+    );
     assert_eq!(refused["outcome"], "refused");
     // Give any (wrong) decision time to appear and reach HAProxy.
     let lines = agent.collect_for(Duration::from_secs(2)).to_vec();
@@ -261,7 +272,11 @@ fn an_unprivileged_users_namespace_evicts_nothing_and_leaves_haproxy_alone() {
     });
     assert_eq!(evict["trigger"]["netns"], ns.inode, "{evict}");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !haproxy.admin_states().iter().any(|(n, s)| n == "s0" && s & 1 != 0) {
+    while !haproxy
+        .admin_states()
+        .iter()
+        .any(|(n, s)| n == "s0" && s & 1 != 0)
+    {
         assert!(
             Instant::now() < deadline,
             "s0 not in MAINT: {:?}\n{}",
@@ -274,7 +289,9 @@ fn an_unprivileged_users_namespace_evicts_nothing_and_leaves_haproxy_alone() {
     assert!(ok);
     let trusted = lines
         .iter()
-        .find(|l| l["type"] == "connect" && l["netns"] == ns.inode && l["dst"] == member.to_string())
+        .find(|l| {
+            l["type"] == "connect" && l["netns"] == ns.inode && l["dst"] == member.to_string()
+        })
         .expect("the control connect");
     assert_eq!(trusted["trusted"], true, "{trusted}");
 }
@@ -304,7 +321,10 @@ fn a_namespace_refusing_its_own_loopback_never_evicts_the_hosts_member() {
     let trap = agent.wait_for("localhost_trap", WAIT, |v| {
         v["type"] == "diagnosis" && v["kind"] == "localhost_trap" && v["dst"] == member.to_string()
     });
-    assert_eq!((&trap["netns"], &trap["pid"]), (&ns.inode.into(), &tid.into()));
+    assert_eq!(
+        (&trap["netns"], &trap["pid"]),
+        (&ns.inode.into(), &tid.into())
+    );
     assert_eq!(trap["trusted"], true, "a root-created namespace: {trap}");
     // The host's member still answers, and nothing of the namespace's refusals counts.
     TcpStream::connect(member).expect("the host's member listens");
@@ -315,11 +335,15 @@ fn a_namespace_refusing_its_own_loopback_never_evicts_the_hosts_member() {
     );
     let connects: Vec<&Value> = lines
         .iter()
-        .filter(|l| l["type"] == "connect" && l["netns"] == ns.inode && l["dst"] == member.to_string())
+        .filter(|l| {
+            l["type"] == "connect" && l["netns"] == ns.inode && l["dst"] == member.to_string()
+        })
         .collect();
     assert_eq!(connects.len(), 3);
     assert!(
-        connects.iter().all(|c| c["role"] == "target" && c["trusted"] == true),
+        connects
+            .iter()
+            .all(|c| c["role"] == "target" && c["trusted"] == true),
         "another namespace's loopback is its own destination: {connects:?}"
     );
 
@@ -329,7 +353,10 @@ fn a_namespace_refusing_its_own_loopback_never_evicts_the_hosts_member() {
     let evict = agent.wait_for("evict of the host's member", WAIT, |v| {
         v["type"] == "evict" && v["dst"] == member.to_string()
     });
-    assert!(evict.get("netns").is_none(), "the host's own destination: {evict}");
+    assert!(
+        evict.get("netns").is_none(),
+        "the host's own destination: {evict}"
+    );
     assert_eq!(evict["role"], "proxy");
     let (ok, lines) = agent.stop();
     assert!(ok);
@@ -397,8 +424,11 @@ fn allow_lists_cgroup_attribution_and_a_reloaded_scope() {
     let dir = scratch_dir("allow");
     let config = dir.join("connmon.toml");
     let write_scope = |scope: &str| {
-        std::fs::write(&config, format!("[policy]\n{OPEN_GUARDS}\n[policy.evidence]\n{scope}"))
-            .expect("config");
+        std::fs::write(
+            &config,
+            format!("[policy]\n{OPEN_GUARDS}\n[policy.evidence]\n{scope}"),
+        )
+        .expect("config");
     };
     write_scope(&format!(
         "netns = [\"{}\"]\ncgroups = [\"{parent}\"]\n",
@@ -465,7 +495,11 @@ fn allow_lists_cgroup_attribution_and_a_reloaded_scope() {
     // A reload naming a namespace that does not exist keeps the scope in force.
     write_scope("netns = [\"/run/netns/connmon-no-such-namespace\"]\n");
     agent.signal(libc::SIGHUP);
-    wait_for_log(&agent, "keeping the current evidence scope", Duration::from_secs(5));
+    wait_for_log(
+        &agent,
+        "keeping the current evidence scope",
+        Duration::from_secs(5),
+    );
     let f = port(&other);
     refuse_from(&other, f);
     agent.wait_for("evict under the kept scope", WAIT, |v| {
@@ -503,7 +537,9 @@ fn an_invalid_evidence_section_stops_the_agent_with_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("policy.evidence.netns[0] = \"/run/netns/connmon-no-such-namespace\": cannot open it"),
+        stderr.contains(
+            "policy.evidence.netns[0] = \"/run/netns/connmon-no-such-namespace\": cannot open it"
+        ),
         "{stderr}"
     );
 }

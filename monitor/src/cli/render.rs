@@ -256,8 +256,10 @@ mod tests {
 
     #[test]
     fn pretty_lines_name_the_container_and_untrusted_connects() {
-        let line = pretty(&json!({"type": "connect", "outcome": "refused", "dst": "10.0.0.1:80", "netns": 5,
-            "container": "0123456789abcdef0123", "trusted": false}));
+        let line = pretty(
+            &json!({"type": "connect", "outcome": "refused", "dst": "10.0.0.1:80", "netns": 5,
+            "container": "0123456789abcdef0123", "trusted": false}),
+        );
         assert!(
             line.contains("10.0.0.1:80 ") && !line.contains("netns:5"),
             "{line}"

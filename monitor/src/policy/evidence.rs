@@ -312,7 +312,11 @@ mod tests {
         ));
         assert!(s.trusts(&who(DOCKER, NetnsOwner::Initial, None)));
         assert!(
-            !s.trusts(&who(HOST, NetnsOwner::Initial, Some("/user.slice/session-1.scope"))),
+            !s.trusts(&who(
+                HOST,
+                NetnsOwner::Initial,
+                Some("/user.slice/session-1.scope")
+            )),
             "the host itself is not listed"
         );
         assert!(s.trusts(&who(
@@ -346,7 +350,10 @@ mod tests {
             )),
             "a list never admits an untrusted owner"
         );
-        assert!(!s.trusts(&who(HOST, NetnsOwner::Initial, None)), "unresolved cgroup");
+        assert!(
+            !s.trusts(&who(HOST, NetnsOwner::Initial, None)),
+            "unresolved cgroup"
+        );
     }
 
     #[test]
@@ -366,11 +373,14 @@ mod tests {
         assert_eq!(s.netns(), &[own]);
 
         let config = |text: &str| toml::from_str::<EvidenceConfig>(text).unwrap();
-        let err = EvidenceScope::from_config(&config(r#"netns = ["/run/netns/no-such-ns-x"]"#), HOST)
-            .unwrap_err()
-            .to_string();
+        let err =
+            EvidenceScope::from_config(&config(r#"netns = ["/run/netns/no-such-ns-x"]"#), HOST)
+                .unwrap_err()
+                .to_string();
         assert!(
-            err.starts_with(r#"policy.evidence.netns[0] = "/run/netns/no-such-ns-x": cannot open it"#),
+            err.starts_with(
+                r#"policy.evidence.netns[0] = "/run/netns/no-such-ns-x": cannot open it"#
+            ),
             "{err}"
         );
         let err = EvidenceScope::from_config(&config(r#"netns = ["/proc/self/ns/uts"]"#), HOST)
@@ -380,7 +390,10 @@ mod tests {
         let err = EvidenceScope::from_config(&config("netns = [0]"), HOST)
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("policy.evidence.netns[0] = 0: must be"), "{err}");
+        assert!(
+            err.starts_with("policy.evidence.netns[0] = 0: must be"),
+            "{err}"
+        );
         let err = EvidenceScope::from_config(&config(r#"cgroups = ["system.slice"]"#), HOST)
             .unwrap_err()
             .to_string();

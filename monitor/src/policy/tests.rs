@@ -133,7 +133,10 @@ fn first_refused_connect_ejects_a_proxy() {
     );
     assert_eq!(e.ejection.count, 1);
     assert!((30_000..=33_000).contains(&e.ejection.duration_ms));
-    assert_eq!(e.trigger.as_ref().map(|t| (t.ktime_ns, t.pid)), Some((BOOT, 4242)));
+    assert_eq!(
+        e.trigger.as_ref().map(|t| (t.ktime_ns, t.pid)),
+        Some((BOOT, 4242))
+    );
     assert!(
         feed(&mut p, dst(44), Outcome::Refused, BOOT + SEC).is_empty(),
         "already ejected"
@@ -961,8 +964,10 @@ fn snapshot_reports_statistics_and_standing() {
 /// namespace) with a pool member's address on its loopback. Reported, never evidence.
 #[test]
 fn connects_from_a_rootless_namespace_move_nothing() {
-    let pool = PoolMembership::parse("198.51.100.1:8080\n198.51.100.2:8080\n198.51.100.3:8080\n198.51.100.4:8080")
-        .expect("pool");
+    let pool = PoolMembership::parse(
+        "198.51.100.1:8080\n198.51.100.2:8080\n198.51.100.3:8080\n198.51.100.4:8080",
+    )
+    .expect("pool");
     let mut p = engine_with_pool(PolicyConfig::default(), pool);
     let mut out = Vec::new();
     for (i, last) in [1u8, 2, 3, 4, 1, 2, 3, 4, 5, 6].into_iter().enumerate() {
@@ -980,7 +985,11 @@ fn connects_from_a_rootless_namespace_move_nothing() {
     assert_eq!(p.table().len(), 0, "untrusted connects leave no evidence");
     assert_eq!(p.snapshot(BOOT + SEC).untrusted_events, 20);
 
-    let mut rec = connect("127.0.0.1:8080".parse().expect("addr"), Outcome::Refused, BOOT);
+    let mut rec = connect(
+        "127.0.0.1:8080".parse().expect("addr"),
+        Outcome::Refused,
+        BOOT,
+    );
     rec.who.netns = 4_026_533_000;
     rec.who.netns_owner = NetnsOwner::Child;
     p.on_connect(&rec, BOOT, &mut out);
@@ -1005,7 +1014,11 @@ fn connects_from_a_rootless_namespace_move_nothing() {
     rec.who.netns = 4_026_533_000;
     let mut out = Vec::new();
     p.on_connect(&rec, BOOT, &mut out);
-    assert_eq!(evictions(&out).len(), 1, "trust = \"all\" is the old behaviour");
+    assert_eq!(
+        evictions(&out).len(),
+        1,
+        "trust = \"all\" is the old behaviour"
+    );
 }
 
 /// A root-created namespace refusing its own 127.0.0.1:P while the host's listens: a
@@ -1035,8 +1048,15 @@ fn another_namespaces_loopback_is_its_own_destination() {
         netns: Some(container),
     };
     assert_eq!(p.table().get(theirs).map(Destination::attempts), Some(5));
-    assert!(p.table().get(member).is_none(), "the host's member saw nothing");
-    assert_eq!(p.role(&theirs), Role::Target, "no pool controller can reach it");
+    assert!(
+        p.table().get(member).is_none(),
+        "the host's member saw nothing"
+    );
+    assert_eq!(
+        p.role(&theirs),
+        Role::Target,
+        "no pool controller can reach it"
+    );
     let snapshot = p.snapshot(BOOT + 6 * SEC);
     let view = &snapshot.destinations[0];
     assert_eq!((view.dst, view.netns), (member, Some(container)));
@@ -1044,7 +1064,11 @@ fn another_namespaces_loopback_is_its_own_destination() {
     assert_eq!(v["netns"], container);
 
     let e = only_eviction(&feed(&mut p, member, Outcome::Refused, BOOT + 7 * SEC)).clone();
-    assert_eq!((e.dst, e.netns), (member, None), "the host's own refusal evicts as before");
+    assert_eq!(
+        (e.dst, e.netns),
+        (member, None),
+        "the host's own refusal evicts as before"
+    );
     let json = serde_json::to_value(&e).expect("json");
     assert!(json.get("netns").is_none(), "{json}");
 
@@ -1085,7 +1109,9 @@ fn allow_lists_limit_who_moves_verdicts() {
     let mut out = Vec::new();
     let mut rec = connect(dst(1), Outcome::Refused, BOOT);
     rec.who.cgroup = Some(std::sync::Arc::new(
-        crate::source::cgroup::CgroupOrigin::from_path("/user.slice/user-1000.slice/session-2.scope"),
+        crate::source::cgroup::CgroupOrigin::from_path(
+            "/user.slice/user-1000.slice/session-2.scope",
+        ),
     ));
     p.on_connect(&rec, BOOT, &mut out);
     assert!(out.is_empty(), "an unlisted cgroup in the host namespace");
@@ -1125,7 +1151,10 @@ fn namespace_local_ejections_survive_a_restart_with_their_namespace() {
     assert_eq!(evictions(&out).len(), 1);
     p.save_state(&path, BOOT).expect("saved");
     let text = std::fs::read_to_string(&path).expect("read");
-    assert!(text.contains(r#""netns": 4026532777"#) || text.contains(r#""netns":4026532777"#), "{text}");
+    assert!(
+        text.contains(r#""netns": 4026532777"#) || text.contains(r#""netns":4026532777"#),
+        "{text}"
+    );
 
     let mut q = engine(config);
     let mut out = Vec::new();
@@ -1135,7 +1164,11 @@ fn namespace_local_ejections_survive_a_restart_with_their_namespace() {
         addr: member,
         netns: Some(4_026_532_777),
     };
-    assert!(q.table().get(key).is_some_and(|d| d.annotation.ejected.is_some()));
+    assert!(
+        q.table()
+            .get(key)
+            .is_some_and(|d| d.annotation.ejected.is_some())
+    );
     assert!(q.table().get(member).is_none());
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -263,7 +263,10 @@ mod tests {
         let id = "ab".repeat(32);
         assert_eq!(v["cgroup"], format!("/system.slice/docker-{id}.scope"));
         assert_eq!(v["container"], id);
-        assert!(v.get("pod_uid").is_none(), "absent when the path names no pod");
+        assert!(
+            v.get("pod_uid").is_none(),
+            "absent when the path names no pod"
+        );
         assert_eq!(v["trusted"], false);
     }
 

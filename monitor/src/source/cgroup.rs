@@ -222,9 +222,7 @@ impl CgroupResolver {
                 match path_of(hierarchy, cgroup_id) {
                     Ok(path) => Some(Arc::new(CgroupOrigin::from_path(&path))),
                     // Gone (ESTALE/ENOENT) is a final answer: ids are never reused.
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => {
-                        None
-                    }
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => None,
                     Err(_) => return None,
                 }
             }
@@ -332,8 +330,11 @@ mod tests {
             Some(uid)
         );
         assert_eq!(
-            pod_uid(&format!("/kubepods.slice/kubepods-pod{}.slice", uid.replace('-', "_")))
-                .as_deref(),
+            pod_uid(&format!(
+                "/kubepods.slice/kubepods-pod{}.slice",
+                uid.replace('-', "_")
+            ))
+            .as_deref(),
             Some(uid),
             "guaranteed QoS pods sit directly under kubepods.slice"
         );
@@ -354,13 +355,19 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let unified = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n";
-        assert_eq!(cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let escaped = "35 24 0:30 / /mnt/my\\040cgroups rw - cgroup2 none rw\n";
         assert_eq!(
             cgroup2_mount(escaped),
             Some(PathBuf::from("/mnt/my cgroups"))
         );
-        assert_eq!(cgroup2_mount("31 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n"), None);
+        assert_eq!(
+            cgroup2_mount("31 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n"),
+            None
+        );
     }
 
     #[test]

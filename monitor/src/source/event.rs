@@ -449,7 +449,10 @@ mod tests {
         assert_eq!(c.duration_us(), 57);
         assert_eq!(c.errno, 111);
         assert_eq!(c.who.netns_owner, NetnsOwner::Child);
-        assert!(!c.who.trusted, "trust is decided by the policy, never by decoding");
+        assert!(
+            !c.who.trusted,
+            "trust is decided by the policy, never by decoding"
+        );
     }
 
     #[test]

@@ -98,9 +98,18 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
         let routable: SocketAddr = "198.51.100.7:8080".parse().unwrap();
         assert_eq!(DestinationKey::of(lo, HOST, HOST), DestinationKey::host(lo));
-        assert_eq!(DestinationKey::of(lo, CONTAINER, HOST).netns, Some(CONTAINER));
-        assert_eq!(DestinationKey::of(lo6, CONTAINER, HOST).netns, Some(CONTAINER));
-        assert_eq!(DestinationKey::of(any, CONTAINER, HOST).netns, Some(CONTAINER));
+        assert_eq!(
+            DestinationKey::of(lo, CONTAINER, HOST).netns,
+            Some(CONTAINER)
+        );
+        assert_eq!(
+            DestinationKey::of(lo6, CONTAINER, HOST).netns,
+            Some(CONTAINER)
+        );
+        assert_eq!(
+            DestinationKey::of(any, CONTAINER, HOST).netns,
+            Some(CONTAINER)
+        );
         assert_eq!(
             DestinationKey::of(routable, CONTAINER, HOST),
             DestinationKey::host(routable),
