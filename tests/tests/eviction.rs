@@ -8,7 +8,7 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, BLACKHOLE_V4, Netns, closed_port, is_connect, require_root, scratch_dir,
+    Agent, BLACKHOLE_V4, LOCAL_V4, Netns, closed_port, is_connect, require_root, scratch_dir,
 };
 use serde_json::Value;
 
@@ -29,10 +29,13 @@ fn decisions<'a>(lines: &'a [Value], kind: &str, dst: &str) -> Vec<&'a Value> {
 }
 
 /// An open listener (kept alive by the returned value) and a closed port, in `ns`.
+///
+/// They listen on the namespace's own veth address, not its loopback: another
+/// namespace's loopback is a destination of that namespace alone, never a pool member.
 fn open_and_closed(ns: &Netns) -> (TcpListener, SocketAddr, SocketAddr) {
     let ((listener, closed), _) = ns.run("setup", || {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let closed: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+        let l = TcpListener::bind((LOCAL_V4, 0)).unwrap();
+        let closed: SocketAddr = format!("{LOCAL_V4}:{}", closed_port(LOCAL_V4))
             .parse()
             .unwrap();
         (l, closed)

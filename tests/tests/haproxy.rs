@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use connmon_integration::{Agent, BLACKHOLE_V4, Netns, closed_port, require_root, scratch_dir};
+use connmon_integration::{
+    Agent, BLACKHOLE_V4, LOCAL_V4, Netns, closed_port, require_root, scratch_dir,
+};
 use serde_json::Value;
 
 /// `srv_admin_state` bit of `set server … state maint`.
@@ -196,8 +198,10 @@ impl Drop for Haproxy {
 /// port, the blackholed neighbour, and three free frontend ports.
 fn layout(ns: &Netns) -> (TcpListener, Layout) {
     let ((listener, closed, ports), _) = ns.run("setup", || {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let closed: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+        // Servers on the namespace's veth address: its loopback would be a destination
+        // of that namespace alone (a target), not the pool member HAProxy names.
+        let listener = TcpListener::bind((LOCAL_V4, 0)).expect("bind");
+        let closed: SocketAddr = format!("{LOCAL_V4}:{}", closed_port(LOCAL_V4))
             .parse()
             .expect("addr");
         let ports = [

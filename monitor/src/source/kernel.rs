@@ -37,6 +37,8 @@ pub struct SourceInfo {
     /// Whether `inet_sk_error_report` errors are remembered for the CLOSE transition
     /// (kernels without `tcp_done_with_error()`).
     pub error_fallback: bool,
+    /// The owner of each socket's network namespace is read (`net->user_ns->level`).
+    pub netns_owner_resolved: bool,
 }
 
 /// The attached programs and the maps the agent reads.
@@ -121,6 +123,21 @@ impl KernelSource {
                 false
             }
         };
+        let netns_owner_resolved = match (kernel.net_user_ns, kernel.user_ns_level) {
+            (Some(user_ns), Some(level)) if netns_resolved => {
+                config.net_user_ns = user_ns;
+                config.user_ns_level = level;
+                config.has_netns_owner = 1;
+                true
+            }
+            _ => {
+                tracing::warn!(
+                    "kernel BTF lacks net.user_ns or user_namespace.level: namespace ownership is unknown, \
+                     so only connects from connmon's own network namespace count as evidence under trust = \"rootful\""
+                );
+                false
+            }
+        };
         config.wakeup_established = u32::from(opts.wakeup_every_event);
         let done_with_error_in_btf = kernel_btf.has_function(TCP_DONE_WITH_ERROR);
         let kallsyms = if done_with_error_in_btf {
@@ -170,6 +187,7 @@ impl KernelSource {
                 mounted_tracefs: mounted,
                 netns_resolved,
                 error_fallback,
+                netns_owner_resolved,
             },
         })
     }

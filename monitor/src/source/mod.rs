@@ -2,6 +2,7 @@
 //! ring-buffer records into [`event::KernelEvent`]s.
 
 pub mod btf;
+pub mod cgroup;
 pub mod event;
 pub mod features;
 pub mod kernel;
