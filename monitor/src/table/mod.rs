@@ -959,7 +959,7 @@ mod tests {
         ] {
             t.record_connect(dst, &record(dst, outcome, SEC), SEC);
         }
-        let d = t.get(&dst).expect("entry");
+        let d = t.get(dst).expect("entry");
         assert_eq!(d.attempts(), 3, "a reset is not a new attempt");
         assert_eq!(d.count(Outcome::Refused), 2);
         assert_eq!(d.streak(StreakKind::Refused), 2);
@@ -969,7 +969,7 @@ mod tests {
         assert_eq!(d.window_totals(SEC, t.slot_ns()), (3, 3));
 
         t.record_connect(dst, &record(dst, Outcome::Established, 2 * SEC), 2 * SEC);
-        let d = t.get(&dst).expect("entry");
+        let d = t.get(dst).expect("entry");
         assert_eq!(
             d.streaks(),
             Streaks::default(),
@@ -1056,7 +1056,7 @@ mod tests {
                 rec.who.cgroup_id = u64::from(tgid);
                 t.record_connect(dst, &rec, now);
                 reference.record(&rec, now, slot_ns);
-                let d = t.get(&dst).expect("entry");
+                let d = t.get(dst).expect("entry");
                 prop_assert_eq!(d.attempts(), reference.attempts);
                 for (i, o) in Outcome::ALL.into_iter().enumerate() {
                     prop_assert_eq!(d.count(o), reference.counts[i], "{:?}", o);
@@ -1083,17 +1083,17 @@ mod tests {
         for i in 0..INLINE as u64 {
             t.record_connect(dst, &record(dst, Outcome::Established, SEC + i), SEC + i);
         }
-        assert!(t.get(&dst).is_some_and(|d| d.detail.is_none()));
+        assert!(t.get(dst).is_some_and(|d| d.detail.is_none()));
         t.record_connect(dst, &record(dst, Outcome::Established, 2 * SEC), 2 * SEC);
         assert!(
-            t.get(&dst).is_some_and(|d| d.detail.is_some()),
+            t.get(dst).is_some_and(|d| d.detail.is_some()),
             "attempt {} needs the detail",
             INLINE + 1
         );
         let other = addr(3, 80);
         t.record_connect(other, &record(other, Outcome::Refused, SEC), SEC);
         assert!(
-            t.get(&other).is_some_and(|d| d.detail.is_some()),
+            t.get(other).is_some_and(|d| d.detail.is_some()),
             "a failure needs the detail"
         );
     }
@@ -1121,16 +1121,16 @@ mod tests {
         assert_eq!(t.len() as u64 + t.evicted(), 2_000);
         let mut seen = 0;
         for (a, d) in t.iter() {
-            let got = t.get(&a).expect("iterated entry is found by address");
+            let got = t.get(a).expect("iterated entry is found by address");
             assert_eq!(got.attempts(), d.attempts());
             seen += 1;
         }
         assert_eq!(seen, t.len());
         for i in (0..2_000u32).filter(|i| i % 50 == 0) {
-            assert!(t.get(&dst(i)).is_some(), "pinned {i} kept");
+            assert!(t.get(dst(i)).is_some(), "pinned {i} kept");
         }
         for i in 1_990..2_000u32 {
-            let d = t.get(&dst(i)).expect("recent entries kept");
+            let d = t.get(dst(i)).expect("recent entries kept");
             assert_eq!(d.attempts(), u64::from(i % 4), "entry {i} is its own");
         }
     }
@@ -1145,14 +1145,14 @@ mod tests {
         t.entry(addr(4, 80), 5 * SEC);
         assert_eq!(t.len(), 3);
         assert!(
-            t.get(&addr(1, 80)).is_some(),
+            t.get(addr(1, 80)).is_some(),
             "pinned entries stay however old"
         );
         assert!(
-            t.get(&addr(3, 80)).is_none(),
+            t.get(addr(3, 80)).is_none(),
             "least recently used unpinned entry goes"
         );
-        assert!(t.get(&addr(2, 80)).is_some());
+        assert!(t.get(addr(2, 80)).is_some());
         assert_eq!(t.evicted(), 1);
 
         for e in [1, 2, 4] {
