@@ -222,11 +222,7 @@ mod tests {
             {"dst": "10.0.0.1:80", "role": "proxy", "state": "ejected", "attempts": 12, "failure_ratio": 0.5,
              "handshake_p50_us": 1500, "handshake_p99_us": null, "ejected_until": "2026-11-24T01:00:00Z"},
             {"dst": "[2001:db8::1]:3128", "role": "target", "state": "healthy", "attempts": 3, "failure_ratio": null,
-             "handshake_p50_us": 80, "handshake_p99_us": 2_500_000, "ejected_until": null},
-            {"dst": "127.0.0.1:8080", "netns": 4026532301u64, "role": "target", "state": "healthy", "attempts": 1,
-             "failure_ratio": 1.0, "handshake_p50_us": null, "handshake_p99_us": null, "ejected_until": null,
-             "top_cgroups": [{"cgroup_id": 9, "cgroup": "/system.slice/docker-ab.scope",
-                              "container": "0123456789abcdef", "connects": 1}]}
+             "handshake_p50_us": 80, "handshake_p99_us": 2_500_000, "ejected_until": null}
         ]});
         let table = status_table(&snap);
         let lines: Vec<&str> = table.lines().collect();
@@ -247,9 +243,26 @@ mod tests {
             ),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_status_table_names_namespace_container_and_untrusted_events() {
+        let snap = json!({"tracked": 1, "ejected": 0, "max_ejected": 1, "local_outage": false,
+            "untrusted_events": 7, "evidence": {"trust": "rootful", "netns": [], "cgroups": []}, "destinations": [
+            {"dst": "127.0.0.1:8080", "netns": 4026532301u64, "role": "target", "state": "healthy", "attempts": 1,
+             "failure_ratio": 1.0, "handshake_p50_us": null, "handshake_p99_us": null, "ejected_until": null,
+             "top_cgroups": [{"cgroup_id": 9, "cgroup": "/system.slice/docker-ab.scope",
+                              "container": "0123456789abcdef", "connects": 1}]}
+        ]});
+        let table = status_table(&snap);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[1],
+            "evidence: trust rootful, untrusted events (reported, never counted): 7"
+        );
         assert!(
-            lines[4].starts_with("127.0.0.1:8080 netns:4026532301")
-                && lines[4].ends_with("container 0123456789ab"),
+            lines[3].starts_with("127.0.0.1:8080 netns:4026532301")
+                && lines[3].ends_with("container 0123456789ab"),
             "{table}"
         );
     }

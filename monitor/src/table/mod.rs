@@ -1136,6 +1136,31 @@ mod tests {
     }
 
     #[test]
+    fn another_namespaces_loopback_is_a_separate_entry_and_evictable() {
+        let mut t: DestinationTable<Pin> = DestinationTable::new(3, Duration::from_secs(60));
+        let lo: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let theirs = DestinationKey::of(lo, 4_026_532_301, 4_026_531_840);
+        t.record_connect(lo, &record(lo, Outcome::Established, SEC), SEC);
+        t.record_connect(theirs, &record(lo, Outcome::Refused, SEC), SEC);
+        t.record_connect(theirs, &record(lo, Outcome::Refused, SEC), SEC);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get(lo).map(|d| d.count(Outcome::Refused)), Some(0));
+        assert_eq!(t.get(theirs).map(|d| d.streak(StreakKind::Refused)), Some(2));
+        let keys: Vec<DestinationKey> = t.iter().map(|(k, _)| k).collect();
+        assert!(keys.contains(&theirs) && keys.contains(&DestinationKey::host(lo)));
+        t.entry(addr(1, 80), 5 * SEC);
+        t.entry(addr(2, 80), 6 * SEC);
+        assert_eq!(t.len(), 3);
+        assert!(
+            t.get(lo).is_none() || t.get(theirs).is_none(),
+            "an old namespace-local entry is dropped like any other"
+        );
+        for (k, d) in t.iter() {
+            assert!(t.get(k).is_some_and(|got| got.attempts() == d.attempts()));
+        }
+    }
+
+    #[test]
     fn full_table_drops_least_recently_used_unpinned_entries() {
         let mut t: DestinationTable<Pin> = DestinationTable::new(3, Duration::from_secs(60));
         t.entry(addr(1, 80), SEC).expect("room").0.annotation.0 = true;
