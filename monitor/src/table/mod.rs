@@ -27,6 +27,10 @@
 //! vectors and index are reserved for the capacity (up to 2 M entries) when the table is
 //! created: virtual memory, resident only once touched, and no rehash that would hold two
 //! copies of the index at once.
+//!
+//! Destinations are keyed by [`DestinationKey`]: another network namespace's loopback is
+//! its own destination. Those few entries live in a third part keyed by
+//! `(address, namespace inode)`, so the common keys keep their compact layout.
 
 mod histogram;
 mod key;
