@@ -383,6 +383,9 @@ impl ConnectSpans {
             .checked_sub(Duration::from_millis(r.ejected_ms))
             .unwrap_or(end);
         let mut attrs: Vec<KeyValue> = peer(r.dst).into();
+        if let Some(netns) = r.netns {
+            attrs.push(KeyValue::new("connmon.dst.netns", i64::from(netns)));
+        }
         if let Some(role) = role {
             attrs.push(KeyValue::new("connmon.role", role_str(role)));
         }
