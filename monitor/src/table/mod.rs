@@ -1149,7 +1149,10 @@ mod tests {
         t.record_connect(theirs, &record(lo, Outcome::Refused, SEC), SEC);
         assert_eq!(t.len(), 2);
         assert_eq!(t.get(lo).map(|d| d.count(Outcome::Refused)), Some(0));
-        assert_eq!(t.get(theirs).map(|d| d.streak(StreakKind::Refused)), Some(2));
+        assert_eq!(
+            t.get(theirs).map(|d| d.streak(StreakKind::Refused)),
+            Some(2)
+        );
         let keys: Vec<DestinationKey> = t.iter().map(|(k, _)| k).collect();
         assert!(keys.contains(&theirs) && keys.contains(&DestinationKey::host(lo)));
         t.entry(addr(1, 80), 5 * SEC);
