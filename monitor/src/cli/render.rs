@@ -142,13 +142,6 @@ pub fn status_table(snapshot: &Value) -> String {
             "no"
         }
     );
-    if let Some(untrusted) = snapshot["untrusted_events"].as_u64() {
-        let _ = writeln!(
-            out,
-            "evidence: trust {}, untrusted events (reported, never counted): {untrusted}",
-            s(&snapshot["evidence"]["trust"])
-        );
-    }
     let header = [
         "DESTINATION",
         "ROLE",
@@ -157,8 +150,8 @@ pub fn status_table(snapshot: &Value) -> String {
         "FAIL%",
         "P50",
         "P99",
-        "EJECTED UNTIL",
         "TOP CGROUP",
+        "EJECTED UNTIL",
     ];
     let mut rows: Vec<[String; 9]> = vec![header.map(String::from)];
     for d in snapshot["destinations"].as_array().into_iter().flatten() {
@@ -180,8 +173,8 @@ pub fn status_table(snapshot: &Value) -> String {
                 .map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
             micros(&d["handshake_p50_us"]),
             micros(&d["handshake_p99_us"]),
-            d["ejected_until"].as_str().unwrap_or("-").to_owned(),
             top_cgroup,
+            d["ejected_until"].as_str().unwrap_or("-").to_owned(),
         ]);
     }
     let widths: Vec<usize> = (0..9)
@@ -206,6 +199,13 @@ pub fn status_table(snapshot: &Value) -> String {
             }
         }
         let _ = writeln!(out, "{}", line.trim_end());
+    }
+    if let Some(untrusted) = snapshot["untrusted_events"].as_u64() {
+        let _ = writeln!(
+            out,
+            "evidence: trust {}, untrusted events (reported, never counted): {untrusted}",
+            s(&snapshot["evidence"]["trust"])
+        );
     }
     out
 }
@@ -232,14 +232,14 @@ mod tests {
         );
         assert!(
             lines[1].starts_with(
-                "DESTINATION         ROLE    STATE    ATTEMPTS  FAIL%    P50    P99  EJECTED UNTIL"
+                "DESTINATION         ROLE    STATE    ATTEMPTS  FAIL%    P50    P99  TOP CGROUP  EJECTED UNTIL"
             ),
             "{table}"
         );
-        assert!(lines[2].starts_with("10.0.0.1:80         proxy   ejected        12    50%  1.5ms      -  2026-11-24T01:00:00Z"), "{table}");
+        assert!(lines[2].starts_with("10.0.0.1:80         proxy   ejected        12    50%  1.5ms      -  -           2026-11-24T01:00:00Z"), "{table}");
         assert!(
             lines[3].starts_with(
-                "[2001:db8::1]:3128  target  healthy         3      -   80µs  2.50s  -"
+                "[2001:db8::1]:3128  target  healthy         3      -   80µs  2.50s  -           -"
             ),
             "{table}"
         );
@@ -256,14 +256,15 @@ mod tests {
         ]});
         let table = status_table(&snap);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(
-            lines[1],
-            "evidence: trust rootful, untrusted events (reported, never counted): 7"
-        );
         assert!(
-            lines[3].starts_with("127.0.0.1:8080 netns:4026532301")
-                && lines[3].ends_with("container 0123456789ab"),
+            lines[2].starts_with("127.0.0.1:8080 netns:4026532301")
+                && lines[2].contains("container 0123456789ab")
+                && lines[1].ends_with("TOP CGROUP              EJECTED UNTIL"),
             "{table}"
+        );
+        assert_eq!(
+            lines[3],
+            "evidence: trust rootful, untrusted events (reported, never counted): 7"
         );
     }
 
