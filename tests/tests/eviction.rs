@@ -215,7 +215,7 @@ fn refused_loopback_from_another_namespace_is_a_localhost_trap() {
     assert!(
         !lines
             .iter()
-            .any(|l| l["type"] == "diagnosis" && l["dst"] == host_dst),
+            .any(|l| l["kind"] == "localhost_trap" && l["dst"] == host_dst),
         "a refused loopback connect in the agent's own namespace is not a trap"
     );
 }

@@ -82,6 +82,9 @@ fn assert_failed_connect_span(s: &ReceivedSpan, line: &serde_json::Value, want: 
         "process.pid",
         "process.executable.name",
         "connmon.cgroup_id",
+        "connmon.cgroup",
+        "connmon.netns",
+        "connmon.trusted",
         "connmon.role",
         "connmon.failure_mode",
         "connmon.syn_retransmits",
@@ -103,6 +106,15 @@ fn assert_failed_connect_span(s: &ReceivedSpan, line: &serde_json::Value, want: 
         s.attr("connmon.cgroup_id"),
         Some(Value::Int(line["cgroup_id"].as_i64().unwrap()))
     );
+    assert_eq!(
+        s.attr("connmon.cgroup"),
+        Some(Value::str(line["cgroup"].as_str().expect("cgroup path")))
+    );
+    assert_eq!(
+        s.attr("connmon.netns"),
+        Some(Value::Int(line["netns"].as_i64().unwrap()))
+    );
+    assert_eq!(s.attr("connmon.trusted"), Some(Value::Bool(true)));
     // Start = the SYN, end = the outcome, on the wall clock: the same interval as the line's.
     let (start, end) = (s.span.start_time_unix_nano, s.span.end_time_unix_nano);
     assert_eq!(

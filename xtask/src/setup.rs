@@ -255,6 +255,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("python3", "python3"),
     ("haproxy", "haproxy"),
+    // `setpriv`/`unshare`: the evidence tests act as an unprivileged user in a private
+    // user + network namespace (util-linux is Essential on Debian; named for clarity).
+    ("setpriv", "util-linux"),
 ];
 
 fn ensure_packages() -> anyhow::Result<()> {

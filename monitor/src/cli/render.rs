@@ -142,13 +142,6 @@ pub fn status_table(snapshot: &Value) -> String {
             "no"
         }
     );
-    if let Some(untrusted) = snapshot["untrusted_events"].as_u64() {
-        let _ = writeln!(
-            out,
-            "evidence: trust {}, untrusted events (reported, never counted): {untrusted}",
-            s(&snapshot["evidence"]["trust"])
-        );
-    }
     let header = [
         "DESTINATION",
         "ROLE",
@@ -157,8 +150,8 @@ pub fn status_table(snapshot: &Value) -> String {
         "FAIL%",
         "P50",
         "P99",
-        "EJECTED UNTIL",
         "TOP CGROUP",
+        "EJECTED UNTIL",
     ];
     let mut rows: Vec<[String; 9]> = vec![header.map(String::from)];
     for d in snapshot["destinations"].as_array().into_iter().flatten() {
@@ -180,8 +173,8 @@ pub fn status_table(snapshot: &Value) -> String {
                 .map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
             micros(&d["handshake_p50_us"]),
             micros(&d["handshake_p99_us"]),
-            d["ejected_until"].as_str().unwrap_or("-").to_owned(),
             top_cgroup,
+            d["ejected_until"].as_str().unwrap_or("-").to_owned(),
         ]);
     }
     let widths: Vec<usize> = (0..9)
@@ -207,6 +200,13 @@ pub fn status_table(snapshot: &Value) -> String {
         }
         let _ = writeln!(out, "{}", line.trim_end());
     }
+    if let Some(untrusted) = snapshot["untrusted_events"].as_u64() {
+        let _ = writeln!(
+            out,
+            "evidence: trust {}, untrusted events (reported, never counted): {untrusted}",
+            s(&snapshot["evidence"]["trust"])
+        );
+    }
     out
 }
 
@@ -222,11 +222,7 @@ mod tests {
             {"dst": "10.0.0.1:80", "role": "proxy", "state": "ejected", "attempts": 12, "failure_ratio": 0.5,
              "handshake_p50_us": 1500, "handshake_p99_us": null, "ejected_until": "2026-11-24T01:00:00Z"},
             {"dst": "[2001:db8::1]:3128", "role": "target", "state": "healthy", "attempts": 3, "failure_ratio": null,
-             "handshake_p50_us": 80, "handshake_p99_us": 2_500_000, "ejected_until": null},
-            {"dst": "127.0.0.1:8080", "netns": 4026532301u64, "role": "target", "state": "healthy", "attempts": 1,
-             "failure_ratio": 1.0, "handshake_p50_us": null, "handshake_p99_us": null, "ejected_until": null,
-             "top_cgroups": [{"cgroup_id": 9, "cgroup": "/system.slice/docker-ab.scope",
-                              "container": "0123456789abcdef", "connects": 1}]}
+             "handshake_p50_us": 80, "handshake_p99_us": 2_500_000, "ejected_until": null}
         ]});
         let table = status_table(&snap);
         let lines: Vec<&str> = table.lines().collect();
@@ -236,21 +232,39 @@ mod tests {
         );
         assert!(
             lines[1].starts_with(
-                "DESTINATION         ROLE    STATE    ATTEMPTS  FAIL%    P50    P99  EJECTED UNTIL"
+                "DESTINATION         ROLE    STATE    ATTEMPTS  FAIL%    P50    P99  TOP CGROUP  EJECTED UNTIL"
             ),
             "{table}"
         );
-        assert!(lines[2].starts_with("10.0.0.1:80         proxy   ejected        12    50%  1.5ms      -  2026-11-24T01:00:00Z"), "{table}");
+        assert!(lines[2].starts_with("10.0.0.1:80         proxy   ejected        12    50%  1.5ms      -  -           2026-11-24T01:00:00Z"), "{table}");
         assert!(
             lines[3].starts_with(
-                "[2001:db8::1]:3128  target  healthy         3      -   80µs  2.50s  -"
+                "[2001:db8::1]:3128  target  healthy         3      -   80µs  2.50s  -           -"
             ),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_status_table_names_namespace_container_and_untrusted_events() {
+        let snap = json!({"tracked": 1, "ejected": 0, "max_ejected": 1, "local_outage": false,
+            "untrusted_events": 7, "evidence": {"trust": "rootful", "netns": [], "cgroups": []}, "destinations": [
+            {"dst": "127.0.0.1:8080", "netns": 4026532301u64, "role": "target", "state": "healthy", "attempts": 1,
+             "failure_ratio": 1.0, "handshake_p50_us": null, "handshake_p99_us": null, "ejected_until": null,
+             "top_cgroups": [{"cgroup_id": 9, "cgroup": "/system.slice/docker-ab.scope",
+                              "container": "0123456789abcdef", "connects": 1}]}
+        ]});
+        let table = status_table(&snap);
+        let lines: Vec<&str> = table.lines().collect();
         assert!(
-            lines[4].starts_with("127.0.0.1:8080 netns:4026532301")
-                && lines[4].ends_with("container 0123456789ab"),
+            lines[2].starts_with("127.0.0.1:8080 netns:4026532301")
+                && lines[2].contains("container 0123456789ab")
+                && lines[1].ends_with("TOP CGROUP              EJECTED UNTIL"),
             "{table}"
+        );
+        assert_eq!(
+            lines[3],
+            "evidence: trust rootful, untrusted events (reported, never counted): 7"
         );
     }
 

@@ -383,6 +383,9 @@ impl ConnectSpans {
             .checked_sub(Duration::from_millis(r.ejected_ms))
             .unwrap_or(end);
         let mut attrs: Vec<KeyValue> = peer(r.dst).into();
+        if let Some(netns) = r.netns {
+            attrs.push(KeyValue::new("connmon.dst.netns", i64::from(netns)));
+        }
         if let Some(role) = role {
             attrs.push(KeyValue::new("connmon.role", role_str(role)));
         }
@@ -481,6 +484,8 @@ mod tests {
             ("process.pid", "70"),
             ("process.executable.name", "scraper"),
             ("connmon.cgroup_id", "1234"),
+            ("connmon.netns", "9"),
+            ("connmon.trusted", "true"),
             ("connmon.role", "proxy"),
             ("error.type", "connection_refused"),
             ("connmon.failure_mode", "reject"),
@@ -507,6 +512,33 @@ mod tests {
                 .any(|(k, _)| k == "error.type" || k == "connmon.failure_mode"),
             "{ok:?}"
         );
+    }
+
+    #[test]
+    fn containers_and_pods_use_the_semantic_convention_names() {
+        let id = "ab".repeat(32);
+        let mut rec = record(Outcome::Refused, "10.0.0.9:80", 111);
+        rec.who.trusted = false;
+        rec.who.cgroup = Some(std::sync::Arc::new(CgroupOrigin::from_path(&format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901.slice/cri-containerd-{id}.scope"
+        ))));
+        let attrs = as_map(&connect_attributes(&rec, Role::Proxy));
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("container.id"), Some(id));
+        assert_eq!(
+            get("k8s.pod.uid").as_deref(),
+            Some("1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901")
+        );
+        assert!(
+            get("connmon.cgroup").is_some_and(|p| p.starts_with("/kubepods.slice/")),
+            "{attrs:?}"
+        );
+        assert_eq!(get("connmon.trusted").as_deref(), Some("false"));
     }
 
     #[test]

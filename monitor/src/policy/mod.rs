@@ -14,8 +14,8 @@
 //! destination is a candidate and not already ejected) probation or the detectors →
 //! guards → ejection. Ejections end in [`EjectionPolicy::tick`]. Destinations are keyed
 //! by [`DestinationKey`]: another network namespace's loopback is its own destination,
-//! always a `target` (no pool controller on the host can reach it) and never part of
-//! the local-outage picture.
+//! always a `target` (no pool controller on the host can reach it). The local-outage
+//! tracker counts trusted connects by address, as before.
 
 pub mod config;
 pub mod decision;
@@ -264,7 +264,7 @@ impl EjectionPolicy {
             return;
         }
         let key = self.key_of(rec.dst, rec.who.netns);
-        if rec.outcome != Outcome::Reset && !key.is_foreign_local() {
+        if rec.outcome != Outcome::Reset {
             self.observe_outage(
                 rec.dst,
                 rec.outcome.is_failure(),

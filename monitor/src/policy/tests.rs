@@ -113,7 +113,7 @@ fn findings(out: &[Decision]) -> Vec<&Finding> {
 
 fn standing(p: &EjectionPolicy, to: SocketAddr) -> Standing {
     p.table()
-        .get(&to)
+        .get(to)
         .map(|d| d.annotation.clone())
         .expect("tracked")
 }
@@ -528,7 +528,7 @@ fn targets_are_tracked_but_ejected_only_when_configured() {
     let pool = PoolMembership::parse("198.51.100.1:8080").expect("pool");
     let mut p = engine_with_pool(PolicyConfig::default(), pool.clone());
     assert!(feed(&mut p, dst(2), Outcome::Refused, BOOT).is_empty());
-    assert_eq!(p.table().get(&dst(2)).map(Destination::attempts), Some(1));
+    assert_eq!(p.table().get(dst(2)).map(Destination::attempts), Some(1));
     let mut out = Vec::new();
     p.on_syn_retransmit(&retransmit(dst(2), 1, BOOT), BOOT, &mut out);
     assert!(out.is_empty(), "no suspect for a target");
@@ -617,7 +617,7 @@ fn full_table_keeps_ejected_destinations() {
         standing(&p, dst(1)).ejected.is_some(),
         "ejected entries stay"
     );
-    assert!(p.table().get(&dst(9)).is_some());
+    assert!(p.table().get(dst(9)).is_some());
     assert_eq!(p.known_members(), 3, "the guard's count follows the table");
 }
 

@@ -175,6 +175,7 @@ pub struct CgroupResolver {
     hierarchy: Option<Hierarchy>,
     current: HashMap<u64, Option<Arc<CgroupOrigin>>>,
     previous: HashMap<u64, Option<Arc<CgroupOrigin>>>,
+    warned: bool,
 }
 
 impl CgroupResolver {
@@ -223,7 +224,20 @@ impl CgroupResolver {
                     Ok(path) => Some(Arc::new(CgroupOrigin::from_path(&path))),
                     // Gone (ESTALE/ENOENT) is a final answer: ids are never reused.
                     Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => None,
-                    Err(_) => return None,
+                    // Anything else (no CAP_DAC_READ_SEARCH, out of descriptors) is
+                    // cached as unknown too: a flood costs one attempt per cgroup and
+                    // cache generation, not one per event.
+                    Err(err) => {
+                        if !self.warned {
+                            self.warned = true;
+                            tracing::warn!(
+                                cgroup_id,
+                                %err,
+                                "cannot resolve cgroup paths; events carry cgroup_id only"
+                            );
+                        }
+                        None
+                    }
                 }
             }
         };

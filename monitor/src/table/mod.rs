@@ -27,6 +27,10 @@
 //! vectors and index are reserved for the capacity (up to 2 M entries) when the table is
 //! created: virtual memory, resident only once touched, and no rehash that would hold two
 //! copies of the index at once.
+//!
+//! Destinations are keyed by [`DestinationKey`]: another network namespace's loopback is
+//! its own destination. Those few entries live in a third part keyed by
+//! `(address, namespace inode)`, so the common keys keep their compact layout.
 
 mod histogram;
 mod key;
@@ -959,7 +963,7 @@ mod tests {
         ] {
             t.record_connect(dst, &record(dst, outcome, SEC), SEC);
         }
-        let d = t.get(&dst).expect("entry");
+        let d = t.get(dst).expect("entry");
         assert_eq!(d.attempts(), 3, "a reset is not a new attempt");
         assert_eq!(d.count(Outcome::Refused), 2);
         assert_eq!(d.streak(StreakKind::Refused), 2);
@@ -969,7 +973,7 @@ mod tests {
         assert_eq!(d.window_totals(SEC, t.slot_ns()), (3, 3));
 
         t.record_connect(dst, &record(dst, Outcome::Established, 2 * SEC), 2 * SEC);
-        let d = t.get(&dst).expect("entry");
+        let d = t.get(dst).expect("entry");
         assert_eq!(
             d.streaks(),
             Streaks::default(),
@@ -1056,7 +1060,7 @@ mod tests {
                 rec.who.cgroup_id = u64::from(tgid);
                 t.record_connect(dst, &rec, now);
                 reference.record(&rec, now, slot_ns);
-                let d = t.get(&dst).expect("entry");
+                let d = t.get(dst).expect("entry");
                 prop_assert_eq!(d.attempts(), reference.attempts);
                 for (i, o) in Outcome::ALL.into_iter().enumerate() {
                     prop_assert_eq!(d.count(o), reference.counts[i], "{:?}", o);
@@ -1083,17 +1087,17 @@ mod tests {
         for i in 0..INLINE as u64 {
             t.record_connect(dst, &record(dst, Outcome::Established, SEC + i), SEC + i);
         }
-        assert!(t.get(&dst).is_some_and(|d| d.detail.is_none()));
+        assert!(t.get(dst).is_some_and(|d| d.detail.is_none()));
         t.record_connect(dst, &record(dst, Outcome::Established, 2 * SEC), 2 * SEC);
         assert!(
-            t.get(&dst).is_some_and(|d| d.detail.is_some()),
+            t.get(dst).is_some_and(|d| d.detail.is_some()),
             "attempt {} needs the detail",
             INLINE + 1
         );
         let other = addr(3, 80);
         t.record_connect(other, &record(other, Outcome::Refused, SEC), SEC);
         assert!(
-            t.get(&other).is_some_and(|d| d.detail.is_some()),
+            t.get(other).is_some_and(|d| d.detail.is_some()),
             "a failure needs the detail"
         );
     }
@@ -1121,17 +1125,45 @@ mod tests {
         assert_eq!(t.len() as u64 + t.evicted(), 2_000);
         let mut seen = 0;
         for (a, d) in t.iter() {
-            let got = t.get(&a).expect("iterated entry is found by address");
+            let got = t.get(a).expect("iterated entry is found by address");
             assert_eq!(got.attempts(), d.attempts());
             seen += 1;
         }
         assert_eq!(seen, t.len());
         for i in (0..2_000u32).filter(|i| i % 50 == 0) {
-            assert!(t.get(&dst(i)).is_some(), "pinned {i} kept");
+            assert!(t.get(dst(i)).is_some(), "pinned {i} kept");
         }
         for i in 1_990..2_000u32 {
-            let d = t.get(&dst(i)).expect("recent entries kept");
+            let d = t.get(dst(i)).expect("recent entries kept");
             assert_eq!(d.attempts(), u64::from(i % 4), "entry {i} is its own");
+        }
+    }
+
+    #[test]
+    fn another_namespaces_loopback_is_a_separate_entry_and_evictable() {
+        let mut t: DestinationTable<Pin> = DestinationTable::new(3, Duration::from_secs(60));
+        let lo: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let theirs = DestinationKey::of(lo, 4_026_532_301, 4_026_531_840);
+        t.record_connect(lo, &record(lo, Outcome::Established, SEC), SEC);
+        t.record_connect(theirs, &record(lo, Outcome::Refused, SEC), SEC);
+        t.record_connect(theirs, &record(lo, Outcome::Refused, SEC), SEC);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get(lo).map(|d| d.count(Outcome::Refused)), Some(0));
+        assert_eq!(
+            t.get(theirs).map(|d| d.streak(StreakKind::Refused)),
+            Some(2)
+        );
+        let keys: Vec<DestinationKey> = t.iter().map(|(k, _)| k).collect();
+        assert!(keys.contains(&theirs) && keys.contains(&DestinationKey::host(lo)));
+        t.entry(addr(1, 80), 5 * SEC);
+        t.entry(addr(2, 80), 6 * SEC);
+        assert_eq!(t.len(), 3);
+        assert!(
+            t.get(lo).is_none() || t.get(theirs).is_none(),
+            "an old namespace-local entry is dropped like any other"
+        );
+        for (k, d) in t.iter() {
+            assert!(t.get(k).is_some_and(|got| got.attempts() == d.attempts()));
         }
     }
 
@@ -1145,14 +1177,14 @@ mod tests {
         t.entry(addr(4, 80), 5 * SEC);
         assert_eq!(t.len(), 3);
         assert!(
-            t.get(&addr(1, 80)).is_some(),
+            t.get(addr(1, 80)).is_some(),
             "pinned entries stay however old"
         );
         assert!(
-            t.get(&addr(3, 80)).is_none(),
+            t.get(addr(3, 80)).is_none(),
             "least recently used unpinned entry goes"
         );
-        assert!(t.get(&addr(2, 80)).is_some());
+        assert!(t.get(addr(2, 80)).is_some());
         assert_eq!(t.evicted(), 1);
 
         for e in [1, 2, 4] {
