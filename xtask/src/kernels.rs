@@ -479,6 +479,8 @@ fn vng_command(vng: &Path, accel: Accel, vmlinuz: &Path, rwdir: &Path, exec: &st
     cmd.arg("--run")
         .arg(vmlinuz)
         .args(["--user", "root", "--cpus", "2", "--memory", "2G"])
+        // The guest's console goes to the log: the only clue when a boot fails.
+        .arg("--verbose")
         .arg(format!("--rwdir={}", rwdir.display()))
         .arg(format!("--cwd={}", build::workspace_root().display()))
         .args(["--exec", exec]);
@@ -599,14 +601,28 @@ fn run_kernel(
     } else {
         GUEST_DEADLINE_FULL
     };
-    let mut cmd = vng_command(vng, accel, vmlinuz, &out, &exec);
-    let finished = run_bounded(&mut cmd, &out.join("vng.log"), deadline)?;
-    let booted = out.join("uname").is_file();
+    let mut finished = false;
+    let mut booted = false;
+    // A second boot only if the first never reached the script (an emulated boot can
+    // fail for reasons of its own); tests are never retried.
+    for attempt in 1..=2 {
+        let mut cmd = vng_command(vng, accel, vmlinuz, &out, &exec);
+        let log = out.join(format!("vng-{attempt}.log"));
+        finished = run_bounded(&mut cmd, &log, deadline)?;
+        booted = out.join("uname").is_file();
+        if booted {
+            break;
+        }
+        say(format!(
+            "kernel {release}: the guest never started the tests (boot {attempt}; console in {})",
+            log.display()
+        ));
+    }
     let mut note = None;
     if !booted {
         note = Some(format!(
             "the guest never ran the tests: see {}",
-            out.join("vng.log").display()
+            out.join("vng-2.log").display()
         ));
     } else if !finished {
         note = Some(format!(
