@@ -87,6 +87,9 @@ pub struct Options {
     /// Run a short subset (attach, refused/established/reset, tracefs): < 2 min per kernel.
     #[arg(long)]
     pub smoke: bool,
+    /// Only the tests whose `binary::name` contains this (e.g. `eviction::an_ejection`).
+    #[arg(long)]
+    pub filter: Option<String>,
 }
 
 /// Result of the matrix over all kernels.
@@ -117,7 +120,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     } else {
         opts.kernels.clone()
     };
-    let result = run_matrix(&toolchain, &kernels, opts.smoke)?;
+    let result = run_matrix(&toolchain, &kernels, opts.smoke, opts.filter.as_deref())?;
     eprintln!(
         "kernel matrix: {} passed, {} failed",
         result.passed, result.failed
@@ -164,13 +167,20 @@ pub fn run_matrix(
     toolchain: &Toolchain,
     kernels: &[String],
     smoke: bool,
+    filter: Option<&str>,
 ) -> anyhow::Result<MatrixResult> {
     let vng = ensure_tools()?;
     // The release agent, as users run it: the debug build's BTF parsing alone takes many
     // seconds under emulation.
     let agent = build::build_agent(toolchain, true)?;
     let binaries = build_test_binaries(toolchain)?;
-    let plan = plan_tests(&binaries, smoke)?;
+    let mut plan = plan_tests(&binaries, smoke)?;
+    if let Some(filter) = filter {
+        plan.retain(|t| t.id().contains(filter));
+        if plan.is_empty() {
+            bail!("no matrix test matches {filter:?}");
+        }
+    }
     let out_root = build::workspace_root().join("target/kernels");
     let mut accel: Option<Accel> = None;
     let mut results = Vec::new();
