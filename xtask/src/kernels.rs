@@ -87,6 +87,9 @@ pub struct Options {
     /// Run a short subset (attach, refused/established/reset, tracefs): < 2 min per kernel.
     #[arg(long)]
     pub smoke: bool,
+    /// Only the tests whose `binary::name` contains this (e.g. `eviction::an_ejection`).
+    #[arg(long)]
+    pub filter: Option<String>,
 }
 
 /// Result of the matrix over all kernels.
@@ -117,7 +120,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     } else {
         opts.kernels.clone()
     };
-    let result = run_matrix(&toolchain, &kernels, opts.smoke)?;
+    let result = run_matrix(&toolchain, &kernels, opts.smoke, opts.filter.as_deref())?;
     eprintln!(
         "kernel matrix: {} passed, {} failed",
         result.passed, result.failed
@@ -164,13 +167,20 @@ pub fn run_matrix(
     toolchain: &Toolchain,
     kernels: &[String],
     smoke: bool,
+    filter: Option<&str>,
 ) -> anyhow::Result<MatrixResult> {
     let vng = ensure_tools()?;
     // The release agent, as users run it: the debug build's BTF parsing alone takes many
     // seconds under emulation.
     let agent = build::build_agent(toolchain, true)?;
     let binaries = build_test_binaries(toolchain)?;
-    let plan = plan_tests(&binaries, smoke)?;
+    let mut plan = plan_tests(&binaries, smoke)?;
+    if let Some(filter) = filter {
+        plan.retain(|t| t.id().contains(filter));
+        if plan.is_empty() {
+            bail!("no matrix test matches {filter:?}");
+        }
+    }
     let out_root = build::workspace_root().join("target/kernels");
     let mut accel: Option<Accel> = None;
     let mut results = Vec::new();
@@ -479,6 +489,8 @@ fn vng_command(vng: &Path, accel: Accel, vmlinuz: &Path, rwdir: &Path, exec: &st
     cmd.arg("--run")
         .arg(vmlinuz)
         .args(["--user", "root", "--cpus", "2", "--memory", "2G"])
+        // The guest's console goes to the log: the only clue when a boot fails.
+        .arg("--verbose")
         .arg(format!("--rwdir={}", rwdir.display()))
         .arg(format!("--cwd={}", build::workspace_root().display()))
         .args(["--exec", exec]);
@@ -599,14 +611,28 @@ fn run_kernel(
     } else {
         GUEST_DEADLINE_FULL
     };
-    let mut cmd = vng_command(vng, accel, vmlinuz, &out, &exec);
-    let finished = run_bounded(&mut cmd, &out.join("vng.log"), deadline)?;
-    let booted = out.join("uname").is_file();
+    let mut finished = false;
+    let mut booted = false;
+    // A second boot only if the first never reached the script (an emulated boot can
+    // fail for reasons of its own); tests are never retried.
+    for attempt in 1..=2 {
+        let mut cmd = vng_command(vng, accel, vmlinuz, &out, &exec);
+        let log = out.join(format!("vng-{attempt}.log"));
+        finished = run_bounded(&mut cmd, &log, deadline)?;
+        booted = out.join("uname").is_file();
+        if booted {
+            break;
+        }
+        say(format!(
+            "kernel {release}: the guest never started the tests (boot {attempt}; console in {})",
+            log.display()
+        ));
+    }
     let mut note = None;
     if !booted {
         note = Some(format!(
             "the guest never ran the tests: see {}",
-            out.join("vng.log").display()
+            out.join("vng-2.log").display()
         ));
     } else if !finished {
         note = Some(format!(

@@ -69,7 +69,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             .iter()
             .map(|k| (*k).to_owned())
             .collect();
-        kernels::run_matrix(&toolchain, &kernels, false)
+        kernels::run_matrix(&toolchain, &kernels, false, None)
     } else {
         Ok(kernels::MatrixResult::default())
     };

@@ -339,7 +339,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("tracepoint tcp:no_such_tracepoint not found"),
+            err.starts_with("this kernel lacks tracepoint tcp:no_such_tracepoint")
+                && err.ends_with("connmon cannot run here (see README: minimum kernel)"),
             "{err}"
         );
     }
