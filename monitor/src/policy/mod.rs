@@ -13,6 +13,7 @@
 //! table → (if the destination is a candidate and not already ejected) probation or the
 //! detectors → guards → ejection. Ejections end in [`EjectionPolicy::tick`].
 
+pub mod checks;
 pub mod config;
 pub mod decision;
 pub mod detector;
