@@ -49,6 +49,8 @@ pub const DEFAULT_SOCKET: &str = "/run/connmon/connmon.sock";
 pub struct Config {
     pub agent: AgentConfig,
     pub policy: PolicyConfig,
+    /// `[checks]`: the agent's own handshake checks (see policy::checks).
+    pub checks: crate::policy::checks::ChecksConfig,
     /// `[[haproxy]]` tables: HAProxy runtime APIs driven by evict/reinstate.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub haproxy: Vec<crate::sinks::haproxy::HaproxyConfig>,
@@ -181,6 +183,13 @@ impl Config {
         validate_socket(a)?;
         self.policy.validate()?;
         self.policy.pool_entries()?;
+        self.checks
+            .validate()
+            .map_err(|e| ConfigFileError::Invalid {
+                key: format!("checks.{}", e.key),
+                value: e.value,
+                allowed: e.allowed.into(),
+            })?;
         crate::sinks::haproxy::validate(&self.haproxy)?;
         self.otlp.validate().map_err(
             |crate::export::OtlpConfigError::Invalid {

@@ -63,6 +63,10 @@ pub struct ChecksConfig {
     pub max_per_second: u32,
     /// Probes pending at once, at most.
     pub max_in_flight: u32,
+    /// Set by `connmon run --checks off`: every probe off, whatever the file says (also
+    /// after SIGHUP). Not a file key.
+    #[serde(skip)]
+    pub forced_off: bool,
 }
 
 impl Default for ChecksConfig {
@@ -74,6 +78,7 @@ impl Default for ChecksConfig {
             idle_after: Duration::ZERO,
             max_per_second: 100,
             max_in_flight: 1024,
+            forced_off: false,
         }
     }
 }
@@ -102,6 +107,18 @@ impl ChecksConfig {
             early_probe_interval: Duration::ZERO,
             idle_after: Duration::ZERO,
             ..ChecksConfig::default()
+        }
+    }
+
+    /// This configuration as it applies: all off when `forced_off`.
+    pub fn effective(&self) -> Self {
+        if self.forced_off {
+            ChecksConfig {
+                forced_off: true,
+                ..ChecksConfig::off()
+            }
+        } else {
+            self.clone()
         }
     }
 

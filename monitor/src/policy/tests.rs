@@ -901,6 +901,8 @@ fn decisions_serialize_to_the_documented_shapes() {
     let v6 = Decision::Reinstate(Reinstatement {
         dst: "[2001:db8::1]:443".parse().expect("addr"),
         ejected_ms: 1,
+        verified: false,
+        early: false,
         ts: None,
     });
     assert_eq!(json(&v6)["dst"], "[2001:db8::1]:443");
