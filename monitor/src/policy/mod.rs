@@ -25,6 +25,8 @@ pub mod snapshot;
 pub mod state;
 
 #[cfg(test)]
+mod checks_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
