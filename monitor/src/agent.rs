@@ -236,9 +236,11 @@ impl Pipeline {
             self.probes.scheduler.verify(dst, now);
         }
         let table = self.policy.table();
+        let pool = self.policy.pool();
         let probes = &mut self.probes;
         probes.scheduler.poll(
             now,
+            |dst| pool.is_configured() && pool.role(dst) == Role::Proxy,
             |dst| table.get(dst).and_then(|d| d.last_outcome()).map(|(_, at)| at),
             &mut probes.requests,
             &mut probes.ended,

@@ -337,8 +337,6 @@ pub struct CheckScheduler {
     early_due: BTreeSet<(u64, SocketAddr)>,
     /// Background checks: exactly one entry per scheduled member.
     idle_due: BinaryHeap<Reverse<(u64, SocketAddr)>>,
-    /// Explicit members scheduled (a copy of the pool's, so that pool changes are diffs).
-    members: HashSet<SocketAddr>,
     /// Destinations of CIDR entries scheduled because they were seen.
     seen: HashSet<SocketAddr>,
     /// Bound of `seen`.
@@ -363,7 +361,6 @@ impl CheckScheduler {
             verify_due: BTreeSet::new(),
             early_due: BTreeSet::new(),
             idle_due: BinaryHeap::new(),
-            members: HashSet::new(),
             seen: HashSet::new(),
             max_seen: max_seen.max(1),
             in_flight: HashMap::new(),
@@ -401,13 +398,13 @@ impl CheckScheduler {
             self.schedule_early(dst, now);
         }
         if idle_changed {
-            let members: Vec<SocketAddr> = self.members.iter().chain(&self.seen).copied().collect();
+            // The caller sets the explicit members again (`set_members`).
             self.idle_due.clear();
             if self.idle_ns == 0 {
-                self.members.clear();
                 self.seen.clear();
             } else {
-                for dst in members {
+                let seen: Vec<SocketAddr> = self.seen.iter().copied().collect();
+                for dst in seen {
                     self.push_idle(dst, now, true);
                 }
             }
@@ -428,29 +425,33 @@ impl CheckScheduler {
         self.in_flight.contains_key(dst)
     }
 
-    /// Sets the explicit `ADDR:PORT` pool members for background checks (at start and
-    /// after every pool change). Only the difference is applied; a removed member's heap
-    /// entry is dropped lazily when it surfaces.
+    /// Schedules the explicit `ADDR:PORT` pool members for background checks (at start
+    /// and after every pool change), spread over one `idle_after`. The schedule is
+    /// rebuilt in O(n); no copy of the pool is kept: whether a destination is still a
+    /// member is asked when its check is due (`poll`), so a removed member's entry is
+    /// dropped then.
     pub fn set_members<'a>(&mut self, members: impl IntoIterator<Item = &'a SocketAddr>, now: u64) {
+        self.idle_due.clear();
         if self.idle_ns == 0 {
             return;
         }
-        let new: HashSet<SocketAddr> = members.into_iter().copied().collect();
-        let added: Vec<SocketAddr> = new
-            .difference(&self.members)
-            .filter(|dst| !self.seen.contains(dst))
-            .copied()
-            .collect();
-        for dst in added {
-            self.push_idle(dst, now, true);
+        let mut entries = Vec::new();
+        let seen: Vec<SocketAddr> = self.seen.iter().copied().collect();
+        for dst in seen.into_iter().chain(members.into_iter().copied()) {
+            let due = now
+                .saturating_add(self.idle_ns)
+                .saturating_add(self.jitter.up_to(self.idle_ns));
+            entries.push(Reverse((due, dst)));
         }
-        self.members = new;
+        entries.sort_unstable_by_key(|Reverse((_, dst))| *dst);
+        entries.dedup_by_key(|Reverse((_, dst))| *dst);
+        self.idle_due = BinaryHeap::from(entries);
     }
 
     /// A CIDR member was seen (a connect to it): from now on it gets background checks.
     /// Returns false when the bound of remembered CIDR members is reached.
     pub fn saw_network_member(&mut self, dst: SocketAddr, now: u64) -> bool {
-        if self.idle_ns == 0 || self.members.contains(&dst) || self.seen.contains(&dst) {
+        if self.idle_ns == 0 || self.seen.contains(&dst) {
             return true;
         }
         if self.seen.len() >= self.max_seen {
@@ -578,11 +579,13 @@ impl CheckScheduler {
 
     /// Ends probes past their deadline (appended to `ended` as lost) and starts the
     /// probes that are due, as far as the rate and in-flight limits allow (appended to
-    /// `requests`). `last_activity(dst)` is when anyone last connected to `dst`
-    /// (CLOCK_MONOTONIC ns), if known.
+    /// `requests`). `is_member(dst)`: `dst` is still a pool member (never a target);
+    /// `last_activity(dst)`: when anyone last connected to `dst` (CLOCK_MONOTONIC ns),
+    /// if known.
     pub fn poll(
         &mut self,
         now: u64,
+        is_member: impl Fn(&SocketAddr) -> bool,
         last_activity: impl Fn(&SocketAddr) -> Option<u64>,
         requests: &mut Vec<ProbeRequest>,
         ended: &mut Vec<ProbeEnded>,
@@ -633,7 +636,8 @@ impl CheckScheduler {
                 break;
             }
             self.idle_due.pop();
-            if !self.members.contains(&dst) && !self.seen.contains(&dst) {
+            if !is_member(&dst) {
+                self.seen.remove(&dst);
                 continue;
             }
             if let Some(last) = last_activity(&dst) {
@@ -726,7 +730,7 @@ mod tests {
 
     fn poll(s: &mut CheckScheduler, now: u64) -> (Vec<ProbeRequest>, Vec<ProbeEnded>) {
         let (mut req, mut ended) = (Vec::new(), Vec::new());
-        s.poll(now, |_| None, &mut req, &mut ended);
+        s.poll(now, |_| true, |_| None, &mut req, &mut ended);
         (req, ended)
     }
 
@@ -842,9 +846,9 @@ mod tests {
         s.set_members(&[dst(1), dst(2)], T0);
         let activity = |d: &SocketAddr| (*d == dst(2)).then_some(T0 + 15 * SEC);
         let (mut req, mut ended) = (Vec::new(), Vec::new());
-        s.poll(T0 + 21 * SEC, activity, &mut req, &mut ended);
+        s.poll(T0 + 21 * SEC, |_| true, activity, &mut req, &mut ended);
         assert_eq!(req.iter().map(|r| r.dst).collect::<Vec<_>>(), [dst(1)], "dst(2) was used at +15 s");
-        s.poll(T0 + 26 * SEC, activity, &mut req, &mut ended);
+        s.poll(T0 + 26 * SEC, |_| true, activity, &mut req, &mut ended);
         assert_eq!(req.iter().map(|r| r.dst).collect::<Vec<_>>(), [dst(1), dst(2)]);
         assert_eq!(s.counts().scheduled, 2, "one heap entry per member");
     }
@@ -871,10 +875,13 @@ mod tests {
     fn removed_members_are_dropped_lazily() {
         let mut s = CheckScheduler::new(config(|c| c.idle_after = Duration::from_secs(1)), 10, 1, T0);
         s.set_members(&[dst(1), dst(2)], T0);
-        s.set_members(&[dst(2)], T0);
-        let (req, _) = poll(&mut s, T0 + 3 * SEC);
+        // dst(1) left the pool: its entry goes when it surfaces.
+        let (mut req, mut ended) = (Vec::new(), Vec::new());
+        s.poll(T0 + 3 * SEC, |d| *d == dst(2), |_| None, &mut req, &mut ended);
         assert_eq!(req.iter().map(|r| r.dst).collect::<Vec<_>>(), [dst(2)]);
         assert_eq!(s.counts().scheduled, 1);
+        s.set_members(&[dst(2), dst(3)], T0 + 3 * SEC);
+        assert_eq!(s.counts().scheduled, 2, "a rebuilt schedule holds each member once");
     }
 
     /// Start times of probes under load (50 000 members, always due, answered at
