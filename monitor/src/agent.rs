@@ -260,6 +260,9 @@ impl Pipeline {
 
     /// When the checks next need the pipeline (None: nothing scheduled).
     fn checks_deadline(&self) -> Option<u64> {
+        if !self.probes.scheduler.busy() {
+            return None;
+        }
         self.probes.scheduler.next_deadline(monotonic_now_ns())
     }
 
@@ -516,9 +519,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
 
     loop {
-        let checks_wake = pipe.checks_deadline().map_or(FAR_FUTURE, |at| {
-            Duration::from_nanos(at.saturating_sub(monotonic_now_ns()))
-        });
+        // A timer only when a probe is scheduled: with checks off the loop is as before.
+        let checks_wake = pipe
+            .checks_deadline()
+            .map(|at| Duration::from_nanos(at.saturating_sub(monotonic_now_ns())));
         tokio::select! {
             guard = source.ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
@@ -542,7 +546,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 pipe.sink.stats(&stats);
                 pipe.bus.stats(&stats);
             }
-            _ = tokio::time::sleep(checks_wake) => {
+            _ = tokio::time::sleep(checks_wake.unwrap_or(FAR_FUTURE)), if checks_wake.is_some() => {
                 let _ = pipe.drain(source.ring.get_mut());
                 pipe.poll_checks(monotonic_now_ns());
                 pipe.persist_if_changed();

@@ -556,6 +556,14 @@ impl CheckScheduler {
         })
     }
 
+    /// Whether anything is scheduled or in flight (cheap; no clock read needed).
+    pub fn busy(&self) -> bool {
+        !(self.verify_due.is_empty()
+            && self.early_due.is_empty()
+            && self.idle_due.is_empty()
+            && self.deadlines.is_empty())
+    }
+
     /// The earliest moment [`CheckScheduler::poll`] has something to do.
     pub fn next_deadline(&self, now: u64) -> Option<u64> {
         let work = [
