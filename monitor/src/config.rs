@@ -19,6 +19,10 @@
 //! [policy]                              # see policy::config::PolicyConfig
 //! consecutive_refused = 1
 //! pool = ["198.51.100.0/24:8080"]
+//!
+//! [checks]                              # see policy::checks::ChecksConfig
+//! verify_before_reinstate = true
+//! idle_after = "0s"
 //! ```
 //!
 //! Every value is checked before anything is loaded; an error names the key, the value

@@ -173,12 +173,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "full"
         }
     );
-    overhead(&env, &plan, &mut report)?;
-    ingest(&env, &plan, &mut report)?;
-    latency(&env, &plan, &mut report)?;
-    blackhole(&env, &plan, &mut report)?;
-    memory(&env, &plan, &mut report)?;
-    startup(&env, &plan, &mut report)?;
+    // `CONNMON_BENCH_ONLY=checks`: section 7 alone (its figures in BENCHMARKS.md).
+    if std::env::var("CONNMON_BENCH_ONLY").as_deref() != Ok("checks") {
+        overhead(&env, &plan, &mut report)?;
+        ingest(&env, &plan, &mut report)?;
+        latency(&env, &plan, &mut report)?;
+        blackhole(&env, &plan, &mut report)?;
+        memory(&env, &plan, &mut report)?;
+        startup(&env, &plan, &mut report)?;
+    }
     checks::run(&env, &plan, &mut report)?;
     let _ = writeln!(
         report,
