@@ -197,9 +197,9 @@ impl Pipeline {
             // Known-dead members are not fed to the detectors or the outage tracker:
             // their failing probes would otherwise look like a local outage.
             let trigger = rec.map(Trigger::from);
-            let verdict =
-                self.policy
-                    .on_probe_result(&ended, trigger, now, &mut self.decisions);
+            let verdict = self
+                .policy
+                .on_probe_result(&ended, trigger, now, &mut self.decisions);
             if verdict == ProbeVerdict::Inconclusive {
                 self.probes.scheduler.verify_later(ended.dst, now);
             }
@@ -241,7 +241,12 @@ impl Pipeline {
         probes.scheduler.poll(
             now,
             |dst| pool.is_configured() && pool.role(dst) == Role::Proxy,
-            |dst| table.get(dst).and_then(|d| d.last_outcome()).map(|(_, at)| at),
+            |dst| {
+                table
+                    .get(dst)
+                    .and_then(|d| d.last_outcome())
+                    .map(|(_, at)| at)
+            },
             &mut probes.requests,
             &mut probes.ended,
         );
@@ -306,8 +311,11 @@ impl Pipeline {
         let now = monotonic_now_ns();
         let checks = checks.effective();
         self.probes.scheduler.reconfigure(checks.clone(), now);
-        self.policy
-            .set_verify_before_reinstate(checks.verify_before_reinstate, now, &mut self.decisions);
+        self.policy.set_verify_before_reinstate(
+            checks.verify_before_reinstate,
+            now,
+            &mut self.decisions,
+        );
         self.pool_changed();
     }
 

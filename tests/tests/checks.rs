@@ -33,7 +33,10 @@ fn probes<'a>(lines: &'a [Value], dst: &str, agent_pid: u32) -> Vec<&'a Value> {
         .iter()
         .filter(|l| l["type"] == "connect" && l["dst"] == dst && l["probe"] == true)
         .inspect(|l| {
-            assert_eq!(l["tgid"], agent_pid, "a probe is the agent's own connect: {l}");
+            assert_eq!(
+                l["tgid"], agent_pid,
+                "a probe is the agent's own connect: {l}"
+            );
             assert_eq!(l["comm"], "connmon", "{l}");
         })
         .collect()
@@ -136,7 +139,10 @@ fn dead_members_stay_ejected_across_expiries_and_a_revived_one_is_reinstated_ear
     // The closed member's probes were refused; the blackholed member's were abandoned
     // by the agent at probe_timeout (700 ms) — the kernel's own timeout is 3 s here.
     let closed_probes = probes(&lines, &closed.to_string(), pid);
-    assert!(closed_probes.iter().all(|p| p["outcome"] == "refused"), "{closed_probes:?}");
+    assert!(
+        closed_probes.iter().all(|p| p["outcome"] == "refused"),
+        "{closed_probes:?}"
+    );
     let bh_probes = probes(&lines, &blackholed, pid);
     for p in &bh_probes {
         assert_eq!(p["outcome"], "abandoned", "{p}");
@@ -162,7 +168,10 @@ fn dead_members_stay_ejected_across_expiries_and_a_revived_one_is_reinstated_ear
         .expect("final stats");
     let sent = stats["probes"]["sent"].as_u64().expect("probes.sent");
     assert!(sent >= 6, "{stats}");
-    assert!(stats["probes"]["established"].as_u64() >= Some(1), "{stats}");
+    assert!(
+        stats["probes"]["established"].as_u64() >= Some(1),
+        "{stats}"
+    );
 }
 
 #[test]
@@ -200,11 +209,16 @@ fn idle_members_are_checked_at_the_global_rate_and_a_dead_one_is_evicted_without
     // Let background checks run, then kill a member nobody uses.
     let _ = agent.collect_for(Duration::from_secs(3));
     drop(doomed);
-    let evict = agent.wait_for("evict of the idle dead member", Duration::from_secs(30), |v| {
-        v["type"] == "evict" && v["dst"] == doomed_dst.to_string()
-    });
+    let evict = agent.wait_for(
+        "evict of the idle dead member",
+        Duration::from_secs(30),
+        |v| v["type"] == "evict" && v["dst"] == doomed_dst.to_string(),
+    );
     assert_eq!(evict["reason"], "refused", "{evict}");
-    assert_eq!(evict["trigger"]["comm"], "connmon", "evicted by a probe: {evict}");
+    assert_eq!(
+        evict["trigger"]["comm"], "connmon",
+        "evicted by a probe: {evict}"
+    );
     assert_eq!(evict["trigger"]["pid"].as_u64().map(|p| p > 0), Some(true));
     let _ = agent.collect_for(Duration::from_secs(2));
     let (ok, lines) = agent.stop();
@@ -217,10 +231,10 @@ fn idle_members_are_checked_at_the_global_rate_and_a_dead_one_is_evicted_without
         "a target was probed"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| is_connect(l, "established", &target_dst.to_string(), ns.inode)
-                && l["probe"].is_null()),
+        lines.iter().any(
+            |l| is_connect(l, "established", &target_dst.to_string(), ns.inode)
+                && l["probe"].is_null()
+        ),
         "the client's own connect is reported without the probe flag"
     );
     // Every probe's SYN time (outcome time minus handshake duration): no one-second
@@ -275,11 +289,17 @@ fn with_checks_off_an_expired_ejection_is_reinstated_blind_and_nothing_is_probed
     });
     assert!(reinstate.get("verified").is_none(), "{reinstate}");
     let (_, lines) = agent.stop();
-    assert!(!lines.iter().any(|l| l["probe"] == true), "a probe was sent with checks off");
+    assert!(
+        !lines.iter().any(|l| l["probe"] == true),
+        "a probe was sent with checks off"
+    );
     let stats = lines
         .iter()
         .rev()
         .find(|l| l["type"] == "stats")
         .expect("final stats");
-    assert!(stats.get("probes").is_none(), "no probe counters with checks off: {stats}");
+    assert!(
+        stats.get("probes").is_none(),
+        "no probe counters with checks off: {stats}"
+    );
 }

@@ -56,7 +56,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let base = kib("VmRSS:");
     let pool = PoolMembership::from_entries((0..args.members).map(|i| {
-        PoolEntry::Member(SocketAddr::new(Ipv4Addr::from(0x0a00_0000 + i).into(), 8080))
+        PoolEntry::Member(SocketAddr::new(
+            Ipv4Addr::from(0x0a00_0000 + i).into(),
+            8080,
+        ))
     }));
     let with_pool = kib("VmRSS:");
     let config = ChecksConfig {
@@ -75,7 +78,13 @@ fn main() -> anyhow::Result<()> {
     let cpu = cpu_seconds();
     let end = now + args.seconds * SEC;
     while now < end {
-        scheduler.poll(now, |dst| pool.role(dst) == monitor::policy::Role::Proxy, |_| None, &mut requests, &mut ended);
+        scheduler.poll(
+            now,
+            |dst| pool.role(dst) == monitor::policy::Role::Proxy,
+            |_| None,
+            &mut requests,
+            &mut ended,
+        );
         for r in requests.drain(..) {
             scheduler.on_own_connect(r.dst, Outcome::Established);
             probes += 1;

@@ -146,7 +146,9 @@ impl ChecksConfig {
             ));
         }
         let interval = self.early_probe_interval;
-        if !interval.is_zero() && (interval < Duration::from_millis(100) || interval > Duration::from_secs(3600)) {
+        if !interval.is_zero()
+            && (interval < Duration::from_millis(100) || interval > Duration::from_secs(3600))
+        {
             return Err(duration(
                 "early_probe_interval",
                 interval,
@@ -154,7 +156,9 @@ impl ChecksConfig {
             ));
         }
         let idle = self.idle_after;
-        if !idle.is_zero() && (idle < Duration::from_millis(100) || idle > Duration::from_secs(86_400)) {
+        if !idle.is_zero()
+            && (idle < Duration::from_millis(100) || idle > Duration::from_secs(86_400))
+        {
             return Err(duration(
                 "idle_after",
                 idle,
@@ -291,7 +295,8 @@ impl RateLimit {
         let elapsed = now.saturating_sub(self.refilled_at);
         self.refilled_at = self.refilled_at.max(now);
         let max = u128::from(self.capacity) * u128::from(SEC);
-        self.tokens_scaled = (self.tokens_scaled + u128::from(elapsed) * u128::from(self.rate)).min(max);
+        self.tokens_scaled =
+            (self.tokens_scaled + u128::from(elapsed) * u128::from(self.rate)).min(max);
         while self.window.front().is_some_and(|&t| t + SEC <= now) {
             self.window.pop_front();
         }
@@ -310,7 +315,9 @@ impl RateLimit {
     /// When the next start is allowed.
     fn next_allowed(&self, now: u64) -> u64 {
         let missing = u128::from(SEC).saturating_sub(self.tokens_scaled);
-        let token_at = now.saturating_add(u64::try_from(missing.div_ceil(u128::from(self.rate))).unwrap_or(u64::MAX));
+        let token_at = now.saturating_add(
+            u64::try_from(missing.div_ceil(u128::from(self.rate))).unwrap_or(u64::MAX),
+        );
         let window_at = if self.window.len() as u64 >= self.rate {
             self.window.front().map_or(now, |&t| t + SEC)
         } else {
@@ -469,7 +476,11 @@ impl CheckScheduler {
 
     /// `dst`'s ejection expired and the policy waits for a verification probe.
     pub fn verify(&mut self, dst: SocketAddr, now: u64) {
-        if self.ejected.get(&dst).is_some_and(|e| e.state == EjectedState::Verifying && e.due.is_some()) {
+        if self
+            .ejected
+            .get(&dst)
+            .is_some_and(|e| e.state == EjectedState::Verifying && e.due.is_some())
+        {
             return;
         }
         self.set_due(dst, EjectedState::Verifying, Some(now));
@@ -684,10 +695,13 @@ impl CheckScheduler {
         let deadline_ns = now
             .saturating_add(self.probe_timeout_ns)
             .saturating_add(nanos(LOST_GRACE));
-        self.in_flight.insert(dst, InFlight {
-            purpose,
-            deadline_ns,
-        });
+        self.in_flight.insert(
+            dst,
+            InFlight {
+                purpose,
+                deadline_ns,
+            },
+        );
         self.deadlines.insert((deadline_ns, dst));
         self.counts.sent += 1;
         match purpose {
@@ -749,7 +763,10 @@ mod tests {
         let text = toml::to_string(&c).expect("serialize");
         assert!(text.contains("probe_timeout = \"1s\""), "{text}");
         assert!(text.contains("idle_after = \"0s\""), "{text}");
-        assert_eq!(toml::from_str::<ChecksConfig>(&text).expect("parse back"), c);
+        assert_eq!(
+            toml::from_str::<ChecksConfig>(&text).expect("parse back"),
+            c
+        );
         assert!(c.any_enabled());
         assert!(!ChecksConfig::off().any_enabled());
     }
@@ -798,18 +815,31 @@ mod tests {
         s.ejected(dst(2), T0);
         s.verify(dst(2), T0 + 10 * SEC);
         let (req, _) = poll(&mut s, T0 + 10 * SEC);
-        assert_eq!(req.first().map(|r| r.dst), Some(dst(2)), "verification goes first: {req:?}");
+        assert_eq!(
+            req.first().map(|r| r.dst),
+            Some(dst(2)),
+            "verification goes first: {req:?}"
+        );
         assert_eq!(req.first().map(|r| r.timeout), Some(Duration::from_secs(1)));
-        let ended = s.on_own_connect(dst(2), Outcome::Refused).expect("probe in flight");
+        let ended = s
+            .on_own_connect(dst(2), Outcome::Refused)
+            .expect("probe in flight");
         assert_eq!((ended.purpose, ended.succeeded()), (Purpose::Verify, false));
-        assert_eq!(s.on_own_connect(dst(2), Outcome::Refused), None, "a second outcome is not a probe");
+        assert_eq!(
+            s.on_own_connect(dst(2), Outcome::Refused),
+            None,
+            "a second outcome is not a probe"
+        );
     }
 
     #[test]
     fn early_probes_repeat_with_jitter_while_ejected_and_stop_after() {
         let mut s = CheckScheduler::new(ChecksConfig::default(), 100, 7, T0);
         s.ejected(dst(1), T0);
-        assert!(poll(&mut s, T0 + 4 * SEC).0.is_empty(), "not before the interval");
+        assert!(
+            poll(&mut s, T0 + 4 * SEC).0.is_empty(),
+            "not before the interval"
+        );
         let due = s.next_deadline(T0).expect("scheduled");
         assert!((T0 + 5 * SEC..=T0 + 6 * SEC).contains(&due), "due {due}");
         let (req, _) = poll(&mut s, due);
@@ -818,7 +848,10 @@ mod tests {
         let again = s.next_deadline(due).expect("rescheduled");
         assert!((due + 5 * SEC..=due + 6 * SEC).contains(&again));
         s.reinstated(dst(1));
-        assert!(poll(&mut s, again + 100 * SEC).0.is_empty(), "no probes once reinstated");
+        assert!(
+            poll(&mut s, again + 100 * SEC).0.is_empty(),
+            "no probes once reinstated"
+        );
         assert_eq!(s.next_deadline(again), None);
     }
 
@@ -855,20 +888,23 @@ mod tests {
         let activity = |d: &SocketAddr| (*d == dst(2)).then_some(T0 + 15 * SEC);
         let (mut req, mut ended) = (Vec::new(), Vec::new());
         s.poll(T0 + 21 * SEC, |_| true, activity, &mut req, &mut ended);
-        assert_eq!(req.iter().map(|r| r.dst).collect::<Vec<_>>(), [dst(1)], "dst(2) was used at +15 s");
+        assert_eq!(
+            req.iter().map(|r| r.dst).collect::<Vec<_>>(),
+            [dst(1)],
+            "dst(2) was used at +15 s"
+        );
         s.poll(T0 + 26 * SEC, |_| true, activity, &mut req, &mut ended);
-        assert_eq!(req.iter().map(|r| r.dst).collect::<Vec<_>>(), [dst(1), dst(2)]);
+        assert_eq!(
+            req.iter().map(|r| r.dst).collect::<Vec<_>>(),
+            [dst(1), dst(2)]
+        );
         assert_eq!(s.counts().scheduled, 2, "one heap entry per member");
     }
 
     #[test]
     fn only_seen_network_members_are_checked_and_their_number_is_bounded() {
-        let mut s = CheckScheduler::new(
-            config(|c| c.idle_after = Duration::from_secs(1)),
-            2,
-            3,
-            T0,
-        );
+        let mut s =
+            CheckScheduler::new(config(|c| c.idle_after = Duration::from_secs(1)), 2, 3, T0);
         assert!(s.saw_network_member(dst(1), T0));
         assert!(s.saw_network_member(dst(1), T0), "idempotent");
         assert!(s.saw_network_member(dst(2), T0));
@@ -881,15 +917,26 @@ mod tests {
 
     #[test]
     fn removed_members_are_dropped_lazily() {
-        let mut s = CheckScheduler::new(config(|c| c.idle_after = Duration::from_secs(1)), 10, 1, T0);
+        let mut s =
+            CheckScheduler::new(config(|c| c.idle_after = Duration::from_secs(1)), 10, 1, T0);
         s.set_members(&[dst(1), dst(2)], T0);
         // dst(1) left the pool: its entry goes when it surfaces.
         let (mut req, mut ended) = (Vec::new(), Vec::new());
-        s.poll(T0 + 3 * SEC, |d| *d == dst(2), |_| None, &mut req, &mut ended);
+        s.poll(
+            T0 + 3 * SEC,
+            |d| *d == dst(2),
+            |_| None,
+            &mut req,
+            &mut ended,
+        );
         assert_eq!(req.iter().map(|r| r.dst).collect::<Vec<_>>(), [dst(2)]);
         assert_eq!(s.counts().scheduled, 1);
         s.set_members(&[dst(2), dst(3)], T0 + 3 * SEC);
-        assert_eq!(s.counts().scheduled, 2, "a rebuilt schedule holds each member once");
+        assert_eq!(
+            s.counts().scheduled,
+            2,
+            "a rebuilt schedule holds each member once"
+        );
     }
 
     /// Start times of probes under load (50 000 members, always due, answered at
@@ -918,7 +965,9 @@ mod tests {
             }
             starts.extend(std::iter::repeat_n(now, req.len()));
             now = if step == 0 {
-                s.next_deadline(now).expect("members stay scheduled").max(now + 1)
+                s.next_deadline(now)
+                    .expect("members stay scheduled")
+                    .max(now + 1)
             } else {
                 now + step
             };
@@ -952,7 +1001,10 @@ mod tests {
         ] {
             let starts = starts_under_load(rate, step, 6 * SEC);
             let max = max_in_any_second(&starts);
-            assert!(max <= rate as usize, "rate {rate} step {step}: {max} starts in one second");
+            assert!(
+                max <= rate as usize,
+                "rate {rate} step {step}: {max} starts in one second"
+            );
             if step == 0 || step <= 10 * MS {
                 // Polled when it asks to be (as the agent does), or often enough.
                 assert!(
@@ -1025,9 +1077,16 @@ mod tests {
             }
             sent += req.len();
         }
-        assert!(sent <= 100 * 1_000 + 100, "{sent} probes in 100 s at 1000/s");
+        assert!(
+            sent <= 100 * 1_000 + 100,
+            "{sent} probes in 100 s at 1000/s"
+        );
         assert!(sent >= 90 * 1_000, "{sent}: the limit must not starve");
-        assert_eq!(s.counts().scheduled, 1_000_000, "every member stays scheduled once");
+        assert_eq!(
+            s.counts().scheduled,
+            1_000_000,
+            "every member stays scheduled once"
+        );
         // Not a timing assertion on a slow CPU: a scan per poll would take minutes.
         assert!(started.elapsed() < Duration::from_secs(120));
     }

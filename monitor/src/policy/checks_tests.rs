@@ -59,7 +59,13 @@ fn record(to: SocketAddr, outcome: Outcome, at: u64) -> ConnectRecord {
     }
 }
 
-fn probe(policy: &mut EjectionPolicy, to: SocketAddr, purpose: Purpose, outcome: Option<Outcome>, at: u64) -> (ProbeVerdict, Vec<Decision>) {
+fn probe(
+    policy: &mut EjectionPolicy,
+    to: SocketAddr,
+    purpose: Purpose,
+    outcome: Option<Outcome>,
+    at: u64,
+) -> (ProbeVerdict, Vec<Decision>) {
     let mut out = Vec::new();
     let ended = ProbeEnded {
         dst: to,
@@ -88,19 +94,35 @@ fn an_expired_ejection_waits_for_its_probe_and_a_failure_re_ejects_with_n_plus_1
     assert_eq!(p.take_verifications(), [dst(1)]);
     assert!(p.is_ejected(&dst(1)));
     assert_eq!(p.ejected(), 1, "still counted by the guard");
-    let (verdict, out) = probe(&mut p, dst(1), Purpose::Verify, Some(Outcome::Refused), BOOT + 31 * SEC);
+    let (verdict, out) = probe(
+        &mut p,
+        dst(1),
+        Purpose::Verify,
+        Some(Outcome::Refused),
+        BOOT + 31 * SEC,
+    );
     assert_eq!(verdict, ProbeVerdict::Reejected);
     let [Decision::Evict(e)] = out.as_slice() else {
         panic!("one evict expected: {out:?}");
     };
-    assert_eq!((e.ejection.count, e.ejection.duration_ms), (2, 60_000), "{e:?}");
+    assert_eq!(
+        (e.ejection.count, e.ejection.duration_ms),
+        (2, 60_000),
+        "{e:?}"
+    );
     assert_eq!(e.reason, Reason::Refused);
     // The second expiry: verification again, success this time.
     let mut out = Vec::new();
     p.tick(BOOT + 92 * SEC, &mut out);
     assert!(out.is_empty());
     assert_eq!(p.take_verifications(), [dst(1)]);
-    let (verdict, out) = probe(&mut p, dst(1), Purpose::Verify, Some(Outcome::Established), BOOT + 92 * SEC);
+    let (verdict, out) = probe(
+        &mut p,
+        dst(1),
+        Purpose::Verify,
+        Some(Outcome::Established),
+        BOOT + 92 * SEC,
+    );
     assert_eq!(verdict, ProbeVerdict::Reinstated);
     let [Decision::Reinstate(r)] = out.as_slice() else {
         panic!("one reinstate expected: {out:?}");
@@ -109,7 +131,10 @@ fn an_expired_ejection_waits_for_its_probe_and_a_failure_re_ejects_with_n_plus_1
     assert_eq!(p.ejected(), 0);
     let json = serde_json::to_value(&out[0]).expect("json");
     assert_eq!(json["verified"], true);
-    assert!(json.get("early").is_none(), "false flags are absent: {json}");
+    assert!(
+        json.get("early").is_none(),
+        "false flags are absent: {json}"
+    );
 }
 
 #[test]
@@ -129,9 +154,21 @@ fn a_lost_verification_probe_re_ejects_as_a_timeout() {
 fn an_early_success_reinstates_before_the_timer_and_an_early_failure_changes_nothing() {
     let mut p = engine(true);
     eject(&mut p, dst(1), BOOT);
-    let (verdict, out) = probe(&mut p, dst(1), Purpose::Early, Some(Outcome::Refused), BOOT + 5 * SEC);
+    let (verdict, out) = probe(
+        &mut p,
+        dst(1),
+        Purpose::Early,
+        Some(Outcome::Refused),
+        BOOT + 5 * SEC,
+    );
     assert_eq!((verdict, out.len()), (ProbeVerdict::Nothing, 0));
-    let (verdict, out) = probe(&mut p, dst(1), Purpose::Early, Some(Outcome::Established), BOOT + 10 * SEC);
+    let (verdict, out) = probe(
+        &mut p,
+        dst(1),
+        Purpose::Early,
+        Some(Outcome::Established),
+        BOOT + 10 * SEC,
+    );
     assert_eq!(verdict, ProbeVerdict::Reinstated);
     let [Decision::Reinstate(r)] = out.as_slice() else {
         panic!("{out:?}");
@@ -140,7 +177,10 @@ fn an_early_success_reinstates_before_the_timer_and_an_early_failure_changes_not
     assert_eq!(r.ejected_ms, 10_000);
     let mut out = Vec::new();
     p.tick(BOOT + 40 * SEC, &mut out);
-    assert!(out.is_empty() && p.take_verifications().is_empty(), "the old timer is gone");
+    assert!(
+        out.is_empty() && p.take_verifications().is_empty(),
+        "the old timer is gone"
+    );
 }
 
 #[test]
@@ -158,15 +198,34 @@ fn during_a_local_outage_a_failed_verification_is_inconclusive() {
     // Five other destinations fail at once: the host's network is down.
     let mut out = Vec::new();
     for i in 10..15 {
-        p.on_connect(&record(dst(i), Outcome::Unreachable, BOOT + 32 * SEC), BOOT + 32 * SEC, &mut out);
+        p.on_connect(
+            &record(dst(i), Outcome::Unreachable, BOOT + 32 * SEC),
+            BOOT + 32 * SEC,
+            &mut out,
+        );
     }
     assert!(
-        out.iter().any(|d| matches!(d, Decision::Diagnosis(Diagnosis { finding: Finding::LocalOutage { .. }, .. }))),
+        out.iter().any(|d| matches!(
+            d,
+            Decision::Diagnosis(Diagnosis {
+                finding: Finding::LocalOutage { .. },
+                ..
+            })
+        )),
         "{out:?}"
     );
-    let (verdict, out) = probe(&mut p, dst(1), Purpose::Verify, Some(Outcome::Unreachable), BOOT + 33 * SEC);
+    let (verdict, out) = probe(
+        &mut p,
+        dst(1),
+        Purpose::Verify,
+        Some(Outcome::Unreachable),
+        BOOT + 33 * SEC,
+    );
     assert_eq!(verdict, ProbeVerdict::Inconclusive);
-    assert!(out.is_empty(), "no re-ejection through the host's own outage: {out:?}");
+    assert!(
+        out.is_empty(),
+        "no re-ejection through the host's own outage: {out:?}"
+    );
     assert!(p.is_ejected(&dst(1)));
 }
 
@@ -182,7 +241,10 @@ fn without_verification_expiry_reinstates_blind_as_before() {
     assert!(!r.verified && !r.early);
     assert!(p.take_verifications().is_empty());
     let json = serde_json::to_value(&out[0]).expect("json");
-    assert!(json.get("verified").is_none() && json.get("early").is_none(), "{json}");
+    assert!(
+        json.get("verified").is_none() && json.get("early").is_none(),
+        "{json}"
+    );
 }
 
 #[test]
@@ -192,7 +254,10 @@ fn turning_verification_off_reinstates_what_was_waiting() {
     p.tick(BOOT + 31 * SEC, &mut Vec::new());
     let mut out = Vec::new();
     p.set_verify_before_reinstate(false, BOOT + 32 * SEC, &mut out);
-    assert!(matches!(out.as_slice(), [Decision::Reinstate(r)] if !r.verified), "{out:?}");
+    assert!(
+        matches!(out.as_slice(), [Decision::Reinstate(r)] if !r.verified),
+        "{out:?}"
+    );
     assert_eq!(p.ejected(), 0);
 }
 
@@ -206,7 +271,9 @@ fn an_ejection_that_expired_while_connmon_was_down_is_verified_after_a_restart()
     p.save_state(&path, BOOT + SEC).expect("save");
     let mut q = engine(true);
     let mut out = Vec::new();
-    let report = q.load_state(&path, BOOT + 100 * SEC, &mut out).expect("load");
+    let report = q
+        .load_state(&path, BOOT + 100 * SEC, &mut out)
+        .expect("load");
     assert!(out.is_empty(), "no blind reinstatement at start: {out:?}");
     assert_eq!(report.restored, 1);
     assert_eq!(q.take_verifications(), [dst(1)]);

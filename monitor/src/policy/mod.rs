@@ -796,10 +796,7 @@ impl EjectionPolicy {
                     self.expiries.insert((until_ns, dst));
                     report.restored += 1;
                 }
-                Some(e)
-                    if self.verify_before_reinstate
-                        && self.pool.role(&dst) == Role::Proxy =>
-                {
+                Some(e) if self.verify_before_reinstate && self.pool.role(&dst) == Role::Proxy => {
                     // Expired while connmon was down: verify before reinstating.
                     standing.ejected = Some(Box::new(Ejected {
                         since_ns: mono(e.since_unix_ms),

@@ -60,7 +60,13 @@ pub fn connect(buf: &mut Vec<u8>, c: &ConnectRecord, role: Role, clock: &WallClo
 }
 
 /// `{"type":"connect",...}`, with `"probe":true` when `probe`.
-pub fn connect_line(buf: &mut Vec<u8>, c: &ConnectRecord, role: Role, probe: bool, clock: &WallClock) {
+pub fn connect_line(
+    buf: &mut Vec<u8>,
+    c: &ConnectRecord,
+    role: Role,
+    probe: bool,
+    clock: &WallClock,
+) {
     value(
         buf,
         &ConnectLine {

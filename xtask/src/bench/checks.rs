@@ -71,7 +71,11 @@ impl Members {
         let mut first = String::new();
         BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut first)?;
         let ports: Vec<u16> = serde_json::from_str(&first).context("member ports")?;
-        Ok(Members { child, stdin, ports })
+        Ok(Members {
+            child,
+            stdin,
+            ports,
+        })
     }
 
     fn kill(&mut self, port: u16) -> anyhow::Result<()> {
@@ -97,7 +101,14 @@ fn start_in(env: &Env, ns: &BenchNetns, tag: &str, config: &str) -> anyhow::Resu
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", ns.0))
         .arg(&env.connmon)
-        .args(["run", "--output", "json", "--stats-interval", "0s", "--config"])
+        .args([
+            "run",
+            "--output",
+            "json",
+            "--stats-interval",
+            "0s",
+            "--config",
+        ])
         .arg(&path)
         .arg("--state-file")
         .arg(&state)
@@ -136,8 +147,7 @@ pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result
          `[checks] idle_after` and `max_per_second` as below; one member is killed after a warm-up of two idle periods, \
          and the time from the kill to its `evict` is measured ({} trial(s) per row, median).\n\n\
          | idle_after | max_per_second | kill → evict (ms) | trials evicted |\n|---:|---:|---:|---:|",
-        plan.checks_members,
-        plan.checks_trials
+        plan.checks_members, plan.checks_trials
     );
     for &(idle_s, rate) in plan.checks_grid {
         let mut times = Vec::new();
@@ -159,7 +169,9 @@ pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result
             let killed = monotonic_ns();
             members.kill(victim)?;
             // The worst case is one full cycle of the pool at the rate, plus idle_after.
-            let bound = Duration::from_secs(idle_s + 5 + (plan.checks_members as u64 / u64::from(rate)) * 2);
+            let bound = Duration::from_secs(
+                idle_s + 5 + (plan.checks_members as u64 / u64::from(rate)) * 2,
+            );
             let evicted = wait_evict(&tracer, &format!("127.0.0.1:{victim}"), bound);
             tracer.stop()?;
             if let Some(at) = evicted {
@@ -217,12 +229,25 @@ pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result
         stats["probes"]["lost"].as_u64().unwrap_or(0),
     );
 
-    let out = Command::new(env.dir.parent().context("target dir")?.join("release/checks_bench"))
-        .args(["--members", &plan.memory_members.to_string(), "--seconds", "150"])
-        .output()
-        .context("running checks_bench")?;
+    let out = Command::new(
+        env.dir
+            .parent()
+            .context("target dir")?
+            .join("release/checks_bench"),
+    )
+    .args([
+        "--members",
+        &plan.memory_members.to_string(),
+        "--seconds",
+        "150",
+    ])
+    .output()
+    .context("running checks_bench")?;
     if !out.status.success() {
-        bail!("checks_bench failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "checks_bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: Value = serde_json::from_slice(&out.stdout)?;
     let kib = |k: &str| v[k].as_f64().unwrap_or(0.0);
