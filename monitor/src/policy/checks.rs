@@ -313,9 +313,14 @@ impl RateLimit {
     }
 
     /// When the next start is allowed.
+    /// When the next batch of starts is allowed: 10 ms worth of tokens (at least one,
+    /// at most the bucket), so that a busy schedule wakes the pipeline ~100 times a
+    /// second, not once per token.
     fn next_allowed(&self, now: u64) -> u64 {
-        let missing = u128::from(SEC).saturating_sub(self.tokens_scaled);
-        let token_at = now.saturating_add(
+        let batch = (self.rate / 100).clamp(1, self.capacity);
+        let missing =
+            (u128::from(batch) * u128::from(SEC)).saturating_sub(self.tokens_scaled);
+        let token_at = self.refilled_at.saturating_add(
             u64::try_from(missing.div_ceil(u128::from(self.rate))).unwrap_or(u64::MAX),
         );
         let window_at = if self.window.len() as u64 >= self.rate {
@@ -323,7 +328,7 @@ impl RateLimit {
         } else {
             now
         };
-        token_at.max(window_at)
+        token_at.max(window_at).max(now)
     }
 }
 
@@ -585,11 +590,15 @@ impl CheckScheduler {
         .into_iter()
         .flatten()
         .min();
-        let work = work.map(|t| {
-            if t <= now && self.in_flight.len() < self.config.max_in_flight as usize {
-                self.rate.next_allowed(now).max(t)
+        let work = work.and_then(|t| {
+            if t > now {
+                Some(t)
+            } else if self.room() {
+                Some(self.rate.next_allowed(now))
             } else {
-                t.max(now)
+                // Full: a slot is freed by a kernel event (which wakes the pipeline
+                // anyway) or by a lost probe's deadline below.
+                None
             }
         });
         let lost = self.deadlines.first().map(|&(t, _)| t);
@@ -1033,6 +1042,11 @@ mod tests {
         let (req, _) = poll(&mut s, T0 + SEC);
         assert_eq!(req.len(), 3);
         assert!(poll(&mut s, T0 + SEC + MS).0.is_empty(), "full");
+        assert_eq!(
+            s.next_deadline(T0 + SEC + MS),
+            Some(T0 + 4 * SEC),
+            "full: no busy wake-ups, only the first lost-probe deadline"
+        );
         s.on_own_connect(req[0].dst, Outcome::Established);
         assert_eq!(poll(&mut s, T0 + SEC + 2 * MS).0.len(), 1);
         let (_, ended) = poll(&mut s, T0 + 5 * SEC);
