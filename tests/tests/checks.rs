@@ -11,7 +11,9 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, BLACKHOLE_V4, Netns, closed_port, is_connect, require_root, scratch_dir,
+    Agent, BLACKHOLE_V4, Netns, closed_port, is_connect,
+    otlp_receiver::{Receiver, Value as Otlp},
+    require_root, scratch_dir,
 };
 use serde_json::Value;
 
@@ -190,17 +192,31 @@ fn idle_members_are_checked_at_the_global_rate_and_a_dead_one_is_evicted_without
         .collect();
     pool.push(format!("\"{doomed_dst}\""));
     const RATE: usize = 5;
+    // An OTLP receiver inside the namespace, where the agent runs.
+    let (receiver, _) = ns.run("otlp", Receiver::start);
     let dir = scratch_dir("idle");
     let config = write(
         &dir.join("connmon.toml"),
         &format!(
             "[policy]\nbase_ejection = \"60s\"\njitter = 0.0\nmax_ejection_percent = 50\n\
              pool = [{}]\n\n[checks]\nidle_after = \"1s\"\nmax_per_second = {RATE}\n\
-             probe_timeout = \"1s\"\nearly_probe_interval = \"0s\"\n",
+             probe_timeout = \"1s\"\nearly_probe_interval = \"0s\"\n\n\
+             [otlp]\nprotocol = \"http/protobuf\"\nspan_flush_interval = \"100ms\"\nexport_interval = \"300ms\"\n",
             pool.join(", ")
         ),
     );
-    let mut agent = Agent::start_in(&ns, &["--config", &config, "--checks", "on"]);
+    let url = receiver.http_url();
+    let mut agent = Agent::start_in(
+        &ns,
+        &[
+            "--config",
+            &config,
+            "--checks",
+            "on",
+            "--otlp-endpoint",
+            &url,
+        ],
+    );
     let pid = agent.pid();
     // A client uses the target (and only the target).
     ns.run("scraper", move || {
@@ -220,9 +236,34 @@ fn idle_members_are_checked_at_the_global_rate_and_a_dead_one_is_evicted_without
         "evicted by a probe: {evict}"
     );
     assert_eq!(evict["trigger"]["pid"].as_u64().map(|p| p > 0), Some(true));
+    // OTLP counts probes apart (`connmon.probes`) and makes no span of them: the
+    // refused probe that evicted the member would otherwise be a `tcp.connect` span.
+    let refused = receiver.wait_for_point(
+        "connmon.probes",
+        &[("outcome", Otlp::str("refused"))],
+        Duration::from_secs(10),
+        |p| p.value >= 1.0,
+    );
+    assert_eq!(
+        refused.attr("role"),
+        Some(&Otlp::str("proxy")),
+        "{refused:?}"
+    );
+    receiver.wait_for_point(
+        "connmon.probes",
+        &[("outcome", Otlp::str("established"))],
+        Duration::from_secs(10),
+        |p| p.value >= 5.0,
+    );
     let _ = agent.collect_for(Duration::from_secs(2));
     let (ok, lines) = agent.stop();
     assert!(ok);
+    let doomed_port = Otlp::Int(i64::from(doomed_dst.port()));
+    assert!(
+        !receiver.spans().iter().any(|s| s.span.name == "tcp.connect"
+            && s.attr("network.peer.port") == Some(doomed_port.clone())),
+        "a probe became a tcp.connect span"
+    );
 
     assert!(
         !lines

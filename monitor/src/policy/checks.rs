@@ -318,8 +318,7 @@ impl RateLimit {
     /// second, not once per token.
     fn next_allowed(&self, now: u64) -> u64 {
         let batch = (self.rate / 100).clamp(1, self.capacity);
-        let missing =
-            (u128::from(batch) * u128::from(SEC)).saturating_sub(self.tokens_scaled);
+        let missing = (u128::from(batch) * u128::from(SEC)).saturating_sub(self.tokens_scaled);
         let token_at = self.refilled_at.saturating_add(
             u64::try_from(missing.div_ceil(u128::from(self.rate))).unwrap_or(u64::MAX),
         );
