@@ -316,6 +316,27 @@ mod tests {
     }
 
     #[test]
+    fn checks_section_parses_and_errors_name_the_checks_key() {
+        let c = Config::parse(
+            Path::new("x"),
+            "[checks]\nidle_after = \"30s\"\nmax_per_second = 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.checks.idle_after, Duration::from_secs(30));
+        assert!(c.checks.verify_before_reinstate, "default on");
+        c.validate().unwrap();
+        let c = Config::parse(Path::new("x"), "[checks]\nmax_in_flight = 0\n").unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "checks.max_in_flight = 0: must be between 1 and 65536"
+        );
+        let err = Config::parse(Path::new("x"), "[checks]\nforced_off = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "not a file key: {err}");
+    }
+
+    #[test]
     fn socket_keys_parse_and_are_checked() {
         let c = Config::parse(
             Path::new("x"),

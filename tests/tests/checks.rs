@@ -309,15 +309,16 @@ fn idle_members_are_checked_at_the_global_rate_and_a_dead_one_is_evicted_without
 }
 
 #[test]
-fn with_checks_off_an_expired_ejection_is_reinstated_blind_and_nothing_is_probed() {
+fn with_checks_off_reinstatement_is_blind_and_sighup_turns_verification_on() {
     require_root();
     let ns = Netns::new("nochecks");
     let closed = closed_in(&ns);
     let dir = scratch_dir("nochecks");
+    let pool = format!("pool = [\"{closed}\", \"10.200.0.10:80\"]");
     let config = write(
         &dir.join("connmon.toml"),
         &format!(
-            "[policy]\nbase_ejection = \"1s\"\njitter = 0.0\npool = [\"{closed}\", \"10.200.0.10:80\"]\n\n\
+            "[policy]\nbase_ejection = \"1s\"\njitter = 0.0\n{pool}\n\n\
              [checks]\nverify_before_reinstate = false\nearly_probe_interval = \"0s\"\nidle_after = \"0s\"\n"
         ),
     );
@@ -329,18 +330,51 @@ fn with_checks_off_an_expired_ejection_is_reinstated_blind_and_nothing_is_probed
         v["type"] == "reinstate" && v["dst"] == closed.to_string()
     });
     assert!(reinstate.get("verified").is_none(), "{reinstate}");
-    let (_, lines) = agent.stop();
     assert!(
-        !lines.iter().any(|l| l["probe"] == true),
+        !agent
+            .collect_for(Duration::from_millis(300))
+            .iter()
+            .any(|l| l["probe"] == true),
         "a probe was sent with checks off"
+    );
+
+    // SIGHUP turns verification on: the next ejection's expiry is verified by a probe,
+    // which is refused, so the member is ejected again (count 2 → 3) and never
+    // reinstated.
+    write(
+        Path::new(&config),
+        &format!(
+            "[policy]\nbase_ejection = \"1s\"\njitter = 0.0\n{pool}\n\n\
+             [checks]\nverify_before_reinstate = true\nearly_probe_interval = \"0s\"\n"
+        ),
+    );
+    agent.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent.stderr().contains("SIGHUP: checks reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload: {}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ns.run("scraper", move || {
+        TcpStream::connect(closed).expect_err("refused")
+    });
+    let evict = agent.wait_for("verified re-ejection", Duration::from_secs(15), |v| {
+        v["type"] == "evict" && v["dst"] == closed.to_string() && v["ejection"]["count"] == 3
+    });
+    assert_eq!(evict["trigger"]["comm"], "connmon", "{evict}");
+    let (_, lines) = agent.stop();
+    assert_eq!(
+        of(&lines, "reinstate", &closed.to_string()).len(),
+        1,
+        "only the blind reinstatement before SIGHUP"
     );
     let stats = lines
         .iter()
         .rev()
         .find(|l| l["type"] == "stats")
         .expect("final stats");
-    assert!(
-        stats.get("probes").is_none(),
-        "no probe counters with checks off: {stats}"
-    );
+    assert!(stats["probes"]["verify"].as_u64() >= Some(1), "{stats}");
 }

@@ -207,7 +207,11 @@ pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result
         .collect();
     let in_window = probes
         .iter()
-        .filter(|v| v["ktime_ns"].as_u64().is_some_and(|k| (k0..k1).contains(&k)))
+        .filter(|v| {
+            v["ktime_ns"]
+                .as_u64()
+                .is_some_and(|k| (k0..k1).contains(&k))
+        })
         .count();
     let cpu = cpu1 - cpu0;
     let stats = lines(&out)
