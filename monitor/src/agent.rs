@@ -26,8 +26,16 @@ use crate::{
     config::Config,
     control::{self, Control},
     persist::StateWriter,
-    policy::{EjectionPolicy, EvidenceScope, decision::Decision, pool::PoolMembership},
-    sinks::stdout::{OutputFormat, StdoutSink},
+    policy::{
+        EjectionPolicy, EvidenceScope, ProbeVerdict,
+        checks::{CheckScheduler, ChecksConfig, ProbeEnded, ProbeRequest},
+        decision::{Decision, Trigger},
+        pool::{PoolMembership, Role},
+    },
+    sinks::{
+        prober::ProbeSender,
+        stdout::{OutputFormat, StdoutSink},
+    },
     source::{
         cgroup::CgroupResolver,
         event::{KernelEvent, decode},
@@ -85,6 +93,18 @@ struct Pipeline {
     decisions: Vec<Decision>,
     clock: WallClock,
     state: StateWriter,
+    probes: Probes,
+}
+
+/// The pipeline's side of the handshake checks: the schedule, the prober's queue, and
+/// scratch space reused between polls.
+struct Probes {
+    scheduler: CheckScheduler,
+    prober: ProbeSender,
+    /// Our tgid: a kernel event with it and a probe in flight to its `dst` is a probe.
+    own_tgid: u32,
+    requests: Vec<ProbeRequest>,
+    ended: Vec<ProbeEnded>,
 }
 
 impl Pipeline {
@@ -106,12 +126,16 @@ impl Pipeline {
     }
 
     fn on_event(&mut self, mut event: KernelEvent) {
-        self.counters.count(&event);
         // Attribution first: the cgroup path (and container) is part of what the
         // evidence scope may look at, and every consumer reports both.
         let who = event.who_mut();
         who.cgroup = self.cgroups.resolve(who.cgroup_id);
         who.trusted = self.policy.evidence().trusts(who);
+        if self.is_probe(&event) {
+            self.on_probe_event(&event);
+            return;
+        }
+        self.counters.count(&event);
         let key = self.policy.key_of(event.dst(), event.who().netns);
         let role = self.policy.role(&key);
         self.sink.event(&event, role);
@@ -123,13 +147,177 @@ impl Pipeline {
                     .on_syn_retransmit(r, r.ktime_ns, &mut self.decisions)
             }
         }
+        if let KernelEvent::Connect(c) = &event {
+            self.saw(c.dst, role, c.ktime_ns);
+        }
         self.emit_decisions();
     }
 
-    fn tick(&mut self) {
-        self.policy.tick(monotonic_now_ns(), &mut self.decisions);
+    /// Whether a kernel event is one of our own probes: made by this process, to a
+    /// destination with a probe in flight.
+    fn is_probe(&self, event: &KernelEvent) -> bool {
+        event.who().tgid == self.probes.own_tgid && self.probes.scheduler.in_flight(&event.dst())
+    }
+
+    /// A probe's kernel event: reported with `"probe":true`, counted apart from the
+    /// clients' outcomes, and handed to the scheduler and the policy.
+    fn on_probe_event(&mut self, event: &KernelEvent) {
+        self.counters.events += 1;
+        let role = match event {
+            KernelEvent::Connect(c) => self.policy.pool().role(&c.dst),
+            KernelEvent::SynRetransmit(r) => self.policy.pool().role(&r.dst),
+        };
+        self.sink.probe_event(event, role);
+        self.bus.probe_event(event, role);
+        match event {
+            KernelEvent::Connect(c) => {
+                if let Some(ended) = self.probes.scheduler.on_own_connect(c.dst, c.outcome) {
+                    self.probe_ended(ended, Some(c));
+                }
+            }
+            // An idle member's retransmitted SYN is evidence like any other; an ejected
+            // member's is expected and changes nothing.
+            KernelEvent::SynRetransmit(r) => {
+                if !self.policy.is_ejected(&r.dst) {
+                    self.policy
+                        .on_syn_retransmit(r, r.ktime_ns, &mut self.decisions);
+                }
+            }
+        }
         self.emit_decisions();
+    }
+
+    /// A probe ended (`rec`: its kernel outcome; None when it was lost).
+    fn probe_ended(
+        &mut self,
+        ended: ProbeEnded,
+        rec: Option<&crate::source::event::ConnectRecord>,
+    ) {
+        let now = rec.map_or_else(monotonic_now_ns, |c| c.ktime_ns);
+        if self.policy.is_ejected(&ended.dst) {
+            // Known-dead members are not fed to the detectors or the outage tracker:
+            // their failing probes would otherwise look like a local outage.
+            let trigger = rec.map(Trigger::from);
+            let verdict = self
+                .policy
+                .on_probe_result(&ended, trigger, now, &mut self.decisions);
+            if verdict == ProbeVerdict::Inconclusive {
+                self.probes.scheduler.verify_later(ended.dst, now);
+            }
+        } else if let Some(c) = rec {
+            // A background check: evidence like any other connect.
+            self.policy.on_connect(c, now, &mut self.decisions);
+        }
+    }
+
+    /// A client's connect to `dst`: a member of a CIDR pool entry is scheduled for
+    /// background checks once seen.
+    fn saw(&mut self, dst: std::net::SocketAddr, role: Role, now: u64) {
+        if self.probes.scheduler.config().idle_after.is_zero()
+            || role != Role::Proxy
+            || !self.policy.pool().is_configured()
+            || self.policy.pool().members().contains(&dst)
+        {
+            return;
+        }
+        self.probes.scheduler.saw_network_member(dst, now);
+    }
+
+    fn tick(&mut self) {
+        let now = monotonic_now_ns();
+        self.policy.tick(now, &mut self.decisions);
+        self.emit_decisions();
+        self.poll_checks(now);
         self.persist_if_changed();
+    }
+
+    /// Hands due verifications to the scheduler, ends lost probes and sends due ones.
+    fn poll_checks(&mut self, now: u64) {
+        for dst in self.policy.take_verifications() {
+            self.probes.scheduler.verify(dst, now);
+        }
+        let table = self.policy.table();
+        let pool = self.policy.pool();
+        let probes = &mut self.probes;
+        probes.scheduler.poll(
+            now,
+            |dst| pool.is_configured() && pool.role(dst) == Role::Proxy,
+            |dst| {
+                table
+                    .get(dst)
+                    .and_then(|d| d.last_outcome())
+                    .map(|(_, at)| at)
+            },
+            &mut probes.requests,
+            &mut probes.ended,
+        );
+        for request in probes.requests.drain(..) {
+            if probes.prober.try_send(request).is_err() {
+                probes.scheduler.unsent(&request, now);
+            }
+        }
+        let mut ended = std::mem::take(&mut self.probes.ended);
+        for e in ended.drain(..) {
+            self.probe_ended(e, None);
+        }
+        self.probes.ended = ended;
+        self.emit_decisions();
+    }
+
+    /// When the checks next need the pipeline (None: nothing scheduled).
+    fn checks_deadline(&self) -> Option<u64> {
+        if !self.probes.scheduler.busy() {
+            return None;
+        }
+        self.probes.scheduler.next_deadline(monotonic_now_ns())
+    }
+
+    /// The pool changed: explicit members get background checks; verifications of
+    /// destinations that left the pool end unverified.
+    fn pool_changed(&mut self) {
+        let now = monotonic_now_ns();
+        self.probes
+            .scheduler
+            .set_members(self.policy.pool().members(), now);
+        self.policy.release_unprobeable(now, &mut self.decisions);
+        self.emit_decisions();
+    }
+
+    /// SIGHUP: re-read `[checks]`; a bad section keeps the current one. A `--checks off`
+    /// given at start still wins.
+    fn reload_checks(&mut self, config_path: Option<&Path>, started_with: &Config) {
+        let reloaded = Config::load(config_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|file| {
+                let mut config = started_with.clone();
+                config.checks = ChecksConfig {
+                    forced_off: started_with.checks.forced_off,
+                    ..file.checks
+                };
+                config.validate()?;
+                Ok(config.checks)
+            });
+        match reloaded {
+            Ok(checks) => {
+                tracing::info!(?checks, "SIGHUP: checks reloaded");
+                self.apply_checks(&checks);
+                self.persist_if_changed();
+            }
+            Err(err) => tracing::error!("SIGHUP: keeping the current checks: {err:#}"),
+        }
+    }
+
+    /// Applies a `[checks]` section (start, SIGHUP).
+    fn apply_checks(&mut self, checks: &ChecksConfig) {
+        let now = monotonic_now_ns();
+        let checks = checks.effective();
+        self.probes.scheduler.reconfigure(checks.clone(), now);
+        self.policy.set_verify_before_reinstate(
+            checks.verify_before_reinstate,
+            now,
+            &mut self.decisions,
+        );
+        self.pool_changed();
     }
 
     fn emit_decisions(&mut self) {
@@ -138,6 +326,13 @@ impl Pipeline {
         }
         let now = monotonic_now_ns();
         for mut decision in self.decisions.drain(..) {
+            match &decision {
+                Decision::Evict(e) if self.policy.pool().role(&e.dst) == Role::Proxy => {
+                    self.probes.scheduler.ejected(e.dst, now);
+                }
+                Decision::Reinstate(r) => self.probes.scheduler.reinstated(r.dst),
+                _ => {}
+            }
             decision.stamp(now, &self.clock);
             self.sink.decision(&decision);
             let role = decision.key().map(|key| self.policy.role(&key));
@@ -178,6 +373,7 @@ impl Pipeline {
                     "pool changed by a control command"
                 );
                 self.policy.set_pool(pool);
+                self.pool_changed();
                 let _ = reply.send(entries);
             }
             Control::Evict {
@@ -238,6 +434,28 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         CgroupResolver::disabled()
     });
     let bus = EventBus::new(agent.bus_capacity, clock);
+    // Consumers of the bus and the control channel run as their own tasks; each gets a
+    // receiver from `bus.subscribe()` and stops when `shutdown` is cancelled.
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let checks = config.checks.effective();
+    let probes = Probes {
+        scheduler: CheckScheduler::new(
+            checks.clone(),
+            config.policy.max_destinations,
+            seed.rotate_left(17),
+            monotonic_now_ns(),
+        ),
+        // Sized for the largest `max_in_flight` a reload may set.
+        prober: crate::sinks::prober::spawn(
+            crate::policy::checks::MAX_IN_FLIGHT as usize,
+            &shutdown,
+            &tasks,
+        ),
+        own_tgid: std::process::id(),
+        requests: Vec::new(),
+        ended: Vec::new(),
+    };
     let mut pipe = Pipeline {
         policy,
         cgroups,
@@ -248,7 +466,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         clock,
         state: StateWriter::spawn(agent.state_file.clone())
             .context("starting the state-file writer")?,
+        probes,
     };
+    // Before the state file: an ejection that expired while connmon was down is then
+    // verified like any other.
+    pipe.policy.set_verify_before_reinstate(
+        checks.verify_before_reinstate,
+        monotonic_now_ns(),
+        &mut pipe.decisions,
+    );
     match pipe
         .policy
         .load_state(&agent.state_file, monotonic_now_ns(), &mut pipe.decisions)
@@ -266,10 +492,23 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         }
     }
 
-    // Consumers of the bus and the control channel run as their own tasks; each gets a
-    // receiver from `bus.subscribe()` and stops when `shutdown` is cancelled.
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
+    {
+        let now = monotonic_now_ns();
+        let _ = pipe.policy.take_verifications();
+        let ejections: Vec<_> = pipe.policy.ejections().collect();
+        for (dst, verifying) in ejections {
+            if pipe.policy.pool().role(&dst) != Role::Proxy {
+                continue;
+            }
+            pipe.probes.scheduler.ejected(dst, now);
+            if verifying {
+                pipe.probes.scheduler.verify(dst, now);
+            }
+        }
+        pipe.probes
+            .scheduler
+            .set_members(pipe.policy.pool().members(), now);
+    }
     let (control_tx, mut control_rx) = control::channel();
     spawn_consumers(&config, &bus, &control_tx, &shutdown, &tasks).await?;
     drop(control_tx);
@@ -307,6 +546,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
 
     loop {
+        // A timer only when a probe is scheduled: with checks off the loop is as before.
+        let checks_wake = pipe
+            .checks_deadline()
+            .map(|at| Duration::from_nanos(at.saturating_sub(monotonic_now_ns())));
         tokio::select! {
             guard = source.ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
@@ -325,15 +568,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 pipe.tick();
             }
             _ = stats_tick.tick() => {
-                let stats = snapshot(&source, &pipe.counters, &clock, started, false)?;
+                let stats = snapshot(&source, &pipe, &clock, started, false)?;
                 warn_if_lost(&mut last_lost, stats.lost_events);
                 pipe.sink.stats(&stats);
                 pipe.bus.stats(&stats);
+            }
+            _ = tokio::time::sleep(checks_wake.unwrap_or(FAR_FUTURE)), if checks_wake.is_some() => {
+                let _ = pipe.drain(source.ring.get_mut());
+                pipe.poll_checks(monotonic_now_ns());
+                pipe.persist_if_changed();
             }
             Some(command) = control_rx.recv() => pipe.control(command),
             _ = sighup.recv() => {
                 reload_pool(&mut pipe.policy, config_path.as_deref(), &config);
                 reload_evidence(&mut pipe.policy, config_path.as_deref());
+                pipe.reload_checks(config_path.as_deref(), &config);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -342,7 +591,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     }
 
     let _ = pipe.drain(source.ring.get_mut());
-    let stats = snapshot(&source, &pipe.counters, &clock, started, true)?;
+    let stats = snapshot(&source, &pipe, &clock, started, true)?;
     warn_if_lost(&mut last_lost, stats.lost_events);
     pipe.sink.stats(&stats);
     pipe.bus.stats(&stats);
@@ -363,6 +612,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     tracing::info!("detached; exiting");
     Ok(())
 }
+
+/// A sleep that does not end (no probe is scheduled).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 
 /// A drain at least this large means a flood: see [`MODERATION`].
 const BUSY_DRAIN: usize = 8;
@@ -449,12 +701,15 @@ fn warn_if_lost(last: &mut u64, lost: u64) {
 
 fn snapshot(
     source: &KernelSource,
-    counters: &Counters,
+    pipe: &Pipeline,
     clock: &WallClock,
     started: Instant,
     is_final: bool,
 ) -> anyhow::Result<Stats> {
     let kernel = source.counters().context("reading kernel counters")?;
+    let counters = &pipe.counters;
+    let probes = pipe.probes.scheduler.counts();
+    let checks_used = pipe.probes.scheduler.config().any_enabled() || probes.sent > 0;
     Ok(Stats {
         r#type: "stats",
         ts: clock.rfc3339(monotonic_now_ns()),
@@ -465,6 +720,7 @@ fn snapshot(
         lost_events: kernel.lost_events,
         untracked: kernel.untracked,
         decode_errors: counters.decode_errors,
+        probes: checks_used.then_some(probes),
         is_final,
     })
 }

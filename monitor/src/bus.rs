@@ -81,6 +81,8 @@ pub struct Published {
     pub role: Option<Role>,
     pub dst: Option<SocketAddr>,
     pub payload: Payload,
+    /// A kernel event of the agent's own handshake check (`"probe":true`).
+    pub probe: bool,
     clock: WallClock,
     json: OnceLock<Arc<str>>,
 }
@@ -91,13 +93,18 @@ impl Published {
         Arc::clone(self.json.get_or_init(|| {
             let mut buf = Vec::with_capacity(512);
             match &self.payload {
-                Payload::Connect(c) => {
-                    json::connect(&mut buf, c, self.role.unwrap_or(Role::Target), &self.clock)
-                }
-                Payload::SynRetransmit(r) => json::syn_retransmit(
+                Payload::Connect(c) => json::connect_line(
+                    &mut buf,
+                    c,
+                    self.role.unwrap_or(Role::Target),
+                    self.probe,
+                    &self.clock,
+                ),
+                Payload::SynRetransmit(r) => json::syn_retransmit_line(
                     &mut buf,
                     r,
                     self.role.unwrap_or(Role::Target),
+                    self.probe,
                     &self.clock,
                 ),
                 Payload::Decision(d) => json::value(&mut buf, d),
@@ -140,6 +147,17 @@ impl EventBus {
     }
 
     fn publish(&self, topic: Topic, role: Option<Role>, dst: Option<SocketAddr>, payload: Payload) {
+        self.publish_as(topic, role, dst, payload, false);
+    }
+
+    fn publish_as(
+        &self,
+        topic: Topic,
+        role: Option<Role>,
+        dst: Option<SocketAddr>,
+        payload: Payload,
+        probe: bool,
+    ) {
         if !self.has_subscribers() {
             return;
         }
@@ -148,6 +166,7 @@ impl EventBus {
             role,
             dst,
             payload,
+            probe,
             clock: self.clock,
             json: OnceLock::new(),
         };
@@ -168,6 +187,26 @@ impl EventBus {
                 Some(role),
                 Some(r.dst),
                 Payload::SynRetransmit(r.clone()),
+            ),
+        }
+    }
+
+    /// A kernel event of the agent's own probe: published with `"probe":true`.
+    pub fn probe_event(&self, event: &KernelEvent, role: Role) {
+        match event {
+            KernelEvent::Connect(c) => self.publish_as(
+                Topic::Connect,
+                Some(role),
+                Some(c.dst),
+                Payload::Connect(c.clone()),
+                true,
+            ),
+            KernelEvent::SynRetransmit(r) => self.publish_as(
+                Topic::SynRetransmit,
+                Some(role),
+                Some(r.dst),
+                Payload::SynRetransmit(r.clone()),
+                true,
             ),
         }
     }

@@ -19,6 +19,10 @@
 //! [policy]                              # see policy::config::PolicyConfig
 //! consecutive_refused = 1
 //! pool = ["198.51.100.0/24:8080"]
+//!
+//! [checks]                              # see policy::checks::ChecksConfig
+//! verify_before_reinstate = true
+//! idle_after = "0s"
 //! ```
 //!
 //! Every value is checked before anything is loaded; an error names the key, the value
@@ -49,6 +53,8 @@ pub const DEFAULT_SOCKET: &str = "/run/connmon/connmon.sock";
 pub struct Config {
     pub agent: AgentConfig,
     pub policy: PolicyConfig,
+    /// `[checks]`: the agent's own handshake checks (see policy::checks).
+    pub checks: crate::policy::checks::ChecksConfig,
     /// `[[haproxy]]` tables: HAProxy runtime APIs driven by evict/reinstate.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub haproxy: Vec<crate::sinks::haproxy::HaproxyConfig>,
@@ -181,6 +187,13 @@ impl Config {
         validate_socket(a)?;
         self.policy.validate()?;
         self.policy.pool_entries()?;
+        self.checks
+            .validate()
+            .map_err(|e| ConfigFileError::Invalid {
+                key: format!("checks.{}", e.key),
+                value: e.value,
+                allowed: e.allowed.into(),
+            })?;
         crate::sinks::haproxy::validate(&self.haproxy)?;
         self.otlp.validate().map_err(
             |crate::export::OtlpConfigError::Invalid {
@@ -300,6 +313,27 @@ mod tests {
                 .to_string()
                 .starts_with("policy.pool[0] = \"not-an-address\"")
         );
+    }
+
+    #[test]
+    fn checks_section_parses_and_errors_name_the_checks_key() {
+        let c = Config::parse(
+            Path::new("x"),
+            "[checks]\nidle_after = \"30s\"\nmax_per_second = 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.checks.idle_after, Duration::from_secs(30));
+        assert!(c.checks.verify_before_reinstate, "default on");
+        c.validate().unwrap();
+        let c = Config::parse(Path::new("x"), "[checks]\nmax_in_flight = 0\n").unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "checks.max_in_flight = 0: must be between 1 and 65536"
+        );
+        let err = Config::parse(Path::new("x"), "[checks]\nforced_off = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "not a file key: {err}");
     }
 
     #[test]

@@ -69,10 +69,14 @@ struct RunArgs {
     /// The pool-controller socket [default: /run/connmon/connmon.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// `off`: no handshake checks at all, whatever `[checks]` says (also after SIGHUP).
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    checks: Option<String>,
 }
 
 impl RunArgs {
     fn apply(&self, config: &mut Config) {
+        config.checks.forced_off = self.checks.as_deref() == Some("off");
         let a = &mut config.agent;
         if self.output.is_some() {
             a.output = self.output;

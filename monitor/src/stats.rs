@@ -44,6 +44,9 @@ pub struct Stats {
     pub untracked: u64,
     /// Records that failed to decode.
     pub decode_errors: u64,
+    /// The agent's own handshake checks (not in `outcomes`); absent when checks are off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<crate::policy::checks::ProbeCounts>,
     /// True on the last line, written at exit.
     #[serde(rename = "final")]
     pub is_final: bool,
@@ -52,8 +55,14 @@ pub struct Stats {
 impl Stats {
     pub fn to_text(&self) -> String {
         let o = &self.outcomes;
+        let probes = self.probes.map_or_else(String::new, |p| {
+            format!(
+                " probes_sent={} probes_established={} probes_failed={} probes_lost={} probes_dropped={}",
+                p.sent, p.established, p.failed, p.lost, p.dropped
+            )
+        });
         format!(
-            "stats{}: events={} established={} refused={} reset={} timeout={} abandoned={} unreachable={} syn_retransmits={} lost_events={} untracked={} decode_errors={}",
+            "stats{}: events={} established={} refused={} reset={} timeout={} abandoned={} unreachable={} syn_retransmits={} lost_events={} untracked={} decode_errors={}{probes}",
             if self.is_final { " (final)" } else { "" },
             self.events,
             o.established,

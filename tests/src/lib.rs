@@ -178,9 +178,27 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the agent and waits until it has attached. Unless `extra_args` name them,
-    /// the agent gets a state file and a control socket of its own (never the host's).
+    /// the agent gets a state file and a control socket of its own (never the host's),
+    /// and no handshake checks (`--checks off`: its probes would go to the host's
+    /// loopback, not to the test's namespace).
     pub fn start(extra_args: &[&str]) -> Self {
         Self::start_with(extra_args, |_| {})
+    }
+
+    /// Starts the agent inside `ns` (its own connects — handshake checks — then reach
+    /// the namespace's addresses; the kernel programs still see every namespace).
+    pub fn start_in(ns: &Netns, extra_args: &[&str]) -> Self {
+        let file = File::open(ns.path()).expect("open netns");
+        Self::start_with(extra_args, move |cmd| {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setns is async-signal-safe; the closure only uses the open fd.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        })
     }
 
     /// [`Agent::start`], with `configure` applied to the command first (e.g. a
@@ -189,6 +207,9 @@ impl Agent {
         let mut cmd = Command::new(connmon_bin());
         configure(&mut cmd);
         cmd.args(["run", "--output", "json"]).args(extra_args);
+        if !extra_args.contains(&"--checks") {
+            cmd.args(["--checks", "off"]);
+        }
         if !extra_args.contains(&"--config") {
             // Never the host's /etc/connmon/connmon.toml.
             cmd.args(["--config", "/dev/null"]);

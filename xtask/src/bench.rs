@@ -13,6 +13,9 @@
 //! 5. Memory and CPU: agent RSS idle; engine RSS at 10 k / 100 k / 1 M destinations and
 //!    CPU per 100 k events/s (synthetic stream, `engine_bench`).
 //! 6. Start-up: exec → all programs attached.
+//! 7. Handshake checks: a member's death → eviction with no client traffic vs
+//!    `idle_after` and the probe rate; agent CPU at 10 000 probes/s; memory with 1 M
+//!    scheduled members (module [`checks`]).
 //!
 //! Only loopback and a namespace this command creates are used; every load is bounded in
 //! time and count. `--quick` runs each scenario once, briefly (< 60 s), so that
@@ -32,6 +35,8 @@ use serde_json::Value;
 
 use crate::{build, setup};
 
+mod checks;
+
 #[derive(clap::Args, Default)]
 pub struct Options {
     /// One short round of everything (< 60 s): checks the harness, not the numbers.
@@ -50,6 +55,15 @@ struct Plan {
     ring_sizes: &'static [u32],
     engine_sizes: &'static [(u32, u64)],
     startup_trials: usize,
+    /// Handshake checks: (idle_after seconds, max_per_second) rows, members, trials.
+    checks_grid: &'static [(u64, u32)],
+    checks_members: usize,
+    checks_trials: usize,
+    /// Closed-port members probed at 10 000/s, and for how long CPU is measured.
+    cpu_members: usize,
+    cpu_secs: f64,
+    /// Members scheduled in `checks_bench`.
+    memory_members: u32,
 }
 
 impl Plan {
@@ -63,6 +77,12 @@ impl Plan {
                 ring_sizes: &[16 * 1024],
                 engine_sizes: &[(10_000, 100_000)],
                 startup_trials: 1,
+                checks_grid: &[(1, 200)],
+                checks_members: 20,
+                checks_trials: 1,
+                cpu_members: 2_000,
+                cpu_secs: 1.0,
+                memory_members: 100_000,
             }
         } else {
             Plan {
@@ -83,6 +103,12 @@ impl Plan {
                     (1_000_000, 2_000_000),
                 ],
                 startup_trials: 5,
+                checks_grid: &[(1, 20), (1, 200), (5, 20), (5, 200)],
+                checks_members: 200,
+                checks_trials: 3,
+                cpu_members: 2_000,
+                cpu_secs: 5.0,
+                memory_members: 1_000_000,
             }
         }
     }
@@ -147,12 +173,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "full"
         }
     );
-    overhead(&env, &plan, &mut report)?;
-    ingest(&env, &plan, &mut report)?;
-    latency(&env, &plan, &mut report)?;
-    blackhole(&env, &plan, &mut report)?;
-    memory(&env, &plan, &mut report)?;
-    startup(&env, &plan, &mut report)?;
+    // `CONNMON_BENCH_ONLY=checks`: section 7 alone (its figures in BENCHMARKS.md).
+    if std::env::var("CONNMON_BENCH_ONLY").as_deref() != Ok("checks") {
+        overhead(&env, &plan, &mut report)?;
+        ingest(&env, &plan, &mut report)?;
+        latency(&env, &plan, &mut report)?;
+        blackhole(&env, &plan, &mut report)?;
+        memory(&env, &plan, &mut report)?;
+        startup(&env, &plan, &mut report)?;
+    }
+    checks::run(&env, &plan, &mut report)?;
     let _ = writeln!(
         report,
         "Total bench time: {:.0} s.",

@@ -136,6 +136,7 @@ impl Tally {
 /// The instruments the consumer records into.
 pub struct Instruments {
     attempts: Counter<u64>,
+    probes: Counter<u64>,
     duration: Histogram<f64>,
     evictions: Counter<u64>,
     reinstatements: Counter<u64>,
@@ -190,6 +191,13 @@ impl Instruments {
                 .with_unit("{attempt}")
                 .with_description("Outgoing TCP connect attempts by outcome and role")
                 .build(),
+            probes: meter
+                .u64_counter("connmon.probes")
+                .with_unit("{probe}")
+                .with_description(
+                    "The agent's own handshake checks by outcome (not in connmon.connect.attempts)",
+                )
+                .build(),
             duration: meter
                 .f64_histogram("connmon.connect.duration")
                 .with_unit("s")
@@ -230,6 +238,17 @@ impl Instruments {
             self.duration
                 .record(c.ktime_ns.saturating_sub(c.start_ns) as f64 / 1e9, &[role]);
         }
+    }
+
+    /// One of the agent's own probes ended (counted apart from the clients' attempts).
+    pub fn on_probe(&self, c: &ConnectRecord, role: Role) {
+        self.probes.add(
+            1,
+            &[
+                KeyValue::new("outcome", c.outcome.as_str()),
+                KeyValue::new("role", role_str(role)),
+            ],
+        );
     }
 
     pub fn on_evict(&self, e: &Eviction) {

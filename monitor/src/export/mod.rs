@@ -551,6 +551,9 @@ impl Consumer {
     fn on_message(&mut self, msg: &Published) {
         let role = msg.role.unwrap_or(crate::policy::Role::Target);
         match &msg.payload {
+            // The agent's own probes: a counter of their own, no spans.
+            Payload::Connect(c) if msg.probe => self.instruments.on_probe(c, role),
+            Payload::SynRetransmit(_) if msg.probe => {}
             Payload::Connect(c) => {
                 self.instruments.on_connect(c, role);
                 if let Some((spans, _)) = &mut self.spans {

@@ -220,6 +220,12 @@ pub struct Reinstatement {
     pub netns: Option<u32>,
     /// How long the destination was out of rotation.
     pub ejected_ms: u64,
+    /// A probe by the agent succeeded just before (`checks`); absent when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub verified: bool,
+    /// Verified before the ejection's end; absent when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub early: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ts: Option<String>,
 }

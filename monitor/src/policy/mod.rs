@@ -17,6 +17,7 @@
 //! always a `target` (no pool controller on the host can reach it). The local-outage
 //! tracker counts trusted connects by address, as before.
 
+pub mod checks;
 pub mod config;
 pub mod decision;
 pub mod detector;
@@ -29,11 +30,18 @@ pub mod snapshot;
 pub mod state;
 
 #[cfg(test)]
+mod checks_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::{BTreeSet, HashSet},
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
 
 pub use config::{ConfigError, PolicyConfig};
 pub use decision::{
@@ -96,6 +104,27 @@ pub struct EjectionPolicy {
     guard_noticed_ns: Option<u64>,
     next_decay_sweep_ns: u64,
     state_changed: bool,
+    /// `checks.verify_before_reinstate`: an expired ejection of a pool member waits for
+    /// a successful probe (see [`checks`]).
+    verify_before_reinstate: bool,
+    /// Expired ejections waiting for their verification probe (still ejected).
+    verifying: HashSet<DestinationKey>,
+    /// Verifications due since the last [`EjectionPolicy::take_verifications`].
+    verifications: Vec<DestinationKey>,
+}
+
+/// What a probe's outcome did to an ejected destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeVerdict {
+    /// It succeeded: reinstated (`"verified":true`, `"early":true` before expiry).
+    Reinstated,
+    /// A verification failed: ejected again at once with count n+1.
+    Reejected,
+    /// A verification failed during a local outage: the host, not the member, is the
+    /// likely culprit. Still ejected, verify again later.
+    Inconclusive,
+    /// Nothing changed (an early probe failed, or the destination is not ejected).
+    Nothing,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -140,6 +169,9 @@ impl EjectionPolicy {
             guard_noticed_ns: None,
             next_decay_sweep_ns: 0,
             state_changed: false,
+            verify_before_reinstate: false,
+            verifying: HashSet::new(),
+            verifications: Vec::new(),
             config,
         })
     }
@@ -234,9 +266,9 @@ impl EjectionPolicy {
         self.pool.members().len() + self.seen_candidates
     }
 
-    /// Ejections in force.
+    /// Ejections in force (those waiting for their verification probe included).
     pub fn ejected(&self) -> usize {
-        self.expiries.len()
+        self.expiries.len() + self.verifying.len()
     }
 
     /// When the next ejection ends: the latest moment to call [`EjectionPolicy::tick`].
@@ -379,6 +411,12 @@ impl EjectionPolicy {
                 break;
             }
             self.expiries.pop_first();
+            if self.verify_before_reinstate && self.role(&dst) == Role::Proxy {
+                // Still ejected (and counted by the guard) until a probe answers.
+                self.verifying.insert(dst);
+                self.verifications.push(dst);
+                continue;
+            }
             self.reinstate(dst, now, out);
         }
         if self.outage.tick(now) == OutageChange::Ended {
@@ -511,6 +549,7 @@ impl EjectionPolicy {
         standing.decay(now, self.backoff.base_ns);
         if let Some(previous) = standing.ejected.take() {
             self.expiries.remove(&(previous.until_ns, dst));
+            self.verifying.remove(&dst);
         }
         standing.ejection_count = standing.ejection_count.saturating_add(1);
         let count = standing.ejection_count;
@@ -550,6 +589,17 @@ impl EjectionPolicy {
     }
 
     fn reinstate(&mut self, dst: DestinationKey, now: u64, out: &mut Vec<Decision>) -> bool {
+        self.reinstate_as(dst, now, false, out)
+    }
+
+    /// Ends an ejection; `verified`: a probe succeeded just now.
+    fn reinstate_as(
+        &mut self,
+        dst: DestinationKey,
+        now: u64,
+        verified: bool,
+        out: &mut Vec<Decision>,
+    ) -> bool {
         let Some(standing) = self.table.get_mut(dst).map(|d| &mut d.annotation) else {
             return false;
         };
@@ -559,14 +609,114 @@ impl EjectionPolicy {
         standing.probation = true;
         standing.healthy_since_ns = now;
         self.expiries.remove(&(ejected.until_ns, dst));
+        let expired = self.verifying.remove(&dst) || ejected.until_ns <= now;
         self.state_changed = true;
         out.push(Decision::Reinstate(Reinstatement {
             dst: dst.addr,
             netns: dst.netns,
             ejected_ms: ms(now.saturating_sub(ejected.since_ns)),
+            verified,
+            early: verified && !expired,
             ts: None,
         }));
         true
+    }
+
+    /// Turns verified reinstatement on or off (start, SIGHUP). Turning it off reinstates
+    /// every ejection that was waiting for its probe, as connmon without checks would.
+    pub fn set_verify_before_reinstate(&mut self, on: bool, now: u64, out: &mut Vec<Decision>) {
+        self.verify_before_reinstate = on;
+        if !on {
+            self.verifications.clear();
+            let waiting: Vec<DestinationKey> = self.verifying.iter().copied().collect();
+            for dst in waiting {
+                self.reinstate(dst, now, out);
+            }
+        }
+    }
+
+    /// Reinstates, unverified, the verifications that can no longer be probed because
+    /// the destination left the pool (call after [`EjectionPolicy::set_pool`]).
+    pub fn release_unprobeable(&mut self, now: u64, out: &mut Vec<Decision>) {
+        let gone: Vec<DestinationKey> = self
+            .verifying
+            .iter()
+            .filter(|dst| self.role(dst) != Role::Proxy)
+            .copied()
+            .collect();
+        for dst in gone {
+            self.reinstate(dst, now, out);
+        }
+    }
+
+    /// Expired ejections whose verification probe is due, since the last call. Only
+    /// pool members are verified, and another namespace's loopback never is one, so
+    /// these are host destinations: plain addresses the agent can connect to.
+    pub fn take_verifications(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.verifications)
+            .into_iter()
+            .map(|key| key.addr)
+            .collect()
+    }
+
+    /// Whether `dst` is ejected now (waiting for verification included).
+    pub fn is_ejected(&self, dst: &SocketAddr) -> bool {
+        self.table
+            .get(dst)
+            .is_some_and(|d| d.annotation.ejected.is_some())
+    }
+
+    /// Every ejected destination, and whether it waits for its verification probe.
+    /// Host destinations only (another namespace's loopback is never probed).
+    pub fn ejections(&self) -> impl Iterator<Item = (SocketAddr, bool)> + '_ {
+        self.expiries
+            .iter()
+            .map(|&(_, dst)| (dst, false))
+            .chain(self.verifying.iter().map(|&dst| (dst, true)))
+            .filter(|(dst, _)| !dst.is_foreign_local())
+            .map(|(dst, verifying)| (dst.addr, verifying))
+    }
+
+    /// The outcome of one of the agent's own probes to `ended.dst`. A success reinstates
+    /// an ejected destination (verified; early if its ejection had not expired yet); a
+    /// failed verification re-ejects it at once with count n+1 — unless the host is in
+    /// a local outage, when its own probes prove nothing about the member. A probe of a
+    /// destination that is not ejected changes nothing here: the caller feeds its
+    /// outcome to [`EjectionPolicy::on_connect`] as evidence like any other connect.
+    pub fn on_probe_result(
+        &mut self,
+        ended: &checks::ProbeEnded,
+        trigger: Option<Trigger>,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) -> ProbeVerdict {
+        let dst = DestinationKey::host(ended.dst);
+        if !self.is_ejected(&ended.dst) {
+            return ProbeVerdict::Nothing;
+        }
+        if ended.succeeded() {
+            self.reinstate_as(dst, now, true, out);
+            return ProbeVerdict::Reinstated;
+        }
+        if !self.verifying.contains(&dst) {
+            return ProbeVerdict::Nothing;
+        }
+        if self.outage.active() {
+            return ProbeVerdict::Inconclusive;
+        }
+        let reason = ended
+            .outcome
+            .and_then(Reason::of)
+            .unwrap_or(Reason::Timeout);
+        if let Some(dest) = self.table.get_mut(dst) {
+            dest.note_failure_mode(match reason {
+                Reason::Refused | Reason::Reset => FailureMode::Reject,
+                _ => FailureMode::Drop,
+            });
+        }
+        let verdict = Verdict { reason, streak: 1 };
+        self.eject(dst, verdict, trigger, None, now, out);
+        ProbeVerdict::Reejected
     }
 
     /// Every tracked destination with its statistics and standing.
@@ -698,6 +848,7 @@ impl EjectionPolicy {
                 addr: saved.dst,
                 netns: saved.netns,
             };
+            let verify = self.verify_before_reinstate && self.role(&dst) == Role::Proxy;
             let Some((dest, created)) = self.table.entry(dst, now) else {
                 continue;
             };
@@ -726,6 +877,17 @@ impl EjectionPolicy {
                     self.expiries.insert((until_ns, dst));
                     report.restored += 1;
                 }
+                Some(e) if verify => {
+                    // Expired while connmon was down: verify before reinstating.
+                    standing.ejected = Some(Box::new(Ejected {
+                        since_ns: mono(e.since_unix_ms),
+                        until_ns: now,
+                        reason: e.reason,
+                    }));
+                    self.verifying.insert(dst);
+                    self.verifications.push(dst);
+                    report.restored += 1;
+                }
                 Some(e) => {
                     standing.probation = true;
                     standing.healthy_since_ns = now;
@@ -735,6 +897,8 @@ impl EjectionPolicy {
                         dst: dst.addr,
                         netns: dst.netns,
                         ejected_ms,
+                        verified: false,
+                        early: false,
                         ts: None,
                     }));
                     report.reinstated += 1;

@@ -914,6 +914,8 @@ fn decisions_serialize_to_the_documented_shapes() {
         dst: "[2001:db8::1]:443".parse().expect("addr"),
         netns: None,
         ejected_ms: 1,
+        verified: false,
+        early: false,
         ts: None,
     });
     assert_eq!(json(&v6)["dst"], "[2001:db8::1]:443");

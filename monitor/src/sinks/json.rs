@@ -36,6 +36,9 @@ struct ConnectLine<'a> {
     syn_retransmits: u32,
     duration_us: u64,
     errno: u32,
+    /// The agent's own handshake check (`checks`); absent for everyone else's connects.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    probe: bool,
 }
 
 #[derive(Serialize)]
@@ -61,10 +64,23 @@ struct SynRetransmitLine<'a> {
     trusted: bool,
     retransmits: u32,
     since_syn_us: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    probe: bool,
 }
 
 /// `{"type":"connect",...}`.
 pub fn connect(buf: &mut Vec<u8>, c: &ConnectRecord, role: Role, clock: &WallClock) {
+    connect_line(buf, c, role, false, clock);
+}
+
+/// `{"type":"connect",...}`, with `"probe":true` when `probe`.
+pub fn connect_line(
+    buf: &mut Vec<u8>,
+    c: &ConnectRecord,
+    role: Role,
+    probe: bool,
+    clock: &WallClock,
+) {
     value(
         buf,
         &ConnectLine {
@@ -88,12 +104,24 @@ pub fn connect(buf: &mut Vec<u8>, c: &ConnectRecord, role: Role, clock: &WallClo
             syn_retransmits: c.syn_retransmits,
             duration_us: c.duration_us(),
             errno: c.errno,
+            probe,
         },
     );
 }
 
 /// `{"type":"syn_retransmit",...}`.
 pub fn syn_retransmit(buf: &mut Vec<u8>, r: &SynRetransmitRecord, role: Role, clock: &WallClock) {
+    syn_retransmit_line(buf, r, role, false, clock);
+}
+
+/// `{"type":"syn_retransmit",...}`, with `"probe":true` when `probe`.
+pub fn syn_retransmit_line(
+    buf: &mut Vec<u8>,
+    r: &SynRetransmitRecord,
+    role: Role,
+    probe: bool,
+    clock: &WallClock,
+) {
     value(
         buf,
         &SynRetransmitLine {
@@ -115,6 +143,7 @@ pub fn syn_retransmit(buf: &mut Vec<u8>, r: &SynRetransmitRecord, role: Role, cl
             trusted: r.who.trusted,
             retransmits: r.retransmits,
             since_syn_us: r.ktime_ns.saturating_sub(r.start_ns) / 1_000,
+            probe,
         },
     );
 }

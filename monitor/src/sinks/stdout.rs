@@ -56,9 +56,18 @@ impl StdoutSink {
 
     /// A kernel event; `role` is the destination's role in the pool.
     pub fn event(&mut self, event: &KernelEvent, role: Role) {
+        self.event_of(event, role, false);
+    }
+
+    /// A kernel event of the agent's own probe (`"probe":true`).
+    pub fn probe_event(&mut self, event: &KernelEvent, role: Role) {
+        self.event_of(event, role, true);
+    }
+
+    fn event_of(&mut self, event: &KernelEvent, role: Role, probe: bool) {
         match event {
-            KernelEvent::Connect(c) => self.connect(c, role),
-            KernelEvent::SynRetransmit(r) => self.syn_retransmit(r, role),
+            KernelEvent::Connect(c) => self.connect(c, role, probe),
+            KernelEvent::SynRetransmit(r) => self.syn_retransmit(r, role, probe),
         }
     }
 
@@ -78,15 +87,16 @@ impl StdoutSink {
         });
     }
 
-    fn connect(&mut self, c: &ConnectRecord, role: Role) {
+    fn connect(&mut self, c: &ConnectRecord, role: Role, probe: bool) {
         match self.format {
             OutputFormat::Json => {
-                json::connect(&mut self.buf, c, role, &self.clock);
+                json::connect_line(&mut self.buf, c, role, probe, &self.clock);
                 self.buf.push(b'\n');
             }
             OutputFormat::Text => {
+                let mark = if probe { " probe" } else { "" };
                 let extra = format!(
-                    "{}us retx={}{}",
+                    "{}us retx={}{}{mark}",
                     c.duration_us(),
                     c.syn_retransmits,
                     origin_suffix(&c.who)
@@ -104,16 +114,17 @@ impl StdoutSink {
         }
     }
 
-    fn syn_retransmit(&mut self, r: &SynRetransmitRecord, role: Role) {
+    fn syn_retransmit(&mut self, r: &SynRetransmitRecord, role: Role, probe: bool) {
         let since_syn_us = r.ktime_ns.saturating_sub(r.start_ns) / 1_000;
         match self.format {
             OutputFormat::Json => {
-                json::syn_retransmit(&mut self.buf, r, role, &self.clock);
+                json::syn_retransmit_line(&mut self.buf, r, role, probe, &self.clock);
                 self.buf.push(b'\n');
             }
             OutputFormat::Text => {
+                let mark = if probe { " probe" } else { "" };
                 let extra = format!(
-                    "{since_syn_us}us retx={}{}",
+                    "{since_syn_us}us retx={}{}{mark}",
                     r.retransmits,
                     origin_suffix(&r.who)
                 );

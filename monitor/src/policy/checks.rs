@@ -1,0 +1,1106 @@
+//! Active handshake checks: which pool members the agent should probe, and when.
+//!
+//! connmon is passive by nature — it classifies the connects other processes make — but
+//! passive evidence alone reinstates blind (an expired ejection returns untested), waits
+//! out a whole ejection when a node comes back early, and never notices a member nobody
+//! uses. A *probe* closes those gaps: a connect made by the agent itself, whose outcome
+//! the existing kernel programs classify like any other (`sock:inet_sock_set_state`,
+//! `tcp:tcp_receive_reset`, `sk_err` at close). There is no second classification path:
+//! the agent recognises its own connect in the ring buffer (tgid == its pid, and a
+//! destination with a probe in flight here) and hands the outcome back to this module
+//! and to the [`super::EjectionPolicy`].
+//!
+//! [`CheckScheduler`] is a plain data structure driven by an injected clock (every method
+//! takes `now`, CLOCK_MONOTONIC ns), like the rest of the policy stage. It decides:
+//!
+//! - **verification** of an ejection that has expired (highest priority),
+//! - **early probes** of ejected members every `early_probe_interval` (jittered),
+//! - **background checks** of idle members: explicit `ADDR:PORT` pool members, and
+//!   members of a CIDR pool entry once seen, with no connect from anyone for
+//!   `idle_after`. Targets are never probed.
+//!
+//! Nothing is scanned per tick: ejected members wait in ordered sets, idle members in a
+//! binary heap keyed by when they next become due (about 40 bytes a member: 1 M members
+//! take ~40 MiB); a member whose destination saw traffic meanwhile is simply pushed back
+//! when it surfaces. Two limits hold under any load: probes *started* per second (a token
+//! bucket of `max_per_second / 10` tokens refilled at `max_per_second`, plus a hard
+//! sliding window so that no one-second window ever holds more than `max_per_second`
+//! starts) and probes in flight (`max_in_flight`). A probe whose kernel event never
+//! arrives (a full ring buffer, a connect that failed before SYN_SENT) is accounted for
+//! at `probe_timeout` plus [`LOST_GRACE`]: it counts as `lost` and as a failed probe.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    config::{format_duration, human_duration},
+    ejection::Jitter,
+};
+use crate::source::event::Outcome;
+
+/// The `[checks]` section of connmon.toml.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChecksConfig {
+    /// When an ejection expires, reinstate only after a probe succeeds.
+    pub verify_before_reinstate: bool,
+    /// A probe not established by then fails (the agent abandons it).
+    #[serde(with = "human_duration")]
+    pub probe_timeout: Duration,
+    /// While ejected, probe this often (jittered); 0s = off.
+    #[serde(with = "human_duration")]
+    pub early_probe_interval: Duration,
+    /// Probe explicit `ADDR:PORT` members (and seen CIDR members) idle this long; 0s = off.
+    #[serde(with = "human_duration")]
+    pub idle_after: Duration,
+    /// Probes started per second, at most (global).
+    pub max_per_second: u32,
+    /// Probes pending at once, at most.
+    pub max_in_flight: u32,
+    /// Set by `connmon run --checks off`: every probe off, whatever the file says (also
+    /// after SIGHUP). Not a file key.
+    #[serde(skip)]
+    pub forced_off: bool,
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        ChecksConfig {
+            verify_before_reinstate: true,
+            probe_timeout: Duration::from_secs(1),
+            early_probe_interval: Duration::from_secs(5),
+            idle_after: Duration::ZERO,
+            max_per_second: 100,
+            max_in_flight: 1024,
+            forced_off: false,
+        }
+    }
+}
+
+/// The most `max_per_second` allowed (the sliding window keeps one timestamp per start).
+pub const MAX_RATE: u32 = 100_000;
+/// The most `max_in_flight` allowed (each is an open socket).
+pub const MAX_IN_FLIGHT: u32 = 65_536;
+/// How long after `probe_timeout` a probe without a kernel event is declared lost.
+pub const LOST_GRACE: Duration = Duration::from_secs(2);
+
+/// An invalid `[checks]` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("checks.{key} = {value}: {allowed}")]
+pub struct ChecksConfigError {
+    pub key: &'static str,
+    pub value: String,
+    pub allowed: &'static str,
+}
+
+impl ChecksConfig {
+    /// Every probe switched off: exactly the passive behaviour of connmon without checks.
+    pub fn off() -> Self {
+        ChecksConfig {
+            verify_before_reinstate: false,
+            early_probe_interval: Duration::ZERO,
+            idle_after: Duration::ZERO,
+            ..ChecksConfig::default()
+        }
+    }
+
+    /// This configuration as it applies: all off when `forced_off`.
+    pub fn effective(&self) -> Self {
+        if self.forced_off {
+            ChecksConfig {
+                forced_off: true,
+                ..ChecksConfig::off()
+            }
+        } else {
+            self.clone()
+        }
+    }
+
+    /// Whether any kind of probe can ever be sent.
+    pub fn any_enabled(&self) -> bool {
+        self.verify_before_reinstate
+            || !self.early_probe_interval.is_zero()
+            || !self.idle_after.is_zero()
+    }
+
+    /// Checks every value; the first bad one is the error.
+    pub fn validate(&self) -> Result<(), ChecksConfigError> {
+        let duration = |key, d: Duration, allowed| ChecksConfigError {
+            key,
+            value: format_duration(d),
+            allowed,
+        };
+        if self.probe_timeout < Duration::from_millis(10)
+            || self.probe_timeout > Duration::from_secs(60)
+        {
+            return Err(duration(
+                "probe_timeout",
+                self.probe_timeout,
+                "must be between 10ms and 60s",
+            ));
+        }
+        let interval = self.early_probe_interval;
+        if !interval.is_zero()
+            && (interval < Duration::from_millis(100) || interval > Duration::from_secs(3600))
+        {
+            return Err(duration(
+                "early_probe_interval",
+                interval,
+                "must be 0s (off) or between 100ms and 1h",
+            ));
+        }
+        let idle = self.idle_after;
+        if !idle.is_zero()
+            && (idle < Duration::from_millis(100) || idle > Duration::from_secs(86_400))
+        {
+            return Err(duration(
+                "idle_after",
+                idle,
+                "must be 0s (off) or between 100ms and 24h",
+            ));
+        }
+        if self.max_per_second == 0 || self.max_per_second > MAX_RATE {
+            return Err(ChecksConfigError {
+                key: "max_per_second",
+                value: self.max_per_second.to_string(),
+                allowed: "must be between 1 and 100000",
+            });
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {
+            return Err(ChecksConfigError {
+                key: "max_in_flight",
+                value: self.max_in_flight.to_string(),
+                allowed: "must be between 1 and 65536",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+const SEC: u64 = 1_000_000_000;
+
+/// Why a probe was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// The member's ejection expired: reinstate only if this succeeds.
+    Verify,
+    /// The member is ejected: reinstate early if this succeeds.
+    Early,
+    /// The member was idle for `idle_after`: its outcome is evidence like any connect.
+    Idle,
+}
+
+/// Ask the prober to connect to `dst` and give up after `timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeRequest {
+    pub dst: SocketAddr,
+    pub timeout: Duration,
+}
+
+/// A probe that was in flight and has ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeEnded {
+    pub dst: SocketAddr,
+    pub purpose: Purpose,
+    /// The kernel's outcome; None when no kernel event arrived in time (lost).
+    pub outcome: Option<Outcome>,
+}
+
+impl ProbeEnded {
+    pub fn succeeded(&self) -> bool {
+        self.outcome == Some(Outcome::Established)
+    }
+}
+
+/// Probe totals for `stats` and OTLP (kept apart from the clients' outcomes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProbeCounts {
+    /// Probes handed to the prober.
+    pub sent: u64,
+    pub verify: u64,
+    pub early: u64,
+    pub idle: u64,
+    pub established: u64,
+    /// Any failed outcome (refused, timeout, abandoned, unreachable).
+    pub failed: u64,
+    /// No kernel event within `probe_timeout` + 2 s (counted as failed too).
+    pub lost: u64,
+    /// Requests the prober's queue could not take (never sent; retried later).
+    pub dropped: u64,
+    /// Pending right now.
+    pub in_flight: u64,
+    /// Members scheduled for background checks.
+    pub scheduled: u64,
+}
+
+/// What a destination is to the scheduler while it is ejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EjectedState {
+    /// Early probes only (or nothing, when they are off).
+    Waiting,
+    /// The ejection expired: the policy waits for a probe's verdict.
+    Verifying,
+}
+
+/// An ejected destination and where it waits (its key in `verify_due` or `early_due`).
+#[derive(Clone, Copy, Debug)]
+struct EjectedEntry {
+    state: EjectedState,
+    due: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    purpose: Purpose,
+    deadline_ns: u64,
+}
+
+/// Rate limiting: a token bucket for spread, a sliding one-second window for the bound.
+#[derive(Debug)]
+struct RateLimit {
+    rate: u64,
+    capacity: u64,
+    /// Tokens scaled by 1e9 (token-nanoseconds), so refills need no floats.
+    tokens_scaled: u128,
+    refilled_at: u64,
+    /// Start times within the last second (at most `rate`).
+    window: VecDeque<u64>,
+}
+
+impl RateLimit {
+    fn new(rate: u32, now: u64) -> Self {
+        let rate = u64::from(rate.max(1));
+        let capacity = rate.div_ceil(10).max(1);
+        RateLimit {
+            rate,
+            capacity,
+            tokens_scaled: u128::from(capacity) * u128::from(SEC),
+            refilled_at: now,
+            window: VecDeque::with_capacity(rate.min(4096) as usize),
+        }
+    }
+
+    fn refill(&mut self, now: u64) {
+        let elapsed = now.saturating_sub(self.refilled_at);
+        self.refilled_at = self.refilled_at.max(now);
+        let max = u128::from(self.capacity) * u128::from(SEC);
+        self.tokens_scaled =
+            (self.tokens_scaled + u128::from(elapsed) * u128::from(self.rate)).min(max);
+        while self.window.front().is_some_and(|&t| t + SEC <= now) {
+            self.window.pop_front();
+        }
+    }
+
+    fn try_take(&mut self, now: u64) -> bool {
+        self.refill(now);
+        if self.tokens_scaled < u128::from(SEC) || self.window.len() as u64 >= self.rate {
+            return false;
+        }
+        self.tokens_scaled -= u128::from(SEC);
+        self.window.push_back(now);
+        true
+    }
+
+    /// When the next start is allowed.
+    /// When the next batch of starts is allowed: 10 ms worth of tokens (at least one,
+    /// at most the bucket), so that a busy schedule wakes the pipeline ~100 times a
+    /// second, not once per token.
+    fn next_allowed(&self, now: u64) -> u64 {
+        let batch = (self.rate / 100).clamp(1, self.capacity);
+        let missing = (u128::from(batch) * u128::from(SEC)).saturating_sub(self.tokens_scaled);
+        let token_at = self.refilled_at.saturating_add(
+            u64::try_from(missing.div_ceil(u128::from(self.rate))).unwrap_or(u64::MAX),
+        );
+        let window_at = if self.window.len() as u64 >= self.rate {
+            self.window.front().map_or(now, |&t| t + SEC)
+        } else {
+            now
+        };
+        token_at.max(window_at).max(now)
+    }
+}
+
+/// The probe schedule. See the module documentation.
+#[derive(Debug)]
+pub struct CheckScheduler {
+    config: ChecksConfig,
+    probe_timeout_ns: u64,
+    early_ns: u64,
+    idle_ns: u64,
+    rate: RateLimit,
+    jitter: Jitter,
+    /// Ejected probe-able destinations.
+    ejected: HashMap<SocketAddr, EjectedEntry>,
+    /// Verification probes due, by time (retries after a dropped request are in the future).
+    verify_due: BTreeSet<(u64, SocketAddr)>,
+    /// Early probes due, by time.
+    early_due: BTreeSet<(u64, SocketAddr)>,
+    /// Background checks: exactly one entry per scheduled member.
+    idle_due: BinaryHeap<Reverse<(u64, SocketAddr)>>,
+    /// Destinations of CIDR entries scheduled because they were seen.
+    seen: HashSet<SocketAddr>,
+    /// Bound of `seen`.
+    max_seen: usize,
+    in_flight: HashMap<SocketAddr, InFlight>,
+    deadlines: BTreeSet<(u64, SocketAddr)>,
+    counts: ProbeCounts,
+}
+
+impl CheckScheduler {
+    /// A scheduler with nothing scheduled. `config` must be valid; `max_seen` bounds
+    /// the CIDR members remembered for background checks (the destination table's
+    /// bound is a good choice).
+    pub fn new(config: ChecksConfig, max_seen: usize, seed: u64, now: u64) -> Self {
+        CheckScheduler {
+            probe_timeout_ns: nanos(config.probe_timeout),
+            early_ns: nanos(config.early_probe_interval),
+            idle_ns: nanos(config.idle_after),
+            rate: RateLimit::new(config.max_per_second, now),
+            jitter: Jitter::new(seed),
+            ejected: HashMap::new(),
+            verify_due: BTreeSet::new(),
+            early_due: BTreeSet::new(),
+            idle_due: BinaryHeap::new(),
+            seen: HashSet::new(),
+            max_seen: max_seen.max(1),
+            in_flight: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            counts: ProbeCounts::default(),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &ChecksConfig {
+        &self.config
+    }
+
+    /// Applies a reloaded configuration (SIGHUP). Ejected members and probes in flight
+    /// are kept; the schedules are rebuilt for the new intervals.
+    pub fn reconfigure(&mut self, config: ChecksConfig, now: u64) {
+        if config == self.config {
+            return;
+        }
+        self.probe_timeout_ns = nanos(config.probe_timeout);
+        self.early_ns = nanos(config.early_probe_interval);
+        let idle_changed = config.idle_after != self.config.idle_after;
+        self.idle_ns = nanos(config.idle_after);
+        if config.max_per_second != self.config.max_per_second {
+            self.rate = RateLimit::new(config.max_per_second, now);
+        }
+        self.config = config;
+        let waiting: Vec<SocketAddr> = self
+            .ejected
+            .iter()
+            .filter(|(_, e)| e.state == EjectedState::Waiting)
+            .map(|(d, _)| *d)
+            .collect();
+        for dst in waiting {
+            self.schedule_early(dst, now);
+        }
+        if idle_changed {
+            // The caller sets the explicit members again (`set_members`).
+            self.idle_due.clear();
+            if self.idle_ns == 0 {
+                self.seen.clear();
+            } else {
+                let seen: Vec<SocketAddr> = self.seen.iter().copied().collect();
+                for dst in seen {
+                    self.push_idle(dst, now, true);
+                }
+            }
+        }
+    }
+
+    /// Probe totals so far.
+    pub fn counts(&self) -> ProbeCounts {
+        ProbeCounts {
+            in_flight: self.in_flight.len() as u64,
+            scheduled: self.idle_due.len() as u64,
+            ..self.counts
+        }
+    }
+
+    /// Whether a probe to `dst` is pending.
+    pub fn in_flight(&self, dst: &SocketAddr) -> bool {
+        self.in_flight.contains_key(dst)
+    }
+
+    /// Schedules the explicit `ADDR:PORT` pool members for background checks (at start
+    /// and after every pool change), spread over one `idle_after`. The schedule is
+    /// rebuilt in O(n); no copy of the pool is kept: whether a destination is still a
+    /// member is asked when its check is due (`poll`), so a removed member's entry is
+    /// dropped then.
+    pub fn set_members<'a>(&mut self, members: impl IntoIterator<Item = &'a SocketAddr>, now: u64) {
+        self.idle_due.clear();
+        if self.idle_ns == 0 {
+            return;
+        }
+        let mut entries = Vec::new();
+        let seen: Vec<SocketAddr> = self.seen.iter().copied().collect();
+        for dst in seen.into_iter().chain(members.into_iter().copied()) {
+            let due = now
+                .saturating_add(self.idle_ns)
+                .saturating_add(self.jitter.up_to(self.idle_ns));
+            entries.push(Reverse((due, dst)));
+        }
+        entries.sort_unstable_by_key(|Reverse((_, dst))| *dst);
+        entries.dedup_by_key(|Reverse((_, dst))| *dst);
+        self.idle_due = BinaryHeap::from(entries);
+    }
+
+    /// A CIDR member was seen (a connect to it): from now on it gets background checks.
+    /// Returns false when the bound of remembered CIDR members is reached.
+    pub fn saw_network_member(&mut self, dst: SocketAddr, now: u64) -> bool {
+        if self.idle_ns == 0 || self.seen.contains(&dst) {
+            return true;
+        }
+        if self.seen.len() >= self.max_seen {
+            return false;
+        }
+        self.seen.insert(dst);
+        self.push_idle(dst, now, false);
+        true
+    }
+
+    /// `dst` was ejected: it gets early probes from now on (if they are on).
+    pub fn ejected(&mut self, dst: SocketAddr, now: u64) {
+        self.schedule_early(dst, now);
+    }
+
+    /// `dst`'s ejection expired and the policy waits for a verification probe.
+    pub fn verify(&mut self, dst: SocketAddr, now: u64) {
+        if self
+            .ejected
+            .get(&dst)
+            .is_some_and(|e| e.state == EjectedState::Verifying && e.due.is_some())
+        {
+            return;
+        }
+        self.set_due(dst, EjectedState::Verifying, Some(now));
+    }
+
+    /// A verification could not conclude (e.g. during a local outage): try again later.
+    pub fn verify_later(&mut self, dst: SocketAddr, now: u64) {
+        let retry = now.saturating_add(self.retry_ns());
+        self.set_due(dst, EjectedState::Verifying, Some(retry));
+    }
+
+    /// `dst` is no longer ejected (reinstated or gone).
+    pub fn reinstated(&mut self, dst: SocketAddr) {
+        self.unschedule(&dst);
+        self.ejected.remove(&dst);
+    }
+
+    /// Removes `dst`'s pending ejected-probe entry, if any.
+    fn unschedule(&mut self, dst: &SocketAddr) {
+        let Some(entry) = self.ejected.get_mut(dst) else {
+            return;
+        };
+        if let Some(at) = entry.due.take() {
+            match entry.state {
+                EjectedState::Verifying => self.verify_due.remove(&(at, *dst)),
+                EjectedState::Waiting => self.early_due.remove(&(at, *dst)),
+            };
+        }
+    }
+
+    /// Makes `dst` ejected in `state`, due at `due` (None: nothing scheduled).
+    fn set_due(&mut self, dst: SocketAddr, state: EjectedState, due: Option<u64>) {
+        self.unschedule(&dst);
+        self.ejected.insert(dst, EjectedEntry { state, due });
+        if let Some(at) = due {
+            match state {
+                EjectedState::Verifying => self.verify_due.insert((at, dst)),
+                EjectedState::Waiting => self.early_due.insert((at, dst)),
+            };
+        }
+    }
+
+    /// How long before a verification is retried after an inconclusive or unsent probe.
+    fn retry_ns(&self) -> u64 {
+        self.probe_timeout_ns.max(SEC)
+    }
+
+    fn schedule_early(&mut self, dst: SocketAddr, now: u64) {
+        // Jitter of up to 20 %, so members ejected together are not probed together.
+        let due = (self.early_ns > 0).then(|| {
+            now.saturating_add(self.early_ns)
+                .saturating_add(self.jitter.up_to(self.early_ns / 5))
+        });
+        self.set_due(dst, EjectedState::Waiting, due);
+    }
+
+    fn push_idle(&mut self, dst: SocketAddr, now: u64, spread: bool) {
+        // A fresh schedule spreads its members over one idle period (plus 10 % jitter),
+        // so a million members added at once do not all become due at the same moment.
+        let jitter = if spread {
+            self.jitter.up_to(self.idle_ns)
+        } else {
+            self.jitter.up_to(self.idle_ns / 10)
+        };
+        let due = now.saturating_add(self.idle_ns).saturating_add(jitter);
+        self.idle_due.push(Reverse((due, dst)));
+    }
+
+    /// A kernel connect outcome made by this process: if a probe to `dst` is in flight,
+    /// it has ended and this is its result. Other connects of the agent (an OTLP
+    /// collector, an HAProxy runtime API over TCP) return None.
+    pub fn on_own_connect(&mut self, dst: SocketAddr, outcome: Outcome) -> Option<ProbeEnded> {
+        let flight = self.in_flight.remove(&dst)?;
+        self.deadlines.remove(&(flight.deadline_ns, dst));
+        if outcome == Outcome::Established {
+            self.counts.established += 1;
+        } else {
+            self.counts.failed += 1;
+        }
+        Some(ProbeEnded {
+            dst,
+            purpose: flight.purpose,
+            outcome: Some(outcome),
+        })
+    }
+
+    /// Whether anything is scheduled or in flight (cheap; no clock read needed).
+    pub fn busy(&self) -> bool {
+        !(self.verify_due.is_empty()
+            && self.early_due.is_empty()
+            && self.idle_due.is_empty()
+            && self.deadlines.is_empty())
+    }
+
+    /// The earliest moment [`CheckScheduler::poll`] has something to do.
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        let work = [
+            self.verify_due.first().map(|&(t, _)| t),
+            self.early_due.first().map(|&(t, _)| t),
+            self.idle_due.peek().map(|Reverse((t, _))| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let work = work.and_then(|t| {
+            if t > now {
+                Some(t)
+            } else if self.room() {
+                Some(self.rate.next_allowed(now))
+            } else {
+                // Full: a slot is freed by a kernel event (which wakes the pipeline
+                // anyway) or by a lost probe's deadline below.
+                None
+            }
+        });
+        let lost = self.deadlines.first().map(|&(t, _)| t);
+        [work, lost].into_iter().flatten().min()
+    }
+
+    /// Ends probes past their deadline (appended to `ended` as lost) and starts the
+    /// probes that are due, as far as the rate and in-flight limits allow (appended to
+    /// `requests`). `is_member(dst)`: `dst` is still a pool member (never a target);
+    /// `last_activity(dst)`: when anyone last connected to `dst` (CLOCK_MONOTONIC ns),
+    /// if known.
+    pub fn poll(
+        &mut self,
+        now: u64,
+        is_member: impl Fn(&SocketAddr) -> bool,
+        last_activity: impl Fn(&SocketAddr) -> Option<u64>,
+        requests: &mut Vec<ProbeRequest>,
+        ended: &mut Vec<ProbeEnded>,
+    ) {
+        while let Some(&(deadline, dst)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(flight) = self.in_flight.remove(&dst) {
+                self.counts.lost += 1;
+                self.counts.failed += 1;
+                ended.push(ProbeEnded {
+                    dst,
+                    purpose: flight.purpose,
+                    outcome: None,
+                });
+            }
+        }
+        // Verification first: the policy holds those members out until it hears back.
+        while let Some(&(due, dst)) = self.verify_due.first() {
+            if due > now || !self.room() {
+                break;
+            }
+            if self.in_flight.contains_key(&dst) {
+                // An early probe is already on its way: its success reinstates; its
+                // failure makes the policy re-eject. Look again after it ended.
+                self.verify_later(dst, now);
+                continue;
+            }
+            if !self.start(dst, Purpose::Verify, now, requests) {
+                break;
+            }
+            self.set_due(dst, EjectedState::Verifying, None);
+        }
+        while let Some(&(due, dst)) = self.early_due.first() {
+            if due > now || !self.room() {
+                break;
+            }
+            if !self.in_flight.contains_key(&dst) && !self.start(dst, Purpose::Early, now, requests)
+            {
+                break;
+            }
+            self.schedule_early(dst, now);
+        }
+        while let Some(&Reverse((due, dst))) = self.idle_due.peek() {
+            if due > now || !self.room() {
+                break;
+            }
+            self.idle_due.pop();
+            if !is_member(&dst) {
+                self.seen.remove(&dst);
+                continue;
+            }
+            if let Some(last) = last_activity(&dst) {
+                let idle_at = last.saturating_add(self.idle_ns);
+                if idle_at > now {
+                    self.idle_due.push(Reverse((idle_at, dst)));
+                    continue;
+                }
+            }
+            if self.ejected.contains_key(&dst) || self.in_flight.contains_key(&dst) {
+                self.push_idle(dst, now, false);
+                continue;
+            }
+            if !self.start(dst, Purpose::Idle, now, requests) {
+                self.idle_due.push(Reverse((now, dst)));
+                break;
+            }
+            self.push_idle(dst, now, false);
+        }
+    }
+
+    fn room(&self) -> bool {
+        self.in_flight.len() < self.config.max_in_flight as usize
+    }
+
+    fn start(
+        &mut self,
+        dst: SocketAddr,
+        purpose: Purpose,
+        now: u64,
+        requests: &mut Vec<ProbeRequest>,
+    ) -> bool {
+        if !self.room() || !self.rate.try_take(now) {
+            return false;
+        }
+        let deadline_ns = now
+            .saturating_add(self.probe_timeout_ns)
+            .saturating_add(nanos(LOST_GRACE));
+        self.in_flight.insert(
+            dst,
+            InFlight {
+                purpose,
+                deadline_ns,
+            },
+        );
+        self.deadlines.insert((deadline_ns, dst));
+        self.counts.sent += 1;
+        match purpose {
+            Purpose::Verify => self.counts.verify += 1,
+            Purpose::Early => self.counts.early += 1,
+            Purpose::Idle => self.counts.idle += 1,
+        }
+        requests.push(ProbeRequest {
+            dst,
+            timeout: self.config.probe_timeout,
+        });
+        true
+    }
+
+    /// The prober could not take a request (its queue was full): the probe was never
+    /// sent. It leaves the in-flight set and is retried later.
+    pub fn unsent(&mut self, request: &ProbeRequest, now: u64) {
+        let Some(flight) = self.in_flight.remove(&request.dst) else {
+            return;
+        };
+        self.deadlines.remove(&(flight.deadline_ns, request.dst));
+        self.counts.sent = self.counts.sent.saturating_sub(1);
+        self.counts.dropped += 1;
+        let retry = now.saturating_add(self.retry_ns());
+        if flight.purpose == Purpose::Verify {
+            self.set_due(request.dst, EjectedState::Verifying, Some(retry));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const T0: u64 = 1_000 * SEC;
+
+    fn dst(i: u32) -> SocketAddr {
+        SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080))
+    }
+
+    fn config(f: impl FnOnce(&mut ChecksConfig)) -> ChecksConfig {
+        let mut c = ChecksConfig::default();
+        f(&mut c);
+        c.validate().expect("test config is valid");
+        c
+    }
+
+    fn poll(s: &mut CheckScheduler, now: u64) -> (Vec<ProbeRequest>, Vec<ProbeEnded>) {
+        let (mut req, mut ended) = (Vec::new(), Vec::new());
+        s.poll(now, |_| true, |_| None, &mut req, &mut ended);
+        (req, ended)
+    }
+
+    #[test]
+    fn defaults_validate_and_round_trip_through_toml() {
+        let c = ChecksConfig::default();
+        c.validate().expect("defaults are valid");
+        let text = toml::to_string(&c).expect("serialize");
+        assert!(text.contains("probe_timeout = \"1s\""), "{text}");
+        assert!(text.contains("idle_after = \"0s\""), "{text}");
+        assert_eq!(
+            toml::from_str::<ChecksConfig>(&text).expect("parse back"),
+            c
+        );
+        assert!(c.any_enabled());
+        assert!(!ChecksConfig::off().any_enabled());
+    }
+
+    #[test]
+    fn validation_names_key_value_and_allowed_range() {
+        type Mutation = fn(&mut ChecksConfig);
+        let cases: [(Mutation, &str); 6] = [
+            (
+                |c| c.probe_timeout = Duration::ZERO,
+                "checks.probe_timeout = 0s: must be between 10ms and 60s",
+            ),
+            (
+                |c| c.early_probe_interval = Duration::from_millis(5),
+                "checks.early_probe_interval = 5ms: must be 0s (off) or between 100ms and 1h",
+            ),
+            (
+                |c| c.idle_after = Duration::from_secs(100_000),
+                "checks.idle_after = 100000s: must be 0s (off) or between 100ms and 24h",
+            ),
+            (
+                |c| c.max_per_second = 0,
+                "checks.max_per_second = 0: must be between 1 and 100000",
+            ),
+            (
+                |c| c.max_per_second = 100_001,
+                "checks.max_per_second = 100001: must be between 1 and 100000",
+            ),
+            (
+                |c| c.max_in_flight = 0,
+                "checks.max_in_flight = 0: must be between 1 and 65536",
+            ),
+        ];
+        for (mutate, want) in cases {
+            let mut c = ChecksConfig::default();
+            mutate(&mut c);
+            let got = c.validate().expect_err("invalid").to_string();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn expired_ejection_is_verified_before_anything_else() {
+        let mut s = CheckScheduler::new(config(|c| c.max_per_second = 10), 100, 1, T0);
+        s.ejected(dst(1), T0);
+        s.ejected(dst(2), T0);
+        s.verify(dst(2), T0 + 10 * SEC);
+        let (req, _) = poll(&mut s, T0 + 10 * SEC);
+        assert_eq!(
+            req.first().map(|r| r.dst),
+            Some(dst(2)),
+            "verification goes first: {req:?}"
+        );
+        assert_eq!(req.first().map(|r| r.timeout), Some(Duration::from_secs(1)));
+        let ended = s
+            .on_own_connect(dst(2), Outcome::Refused)
+            .expect("probe in flight");
+        assert_eq!((ended.purpose, ended.succeeded()), (Purpose::Verify, false));
+        assert_eq!(
+            s.on_own_connect(dst(2), Outcome::Refused),
+            None,
+            "a second outcome is not a probe"
+        );
+    }
+
+    #[test]
+    fn early_probes_repeat_with_jitter_while_ejected_and_stop_after() {
+        let mut s = CheckScheduler::new(ChecksConfig::default(), 100, 7, T0);
+        s.ejected(dst(1), T0);
+        assert!(
+            poll(&mut s, T0 + 4 * SEC).0.is_empty(),
+            "not before the interval"
+        );
+        let due = s.next_deadline(T0).expect("scheduled");
+        assert!((T0 + 5 * SEC..=T0 + 6 * SEC).contains(&due), "due {due}");
+        let (req, _) = poll(&mut s, due);
+        assert_eq!(req.len(), 1);
+        assert!(s.on_own_connect(dst(1), Outcome::Refused).is_some());
+        let again = s.next_deadline(due).expect("rescheduled");
+        assert!((due + 5 * SEC..=due + 6 * SEC).contains(&again));
+        s.reinstated(dst(1));
+        assert!(
+            poll(&mut s, again + 100 * SEC).0.is_empty(),
+            "no probes once reinstated"
+        );
+        assert_eq!(s.next_deadline(again), None);
+    }
+
+    #[test]
+    fn lost_probe_ends_at_its_deadline_and_counts_as_failed() {
+        let mut s = CheckScheduler::new(ChecksConfig::default(), 100, 1, T0);
+        s.ejected(dst(1), T0);
+        s.verify(dst(1), T0);
+        assert_eq!(poll(&mut s, T0).0.len(), 1);
+        assert_eq!(s.next_deadline(T0), Some(T0 + 3 * SEC), "timeout + grace");
+        let (req, ended) = poll(&mut s, T0 + 3 * SEC);
+        assert!(req.is_empty());
+        assert_eq!(
+            ended,
+            [ProbeEnded {
+                dst: dst(1),
+                purpose: Purpose::Verify,
+                outcome: None
+            }]
+        );
+        let c = s.counts();
+        assert_eq!((c.sent, c.lost, c.failed, c.in_flight), (1, 1, 1, 0));
+    }
+
+    #[test]
+    fn idle_members_are_probed_only_when_nobody_connected_for_idle_after() {
+        let mut s = CheckScheduler::new(
+            config(|c| c.idle_after = Duration::from_secs(10)),
+            100,
+            3,
+            T0,
+        );
+        s.set_members(&[dst(1), dst(2)], T0);
+        let activity = |d: &SocketAddr| (*d == dst(2)).then_some(T0 + 15 * SEC);
+        let (mut req, mut ended) = (Vec::new(), Vec::new());
+        s.poll(T0 + 21 * SEC, |_| true, activity, &mut req, &mut ended);
+        assert_eq!(
+            req.iter().map(|r| r.dst).collect::<Vec<_>>(),
+            [dst(1)],
+            "dst(2) was used at +15 s"
+        );
+        s.poll(T0 + 26 * SEC, |_| true, activity, &mut req, &mut ended);
+        assert_eq!(
+            req.iter().map(|r| r.dst).collect::<Vec<_>>(),
+            [dst(1), dst(2)]
+        );
+        assert_eq!(s.counts().scheduled, 2, "one heap entry per member");
+    }
+
+    #[test]
+    fn only_seen_network_members_are_checked_and_their_number_is_bounded() {
+        let mut s =
+            CheckScheduler::new(config(|c| c.idle_after = Duration::from_secs(1)), 2, 3, T0);
+        assert!(s.saw_network_member(dst(1), T0));
+        assert!(s.saw_network_member(dst(1), T0), "idempotent");
+        assert!(s.saw_network_member(dst(2), T0));
+        assert!(!s.saw_network_member(dst(3), T0), "bound reached");
+        let (req, _) = poll(&mut s, T0 + 3 * SEC);
+        let mut got: Vec<_> = req.iter().map(|r| r.dst).collect();
+        got.sort();
+        assert_eq!(got, [dst(1), dst(2)]);
+    }
+
+    #[test]
+    fn removed_members_are_dropped_lazily() {
+        let mut s =
+            CheckScheduler::new(config(|c| c.idle_after = Duration::from_secs(1)), 10, 1, T0);
+        s.set_members(&[dst(1), dst(2)], T0);
+        // dst(1) left the pool: its entry goes when it surfaces.
+        let (mut req, mut ended) = (Vec::new(), Vec::new());
+        s.poll(
+            T0 + 3 * SEC,
+            |d| *d == dst(2),
+            |_| None,
+            &mut req,
+            &mut ended,
+        );
+        assert_eq!(req.iter().map(|r| r.dst).collect::<Vec<_>>(), [dst(2)]);
+        assert_eq!(s.counts().scheduled, 1);
+        s.set_members(&[dst(2), dst(3)], T0 + 3 * SEC);
+        assert_eq!(
+            s.counts().scheduled,
+            2,
+            "a rebuilt schedule holds each member once"
+        );
+    }
+
+    /// Start times of probes under load (50 000 members, always due, answered at
+    /// once), polling every `step` or, with `step` 0, exactly at `next_deadline`.
+    fn starts_under_load(rate: u32, step: u64, span: u64) -> Vec<u64> {
+        let mut s = CheckScheduler::new(
+            config(|c| {
+                c.idle_after = Duration::from_millis(100);
+                c.max_per_second = rate;
+                c.probe_timeout = Duration::from_millis(10);
+                c.max_in_flight = 65_536;
+            }),
+            10,
+            9,
+            T0,
+        );
+        let members: Vec<SocketAddr> = (0..50_000).map(dst).collect();
+        s.set_members(&members, T0);
+        let mut starts = Vec::new();
+        let mut now = T0;
+        while now < T0 + span {
+            let (req, _) = poll(&mut s, now);
+            for r in &req {
+                // The kernel answers at once: the in-flight limit is not what binds here.
+                s.on_own_connect(r.dst, Outcome::Refused);
+            }
+            starts.extend(std::iter::repeat_n(now, req.len()));
+            now = if step == 0 {
+                s.next_deadline(now)
+                    .expect("members stay scheduled")
+                    .max(now + 1)
+            } else {
+                now + step
+            };
+        }
+        starts
+    }
+
+    fn max_in_any_second(starts: &[u64]) -> usize {
+        let mut best = 0;
+        let mut lo = 0;
+        for hi in 0..starts.len() {
+            while starts[hi] - starts[lo] >= SEC {
+                lo += 1;
+            }
+            best = best.max(hi - lo + 1);
+        }
+        best
+    }
+
+    #[test]
+    fn no_one_second_window_ever_holds_more_than_max_per_second_starts() {
+        for (rate, step) in [
+            (1, 7 * MS),
+            (10, MS),
+            (100, 3 * MS),
+            (100, 250 * MS),
+            (5_000, 10 * MS),
+            (1, 0),
+            (100, 0),
+            (10_000, 0),
+        ] {
+            let starts = starts_under_load(rate, step, 6 * SEC);
+            let max = max_in_any_second(&starts);
+            assert!(
+                max <= rate as usize,
+                "rate {rate} step {step}: {max} starts in one second"
+            );
+            if step == 0 || step <= 10 * MS {
+                // Polled when it asks to be (as the agent does), or often enough.
+                assert!(
+                    starts.len() as u64 >= u64::from(rate) * 5,
+                    "rate {rate} step {step}: only {} starts in 6 s: the limit must not starve",
+                    starts.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn in_flight_never_exceeds_its_limit_and_frees_on_outcome_or_loss() {
+        let mut s = CheckScheduler::new(
+            config(|c| {
+                c.idle_after = Duration::from_millis(100);
+                c.max_in_flight = 3;
+                c.max_per_second = 1000;
+            }),
+            10,
+            1,
+            T0,
+        );
+        let members: Vec<SocketAddr> = (0..20).map(dst).collect();
+        s.set_members(&members, T0);
+        let (req, _) = poll(&mut s, T0 + SEC);
+        assert_eq!(req.len(), 3);
+        assert!(poll(&mut s, T0 + SEC + MS).0.is_empty(), "full");
+        assert_eq!(
+            s.next_deadline(T0 + SEC + MS),
+            Some(T0 + 4 * SEC),
+            "full: no busy wake-ups, only the first lost-probe deadline"
+        );
+        s.on_own_connect(req[0].dst, Outcome::Established);
+        assert_eq!(poll(&mut s, T0 + SEC + 2 * MS).0.len(), 1);
+        let (_, ended) = poll(&mut s, T0 + 5 * SEC);
+        assert_eq!(ended.len(), 3, "the three unanswered probes are lost");
+        assert_eq!(s.counts().lost, 3);
+    }
+
+    #[test]
+    fn an_unsent_verification_is_retried() {
+        let mut s = CheckScheduler::new(ChecksConfig::default(), 10, 1, T0);
+        s.ejected(dst(1), T0);
+        s.verify(dst(1), T0);
+        let (req, _) = poll(&mut s, T0);
+        s.unsent(&req[0], T0);
+        assert!(!s.in_flight(&dst(1)));
+        assert_eq!(s.counts().dropped, 1);
+        assert!(poll(&mut s, T0 + 500 * MS).0.is_empty());
+        assert_eq!(poll(&mut s, T0 + SEC).0.len(), 1, "retried after a second");
+    }
+
+    #[test]
+    fn a_million_members_are_scheduled_without_scanning_them() {
+        let mut s = CheckScheduler::new(
+            config(|c| {
+                c.idle_after = Duration::from_secs(60);
+                c.max_per_second = 1_000;
+            }),
+            10,
+            5,
+            T0,
+        );
+        let members: Vec<SocketAddr> = (0..1_000_000).map(dst).collect();
+        s.set_members(&members, T0);
+        assert_eq!(s.counts().scheduled, 1_000_000);
+        // Ten thousand polls at 10 ms: each one touches only what is due.
+        let started = std::time::Instant::now();
+        let mut sent = 0;
+        for i in 0..10_000u64 {
+            let (req, _) = poll(&mut s, T0 + 60 * SEC + i * 10 * MS);
+            for r in &req {
+                s.on_own_connect(r.dst, Outcome::Established);
+            }
+            sent += req.len();
+        }
+        assert!(
+            sent <= 100 * 1_000 + 100,
+            "{sent} probes in 100 s at 1000/s"
+        );
+        assert!(sent >= 90 * 1_000, "{sent}: the limit must not starve");
+        assert_eq!(
+            s.counts().scheduled,
+            1_000_000,
+            "every member stays scheduled once"
+        );
+        // Not a timing assertion on a slow CPU: a scan per poll would take minutes.
+        assert!(started.elapsed() < Duration::from_secs(120));
+    }
+}

@@ -1,0 +1,285 @@
+//! The policy's side of the handshake checks, replayed on an injected clock: verified
+//! reinstatement, early reinstatement, re-ejection, and the guards.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use super::{
+    checks::{ProbeEnded, Purpose},
+    *,
+};
+use crate::{
+    clock::WallClock,
+    source::event::{Attribution, Comm, Family, NetnsOwner},
+};
+
+const SEC: u64 = 1_000_000_000;
+const BOOT: u64 = 1_000 * SEC;
+
+fn dst(last: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, last)), 8080)
+}
+
+fn engine(verify: bool) -> EjectionPolicy {
+    let config = PolicyConfig {
+        jitter: 0.0,
+        max_ejection_percent: 100,
+        ..PolicyConfig::default()
+    };
+    let mut policy = EjectionPolicy::new(
+        config,
+        PoolMembership::unconfigured(),
+        1,
+        WallClock::from_offset_ns(1_700_000_000_000_000_000),
+        1,
+    )
+    .expect("valid config");
+    let mut out = Vec::new();
+    policy.set_verify_before_reinstate(verify, BOOT, &mut out);
+    assert!(out.is_empty());
+    policy
+}
+
+fn record(to: SocketAddr, outcome: Outcome, at: u64) -> ConnectRecord {
+    ConnectRecord {
+        outcome,
+        ktime_ns: at,
+        start_ns: at.saturating_sub(300_000),
+        family: Family::Ipv4,
+        src: SocketAddr::from(([10, 0, 0, 1], 40000)),
+        dst: to,
+        who: Attribution {
+            pid: 4242,
+            tgid: 4242,
+            comm: Comm::from("connmon"),
+            cgroup_id: 1,
+            netns: 1,
+            netns_owner: NetnsOwner::Initial,
+            cgroup: None,
+            trusted: true,
+        },
+        syn_retransmits: 0,
+        errno: 0,
+    }
+}
+
+fn probe(
+    policy: &mut EjectionPolicy,
+    to: SocketAddr,
+    purpose: Purpose,
+    outcome: Option<Outcome>,
+    at: u64,
+) -> (ProbeVerdict, Vec<Decision>) {
+    let mut out = Vec::new();
+    let ended = ProbeEnded {
+        dst: to,
+        purpose,
+        outcome,
+    };
+    let trigger = outcome.map(|o| Trigger::from(&record(to, o, at)));
+    let verdict = policy.on_probe_result(&ended, trigger, at, &mut out);
+    (verdict, out)
+}
+
+/// Ejects `to` with one refused connect at `at` (30 s, count 1).
+fn eject(policy: &mut EjectionPolicy, to: SocketAddr, at: u64) {
+    let mut out = Vec::new();
+    policy.on_connect(&record(to, Outcome::Refused, at), at, &mut out);
+    assert!(matches!(out.as_slice(), [Decision::Evict(_)]), "{out:?}");
+}
+
+#[test]
+fn an_expired_ejection_waits_for_its_probe_and_a_failure_re_ejects_with_n_plus_1() {
+    let mut p = engine(true);
+    eject(&mut p, dst(1), BOOT);
+    let mut out = Vec::new();
+    p.tick(BOOT + 31 * SEC, &mut out);
+    assert!(out.is_empty(), "no blind reinstatement: {out:?}");
+    assert_eq!(p.take_verifications(), [dst(1)]);
+    assert!(p.is_ejected(&dst(1)));
+    assert_eq!(p.ejected(), 1, "still counted by the guard");
+    let (verdict, out) = probe(
+        &mut p,
+        dst(1),
+        Purpose::Verify,
+        Some(Outcome::Refused),
+        BOOT + 31 * SEC,
+    );
+    assert_eq!(verdict, ProbeVerdict::Reejected);
+    let [Decision::Evict(e)] = out.as_slice() else {
+        panic!("one evict expected: {out:?}");
+    };
+    assert_eq!(
+        (e.ejection.count, e.ejection.duration_ms),
+        (2, 60_000),
+        "{e:?}"
+    );
+    assert_eq!(e.reason, Reason::Refused);
+    // The second expiry: verification again, success this time.
+    let mut out = Vec::new();
+    p.tick(BOOT + 92 * SEC, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(p.take_verifications(), [dst(1)]);
+    let (verdict, out) = probe(
+        &mut p,
+        dst(1),
+        Purpose::Verify,
+        Some(Outcome::Established),
+        BOOT + 92 * SEC,
+    );
+    assert_eq!(verdict, ProbeVerdict::Reinstated);
+    let [Decision::Reinstate(r)] = out.as_slice() else {
+        panic!("one reinstate expected: {out:?}");
+    };
+    assert!(r.verified && !r.early, "{r:?}");
+    assert_eq!(p.ejected(), 0);
+    let json = serde_json::to_value(&out[0]).expect("json");
+    assert_eq!(json["verified"], true);
+    assert!(
+        json.get("early").is_none(),
+        "false flags are absent: {json}"
+    );
+}
+
+#[test]
+fn a_lost_verification_probe_re_ejects_as_a_timeout() {
+    let mut p = engine(true);
+    eject(&mut p, dst(1), BOOT);
+    p.tick(BOOT + 31 * SEC, &mut Vec::new());
+    let (verdict, out) = probe(&mut p, dst(1), Purpose::Verify, None, BOOT + 34 * SEC);
+    assert_eq!(verdict, ProbeVerdict::Reejected);
+    let [Decision::Evict(e)] = out.as_slice() else {
+        panic!("{out:?}");
+    };
+    assert_eq!((e.reason, e.trigger.clone()), (Reason::Timeout, None));
+}
+
+#[test]
+fn an_early_success_reinstates_before_the_timer_and_an_early_failure_changes_nothing() {
+    let mut p = engine(true);
+    eject(&mut p, dst(1), BOOT);
+    let (verdict, out) = probe(
+        &mut p,
+        dst(1),
+        Purpose::Early,
+        Some(Outcome::Refused),
+        BOOT + 5 * SEC,
+    );
+    assert_eq!((verdict, out.len()), (ProbeVerdict::Nothing, 0));
+    let (verdict, out) = probe(
+        &mut p,
+        dst(1),
+        Purpose::Early,
+        Some(Outcome::Established),
+        BOOT + 10 * SEC,
+    );
+    assert_eq!(verdict, ProbeVerdict::Reinstated);
+    let [Decision::Reinstate(r)] = out.as_slice() else {
+        panic!("{out:?}");
+    };
+    assert!(r.verified && r.early, "{r:?}");
+    assert_eq!(r.ejected_ms, 10_000);
+    let mut out = Vec::new();
+    p.tick(BOOT + 40 * SEC, &mut out);
+    assert!(
+        out.is_empty() && p.take_verifications().is_empty(),
+        "the old timer is gone"
+    );
+}
+
+#[test]
+fn a_probe_of_a_destination_that_is_not_ejected_changes_nothing_here() {
+    let mut p = engine(true);
+    let (verdict, out) = probe(&mut p, dst(1), Purpose::Idle, Some(Outcome::Refused), BOOT);
+    assert_eq!((verdict, out.len()), (ProbeVerdict::Nothing, 0));
+}
+
+#[test]
+fn during_a_local_outage_a_failed_verification_is_inconclusive() {
+    let mut p = engine(true);
+    eject(&mut p, dst(1), BOOT);
+    p.tick(BOOT + 31 * SEC, &mut Vec::new());
+    // Five other destinations fail at once: the host's network is down.
+    let mut out = Vec::new();
+    for i in 10..15 {
+        p.on_connect(
+            &record(dst(i), Outcome::Unreachable, BOOT + 32 * SEC),
+            BOOT + 32 * SEC,
+            &mut out,
+        );
+    }
+    assert!(
+        out.iter().any(|d| matches!(
+            d,
+            Decision::Diagnosis(Diagnosis {
+                finding: Finding::LocalOutage { .. },
+                ..
+            })
+        )),
+        "{out:?}"
+    );
+    let (verdict, out) = probe(
+        &mut p,
+        dst(1),
+        Purpose::Verify,
+        Some(Outcome::Unreachable),
+        BOOT + 33 * SEC,
+    );
+    assert_eq!(verdict, ProbeVerdict::Inconclusive);
+    assert!(
+        out.is_empty(),
+        "no re-ejection through the host's own outage: {out:?}"
+    );
+    assert!(p.is_ejected(&dst(1)));
+}
+
+#[test]
+fn without_verification_expiry_reinstates_blind_as_before() {
+    let mut p = engine(false);
+    eject(&mut p, dst(1), BOOT);
+    let mut out = Vec::new();
+    p.tick(BOOT + 31 * SEC, &mut out);
+    let [Decision::Reinstate(r)] = out.as_slice() else {
+        panic!("{out:?}");
+    };
+    assert!(!r.verified && !r.early);
+    assert!(p.take_verifications().is_empty());
+    let json = serde_json::to_value(&out[0]).expect("json");
+    assert!(
+        json.get("verified").is_none() && json.get("early").is_none(),
+        "{json}"
+    );
+}
+
+#[test]
+fn turning_verification_off_reinstates_what_was_waiting() {
+    let mut p = engine(true);
+    eject(&mut p, dst(1), BOOT);
+    p.tick(BOOT + 31 * SEC, &mut Vec::new());
+    let mut out = Vec::new();
+    p.set_verify_before_reinstate(false, BOOT + 32 * SEC, &mut out);
+    assert!(
+        matches!(out.as_slice(), [Decision::Reinstate(r)] if !r.verified),
+        "{out:?}"
+    );
+    assert_eq!(p.ejected(), 0);
+}
+
+#[test]
+fn an_ejection_that_expired_while_connmon_was_down_is_verified_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("connmon-checks-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("state.json");
+    let mut p = engine(true);
+    eject(&mut p, dst(1), BOOT);
+    p.save_state(&path, BOOT + SEC).expect("save");
+    let mut q = engine(true);
+    let mut out = Vec::new();
+    let report = q
+        .load_state(&path, BOOT + 100 * SEC, &mut out)
+        .expect("load");
+    assert!(out.is_empty(), "no blind reinstatement at start: {out:?}");
+    assert_eq!(report.restored, 1);
+    assert_eq!(q.take_verifications(), [dst(1)]);
+    assert_eq!(q.ejections().collect::<Vec<_>>(), [(dst(1), true)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
