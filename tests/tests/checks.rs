@@ -11,7 +11,7 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, BLACKHOLE_V4, Netns, closed_port, is_connect,
+    Agent, Netns, closed_port, is_connect,
     otlp_receiver::{Receiver, Value as Otlp},
     require_root, scratch_dir,
 };
@@ -64,12 +64,29 @@ fn dead_members_stay_ejected_across_expiries_and_a_revived_one_is_reinstated_ear
     let ns = Netns::new("verify");
     let closed = closed_in(&ns);
     let revived = closed_in(&ns);
-    let blackholed = format!("{BLACKHOLE_V4}:80");
+    // A blackholed neighbour of this test's own (other jobs on the host use
+    // BLACKHOLE_V4, and pool membership is by address, whatever the namespace).
+    let hole = "10.200.0.87";
+    connmon_integration::sh(&[
+        "ip",
+        "-n",
+        &ns.name,
+        "neigh",
+        "add",
+        hole,
+        "lladdr",
+        "02:00:00:00:00:87",
+        "dev",
+        "veth0",
+        "nud",
+        "permanent",
+    ]);
+    let blackholed = format!("{hole}:80");
     let dir = scratch_dir("verify");
     let config = write(
         &dir.join("connmon.toml"),
         &format!(
-            "[policy]\nbase_ejection = \"2s\"\nmax_ejection = \"60s\"\njitter = 0.0\n\
+            "[policy]\noutage_min_destinations = 0\nbase_ejection = \"2s\"\nmax_ejection = \"60s\"\njitter = 0.0\n\
              consecutive_timeouts = 1\nmax_ejection_percent = 100\n\
              pool = [\"{closed}\", \"{revived}\", \"{blackholed}\"]\n\n\
              [checks]\nverify_before_reinstate = true\nprobe_timeout = \"700ms\"\n\
@@ -198,7 +215,7 @@ fn idle_members_are_checked_at_the_global_rate_and_a_dead_one_is_evicted_without
     let config = write(
         &dir.join("connmon.toml"),
         &format!(
-            "[policy]\nbase_ejection = \"60s\"\njitter = 0.0\nmax_ejection_percent = 50\n\
+            "[policy]\noutage_min_destinations = 0\nbase_ejection = \"60s\"\njitter = 0.0\nmax_ejection_percent = 50\n\
              pool = [{}]\n\n[checks]\nidle_after = \"1s\"\nmax_per_second = {RATE}\n\
              probe_timeout = \"1s\"\nearly_probe_interval = \"0s\"\n\n\
              [otlp]\nprotocol = \"http/protobuf\"\nspan_flush_interval = \"100ms\"\nexport_interval = \"300ms\"\n",
@@ -318,7 +335,7 @@ fn with_checks_off_reinstatement_is_blind_and_sighup_turns_verification_on() {
     let config = write(
         &dir.join("connmon.toml"),
         &format!(
-            "[policy]\nbase_ejection = \"1s\"\njitter = 0.0\n{pool}\n\n\
+            "[policy]\noutage_min_destinations = 0\nbase_ejection = \"1s\"\njitter = 0.0\n{pool}\n\n\
              [checks]\nverify_before_reinstate = false\nearly_probe_interval = \"0s\"\nidle_after = \"0s\"\n"
         ),
     );
@@ -344,7 +361,7 @@ fn with_checks_off_reinstatement_is_blind_and_sighup_turns_verification_on() {
     write(
         Path::new(&config),
         &format!(
-            "[policy]\nbase_ejection = \"1s\"\njitter = 0.0\n{pool}\n\n\
+            "[policy]\noutage_min_destinations = 0\nbase_ejection = \"1s\"\njitter = 0.0\n{pool}\n\n\
              [checks]\nverify_before_reinstate = true\nearly_probe_interval = \"0s\"\n"
         ),
     );
