@@ -3,6 +3,9 @@
 
 mod bench;
 mod build;
+mod image;
+mod package;
+mod pytools;
 mod run;
 mod setup;
 mod test;
@@ -31,6 +34,11 @@ enum Command {
     Test(test::Options),
     /// Measure overhead, throughput, detection latency, memory and start-up (BENCHMARKS.md).
     Bench(bench::Options),
+    /// Build the .deb (binary, unit, config, man pages, completions) and the Python
+    /// client's wheel into target/package/.
+    Package(package::Options),
+    /// Build the container image localhost/connmon:<version> (FROM scratch, static musl).
+    Image(image::Options),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +48,8 @@ fn main() -> ExitCode {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Package(opts) => package::run(&opts),
+        Command::Image(opts) => image::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
