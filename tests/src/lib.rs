@@ -177,7 +177,21 @@ impl Agent {
     /// Starts the agent and waits until it has attached. Unless `extra_args` name them,
     /// the agent gets a state file and a control socket of its own (never the host's).
     pub fn start(extra_args: &[&str]) -> Self {
-        let mut cmd = Command::new(connmon_bin());
+        Self::start_wrapped(&[], extra_args)
+    }
+
+    /// [`Agent::start`] through a wrapper command: `wrapper[0] wrapper[1..] run ...`
+    /// (e.g. `setpriv ... connmon`, or `podman run ... image`). An empty wrapper runs
+    /// [`connmon_bin`] directly.
+    pub fn start_wrapped(wrapper: &[String], extra_args: &[&str]) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args);
+                cmd
+            }
+            None => Command::new(connmon_bin()),
+        };
         cmd.args(["run", "--output", "json"]).args(extra_args);
         if !extra_args.contains(&"--config") {
             // Never the host's /etc/connmon/connmon.toml.

@@ -213,6 +213,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("python3", "python3"),
     ("haproxy", "haproxy"),
+    // Service tests (tests/tests/service.rs): the .deb, the image, systemd in a
+    // container (podman with runc: crun refuses this host's hybrid cgroups), the unit's
+    // offline checks, and the least-privilege runs.
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
 ];
 
 fn ensure_packages() -> anyhow::Result<()> {

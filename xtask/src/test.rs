@@ -2,13 +2,15 @@
 //! the harness cannot rot), then every test in one `cargo nextest` run (all crates but
 //! `monitor-ebpf`, which only builds for the BPF target): unit tests in parallel, the
 //! root eBPF integration tests (package `connmon-integration`) one at a time (see
-//! `.config/nextest.toml`). nextest's summary is the last thing printed.
+//! `.config/nextest.toml`). nextest's summary is the last thing printed. The `.deb`,
+//! the container image and the Python tools venv are built before the tests run
+//! (`tests/tests/service.rs` installs and runs them).
 
 use std::process::Command;
 
 use anyhow::bail;
 
-use crate::{bench, build, run::is_root, setup};
+use crate::{bench, build, image, package, pytools, run::is_root, setup};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -39,6 +41,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         })
     };
     let bin = build::build_agent(&toolchain, false)?;
+    // What tests/tests/service.rs installs and runs: built once here, reused by the tests.
+    let packaged = package::build_all(&toolchain)?;
+    let image = image::build(&toolchain)?;
+    let tools_venv = pytools::ensure_venv()?;
     let root = build::workspace_root();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
@@ -52,7 +58,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ])
         .args(&opts.args)
         .env("PATH", toolchain.path_env())
-        .env("CONNMON_BIN", &bin);
+        .env("CONNMON_BIN", &bin)
+        .env("CONNMON_DEB", &packaged.deb)
+        .env("CONNMON_IMAGE", &image)
+        .env("CONNMON_TOOLS_VENV", &tools_venv);
     let tests_result = setup::run_cmd(&mut cmd);
     match (bench_result, tests_result) {
         (Ok(()), Ok(())) => Ok(()),
