@@ -237,7 +237,10 @@ mod tests {
     fn root_has_everything() {
         // A root shell's CapEff on 6.18 (all 41 capabilities).
         let caps = CapSet::parse_status("Name:\tbash\nCapEff:\t000001ffffffffff\n").unwrap();
-        assert_eq!(missing(check(caps, true, &TracefsAccess::NotMounted)), Vec::<&str>::new());
+        assert_eq!(
+            missing(check(caps, true, &TracefsAccess::NotMounted)),
+            Vec::<&str>::new()
+        );
     }
 
     #[test]

@@ -113,8 +113,8 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
             &socket.display().to_string(),
         ],
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
-        .expect("agent status");
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("agent status");
     assert!(
         status.contains("CapEff:\t000000c000000004"),
         "the agent runs with exactly CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH:\n{status}"
@@ -181,12 +181,21 @@ fn security_score() -> String {
         .args(["security", "--offline=true", "--no-pager"])
         .arg(unit_file()));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "systemd-analyze security failed: {text}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze security failed: {text}"
+    );
     let line = text
         .lines()
-        .find_map(|l| l.split("Overall exposure level for connmon.service: ").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for connmon.service: ")
+                .nth(1)
+        })
         .unwrap_or_else(|| panic!("no overall exposure line:\n{text}"));
-    line.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]
@@ -197,10 +206,7 @@ fn the_unit_scores_well_on_systemd_analyze_security_and_the_readme_says_so() {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("unparsable score {score:?}"));
-    assert!(
-        exposure <= 2.5,
-        "exposure {score}: the hardening regressed"
-    );
+    assert!(exposure <= 2.5, "exposure {score}: the hardening regressed");
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
     assert!(
         readme.contains(&format!("exposure level **{score}**")),
@@ -284,7 +290,8 @@ fn the_deb_ships_everything_and_its_binary_runs() {
     );
     let pool = std::fs::read_to_string(root.join("etc/connmon/pool.txt")).expect("pool.txt");
     assert!(
-        pool.lines().all(|l| l.trim().is_empty() || l.starts_with('#')),
+        pool.lines()
+            .all(|l| l.trim().is_empty() || l.starts_with('#')),
         "pool.txt ships with no member"
     );
     // The man page is the real CLI's; the bash completion is valid bash.
@@ -360,7 +367,12 @@ impl SystemdContainer {
             .arg("--volume")
             .arg(format!("{}:/pkg:ro", deb_dir.display()))
             // basic.target: not the host's own services (databases, proxies) too.
-            .args(["--rootfs", "/:O", "/lib/systemd/systemd", "--unit=basic.target"]));
+            .args([
+                "--rootfs",
+                "/:O",
+                "/lib/systemd/systemd",
+                "--unit=basic.target",
+            ]));
         assert!(
             out.status.success(),
             "podman run (systemd) failed: {}",
@@ -552,7 +564,13 @@ fn the_image_sees_a_refused_connect_from_the_host() {
         args.splice(0..0, ["podman".to_owned()]);
         args.extend(podman_limits());
         args.extend(
-            ["--network", "host", "--volume", "/sys/kernel/btf:/sys/kernel/btf:ro"].map(String::from),
+            [
+                "--network",
+                "host",
+                "--volume",
+                "/sys/kernel/btf:/sys/kernel/btf:ro",
+            ]
+            .map(String::from),
         );
         args
     };
@@ -620,8 +638,8 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
     manifests.sort();
     assert_eq!(manifests.len(), 3, "namespace, ConfigMap, DaemonSet");
     let out = run(Command::new(&validate).arg("--strict").args(&manifests));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
     assert_eq!(text.matches(" passed for resource ").count(), 3, "{text}");
 
@@ -630,7 +648,10 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
     let broken = scratch_dir("k8s").join("daemonset.yaml");
     std::fs::write(
         &broken,
-        daemonset.replace("hostNetwork: true", "hostNetwork: true\n      hostNetwrok: true"),
+        daemonset.replace(
+            "hostNetwork: true",
+            "hostNetwork: true\n      hostNetwrok: true",
+        ),
     )
     .expect("write");
     let out = run(Command::new(&validate).arg("--strict").arg(&broken));

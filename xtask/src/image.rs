@@ -44,7 +44,13 @@ pub fn build(toolchain: &Toolchain) -> anyhow::Result<String> {
         fs::remove_dir_all(&context)?;
     }
     let rootfs = context.join("rootfs");
-    for dir in ["usr/bin", "etc/connmon", "run/connmon", "var/lib/connmon", "tmp"] {
+    for dir in [
+        "usr/bin",
+        "etc/connmon",
+        "run/connmon",
+        "var/lib/connmon",
+        "tmp",
+    ] {
         fs::create_dir_all(rootfs.join(dir))?;
     }
     fs::copy(&bin, rootfs.join("usr/bin/connmon"))
@@ -69,14 +75,23 @@ pub fn build_static(toolchain: &Toolchain) -> anyhow::Result<PathBuf> {
         .lines()
         .any(|l| l.trim() == TARGET)
     {
-        say(format!("adding the {TARGET} target (a static connmon for the image)"));
+        say(format!(
+            "adding the {TARGET} target (a static connmon for the image)"
+        ));
         run_cmd(Command::new("rustup").args(["target", "add", TARGET]))?;
     }
     let root = workspace_root();
     run_cmd(
         Command::new("cargo")
             .current_dir(&root)
-            .args(["build", "--release", "--package", "monitor", "--target", TARGET])
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "monitor",
+                "--target",
+                TARGET,
+            ])
             .env("PATH", toolchain.path_env()),
     )?;
     Ok(root.join("target").join(TARGET).join("release/connmon"))

@@ -56,9 +56,9 @@ pub fn run(_opts: &Options) -> anyhow::Result<()> {
     say(format!("built {}", artifacts.deb.display()));
     match artifacts.wheel {
         Some(wheel) => say(format!("built {}", wheel.display())),
-        None => say(
-            "no Python wheel: clients/python has no pyproject.toml (it is not a package yet)",
-        ),
+        None => {
+            say("no Python wheel: clients/python has no pyproject.toml (it is not a package yet)")
+        }
     }
     Ok(())
 }
