@@ -1,5 +1,6 @@
-//! Builds `monitor-ebpf` for the BPF target with aya-build (nightly + bpf-linker, which
-//! `cargo xtask setup` provides) and leaves the object in OUT_DIR for `include_bytes!`.
+//! Builds `monitor-ebpf` for the BPF target with aya-build (the nightly pinned in the
+//! workspace's Cargo.toml + bpf-linker, which `cargo xtask setup` provides) and leaves
+//! the object in OUT_DIR for `include_bytes!`.
 //!
 //! With `AYA_BUILD_SKIP=1` an empty object is written instead, so that the agent's pure
 //! logic can be compiled and unit-tested without the eBPF toolchain; such a binary
@@ -17,10 +18,19 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         return Ok(());
     }
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
+    let cargo_metadata::Metadata {
+        packages,
+        workspace_metadata,
+        ..
+    } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
         .context("cargo metadata")?;
+    // The pinned nightly ([workspace.metadata.connmon] nightly in Cargo.toml).
+    let nightly = workspace_metadata["connmon"]["nightly"]
+        .as_str()
+        .context("Cargo.toml has no [workspace.metadata.connmon] nightly = \"nightly-YYYY-MM-DD\"")?
+        .to_owned();
     let ebpf = packages
         .into_iter()
         .find(|p| p.name.as_str() == "monitor-ebpf")
@@ -35,6 +45,6 @@ fn main() -> anyhow::Result<()> {
             root_dir: root_dir.as_str(),
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(&nightly),
     )
 }

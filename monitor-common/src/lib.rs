@@ -61,6 +61,19 @@ pub mod tcp_state {
     pub const CLOSE: i32 = 7;
 }
 
+/// Who owns a socket's network namespace ([`ConnectEvent::netns_owner`]): the user
+/// namespace that created it, as `struct user_namespace.level` of `net->user_ns`.
+pub mod netns_owner {
+    /// Not read (kernel struct offsets unresolved, or the read failed).
+    pub const UNKNOWN: u16 = 0;
+    /// The initial user namespace (level 0): created by real root — the host, Docker,
+    /// containerd, CRI-O, `ip netns`.
+    pub const INITIAL: u16 = 1;
+    /// A child user namespace (level > 0): rootless containers, `unshare -U`. Anyone can
+    /// create one and be "root" inside it.
+    pub const CHILD: u16 = 2;
+}
+
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
@@ -103,7 +116,10 @@ pub struct ConnectEvent {
     /// Ports in host byte order; `sport` may be 0 if the kernel had not chosen one yet.
     pub sport: u16,
     pub dport: u16,
-    pub _pad: [u8; 6],
+    /// Who owns the socket's network namespace, one of [`netns_owner`]: read in the
+    /// kernel (`net->user_ns->level`) when the socket entered SYN_SENT.
+    pub netns_owner: u16,
+    pub _pad: [u8; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 112);
@@ -150,6 +166,11 @@ pub struct ProbeConfig {
     pub sock_common_skc_net: u32,
     pub net_ns_inum: u32,
     pub has_netns: u32,
+    /// `offsetof(struct net, user_ns)` and `offsetof(struct user_namespace, level)`;
+    /// `has_netns_owner == 0` when they could not be resolved.
+    pub net_user_ns: u32,
+    pub user_ns_level: u32,
+    pub has_netns_owner: u32,
     /// 1: wake the reader for every event; 0: routine `established` outcomes are
     /// submitted with BPF_RB_NO_WAKEUP and picked up by the reader's periodic drain.
     pub wakeup_established: u32,
@@ -160,7 +181,8 @@ pub struct ProbeConfig {
     pub error_fallback: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 4 * (7 * 4 + 4 + 1 + 2 + 2 + 4 + 2));
+const _: () =
+    assert!(core::mem::size_of::<ProbeConfig>() == 4 * (7 * 4 + 4 + 1 + 2 + 2 + 4 + 3 + 2));
 
 /// Index of the counters in the per-CPU `COUNTERS` array.
 pub mod counter {

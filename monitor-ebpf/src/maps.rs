@@ -53,7 +53,8 @@ pub struct Attempt {
     pub syn_retransmits: u32,
     /// 1 once a RST arrived while in SYN_SENT.
     pub rst: u32,
-    pub _pad: u32,
+    /// One of `monitor_common::netns_owner`.
+    pub netns_owner: u32,
 }
 
 /// The TCP 4-tuple, for hooks that carry no socket address.

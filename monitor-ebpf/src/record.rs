@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     programs::TracePointContext,
 };
-use monitor_common::{AF_INET, AF_INET6, ConnectEvent, TupleOffsets, counter};
+use monitor_common::{AF_INET, AF_INET6, ConnectEvent, TupleOffsets, counter, netns_owner};
 
 use crate::maps::{Attempt, EVENTS, TupleKey, UNWOKEN, conf, count};
 
@@ -40,24 +40,56 @@ pub fn read_tuple(ctx: &TracePointContext, off: &TupleOffsets) -> Result<TupleKe
     Ok(key)
 }
 
-/// The inode number of the socket's network namespace: `sk->__sk_common.skc_net.net->ns.inum`,
-/// with the offsets the agent resolved from BTF. 0 if they are unknown.
+/// The socket's network namespace: the inode number `sk->__sk_common.skc_net.net->ns.inum`
+/// (0 if unknown) and who owns it (`monitor_common::netns_owner`), from
+/// `net->user_ns->level`: 0 only for the initial user namespace. Offsets come from BTF.
+///
+/// Read in the kernel, from the socket itself: user space could only look the
+/// namespace up by inode afterwards, when the process (and the namespace) may be gone,
+/// and a process cannot lie about the namespace its socket lives in.
 #[inline(always)]
-pub fn netns_of(skaddr: u64) -> u32 {
+pub fn netns_of(skaddr: u64) -> (u32, u32) {
     if conf!(has_netns) == 0 {
-        return 0;
+        return (0, u32::from(netns_owner::UNKNOWN));
     }
     let net_field = skaddr + u64::from(conf!(sock_common_skc_net));
     // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
     let Ok(net) = (unsafe { bpf_probe_read_kernel(net_field as *const u64) }) else {
-        return 0;
+        return (0, u32::from(netns_owner::UNKNOWN));
     };
     if net == 0 {
-        return 0;
+        return (0, u32::from(netns_owner::UNKNOWN));
     }
     // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel((net + u64::from(conf!(net_ns_inum))) as *const u32) }
-        .unwrap_or(0)
+    let inum =
+        unsafe { bpf_probe_read_kernel((net + u64::from(conf!(net_ns_inum))) as *const u32) }
+            .unwrap_or(0);
+    (inum, u32::from(owner_of(net)))
+}
+
+/// `net->user_ns->level` as one of `monitor_common::netns_owner`.
+#[inline(always)]
+fn owner_of(net: u64) -> u16 {
+    if conf!(has_netns_owner) == 0 {
+        return netns_owner::UNKNOWN;
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
+    let user_ns =
+        unsafe { bpf_probe_read_kernel((net + u64::from(conf!(net_user_ns))) as *const u64) };
+    let Ok(user_ns) = user_ns else {
+        return netns_owner::UNKNOWN;
+    };
+    if user_ns == 0 {
+        return netns_owner::UNKNOWN;
+    }
+    // SAFETY: as above.
+    match unsafe {
+        bpf_probe_read_kernel((user_ns + u64::from(conf!(user_ns_level))) as *const i32)
+    } {
+        Ok(0) => netns_owner::INITIAL,
+        Ok(_) => netns_owner::CHILD,
+        Err(_) => netns_owner::UNKNOWN,
+    }
 }
 
 /// `sk->sk_err` (a positive errno, or 0).
@@ -119,7 +151,8 @@ pub fn emit(
         family: tuple.family,
         sport: tuple.sport,
         dport: tuple.dport,
-        _pad: [0; 6],
+        netns_owner: attempt.netns_owner as u16,
+        _pad: [0; 4],
     });
     let flags = match wakeup {
         // Records written without a wake-up are waiting: the reader must come now.

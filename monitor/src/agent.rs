@@ -26,9 +26,10 @@ use crate::{
     config::Config,
     control::{self, Control},
     persist::StateWriter,
-    policy::{EjectionPolicy, decision::Decision, pool::PoolMembership},
+    policy::{EjectionPolicy, EvidenceScope, decision::Decision, pool::PoolMembership},
     sinks::stdout::{OutputFormat, StdoutSink},
     source::{
+        cgroup::CgroupResolver,
         event::{KernelEvent, decode},
         kernel::{KernelSource, SourceOptions},
     },
@@ -75,6 +76,7 @@ fn host_netns() -> u32 {
 /// The pipeline's state between drains.
 struct Pipeline {
     policy: EjectionPolicy,
+    cgroups: CgroupResolver,
     sink: StdoutSink,
     bus: EventBus,
     counters: Counters,
@@ -90,7 +92,7 @@ impl Pipeline {
         while let Some(item) = ring.next() {
             records += 1;
             match decode(&item) {
-                Ok(event) => self.on_event(&event),
+                Ok(event) => self.on_event(event),
                 Err(err) => {
                     self.counters.decode_errors += 1;
                     tracing::warn!(%err, "undecodable ring-buffer record");
@@ -101,15 +103,18 @@ impl Pipeline {
         records
     }
 
-    fn on_event(&mut self, event: &KernelEvent) {
-        self.counters.count(event);
-        let role = match event {
-            KernelEvent::Connect(c) => self.policy.pool().role(&c.dst),
-            KernelEvent::SynRetransmit(r) => self.policy.pool().role(&r.dst),
-        };
-        self.sink.event(event, role);
-        self.bus.event(event, role);
-        match event {
+    fn on_event(&mut self, mut event: KernelEvent) {
+        self.counters.count(&event);
+        // Attribution first: the cgroup path (and container) is part of what the
+        // evidence scope may look at, and every consumer reports both.
+        let who = event.who_mut();
+        who.cgroup = self.cgroups.resolve(who.cgroup_id);
+        who.trusted = self.policy.evidence().trusts(who);
+        let key = self.policy.key_of(event.dst(), event.who().netns);
+        let role = self.policy.role(&key);
+        self.sink.event(&event, role);
+        self.bus.event(&event, role);
+        match &event {
             KernelEvent::Connect(c) => self.policy.on_connect(c, c.ktime_ns, &mut self.decisions),
             KernelEvent::SynRetransmit(r) => {
                 self.policy
@@ -133,7 +138,7 @@ impl Pipeline {
         for mut decision in self.decisions.drain(..) {
             decision.stamp(now, &self.clock);
             self.sink.decision(&decision);
-            let role = decision.dst().map(|dst| self.policy.pool().role(&dst));
+            let role = decision.key().map(|key| self.policy.role(&key));
             self.bus.decision(&decision, role);
         }
     }
@@ -143,7 +148,15 @@ impl Pipeline {
         let now = monotonic_now_ns();
         match command {
             Control::Snapshot { reply } => {
-                let _ = reply.send(self.policy.snapshot(now));
+                let mut snapshot = self.policy.snapshot(now);
+                for tally in snapshot
+                    .destinations
+                    .iter_mut()
+                    .flat_map(|d| d.top_cgroups.iter_mut())
+                {
+                    tally.origin = self.cgroups.resolve(tally.cgroup_id);
+                }
+                let _ = reply.send(snapshot);
             }
             // Adding or removing nothing is a read (`pool list`): an unconfigured pool
             // must stay unconfigured.
@@ -218,9 +231,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let pool = load_pool(&config)?;
     let seed = u64::from(std::process::id()) ^ monotonic_now_ns();
     let policy = EjectionPolicy::new(config.policy.clone(), pool, host_netns(), clock, seed)?;
+    let cgroups = CgroupResolver::open().unwrap_or_else(|err| {
+        tracing::warn!("{err}: connects will carry cgroup_id only, no cgroup path or container");
+        CgroupResolver::disabled()
+    });
     let bus = EventBus::new(agent.bus_capacity, clock);
     let mut pipe = Pipeline {
         policy,
+        cgroups,
         sink: StdoutSink::new(output, clock),
         bus: bus.clone(),
         counters: Counters::default(),
@@ -264,7 +282,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     tracing::info!(
         ring_buffer_bytes = agent.ring_buffer_bytes,
         netns = source.info.netns_resolved,
+        netns_owner = source.info.netns_owner_resolved,
+        trust = %pipe.policy.evidence().trust(),
+        cgroup_v2 = %pipe.cgroups.mount().map_or_else(|| "-".into(), |m| m.display().to_string()),
         pool_members = pipe.policy.pool().len(),
+        tracefs = %source.info.tracefs.display(),
+        error_fallback = source.info.error_fallback,
         "attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_retransmit_skb, sock:inet_sk_error_report"
     );
     // Reinstatements from loading the state file, now that every consumer listens.
@@ -312,7 +335,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 pipe.bus.stats(&stats);
             }
             Some(command) = control_rx.recv() => pipe.control(command),
-            _ = sighup.recv() => reload_pool(&mut pipe.policy, config_path.as_deref(), &config),
+            _ = sighup.recv() => {
+                reload_pool(&mut pipe.policy, config_path.as_deref(), &config);
+                reload_evidence(&mut pipe.policy, config_path.as_deref());
+            }
             _ = watchdog_tick.tick() => service.watchdog(),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -390,6 +416,29 @@ fn reload_pool(policy: &mut EjectionPolicy, config_path: Option<&Path>, started_
             policy.set_pool(pool);
         }
         Err(err) => tracing::error!("SIGHUP: keeping the current pool: {err:#}"),
+    }
+}
+
+/// SIGHUP: re-read `[policy.evidence]` from the config file and swap the scope in. An
+/// invalid section (a namespace path that no longer exists, say) keeps the current one.
+fn reload_evidence(policy: &mut EjectionPolicy, config_path: Option<&Path>) {
+    let reloaded = Config::load(config_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|file| {
+            EvidenceScope::from_config(&file.policy.evidence, host_netns())
+                .map_err(anyhow::Error::from)
+        });
+    match reloaded {
+        Ok(scope) => {
+            tracing::info!(
+                trust = %scope.trust(),
+                netns = ?scope.netns(),
+                cgroups = ?scope.cgroups(),
+                "SIGHUP: evidence scope reloaded"
+            );
+            policy.set_evidence(scope);
+        }
+        Err(err) => tracing::error!("SIGHUP: keeping the current evidence scope: {err:#}"),
     }
 }
 

@@ -161,13 +161,13 @@ impl EventBus {
                 Topic::Connect,
                 Some(role),
                 Some(c.dst),
-                Payload::Connect(*c),
+                Payload::Connect(c.clone()),
             ),
             KernelEvent::SynRetransmit(r) => self.publish(
                 Topic::SynRetransmit,
                 Some(role),
                 Some(r.dst),
-                Payload::SynRetransmit(*r),
+                Payload::SynRetransmit(r.clone()),
             ),
         }
     }

@@ -165,6 +165,9 @@ pub fn connmon_bin() -> PathBuf {
         })
 }
 
+/// How long [`Agent::start`] waits for the agent to attach.
+pub const ATTACH_DEADLINE: Duration = Duration::from_secs(120);
+
 /// A running `connmon run --output json`, its stdout parsed into JSON values.
 pub struct Agent {
     child: Child,
@@ -177,21 +180,30 @@ impl Agent {
     /// Starts the agent and waits until it has attached. Unless `extra_args` name them,
     /// the agent gets a state file and a control socket of its own (never the host's).
     pub fn start(extra_args: &[&str]) -> Self {
-        Self::start_wrapped(&[], extra_args)
+        Self::start_with(extra_args, |_| {})
+    }
+
+    /// [`Agent::start`], with `configure` applied to the command first (e.g. a
+    /// `pre_exec` hook that gives the agent a mount namespace of its own).
+    pub fn start_with(extra_args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
+        let mut cmd = Command::new(connmon_bin());
+        configure(&mut cmd);
+        Self::start_command(cmd, extra_args)
     }
 
     /// [`Agent::start`] through a wrapper command: `wrapper[0] wrapper[1..] run ...`
     /// (e.g. `setpriv ... connmon`, or `podman run ... image`). An empty wrapper runs
     /// [`connmon_bin`] directly.
     pub fn start_wrapped(wrapper: &[String], extra_args: &[&str]) -> Self {
-        let mut cmd = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(args);
-                cmd
-            }
-            None => Command::new(connmon_bin()),
+        let Some((program, args)) = wrapper.split_first() else {
+            return Self::start(extra_args);
         };
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Self::start_command(cmd, extra_args)
+    }
+
+    fn start_command(mut cmd: Command, extra_args: &[&str]) -> Self {
         cmd.args(["run", "--output", "json"]).args(extra_args);
         if !extra_args.contains(&"--config") {
             // Never the host's /etc/connmon/connmon.toml.
@@ -233,10 +245,12 @@ impl Agent {
         thread::spawn(move || {
             for line in BufReader::new(err_pipe).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("attached to") {
+                let attached = line.contains("attached to");
+                // Stored before signalling, so `stderr()` right after `start` has the line.
+                sink.lock().expect("stderr lock").push_str(&(line + "\n"));
+                if attached {
                     let _ = ready_tx.send(());
                 }
-                sink.lock().expect("stderr lock").push_str(&(line + "\n"));
             }
         });
         let mut agent = Agent {
@@ -245,14 +259,32 @@ impl Agent {
             stderr,
             seen: Vec::new(),
         };
-        if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        // A deadline, not a goal: attaching takes ~1 s natively but far longer under
+        // QEMU emulation (the kernel matrix) on a loaded machine.
+        if ready_rx.recv_timeout(ATTACH_DEADLINE).is_err() {
             let status = agent.child.try_wait().ok().flatten();
             panic!(
-                "connmon did not attach within 20 s (exit: {status:?}); stderr:\n{}",
+                "connmon did not attach within {ATTACH_DEADLINE:?} (exit: {status:?}); stderr:\n{}",
                 agent.stderr()
             );
         }
         agent
+    }
+
+    /// Polls the agent's stderr until it contains `needle`; returns the stderr.
+    pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(needle) {
+                return stderr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent stderr has no {needle:?} within {timeout:?}:\n{stderr}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn pid(&self) -> u32 {

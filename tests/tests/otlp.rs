@@ -14,7 +14,7 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, BLACKHOLE_V4, Netns, closed_port, is_connect,
+    Agent, BLACKHOLE_V4, LOCAL_V4, Netns, closed_port, is_connect,
     otlp_receiver::{ReceivedSpan, Receiver, Transport, Value},
     require_root, scratch_dir,
 };
@@ -127,9 +127,9 @@ fn scenario(protocol: &str, transport: Transport) {
     });
     let receiver = Receiver::start();
     let ((listener, open, closed), _) = ns.run("setup", || {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = TcpListener::bind((LOCAL_V4, 0)).unwrap();
         let open = l.local_addr().unwrap();
-        let closed: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+        let closed: SocketAddr = format!("{LOCAL_V4}:{}", closed_port(LOCAL_V4))
             .parse()
             .unwrap();
         (l, open, closed)
@@ -193,7 +193,7 @@ fn scenario(protocol: &str, transport: Transport) {
         first_span,
         &first,
         &[
-            ("network.peer.address", Value::str("127.0.0.1")),
+            ("network.peer.address", Value::str(LOCAL_V4)),
             ("network.peer.port", Value::Int(i64::from(closed.port()))),
             ("network.type", Value::str("ipv4")),
             ("error.type", Value::str("connection_refused")),
@@ -440,8 +440,10 @@ fn collector_away_at_start_then_back_with_bounded_memory() {
     );
     let url = format!("http://127.0.0.1:{port}");
     let mut agent = start_agent(&["--config", &cfg, "--otlp-endpoint", &url]);
+    // The namespace's veth address, not its loopback: another namespace's loopback is
+    // always a target, and the metrics below count candidates (role=proxy).
     let (flood_dst, _) = ns.run("setup", || -> SocketAddr {
-        format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+        format!("{LOCAL_V4}:{}", closed_port(LOCAL_V4))
             .parse()
             .unwrap()
     });
@@ -537,7 +539,7 @@ fn shutdown_flushes_queued_spans_within_the_time_limit() {
     let url = receiver.http_url();
     let mut agent = start_agent(&["--config", &cfg, "--otlp-endpoint", &url]);
     let (dst, _) = ns.run("otlpexit", || {
-        let dst: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+        let dst: SocketAddr = format!("{LOCAL_V4}:{}", closed_port(LOCAL_V4))
             .parse()
             .unwrap();
         TcpStream::connect(dst).unwrap_err();

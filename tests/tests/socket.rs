@@ -703,8 +703,10 @@ fn a_subscriber_that_never_reads_stalls_nothing_and_is_told_it_lagged() {
         let started = Instant::now();
         let pong = pinger.request(json!({"cmd": "ping"}));
         assert_eq!(pong["type"], "pong");
+        // Answered at all while the flood runs is the point; how fast is a benchmark
+        // figure, and a slow (emulated) CPU must not fail this.
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(30),
             "ping took {:?}",
             started.elapsed()
         );

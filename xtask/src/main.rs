@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod image;
+mod kernels;
 mod package;
 mod pytools;
 mod run;
@@ -32,6 +33,9 @@ enum Command {
     Run(run::Options),
     /// Set up, build and run every test, including the root eBPF integration tests.
     Test(test::Options),
+    /// Run the kernel-facing root integration tests inside other kernels (Debian 6.1 and
+    /// 6.12 by default) under QEMU with virtme-ng: `cargo xtask kernels --smoke`.
+    Kernels(kernels::Options),
     /// Measure overhead, throughput, detection latency, memory and start-up (BENCHMARKS.md).
     Bench(bench::Options),
     /// Build the .deb (binary, unit, config, man pages, completions) and the Python
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Kernels(opts) => kernels::run(&opts),
         Command::Package(opts) => package::run(&opts),
         Command::Image(opts) => image::run(&opts),
     };

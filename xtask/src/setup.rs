@@ -1,11 +1,15 @@
 //! Idempotent set-up of everything outside the repository that builds and tests need.
 //!
-//! - the `nightly` toolchain with `rust-src` (aya-build compiles the eBPF crate with
-//!   `-Z build-std=core`);
-//! - a `bpf-linker` whose LLVM major equals nightly's. No Debian package ships LLVM 22,
-//!   so it is built against nightly's own `libLLVM` (its C API is exported) and cached
-//!   under `~/.cache/connmon/`, keyed by nightly's commit: a nightly update rebuilds it;
-//! - `cargo-nextest` (the test runner) and the Debian packages the integration tests use.
+//! - the nightly toolchain pinned in Cargo.toml (`[workspace.metadata.connmon] nightly`,
+//!   e.g. `nightly-2026-05-20`) with `rust-src` (aya-build compiles the eBPF crate with
+//!   `-Z build-std=core`) and `rustfmt` (`cargo +nightly-2026-05-20 fmt`);
+//! - a `bpf-linker` whose LLVM major equals that nightly's. No Debian package ships LLVM
+//!   22, so it is built against the nightly's own `libLLVM` (its C API is exported) and
+//!   cached under `~/.cache/connmon/`, keyed by the pinned toolchain and its commit: a bump
+//!   rebuilds it;
+//! - `cargo-nextest` (the test runner) and the Debian packages the integration tests use;
+//! - for the kernel matrix (kernels.rs): QEMU, busybox-static, kmod and virtme-ng (PyPI,
+//!   pinned) in a venv under `~/.cache/connmon/`.
 
 use std::{
     env,
@@ -64,64 +68,104 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {
-    ensure_nightly()?;
-    let bpf_linker_dir = ensure_bpf_linker()?;
+    let nightly = pinned_nightly()?;
+    ensure_nightly(&nightly)?;
+    let bpf_linker_dir = ensure_bpf_linker(&nightly)?;
     ensure_nextest()?;
     if !opts.no_packages {
         ensure_packages()?;
+        crate::kernels::ensure_tools()?;
     }
     Ok(Toolchain { bpf_linker_dir })
 }
 
-fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+/// The pinned nightly, `[workspace.metadata.connmon] nightly` in the workspace's
+/// Cargo.toml (monitor/build.rs reads the same key for aya-build).
+pub fn pinned_nightly() -> anyhow::Result<String> {
+    let manifest = crate::build::workspace_root().join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    parse_pinned_nightly(&text).with_context(|| {
+        format!(
+            "{} has no `nightly = \"nightly-YYYY-MM-DD\"` under [workspace.metadata.connmon]",
+            manifest.display()
+        )
+    })
+}
+
+fn parse_pinned_nightly(manifest: &str) -> Option<String> {
+    let mut in_section = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_section = line == "[workspace.metadata.connmon]";
+        } else if in_section
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim() == "nightly"
+        {
+            let value = value.trim().trim_matches('"');
+            return value.starts_with("nightly-").then(|| value.to_owned());
+        }
+    }
+    None
+}
+
+fn nightly_sysroot(nightly: &str) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(
-        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+        output(Command::new("rustc").args([&format!("+{nightly}"), "--print", "sysroot"]))?.trim(),
     ))
 }
 
-fn ensure_nightly() -> anyhow::Result<()> {
+fn ensure_nightly(nightly: &str) -> anyhow::Result<()> {
     let have_nightly = Command::new("rustc")
-        .args(["+nightly", "--version"])
+        .args([&format!("+{nightly}"), "--version"])
         .env("RUSTUP_AUTO_INSTALL", "0")
         .output()
         .is_ok_and(|o| o.status.success());
     if !have_nightly {
-        say(
-            "installing the nightly toolchain with rust-src (the eBPF crate is built with -Z build-std)",
-        );
+        say(format!(
+            "installing the pinned {nightly} with rust-src and rustfmt (the eBPF crate is built with -Z build-std)"
+        ));
         return run_cmd(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            nightly,
             "--profile",
             "minimal",
             "--component",
             "rust-src",
+            "--component",
+            "rustfmt",
         ]));
     }
-    if !nightly_sysroot()?
-        .join("lib/rustlib/src/rust/library")
-        .is_dir()
-    {
-        say("adding rust-src to nightly (the eBPF crate is built with -Z build-std)");
-        run_cmd(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    let sysroot = nightly_sysroot(nightly)?;
+    let mut missing = Vec::new();
+    if !sysroot.join("lib/rustlib/src/rust/library").is_dir() {
+        missing.push("rust-src");
+    }
+    if !sysroot.join("bin/rustfmt").is_file() {
+        missing.push("rustfmt");
+    }
+    if !missing.is_empty() {
+        say(format!(
+            "adding {} to {nightly} (the eBPF crate is built with -Z build-std)",
+            missing.join(" and ")
+        ));
+        run_cmd(
+            Command::new("rustup")
+                .args(["component", "add", "--toolchain", nightly])
+                .args(&missing),
+        )?;
     }
     Ok(())
 }
 
-/// Nightly's identity: (release, short commit hash, LLVM major).
-fn nightly_identity() -> anyhow::Result<(String, String, String)> {
-    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+/// The nightly's identity: (release, short commit hash, LLVM major).
+fn nightly_identity(nightly: &str) -> anyhow::Result<(String, String, String)> {
+    let vv = output(Command::new("rustc").args([&format!("+{nightly}"), "-vV"]))?;
     let field = |name: &str| {
         vv.lines()
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
-            .with_context(|| format!("`rustc +nightly -vV` has no `{name}` line"))
+            .with_context(|| format!("`rustc +{nightly} -vV` has no `{name}` line"))
     };
     let release = field("release:")?;
     let commit = field("commit-hash:")?.chars().take(9).collect();
@@ -130,19 +174,17 @@ fn nightly_identity() -> anyhow::Result<(String, String, String)> {
     Ok((release, commit, major))
 }
 
-fn ensure_bpf_linker() -> anyhow::Result<PathBuf> {
-    let (release, commit, llvm_major) = nightly_identity()?;
-    let home = env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    let root = home
-        .join(".cache/connmon")
-        .join(format!("bpf-linker-{release}-{commit}-llvm{llvm_major}"));
+fn ensure_bpf_linker(nightly: &str) -> anyhow::Result<PathBuf> {
+    let (release, commit, llvm_major) = nightly_identity(nightly)?;
+    // Keyed by the toolchain's name too: the binary's rpath points into its directory.
+    let root = cache_dir().join(format!(
+        "bpf-linker-{nightly}-{release}-{commit}-llvm{llvm_major}"
+    ));
     let bin = root.join("bin");
     if works(&bin.join("bpf-linker")) {
         return Ok(bin);
     }
-    let sysroot_lib = nightly_sysroot()?.join("lib");
+    let sysroot_lib = nightly_sysroot(nightly)?.join("lib");
     let dylib = find_llvm_dylib(&sysroot_lib, &llvm_major)?;
     say(format!(
         "building bpf-linker 0.13.0 against nightly's own LLVM {llvm_major} ({dylib}): rustc +nightly emits LLVM {llvm_major} bitcode and no system LLVM {llvm_major} is available; this takes about a minute, once"
@@ -241,15 +283,49 @@ pub fn ensure_debian(packages: &[(&str, &str)]) -> anyhow::Result<()> {
         "installing Debian packages for the tests: {}",
         missing.join(" ")
     ));
+    apt_install(&missing)
+}
+
+/// `apt-get update` then `apt-get install` of `packages` (waits for apt's lock).
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let apt = |args: &[&str]| {
         run_cmd(
             Command::new("apt-get")
+                .args(["-o", "DPkg::Lock::Timeout=600"])
                 .args(args)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
     };
     apt(&["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-    args.extend(&missing);
+    args.extend(packages);
     apt(&args)
+}
+
+/// `~/.cache/connmon`: the project's caches outside the repository (bpf-linker builds,
+/// the virtme-ng venv, unpacked kernels).
+pub fn cache_dir() -> PathBuf {
+    env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".cache/connmon")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_pinned_nightly_from_the_manifest() {
+        let manifest = "[workspace]\nnightly = \"x\"\n[workspace.metadata.connmon]\n# comment\nnightly = \"nightly-2026-05-20\"\n[workspace.dependencies]\n";
+        assert_eq!(
+            parse_pinned_nightly(manifest).as_deref(),
+            Some("nightly-2026-05-20")
+        );
+        assert_eq!(parse_pinned_nightly("[workspace]\n"), None);
+        assert!(
+            pinned_nightly().is_ok_and(|n| n.starts_with("nightly-20")),
+            "the workspace's Cargo.toml pins a dated nightly"
+        );
+    }
 }

@@ -2,21 +2,31 @@
 //! the harness cannot rot), then every test in one `cargo nextest` run (all crates but
 //! `monitor-ebpf`, which only builds for the BPF target): unit tests in parallel, the
 //! root eBPF integration tests (package `connmon-integration`) one at a time (see
-//! `.config/nextest.toml`). nextest's summary is the last thing printed. The `.deb`,
-//! the container image and the Python tools venv are built before the tests run
-//! (`tests/tests/service.rs` installs and runs them).
+//! `.config/nextest.toml`). Then, unless nextest was given a filter or `--no-kernels`
+//! is passed, the kernel matrix (`cargo xtask kernels`, see kernels.rs) runs the
+//! kernel-facing root tests inside Debian's 6.1 and 6.12 kernels. The last line printed
+//! is a plain `total: N passed, M failed` over the host run and the matrix.
+//!
+//! The `.deb`, the container image and the Python tools venv are built before the
+//! tests run (`tests/tests/service.rs` installs and runs them).
 
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Command, Stdio},
+};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
-use crate::{bench, build, image, package, pytools, run::is_root, setup};
+use crate::{bench, build, image, kernels, package, pytools, run::is_root, setup};
 
 #[derive(clap::Args)]
 pub struct Options {
     /// Skip the benchmark smoke run.
     #[arg(long)]
     pub no_bench: bool,
+    /// Skip the kernel matrix (it also is skipped when nextest arguments are given).
+    #[arg(long)]
+    pub no_kernels: bool,
     /// Extra arguments for `cargo nextest run`, e.g. `-- -E 'test(refused)'`.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -62,12 +72,124 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .env("CONNMON_DEB", &packaged.deb)
         .env("CONNMON_IMAGE", &image)
         .env("CONNMON_TOOLS_VENV", &tools_venv);
-    let tests_result = setup::run_cmd(&mut cmd);
-    match (bench_result, tests_result) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(bench), Ok(())) => {
+    let (tests_result, host) = run_nextest(&mut cmd);
+    let run_matrix = !opts.no_kernels && opts.args.is_empty();
+    let matrix_result = if run_matrix {
+        let kernels: Vec<String> = kernels::DEFAULT_KERNELS
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect();
+        kernels::run_matrix(&toolchain, &kernels, false)
+    } else {
+        Ok(kernels::MatrixResult::default())
+    };
+    if let Some(host) = host {
+        let (passed, failed) = match &matrix_result {
+            Ok(m) => (host.passed + m.passed, host.failed + m.failed),
+            Err(_) => (host.passed, host.failed),
+        };
+        eprintln!(
+            "host tests: {} passed, {} failed; kernel matrix: {}",
+            host.passed,
+            host.failed,
+            match &matrix_result {
+                Ok(_) if !run_matrix => "not run".to_owned(),
+                Ok(m) => format!("{} passed, {} failed", m.passed, m.failed),
+                Err(e) => format!("error: {e:#}"),
+            }
+        );
+        eprintln!("total: {passed} passed, {failed} failed");
+        let _ = std::io::stderr().flush();
+    }
+    let matrix_result = matrix_result.and_then(|m| {
+        if m.failed > 0 {
+            bail!("{} test(s) failed in the kernel matrix", m.failed)
+        }
+        Ok(())
+    });
+    match (bench_result, tests_result, matrix_result) {
+        (Ok(()), Ok(()), Ok(())) => Ok(()),
+        (_, Err(tests), _) => Err(tests),
+        (_, Ok(()), Err(matrix)) => Err(matrix),
+        (Err(bench), Ok(()), Ok(())) => {
             Err(bench.context("the benchmark smoke run failed (the tests passed)"))
         }
-        (_, Err(tests)) => Err(tests),
+    }
+}
+
+/// Counts from nextest's closing `Summary` line.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    passed: usize,
+    failed: usize,
+}
+
+/// Runs nextest, passing its stderr through while reading its `Summary` line.
+fn run_nextest(cmd: &mut Command) -> (anyhow::Result<()>, Option<Counts>) {
+    let mut child = match cmd.stderr(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => return (Err(e).context(format!("starting {cmd:?}")), None),
+    };
+    let mut counts = None;
+    if let Some(err) = child.stderr.take() {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            if let Some(c) = parse_summary(&line) {
+                counts = Some(c);
+            }
+        }
+    }
+    let result = match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(anyhow::anyhow!("{cmd:?} failed with {status}")),
+        Err(e) => Err(e).context("waiting for nextest"),
+    };
+    (result, counts)
+}
+
+/// Parses nextest's `Summary [  1.2s] 10 tests run: 9 passed, 1 failed, 2 skipped`.
+fn parse_summary(line: &str) -> Option<Counts> {
+    let rest = line.trim_start().strip_prefix("Summary")?;
+    let (_, tail) = rest.split_once("run:")?;
+    let mut counts = Counts::default();
+    for part in tail.split(',') {
+        let mut words = part.split_whitespace();
+        let Some(n) = words.next().and_then(|n| n.parse::<usize>().ok()) else {
+            continue;
+        };
+        match words.collect::<Vec<_>>().join(" ").as_str() {
+            "passed" => counts.passed += n,
+            "failed" | "timed out" | "exec failed" | "leaky failed" => counts.failed += n,
+            _ if part.contains("passed") => counts.passed += n,
+            _ => {}
+        }
+    }
+    Some(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_nextest_summaries() {
+        assert_eq!(
+            parse_summary("     Summary [  12.3s] 10 tests run: 9 passed, 1 failed, 2 skipped"),
+            Some(Counts {
+                passed: 9,
+                failed: 1
+            })
+        );
+        assert_eq!(
+            parse_summary(
+                "     Summary [ 100.0s] 5 tests run: 3 passed (1 slow), 1 failed, 1 timed out, 0 skipped"
+            ),
+            Some(Counts {
+                passed: 3,
+                failed: 2
+            })
+        );
+        assert_eq!(parse_summary("        PASS [   1.0s] x"), None);
     }
 }

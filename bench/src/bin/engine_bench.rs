@@ -14,7 +14,7 @@ use clap::Parser;
 use monitor::{
     clock::WallClock,
     policy::{EjectionPolicy, PolicyConfig, PoolMembership},
-    source::event::{Attribution, Comm, ConnectRecord, Family, Outcome},
+    source::event::{Attribution, Comm, ConnectRecord, Family, NetnsOwner, Outcome},
 };
 
 #[derive(Parser)]
@@ -73,6 +73,9 @@ fn main() -> anyhow::Result<()> {
         comm: Comm::from("bench"),
         cgroup_id: 1,
         netns: 1,
+        netns_owner: NetnsOwner::Initial,
+        cgroup: None,
+        trusted: true,
     };
     let mut out = Vec::new();
     let mut now = 1_000_000_000u64;
@@ -83,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         family: Family::Ipv4,
         src: "10.255.0.1:40000".parse().expect("literal"),
         dst: dst(i),
-        who,
+        who: who.clone(),
         syn_retransmits: 0,
         errno: 0,
     };

@@ -56,6 +56,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
 
 fn start_attempt(skaddr: u64) -> Result<(), i32> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let (netns, netns_owner) = netns_of(skaddr);
     let attempt = Attempt {
         // SAFETY: no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
@@ -64,10 +65,10 @@ fn start_attempt(skaddr: u64) -> Result<(), i32> {
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
-        netns: netns_of(skaddr),
+        netns,
         syn_retransmits: 0,
         rst: 0,
-        _pad: 0,
+        netns_owner,
     };
     INFLIGHT.insert(&skaddr, &attempt, 0)
 }

@@ -26,6 +26,31 @@ fn clock(v: &Value) -> &str {
         .unwrap_or("            ")
 }
 
+/// `dst`, with the namespace when the destination is another namespace's loopback
+/// (decisions and snapshot rows carry `netns` only then).
+fn dst(v: &Value) -> String {
+    match v["netns"].as_u64() {
+        Some(netns) if v["type"] != "connect" && v["type"] != "syn_retransmit" => {
+            format!("{} netns:{netns}", s(&v["dst"]))
+        }
+        _ => s(&v["dst"]).to_owned(),
+    }
+}
+
+/// ` container <12 hex>` (or ` cgroup <path>`) and ` untrusted`, as they apply.
+fn origin(v: &Value) -> String {
+    let mut out = String::new();
+    if let Some(id) = v["container"].as_str() {
+        let _ = write!(out, " container {}", id.get(..12).unwrap_or(id));
+    } else if let Some(path) = v["cgroup"].as_str() {
+        let _ = write!(out, " cgroup {path}");
+    }
+    if v["trusted"] == false {
+        let _ = write!(out, " {YELLOW}untrusted{RESET}");
+    }
+    out
+}
+
 /// One line for a terminal, coloured by what happened.
 pub fn pretty(v: &Value) -> String {
     let t = clock(v);
@@ -34,47 +59,51 @@ pub fn pretty(v: &Value) -> String {
             let outcome = s(&v["outcome"]);
             let colour = if outcome == "established" { GREEN } else { RED };
             format!(
-                "{DIM}{t}{RESET} connect  {colour}{outcome:<11}{RESET} {} {DIM}{}{RESET} {}µs {} pid {} errno {}",
+                "{DIM}{t}{RESET} connect  {colour}{outcome:<11}{RESET} {} {DIM}{}{RESET} {}µs {} pid {} errno {}{}",
                 s(&v["dst"]),
                 s(&v["role"]),
                 v["duration_us"],
                 s(&v["comm"]),
                 v["tgid"],
-                v["errno"]
+                v["errno"],
+                origin(v)
             )
         }
         "syn_retransmit" => format!(
-            "{DIM}{t}{RESET} {YELLOW}syn_retransmit{RESET} {} {DIM}{}{RESET} #{} after {}µs {}",
+            "{DIM}{t}{RESET} {YELLOW}syn_retransmit{RESET} {} {DIM}{}{RESET} #{} after {}µs {}{}",
             s(&v["dst"]),
             s(&v["role"]),
             v["retransmits"],
             v["since_syn_us"],
-            s(&v["comm"])
+            s(&v["comm"]),
+            origin(v)
         ),
         "evict" => format!(
-            "{DIM}{t}{RESET} {BOLD}{RED}EVICT{RESET}     {} {DIM}{}{RESET} reason {} for {}ms until {} ({} attempts)",
-            s(&v["dst"]),
+            "{DIM}{t}{RESET} {BOLD}{RED}EVICT{RESET}     {} {DIM}{}{RESET} reason {} for {}ms until {} ({} attempts){}",
+            dst(v),
             s(&v["role"]),
             s(&v["reason"]),
             v["ejection"]["duration_ms"],
             s(&v["ejection"]["until"]),
-            v["evidence"]["attempts"]
+            v["evidence"]["attempts"],
+            origin(&v["trigger"])
         ),
         "reinstate" => format!(
             "{DIM}{t}{RESET} {BOLD}{GREEN}REINSTATE{RESET} {} after {}ms",
-            s(&v["dst"]),
+            dst(v),
             v["ejected_ms"]
         ),
         "suspect" => format!(
             "{DIM}{t}{RESET} {YELLOW}suspect{RESET}   {} {DIM}{}{RESET} {} SYN retransmits",
-            s(&v["dst"]),
+            dst(v),
             s(&v["role"]),
             v["syn_retransmits"]
         ),
         "diagnosis" => format!(
-            "{DIM}{t}{RESET} {MAGENTA}diagnosis{RESET} {} {}: {}",
+            "{DIM}{t}{RESET} {MAGENTA}diagnosis{RESET} {} {}{}: {}",
             s(&v["kind"]),
-            v["dst"].as_str().unwrap_or(""),
+            v["dst"].as_str().map_or_else(String::new, |_| dst(v)),
+            origin(v),
             s(&v["hint"])
         ),
         "stats" => format!(
@@ -113,6 +142,13 @@ pub fn status_table(snapshot: &Value) -> String {
             "no"
         }
     );
+    if let Some(untrusted) = snapshot["untrusted_events"].as_u64() {
+        let _ = writeln!(
+            out,
+            "evidence: trust {}, untrusted events (reported, never counted): {untrusted}",
+            s(&snapshot["evidence"]["trust"])
+        );
+    }
     let header = [
         "DESTINATION",
         "ROLE",
@@ -122,11 +158,20 @@ pub fn status_table(snapshot: &Value) -> String {
         "P50",
         "P99",
         "EJECTED UNTIL",
+        "TOP CGROUP",
     ];
-    let mut rows: Vec<[String; 8]> = vec![header.map(String::from)];
+    let mut rows: Vec<[String; 9]> = vec![header.map(String::from)];
     for d in snapshot["destinations"].as_array().into_iter().flatten() {
+        let top = &d["top_cgroups"][0];
+        let top_cgroup = match (top["container"].as_str(), top["cgroup"].as_str()) {
+            (Some(id), _) => format!("container {}", id.get(..12).unwrap_or(id)),
+            (None, Some(path)) => path.to_owned(),
+            (None, None) => top["cgroup_id"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |id| id.to_string()),
+        };
         rows.push([
-            s(&d["dst"]).to_owned(),
+            dst(d),
             s(&d["role"]).to_owned(),
             s(&d["state"]).to_owned(),
             d["attempts"].to_string(),
@@ -136,9 +181,10 @@ pub fn status_table(snapshot: &Value) -> String {
             micros(&d["handshake_p50_us"]),
             micros(&d["handshake_p99_us"]),
             d["ejected_until"].as_str().unwrap_or("-").to_owned(),
+            top_cgroup,
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     for row in &rows {
@@ -176,7 +222,11 @@ mod tests {
             {"dst": "10.0.0.1:80", "role": "proxy", "state": "ejected", "attempts": 12, "failure_ratio": 0.5,
              "handshake_p50_us": 1500, "handshake_p99_us": null, "ejected_until": "2026-11-24T01:00:00Z"},
             {"dst": "[2001:db8::1]:3128", "role": "target", "state": "healthy", "attempts": 3, "failure_ratio": null,
-             "handshake_p50_us": 80, "handshake_p99_us": 2_500_000, "ejected_until": null}
+             "handshake_p50_us": 80, "handshake_p99_us": 2_500_000, "ejected_until": null},
+            {"dst": "127.0.0.1:8080", "netns": 4026532301u64, "role": "target", "state": "healthy", "attempts": 1,
+             "failure_ratio": 1.0, "handshake_p50_us": null, "handshake_p99_us": null, "ejected_until": null,
+             "top_cgroups": [{"cgroup_id": 9, "cgroup": "/system.slice/docker-ab.scope",
+                              "container": "0123456789abcdef", "connects": 1}]}
         ]});
         let table = status_table(&snap);
         let lines: Vec<&str> = table.lines().collect();
@@ -196,6 +246,27 @@ mod tests {
                 "[2001:db8::1]:3128  target  healthy         3      -   80µs  2.50s  -"
             ),
             "{table}"
+        );
+        assert!(
+            lines[4].starts_with("127.0.0.1:8080 netns:4026532301")
+                && lines[4].ends_with("container 0123456789ab"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn pretty_lines_name_the_container_and_untrusted_connects() {
+        let line = pretty(
+            &json!({"type": "connect", "outcome": "refused", "dst": "10.0.0.1:80", "netns": 5,
+            "container": "0123456789abcdef0123", "trusted": false}),
+        );
+        assert!(
+            line.contains("10.0.0.1:80 ") && !line.contains("netns:5"),
+            "{line}"
+        );
+        assert!(
+            line.contains("container 0123456789ab") && line.contains("untrusted"),
+            "{line}"
         );
     }
 

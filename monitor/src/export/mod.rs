@@ -601,6 +601,9 @@ mod tests {
             comm: Comm::from("scraper"),
             cgroup_id: 1,
             netns: 1,
+            netns_owner: crate::source::event::NetnsOwner::Initial,
+            cgroup: None,
+            trusted: true,
         }
     }
 
@@ -672,6 +675,7 @@ mod tests {
         assert_eq!(spans.pending_len(), 1);
         let eviction = Eviction {
             dst: dst.parse().unwrap(),
+            netns: None,
             role: Role::Proxy,
             reason: Reason::SynRetransmits,
             failure_mode: Some(FailureMode::Drop),
@@ -694,6 +698,9 @@ mod tests {
                 ktime_ns: 2_000_000_000,
                 pid: 7,
                 comm: Comm::from("scraper"),
+                cgroup_id: 1,
+                origin: None,
+                netns: 1,
             }),
             detect_us: Some(150),
             ts: None,

@@ -30,7 +30,10 @@ use crate::{
         Role,
         decision::{Eviction, Reinstatement},
     },
-    source::event::{ConnectRecord, Outcome, SynRetransmitRecord},
+    source::{
+        cgroup::CgroupOrigin,
+        event::{ConnectRecord, Outcome, SynRetransmitRecord},
+    },
     table::FailureMode,
 };
 
@@ -94,9 +97,28 @@ fn start_attributes(
         "process.executable.name",
         who.comm.as_str().into_owned(),
     ));
-    // cgroup v2 id (the inode of the cgroup directory); the path is not known in the kernel.
+    // cgroup v2 id (the inode of the cgroup directory); the agent resolves the path.
     attrs.push(KeyValue::new("connmon.cgroup_id", who.cgroup_id as i64));
+    attrs.extend(origin_attributes(who.cgroup.as_deref()));
+    attrs.push(KeyValue::new("connmon.netns", i64::from(who.netns)));
+    attrs.push(KeyValue::new("connmon.trusted", who.trusted));
     attrs.push(KeyValue::new("connmon.role", role_str(role)));
+    attrs
+}
+
+/// `connmon.cgroup`, `container.id` and `k8s.pod.uid` (OpenTelemetry semantic
+/// conventions) as far as the cgroup path tells them.
+fn origin_attributes(origin: Option<&CgroupOrigin>) -> Vec<KeyValue> {
+    let mut attrs = Vec::new();
+    if let Some(origin) = origin {
+        attrs.push(KeyValue::new("connmon.cgroup", origin.path.to_string()));
+        if let Some(id) = &origin.container {
+            attrs.push(KeyValue::new("container.id", id.to_string()));
+        }
+        if let Some(uid) = &origin.pod_uid {
+            attrs.push(KeyValue::new("k8s.pod.uid", uid.to_string()));
+        }
+    }
     attrs
 }
 
@@ -130,6 +152,9 @@ pub fn connect_attributes(c: &ConnectRecord, role: Role) -> Vec<KeyValue> {
 pub fn eviction_attributes(e: &Eviction) -> Vec<KeyValue> {
     let ev = &e.evidence;
     let mut attrs: Vec<KeyValue> = peer(e.dst).into();
+    if let Some(netns) = e.netns {
+        attrs.push(KeyValue::new("connmon.dst.netns", i64::from(netns)));
+    }
     let reason = serde_json::to_value(e.reason)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -167,6 +192,7 @@ pub fn eviction_attributes(e: &Eviction) -> Vec<KeyValue> {
             "connmon.trigger.comm",
             t.comm.as_str().into_owned(),
         ));
+        attrs.extend(origin_attributes(t.origin.as_deref()));
     }
     if let Some(us) = e.detect_us {
         attrs.push(KeyValue::new("connmon.detect_us", us as i64));
@@ -328,7 +354,7 @@ impl ConnectSpans {
     /// An eviction: a span from its trigger to its emission, linked to the trigger's connect.
     pub fn on_evict(&mut self, e: &Eviction) {
         let now = SystemTime::now();
-        let (start, end) = match (e.trigger, e.detect_us) {
+        let (start, end) = match (&e.trigger, e.detect_us) {
             (Some(t), Some(us)) => {
                 let start = self.wall(t.ktime_ns);
                 (start, start + Duration::from_micros(us))
@@ -404,6 +430,9 @@ mod tests {
                 comm: Comm::from("scraper"),
                 cgroup_id: 1234,
                 netns: 9,
+                netns_owner: crate::source::event::NetnsOwner::Initial,
+                cgroup: None,
+                trusted: true,
             },
             syn_retransmits: 2,
             errno,

@@ -7,7 +7,10 @@ use std::{fmt::Write as _, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::pool::{PoolEntry, PoolMembership};
+use super::{
+    evidence::EvidenceConfig,
+    pool::{PoolEntry, PoolMembership},
+};
 
 /// Detector thresholds, ejection timing and guards.
 ///
@@ -52,6 +55,8 @@ pub struct PolicyConfig {
     pub evict_targets: bool,
     /// Pool members, in the same syntax as a `--pool` file line.
     pub pool: Vec<String>,
+    /// `[policy.evidence]`: which connects may move a verdict (see `policy::evidence`).
+    pub evidence: EvidenceConfig,
 }
 
 impl Default for PolicyConfig {
@@ -74,6 +79,7 @@ impl Default for PolicyConfig {
             max_destinations: 100_000,
             evict_targets: false,
             pool: Vec::new(),
+            evidence: EvidenceConfig::default(),
         }
     }
 }
@@ -153,6 +159,7 @@ impl PolicyConfig {
         if self.max_destinations == 0 {
             return Err(invalid("max_destinations", 0, "must be at least 1"));
         }
+        self.evidence.validate()?;
         self.pool_entries().map(|_| ())
     }
 

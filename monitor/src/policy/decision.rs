@@ -6,15 +6,18 @@
 //! [`Decision::stamp`] just before writing, so both describe the emission, not the
 //! engine's bookkeeping. Unstamped, the two keys are absent.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
 use super::pool::Role;
 use crate::{
     clock::WallClock,
-    source::event::{Comm, ConnectRecord, Outcome, SynRetransmitRecord},
-    table::{Destination, FailureMode},
+    source::{
+        cgroup::CgroupOrigin,
+        event::{Attribution, Comm, ConnectRecord, Outcome, SynRetransmitRecord},
+    },
+    table::{Destination, DestinationKey, FailureMode},
 };
 
 /// One policy decision.
@@ -34,7 +37,7 @@ impl Decision {
         let detect = |ktime_ns: Option<u64>| ktime_ns.map(|k| emitted_ns.saturating_sub(k) / 1_000);
         match self {
             Decision::Evict(e) => {
-                e.detect_us = detect(e.trigger.map(|t| t.ktime_ns));
+                e.detect_us = detect(e.trigger.as_ref().map(|t| t.ktime_ns));
                 e.ts = ts;
             }
             Decision::Reinstate(r) => r.ts = ts,
@@ -49,19 +52,33 @@ impl Decision {
         }
     }
 
-    /// The destination concerned, if any (a `local_outage` concerns none).
+    /// The address of the destination concerned, if any (a `local_outage` concerns none).
+    /// See [`Decision::key`] for which namespace's address it is.
     pub fn dst(&self) -> Option<SocketAddr> {
+        self.key().map(|k| k.addr)
+    }
+
+    /// The destination concerned, if any: for another namespace's loopback the key
+    /// carries that namespace (a localhost trap always does).
+    pub fn key(&self) -> Option<DestinationKey> {
+        let key = |addr, netns| DestinationKey { addr, netns };
         match self {
-            Decision::Evict(e) => Some(e.dst),
-            Decision::Reinstate(r) => Some(r.dst),
-            Decision::Suspect(s) => Some(s.dst),
+            Decision::Evict(e) => Some(key(e.dst, e.netns)),
+            Decision::Reinstate(r) => Some(key(r.dst, r.netns)),
+            Decision::Suspect(s) => Some(key(s.dst, s.netns)),
             Decision::Diagnosis(d) => match &d.finding {
-                Finding::LocalhostTrap { dst, .. } | Finding::EjectionGuard { dst, .. } => {
-                    Some(*dst)
-                }
+                Finding::LocalhostTrap { dst, netns, .. } => Some(key(*dst, Some(*netns))),
+                Finding::EjectionGuard { dst, netns, .. } => Some(key(*dst, *netns)),
                 Finding::LocalOutage { .. } => None,
             },
         }
+    }
+
+    /// Whether the destination is another network namespace's own (loopback): such a
+    /// decision must not be applied to anything on the host, such as an HAProxy server
+    /// with the same address.
+    pub fn is_foreign_local(&self) -> bool {
+        self.key().is_some_and(|k| k.is_foreign_local())
     }
 }
 
@@ -133,31 +150,42 @@ pub struct EjectionTerm {
     pub until: String,
 }
 
-/// The kernel event that caused a decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// The kernel event that caused a decision, with where it came from: the process,
+/// its cgroup (v2 path, container, pod when resolved) and network namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Trigger {
     pub ktime_ns: u64,
     pub pid: u32,
     pub comm: Comm,
+    pub cgroup_id: u64,
+    /// `cgroup`, `container`, `pod_uid`, each when known.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Arc<CgroupOrigin>>,
+    pub netns: u32,
+}
+
+impl Trigger {
+    fn of(ktime_ns: u64, who: &Attribution) -> Self {
+        Trigger {
+            ktime_ns,
+            pid: who.pid,
+            comm: who.comm,
+            cgroup_id: who.cgroup_id,
+            origin: who.cgroup.clone(),
+            netns: who.netns,
+        }
+    }
 }
 
 impl From<&ConnectRecord> for Trigger {
     fn from(rec: &ConnectRecord) -> Self {
-        Trigger {
-            ktime_ns: rec.ktime_ns,
-            pid: rec.who.pid,
-            comm: rec.who.comm,
-        }
+        Trigger::of(rec.ktime_ns, &rec.who)
     }
 }
 
 impl From<&SynRetransmitRecord> for Trigger {
     fn from(rec: &SynRetransmitRecord) -> Self {
-        Trigger {
-            ktime_ns: rec.ktime_ns,
-            pid: rec.who.pid,
-            comm: rec.who.comm,
-        }
+        Trigger::of(rec.ktime_ns, &rec.who)
     }
 }
 
@@ -165,6 +193,9 @@ impl From<&SynRetransmitRecord> for Trigger {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Eviction {
     pub dst: SocketAddr,
+    /// For another network namespace's loopback: that namespace (see [`DestinationKey`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
     pub role: Role,
     pub reason: Reason,
     /// Absent for a manual ejection of a destination that never failed.
@@ -185,6 +216,8 @@ pub struct Eviction {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Reinstatement {
     pub dst: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
     /// How long the destination was out of rotation.
     pub ejected_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,6 +228,8 @@ pub struct Reinstatement {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Suspicion {
     pub dst: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
     pub role: Role,
     pub syn_retransmits: u32,
     pub trigger: Trigger,
@@ -226,11 +261,16 @@ pub enum Finding {
     /// A refused connect to loopback from another network namespace.
     LocalhostTrap {
         dst: SocketAddr,
+        netns: u32,
         pid: u32,
         tgid: u32,
         comm: Comm,
-        netns: u32,
         cgroup_id: u64,
+        /// `cgroup`, `container`, `pod_uid`, each when known: which container it was.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        origin: Option<Arc<CgroupOrigin>>,
+        /// Whether the connect came from a namespace whose connects are evidence.
+        trusted: bool,
     },
     /// Most recently attempted destinations are failing at once.
     LocalOutage {
@@ -241,6 +281,8 @@ pub enum Finding {
     /// An ejection was withheld because `max_ejection_percent` of the pool is out.
     EjectionGuard {
         dst: SocketAddr,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        netns: Option<u32>,
         ejected: u32,
         known_members: u32,
         max_ejection_percent: u32,

@@ -1,5 +1,5 @@
 //! The localhost trap (seed §05): a process inside a network namespace other than the
-//! host's — typically a container — connects to 127.0.0.0/8 or ::1 and is refused,
+//! host's — typically a container — connects to 127.0.0.0/8, ::1 (or 0.0.0.0) and is refused,
 //! because loopback there is the namespace's own, not the host's where the service
 //! listens. Reported once per (namespace, destination) per interval, so a client
 //! retrying in a loop produces one diagnosis, not thousands (the interval is
@@ -8,7 +8,10 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use super::decision::Finding;
-use crate::source::event::{ConnectRecord, Outcome};
+use crate::{
+    source::event::{ConnectRecord, Outcome},
+    table::is_namespace_local,
+};
 
 /// How many (namespace, destination) pairs are remembered for rate limiting.
 const REMEMBERED: usize = 4096;
@@ -32,10 +35,11 @@ impl LocalhostTraps {
     }
 
     /// The finding for this connect outcome, if it is a trap not reported recently.
-    pub fn check(&mut self, rec: &ConnectRecord, now: u64) -> Option<Finding> {
+    /// `trusted` is the evidence scope's answer for this connect, reported with it.
+    pub fn check(&mut self, rec: &ConnectRecord, trusted: bool, now: u64) -> Option<Finding> {
         let netns = rec.who.netns;
         if rec.outcome != Outcome::Refused
-            || !rec.dst.ip().is_loopback()
+            || !is_namespace_local(rec.dst.ip())
             || netns == self.host_netns
             || netns == 0
         {
@@ -60,11 +64,13 @@ impl LocalhostTraps {
         self.reported.insert(key, now);
         Some(Finding::LocalhostTrap {
             dst: rec.dst,
+            netns,
             pid: rec.who.pid,
             tgid: rec.who.tgid,
             comm: rec.who.comm,
-            netns,
             cgroup_id: rec.who.cgroup_id,
+            origin: rec.who.cgroup.clone(),
+            trusted,
         })
     }
 }

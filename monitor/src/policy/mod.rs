@@ -9,15 +9,20 @@
 //! [`WallClock`] it was given, jitter through a seeded generator; it never reads a clock
 //! itself, so tests replay any scenario deterministically.
 //!
-//! The flow for one outcome: localhost-trap check → local-outage tracker → destination
-//! table → (if the destination is a candidate and not already ejected) probation or the
-//! detectors → guards → ejection. Ejections end in [`EjectionPolicy::tick`].
+//! The flow for one outcome: localhost-trap check → evidence scope (an untrusted connect
+//! stops here, see [`evidence`]) → local-outage tracker → destination table → (if the
+//! destination is a candidate and not already ejected) probation or the detectors →
+//! guards → ejection. Ejections end in [`EjectionPolicy::tick`]. Destinations are keyed
+//! by [`DestinationKey`]: another network namespace's loopback is its own destination,
+//! always a `target` (no pool controller on the host can reach it) and never part of
+//! the local-outage picture.
 
 pub mod config;
 pub mod decision;
 pub mod detector;
 pub mod diagnosis;
 pub mod ejection;
+pub mod evidence;
 pub mod guard;
 pub mod pool;
 pub mod snapshot;
@@ -38,15 +43,18 @@ pub use decision::{
 use detector::{Detectors, SynVerdict, Verdict};
 use diagnosis::LocalhostTraps;
 use ejection::{Backoff, Ejected, Jitter, Standing};
+pub use evidence::{EvidenceConfig, EvidenceScope, Trust};
 use guard::{OutageChange, OutageDetector, allowed_ejections};
 pub use pool::{PoolEntry, PoolError, PoolMembership, Role};
-pub use snapshot::{DestinationState, DestinationView, OutcomeCounts, PolicySnapshot};
+pub use snapshot::{
+    CgroupTally, DestinationState, DestinationView, EvidenceView, OutcomeCounts, PolicySnapshot,
+};
 pub use state::StateError;
 
 use crate::{
     clock::WallClock,
     source::event::{ConnectRecord, Outcome, SynRetransmitRecord},
-    table::{Destination, DestinationTable, FailureMode, StreakKind},
+    table::{Destination, DestinationKey, DestinationTable, FailureMode, StreakKind},
 };
 
 /// What [`EjectionPolicy::load_state`] restored.
@@ -75,8 +83,12 @@ pub struct EjectionPolicy {
     jitter: Jitter,
     outage: OutageDetector,
     traps: LocalhostTraps,
+    evidence: EvidenceScope,
+    host_netns: u32,
+    /// Connects and SYN retransmits outside the evidence scope (reported, not counted).
+    untrusted: u64,
     /// Ejections in force by end time.
-    expiries: BTreeSet<(u64, SocketAddr)>,
+    expiries: BTreeSet<(u64, DestinationKey)>,
     /// Candidates seen in the table that the pool does not name by address and port.
     seen_candidates: usize,
     /// `table.evicted()` when `seen_candidates` was last recounted.
@@ -98,8 +110,9 @@ impl EjectionPolicy {
     /// A policy with an empty table.
     ///
     /// `pool` is built by the caller from `config.pool_entries()` and/or a `--pool`
-    /// file; `host_netns` is the inode of the host's network namespace (for the
-    /// localhost trap); `seed` seeds the jitter.
+    /// file; `host_netns` is the inode of connmon's own network namespace, the host's
+    /// (for the localhost trap, the evidence scope and destination keys); `seed` seeds
+    /// the jitter. Fails on an invalid config, `policy.evidence.netns` paths included.
     pub fn new(
         config: PolicyConfig,
         pool: PoolMembership,
@@ -108,7 +121,11 @@ impl EjectionPolicy {
         seed: u64,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
+        let evidence = EvidenceScope::from_config(&config.evidence, host_netns)?;
         Ok(EjectionPolicy {
+            evidence,
+            host_netns,
+            untrusted: 0,
             detectors: Detectors::from_config(&config),
             backoff: Backoff::from_config(&config),
             table: DestinationTable::new(config.max_destinations, config.ratio_window),
@@ -149,9 +166,35 @@ impl EjectionPolicy {
     pub fn set_pool(&mut self, pool: PoolMembership) {
         self.pool = pool;
         for (dst, dest) in self.table.iter_mut() {
-            dest.annotation.role = self.pool.role(&dst);
+            dest.annotation.role = role_in(&self.pool, &dst);
         }
         self.recount_seen_candidates();
+    }
+
+    /// The evidence scope in force: which connects may move a verdict.
+    pub fn evidence(&self) -> &EvidenceScope {
+        &self.evidence
+    }
+
+    /// Replaces the evidence scope (SIGHUP). What was recorded stays; from now on only
+    /// connects the new scope trusts count.
+    pub fn set_evidence(&mut self, evidence: EvidenceScope) {
+        self.evidence = evidence;
+    }
+
+    /// Connects and SYN retransmits that were outside the evidence scope.
+    pub fn untrusted(&self) -> u64 {
+        self.untrusted
+    }
+
+    /// The destination key of a connect to `addr` from network namespace `netns`.
+    pub fn key_of(&self, addr: SocketAddr, netns: u32) -> DestinationKey {
+        DestinationKey::of(addr, netns, self.host_netns)
+    }
+
+    /// The role of a destination: another namespace's loopback is always a target.
+    pub fn role(&self, key: &DestinationKey) -> Role {
+        role_in(&self.pool, key)
     }
 
     /// Whether this role may be ejected automatically.
@@ -160,24 +203,24 @@ impl EjectionPolicy {
     }
 
     /// Sets the role of a new entry and counts it for the guard.
-    fn adopt(&mut self, dst: SocketAddr) {
-        let role = self.pool.role(&dst);
-        if let Some(dest) = self.table.get_mut(&dst) {
+    fn adopt(&mut self, dst: DestinationKey) {
+        let role = self.role(&dst);
+        if let Some(dest) = self.table.get_mut(dst) {
             dest.annotation.role = role;
         }
-        if Self::candidate(self.config.evict_targets, role) && !self.pool.members().contains(&dst) {
+        if Self::candidate(self.config.evict_targets, role) && !is_member(&self.pool, &dst) {
             self.seen_candidates += 1;
         }
     }
 
     fn recount_seen_candidates(&mut self) {
         let evict_targets = self.config.evict_targets;
-        let members = self.pool.members();
+        let pool = &self.pool;
         self.seen_candidates = self
             .table
             .iter()
             .filter(|(dst, d)| {
-                Self::candidate(evict_targets, d.annotation.role) && !members.contains(dst)
+                Self::candidate(evict_targets, d.annotation.role) && !is_member(pool, dst)
             })
             .count();
         self.seen_counted_at = self.table.evicted();
@@ -206,15 +249,22 @@ impl EjectionPolicy {
         std::mem::take(&mut self.state_changed)
     }
 
-    /// Feeds one connect outcome.
+    /// Feeds one connect outcome. A connect outside the evidence scope is only
+    /// diagnosed (localhost trap) and counted as untrusted.
     pub fn on_connect(&mut self, rec: &ConnectRecord, now: u64, out: &mut Vec<Decision>) {
-        if let Some(finding) = self.traps.check(rec, now) {
+        let trusted = self.evidence.trusts(&rec.who);
+        if let Some(finding) = self.traps.check(rec, trusted, now) {
             out.push(Decision::Diagnosis(Diagnosis::new(
                 finding,
                 Some(rec.ktime_ns),
             )));
         }
-        if rec.outcome != Outcome::Reset {
+        if !trusted {
+            self.untrusted = self.untrusted.saturating_add(1);
+            return;
+        }
+        let key = self.key_of(rec.dst, rec.who.netns);
+        if rec.outcome != Outcome::Reset && !key.is_foreign_local() {
             self.observe_outage(
                 rec.dst,
                 rec.outcome.is_failure(),
@@ -223,18 +273,18 @@ impl EjectionPolicy {
                 out,
             );
         }
-        let Some((_, created)) = self.table.record_connect(rec, now) else {
+        let Some((_, created)) = self.table.record_connect(key, rec, now) else {
             return;
         };
         if created {
-            self.adopt(rec.dst);
+            self.adopt(key);
         }
         let (base_ns, slot_ns, evict_targets) = (
             self.backoff.base_ns,
             self.table.slot_ns(),
             self.config.evict_targets,
         );
-        let Some(dest) = self.table.get_mut(&rec.dst) else {
+        let Some(dest) = self.table.get_mut(key) else {
             return;
         };
         let standing = &mut dest.annotation;
@@ -261,7 +311,7 @@ impl EjectionPolicy {
                 .after_failure(dest, rec.outcome, now, slot_ns)
         };
         if let Some(verdict) = verdict {
-            self.try_eject(rec.dst, verdict, Trigger::from(rec), now, out);
+            self.try_eject(key, verdict, Trigger::from(rec), now, out);
         }
     }
 
@@ -273,15 +323,20 @@ impl EjectionPolicy {
         now: u64,
         out: &mut Vec<Decision>,
     ) {
-        let Some((_, created)) = self.table.record_syn_retransmit(rec, now) else {
+        if !self.evidence.trusts(&rec.who) {
+            self.untrusted = self.untrusted.saturating_add(1);
+            return;
+        }
+        let key = self.key_of(rec.dst, rec.who.netns);
+        let Some((_, created)) = self.table.record_syn_retransmit(key, rec, now) else {
             return;
         };
         if created {
-            self.adopt(rec.dst);
+            self.adopt(key);
         }
         let evict_targets = self.config.evict_targets;
         let verdict = self.detectors.after_syn_retransmit(rec.retransmits);
-        let Some(dest) = self.table.get_mut(&rec.dst) else {
+        let Some(dest) = self.table.get_mut(key) else {
             return;
         };
         let standing = &mut dest.annotation;
@@ -295,6 +350,7 @@ impl EjectionPolicy {
                     standing.suspect = true;
                     out.push(Decision::Suspect(Suspicion {
                         dst: rec.dst,
+                        netns: key.netns,
                         role: standing.role,
                         syn_retransmits: rec.retransmits,
                         trigger: Trigger::from(rec),
@@ -310,7 +366,7 @@ impl EjectionPolicy {
                     reason: Reason::SynRetransmits,
                     streak: rec.retransmits,
                 };
-                self.try_eject(rec.dst, verdict, Trigger::from(rec), now, out);
+                self.try_eject(key, verdict, Trigger::from(rec), now, out);
             }
         }
     }
@@ -342,11 +398,12 @@ impl EjectionPolicy {
     /// Returns false when the table has no room for it.
     pub fn evict_manual(
         &mut self,
-        dst: SocketAddr,
+        dst: impl Into<DestinationKey>,
         duration: Duration,
         now: u64,
         out: &mut Vec<Decision>,
     ) -> bool {
+        let dst = dst.into();
         let Some((_, created)) = self.table.entry(dst, now) else {
             return false;
         };
@@ -362,8 +419,13 @@ impl EjectionPolicy {
 
     /// Lifts an ejection by hand; the destination enters probation as after an expiry.
     /// Returns false when it was not ejected.
-    pub fn reinstate_manual(&mut self, dst: SocketAddr, now: u64, out: &mut Vec<Decision>) -> bool {
-        self.reinstate(dst, now, out)
+    pub fn reinstate_manual(
+        &mut self,
+        dst: impl Into<DestinationKey>,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) -> bool {
+        self.reinstate(dst.into(), now, out)
     }
 
     fn observe_outage(
@@ -397,7 +459,7 @@ impl EjectionPolicy {
     /// Applies the guards, then ejects.
     fn try_eject(
         &mut self,
-        dst: SocketAddr,
+        dst: DestinationKey,
         verdict: Verdict,
         trigger: Trigger,
         now: u64,
@@ -416,7 +478,8 @@ impl EjectionPolicy {
             {
                 self.guard_noticed_ns = Some(now);
                 let finding = Finding::EjectionGuard {
-                    dst,
+                    dst: dst.addr,
+                    netns: dst.netns,
                     ejected: u32::try_from(self.ejected()).unwrap_or(u32::MAX),
                     known_members: u32::try_from(known).unwrap_or(u32::MAX),
                     max_ejection_percent: self.config.max_ejection_percent,
@@ -434,14 +497,14 @@ impl EjectionPolicy {
     /// The ejection bookkeeping shared by automatic and manual ejections.
     fn eject(
         &mut self,
-        dst: SocketAddr,
+        dst: DestinationKey,
         verdict: Verdict,
         trigger: Option<Trigger>,
         fixed_ns: Option<u64>,
         now: u64,
         out: &mut Vec<Decision>,
     ) -> bool {
-        let Some(dest) = self.table.get_mut(&dst) else {
+        let Some(dest) = self.table.get_mut(dst) else {
             return false;
         };
         let standing = &mut dest.annotation;
@@ -468,7 +531,8 @@ impl EjectionPolicy {
         self.expiries.insert((until_ns, dst));
         self.state_changed = true;
         out.push(Decision::Evict(Eviction {
-            dst,
+            dst: dst.addr,
+            netns: dst.netns,
             role,
             reason: verdict.reason,
             failure_mode,
@@ -485,8 +549,8 @@ impl EjectionPolicy {
         true
     }
 
-    fn reinstate(&mut self, dst: SocketAddr, now: u64, out: &mut Vec<Decision>) -> bool {
-        let Some(standing) = self.table.get_mut(&dst).map(|d| &mut d.annotation) else {
+    fn reinstate(&mut self, dst: DestinationKey, now: u64, out: &mut Vec<Decision>) -> bool {
+        let Some(standing) = self.table.get_mut(dst).map(|d| &mut d.annotation) else {
             return false;
         };
         let Some(ejected) = standing.ejected.take() else {
@@ -497,7 +561,8 @@ impl EjectionPolicy {
         self.expiries.remove(&(ejected.until_ns, dst));
         self.state_changed = true;
         out.push(Decision::Reinstate(Reinstatement {
-            dst,
+            dst: dst.addr,
+            netns: dst.netns,
             ejected_ms: ms(now.saturating_sub(ejected.since_ns)),
             ts: None,
         }));
@@ -513,7 +578,7 @@ impl EjectionPolicy {
             .iter()
             .map(|(dst, dest)| self.view(dst, dest, now, slot_ns))
             .collect();
-        destinations.sort_by_key(|d| d.dst);
+        destinations.sort_by_key(|d| (d.dst, d.netns));
         PolicySnapshot {
             ts: self.wall.rfc3339(now),
             local_outage: self.outage.active(),
@@ -523,13 +588,15 @@ impl EjectionPolicy {
             tracked: self.table.len(),
             dropped_from_table: self.table.evicted(),
             untracked_events: self.table.untracked(),
+            untrusted_events: self.untrusted,
+            evidence: snapshot::EvidenceView::of(&self.evidence),
             destinations,
         }
     }
 
     fn view(
         &self,
-        dst: SocketAddr,
+        dst: DestinationKey,
         dest: &Destination<Standing>,
         now: u64,
         slot_ns: u64,
@@ -547,7 +614,8 @@ impl EjectionPolicy {
         let (window_attempts, window_failures) = dest.window_totals(now, slot_ns);
         let handshake = dest.handshake();
         DestinationView {
-            dst,
+            dst: dst.addr,
+            netns: dst.netns,
             role: standing.role,
             state,
             attempts: dest.attempts(),
@@ -568,7 +636,7 @@ impl EjectionPolicy {
                 .as_ref()
                 .map(|e| self.wall.rfc3339(e.until_ns)),
             top_processes: dest.top_processes(),
-            top_cgroups: dest.top_cgroups(),
+            top_cgroups: dest.top_cgroups().into_iter().map(Into::into).collect(),
         }
     }
 
@@ -587,7 +655,8 @@ impl EjectionPolicy {
             .iter()
             .filter(|(_, d)| d.annotation.ejected.is_some() || d.annotation.ejection_count > 0)
             .map(|(dst, d)| state::SavedStanding {
-                dst,
+                dst: dst.addr,
+                netns: dst.netns,
                 ejection_count: d.annotation.ejection_count,
                 probation: d.annotation.probation,
                 healthy_since_unix_ms: unix_ms(d.annotation.healthy_since_ns),
@@ -598,7 +667,7 @@ impl EjectionPolicy {
                 }),
             })
             .collect();
-        destinations.sort_by_key(|d| d.dst);
+        destinations.sort_by_key(|d| (d.dst, d.netns));
         state::StateFile {
             version: state::STATE_VERSION,
             saved_at: self.wall.rfc3339(now),
@@ -625,7 +694,10 @@ impl EjectionPolicy {
         };
         let now_unix_ms = self.wall.unix_ns(now) / 1_000_000;
         for saved in file.destinations {
-            let dst = saved.dst;
+            let dst = DestinationKey {
+                addr: saved.dst,
+                netns: saved.netns,
+            };
             let Some((dest, created)) = self.table.entry(dst, now) else {
                 continue;
             };
@@ -660,7 +732,8 @@ impl EjectionPolicy {
                     let ejected_ms =
                         u64::try_from(now_unix_ms - i128::from(e.since_unix_ms)).unwrap_or(0);
                     out.push(Decision::Reinstate(Reinstatement {
-                        dst,
+                        dst: dst.addr,
+                        netns: dst.netns,
                         ejected_ms,
                         ts: None,
                     }));
@@ -675,4 +748,18 @@ impl EjectionPolicy {
         }
         Ok(report)
     }
+}
+
+/// The role of a destination in `pool`: another namespace's loopback is always a target.
+fn role_in(pool: &PoolMembership, key: &DestinationKey) -> Role {
+    if key.is_foreign_local() {
+        Role::Target
+    } else {
+        pool.role(&key.addr)
+    }
+}
+
+/// Whether the pool names this destination by address and port.
+fn is_member(pool: &PoolMembership, key: &DestinationKey) -> bool {
+    !key.is_foreign_local() && pool.members().contains(&key.addr)
 }

@@ -74,6 +74,9 @@ fn who() -> Attribution {
         comm: Comm::from("client"),
         cgroup_id: 1,
         netns: 1,
+        netns_owner: crate::source::event::NetnsOwner::Initial,
+        cgroup: None,
+        trusted: true,
     }
 }
 

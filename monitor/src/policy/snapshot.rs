@@ -1,13 +1,17 @@
 //! A serializable view of the policy's state — every tracked destination with its
 //! statistics, role, state and ejection — for `connmon status` and the Unix socket.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 
-use super::{decision::Reason, pool::Role};
+use super::{
+    decision::Reason,
+    evidence::{EvidenceScope, Trust},
+    pool::Role,
+};
 use crate::{
-    source::event::Outcome,
+    source::{cgroup::CgroupOrigin, event::Outcome},
     table::{Cgroup, FailureMode, Process, Tally},
 };
 
@@ -26,8 +30,51 @@ pub struct PolicySnapshot {
     /// Table entries dropped to make room, and events for destinations that found no room.
     pub dropped_from_table: u64,
     pub untracked_events: u64,
-    /// Sorted by address.
+    /// Connects and SYN retransmits outside the evidence scope (reported, never counted).
+    pub untrusted_events: u64,
+    /// The evidence scope in force.
+    pub evidence: EvidenceView,
+    /// Sorted by address, then namespace.
     pub destinations: Vec<DestinationView>,
+}
+
+/// `[policy.evidence]` as in force: namespaces resolved to inode numbers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EvidenceView {
+    pub trust: Trust,
+    pub netns: Vec<u32>,
+    pub cgroups: Vec<String>,
+}
+
+impl EvidenceView {
+    pub fn of(scope: &EvidenceScope) -> Self {
+        EvidenceView {
+            trust: scope.trust(),
+            netns: scope.netns().to_vec(),
+            cgroups: scope.cgroups().to_vec(),
+        }
+    }
+}
+
+/// A cgroup that connected to a destination, with its path and container once the
+/// agent resolved them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CgroupTally {
+    pub cgroup_id: u64,
+    /// `cgroup`, `container`, `pod_uid`, each when known.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Arc<CgroupOrigin>>,
+    pub connects: u32,
+}
+
+impl From<Tally<Cgroup>> for CgroupTally {
+    fn from(t: Tally<Cgroup>) -> Self {
+        CgroupTally {
+            cgroup_id: t.key.cgroup_id,
+            origin: None,
+            connects: t.connects,
+        }
+    }
 }
 
 /// Where a destination stands.
@@ -46,6 +93,9 @@ pub use crate::source::event::OutcomeCounts;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DestinationView {
     pub dst: SocketAddr,
+    /// For another network namespace's loopback: that namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
     pub role: Role,
     pub state: DestinationState,
     pub attempts: u64,
@@ -63,5 +113,5 @@ pub struct DestinationView {
     pub ejection_reason: Option<Reason>,
     pub ejected_until: Option<String>,
     pub top_processes: Vec<Tally<Process>>,
-    pub top_cgroups: Vec<Tally<Cgroup>>,
+    pub top_cgroups: Vec<CgroupTally>,
 }

@@ -33,6 +33,11 @@ pub struct StateFile {
 #[serde(deny_unknown_fields)]
 pub struct SavedStanding {
     pub dst: SocketAddr,
+    /// Another network namespace's loopback: that namespace's inode. After a reboot the
+    /// number means nothing (namespaces are new); such an entry is then simply never
+    /// matched again and expires like any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
     pub ejection_count: u32,
     #[serde(default)]
     pub probation: bool,

@@ -10,7 +10,7 @@ use super::json;
 use crate::{
     clock::WallClock,
     policy::{decision::Decision, pool::Role},
-    source::event::{Comm, ConnectRecord, KernelEvent, SynRetransmitRecord},
+    source::event::{Attribution, Comm, ConnectRecord, KernelEvent, SynRetransmitRecord},
     stats::Stats,
 };
 
@@ -22,6 +22,18 @@ pub enum OutputFormat {
     Json,
     /// Aligned columns for a terminal.
     Text,
+}
+
+/// ` container=<first 12 hex digits>` and ` untrusted` for the text columns, as apply.
+fn origin_suffix(who: &Attribution) -> String {
+    let mut out = String::new();
+    if let Some(id) = who.container() {
+        let _ = write!(out, " container={}", id.get(..12).unwrap_or(id));
+    }
+    if !who.trusted {
+        out.push_str(" untrusted");
+    }
+    out
 }
 
 /// Renders events into a buffer; [`StdoutSink::flush`] writes it out.
@@ -73,7 +85,12 @@ impl StdoutSink {
                 self.buf.push(b'\n');
             }
             OutputFormat::Text => {
-                let extra = format!("{}us retx={}", c.duration_us(), c.syn_retransmits);
+                let extra = format!(
+                    "{}us retx={}{}",
+                    c.duration_us(),
+                    c.syn_retransmits,
+                    origin_suffix(&c.who)
+                );
                 self.text_line(
                     c.ktime_ns,
                     c.outcome.as_str(),
@@ -95,7 +112,11 @@ impl StdoutSink {
                 self.buf.push(b'\n');
             }
             OutputFormat::Text => {
-                let extra = format!("{since_syn_us}us retx={}", r.retransmits);
+                let extra = format!(
+                    "{since_syn_us}us retx={}{}",
+                    r.retransmits,
+                    origin_suffix(&r.who)
+                );
                 self.text_line(
                     r.ktime_ns,
                     "syn_retransmit",
@@ -194,6 +215,14 @@ mod tests {
                 comm: Comm::from("python3"),
                 cgroup_id: 7,
                 netns: 9,
+                netns_owner: crate::source::event::NetnsOwner::Child,
+                cgroup: Some(std::sync::Arc::new(
+                    crate::source::cgroup::CgroupOrigin::from_path(&format!(
+                        "/system.slice/docker-{}.scope",
+                        "ab".repeat(32)
+                    )),
+                )),
+                trusted: false,
             },
             syn_retransmits: 0,
             errno: 111,
@@ -231,6 +260,14 @@ mod tests {
             (v["syn_retransmits"].as_u64(), v["duration_us"].as_u64()),
             (Some(0), Some(57))
         );
+        let id = "ab".repeat(32);
+        assert_eq!(v["cgroup"], format!("/system.slice/docker-{id}.scope"));
+        assert_eq!(v["container"], id);
+        assert!(
+            v.get("pod_uid").is_none(),
+            "absent when the path names no pod"
+        );
+        assert_eq!(v["trusted"], false);
     }
 
     #[test]

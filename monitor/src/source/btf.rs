@@ -1,8 +1,9 @@
 //! Kernel struct offsets from BTF (`/sys/kernel/btf/vmlinux`).
 //!
 //! Rust eBPF through aya has no CO-RE field relocations, so the two kernel struct reads
-//! the programs make — `sk->sk_err` and `sk->__sk_common.skc_net.net->ns.inum` — use
-//! offsets resolved here at start-up and handed over in `ProbeConfig`.
+//! the programs make — `sk->sk_err`, `sk->__sk_common.skc_net.net->ns.inum` and
+//! `net->user_ns->level` (who owns the namespace) — use offsets resolved here at
+//! start-up and handed over in `ProbeConfig`.
 
 use std::path::Path;
 
@@ -35,6 +36,10 @@ pub struct KernelOffsets {
     pub sock_common_skc_net: Option<u32>,
     /// `offsetof(struct net, ns) + offsetof(struct ns_common, inum)`.
     pub net_ns_inum: Option<u32>,
+    /// `offsetof(struct net, user_ns)`.
+    pub net_user_ns: Option<u32>,
+    /// `offsetof(struct user_namespace, level)`.
+    pub user_ns_level: Option<u32>,
 }
 
 /// A loaded BTF blob that answers "where is member X of struct Y".
@@ -108,6 +113,15 @@ impl KernelBtf {
         None
     }
 
+    /// Whether the kernel has a (non-inlined) function `name`: BTF describes every
+    /// function the kernel keeps as a symbol, whatever the version number says
+    /// (distributions backport).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+    }
+
     /// Resolves everything the programs need. `sk_err` is required; the network
     /// namespace is optional (a kernel without CONFIG_NET_NS has no `skc_net.net`).
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
@@ -115,6 +129,8 @@ impl KernelBtf {
             sock_sk_err: self.offset_of("sock", &["sk_err"])?,
             sock_common_skc_net: self.offset_of("sock_common", &["skc_net", "net"]).ok(),
             net_ns_inum: self.offset_of("net", &["ns", "inum"]).ok(),
+            net_user_ns: self.offset_of("net", &["user_ns"]).ok(),
+            user_ns_level: self.offset_of("user_namespace", &["level"]).ok(),
         })
     }
 }
@@ -139,6 +155,8 @@ mod tests {
         assert!(offsets.sock_sk_err > 100, "{offsets:?}");
         assert!(offsets.sock_common_skc_net.is_some(), "{offsets:?}");
         assert!(offsets.net_ns_inum.is_some(), "{offsets:?}");
+        assert!(offsets.net_user_ns.is_some(), "{offsets:?}");
+        assert!(offsets.user_ns_level.is_some(), "{offsets:?}");
     }
 
     #[test]

@@ -5,10 +5,13 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
 };
 
-use monitor_common::{AF_INET, AF_INET6, ConnectEvent, kind, outcome};
+use monitor_common::{AF_INET, AF_INET6, ConnectEvent, kind, netns_owner, outcome};
 use serde::{Serialize, Serializer};
+
+use super::cgroup::CgroupOrigin;
 
 /// How one outgoing connect attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -140,8 +143,37 @@ impl Serialize for Comm {
     }
 }
 
+/// Who owns the socket's network namespace, read in the kernel from
+/// `net->user_ns->level` when the socket entered SYN_SENT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetnsOwner {
+    /// Not known (kernel struct offsets unresolved, or the read failed).
+    #[default]
+    Unknown,
+    /// The initial user namespace: the namespace was created by real root (the host,
+    /// Docker, containerd, CRI-O, `ip netns`).
+    Initial,
+    /// A child user namespace: rootless containers, `unshare -U` — any user can make one.
+    Child,
+}
+
+impl NetnsOwner {
+    fn from_raw(raw: u16) -> Self {
+        match raw {
+            netns_owner::INITIAL => NetnsOwner::Initial,
+            netns_owner::CHILD => NetnsOwner::Child,
+            _ => NetnsOwner::Unknown,
+        }
+    }
+}
+
 /// Who opened the connection, recorded when the socket entered SYN_SENT.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+///
+/// The kernel fills everything but `cgroup` (the agent resolves `cgroup_id` to its
+/// cgroup v2 path and container, see [`super::cgroup`]) and `trusted` (the policy's
+/// evidence scope decides it, see `policy::evidence`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attribution {
     /// Kernel pid of the connecting thread.
     pub pid: u32,
@@ -151,10 +183,33 @@ pub struct Attribution {
     pub cgroup_id: u64,
     /// Inode number of the socket's network namespace (as in `/proc/PID/ns/net`).
     pub netns: u32,
+    /// Who owns that network namespace.
+    pub netns_owner: NetnsOwner,
+    /// The cgroup v2 path of `cgroup_id` and the container it names, when resolved.
+    pub cgroup: Option<Arc<CgroupOrigin>>,
+    /// Whether this connect is evidence that may move a verdict.
+    pub trusted: bool,
+}
+
+impl Attribution {
+    /// The cgroup v2 path, if resolved.
+    pub fn cgroup_path(&self) -> Option<&str> {
+        self.cgroup.as_deref().map(|c| &*c.path)
+    }
+
+    /// The container id the cgroup path names, if any.
+    pub fn container(&self) -> Option<&str> {
+        self.cgroup.as_deref().and_then(|c| c.container.as_deref())
+    }
+
+    /// The Kubernetes pod UID the cgroup path names, if any.
+    pub fn pod_uid(&self) -> Option<&str> {
+        self.cgroup.as_deref().and_then(|c| c.pod_uid.as_deref())
+    }
 }
 
 /// The final outcome of one connect attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectRecord {
     pub outcome: Outcome,
     /// CLOCK_MONOTONIC nanoseconds when the outcome happened.
@@ -178,7 +233,7 @@ impl ConnectRecord {
 }
 
 /// A SYN retransmitted while the socket was still in SYN_SENT.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SynRetransmitRecord {
     pub ktime_ns: u64,
     pub start_ns: u64,
@@ -191,7 +246,7 @@ pub struct SynRetransmitRecord {
 }
 
 /// One decoded ring-buffer record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     Connect(ConnectRecord),
     SynRetransmit(SynRetransmitRecord),
@@ -202,6 +257,27 @@ impl KernelEvent {
         match self {
             KernelEvent::Connect(c) => c.ktime_ns,
             KernelEvent::SynRetransmit(r) => r.ktime_ns,
+        }
+    }
+
+    pub fn dst(&self) -> SocketAddr {
+        match self {
+            KernelEvent::Connect(c) => c.dst,
+            KernelEvent::SynRetransmit(r) => r.dst,
+        }
+    }
+
+    pub fn who(&self) -> &Attribution {
+        match self {
+            KernelEvent::Connect(c) => &c.who,
+            KernelEvent::SynRetransmit(r) => &r.who,
+        }
+    }
+
+    pub fn who_mut(&mut self) -> &mut Attribution {
+        match self {
+            KernelEvent::Connect(c) => &mut c.who,
+            KernelEvent::SynRetransmit(r) => &mut r.who,
         }
     }
 }
@@ -222,6 +298,9 @@ pub(crate) fn refused_to(dst: SocketAddr) -> KernelEvent {
             comm: Comm::from("x"),
             cgroup_id: 1,
             netns: 1,
+            netns_owner: NetnsOwner::Initial,
+            cgroup: None,
+            trusted: true,
         },
         syn_retransmits: 0,
         errno: 111,
@@ -270,6 +349,9 @@ pub fn decode_raw(raw: &ConnectEvent) -> Result<KernelEvent, DecodeError> {
         comm: Comm(raw.comm),
         cgroup_id: raw.cgroup_id,
         netns: raw.netns,
+        netns_owner: NetnsOwner::from_raw(raw.netns_owner),
+        cgroup: None,
+        trusted: false,
     };
     match raw.kind {
         kind::OUTCOME => Ok(KernelEvent::Connect(ConnectRecord {
@@ -338,7 +420,8 @@ mod tests {
             family: AF_INET,
             sport: 33850,
             dport: 40002,
-            _pad: [0; 6],
+            netns_owner: netns_owner::CHILD,
+            _pad: [0; 4],
         }
     }
 
@@ -365,6 +448,11 @@ mod tests {
         assert_eq!((c.who.pid, c.who.tgid, c.who.cgroup_id), (123, 120, 42));
         assert_eq!(c.duration_us(), 57);
         assert_eq!(c.errno, 111);
+        assert_eq!(c.who.netns_owner, NetnsOwner::Child);
+        assert!(
+            !c.who.trusted,
+            "trust is decided by the policy, never by decoding"
+        );
     }
 
     #[test]

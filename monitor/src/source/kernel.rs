@@ -14,7 +14,7 @@ use aya::{
 use monitor_common::{ProbeConfig, counter};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{btf, tracefs};
+use super::{btf, features, tracefs};
 
 /// The eBPF object built by `build.rs` (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -34,6 +34,11 @@ pub struct SourceInfo {
     pub tracefs: PathBuf,
     pub mounted_tracefs: bool,
     pub netns_resolved: bool,
+    /// Whether `inet_sk_error_report` errors are remembered for the CLOSE transition
+    /// (kernels without `tcp_done_with_error()`).
+    pub error_fallback: bool,
+    /// The owner of each socket's network namespace is read (`net->user_ns->level`).
+    pub netns_owner_resolved: bool,
 }
 
 /// The attached programs and the maps the agent reads.
@@ -54,23 +59,27 @@ pub struct KernelCounters {
     pub untracked: u64,
 }
 
-/// The running kernel's release string (`uname -r`).
-fn kernel_release() -> String {
-    nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// The kernel function that, since 6.10 (and in distribution kernels that backported
+/// it, such as Debian's 6.1.0-57), sets `sk_err` before the CLOSE transition and raises
+/// `inet_sk_error_report` only after it.
+pub const TCP_DONE_WITH_ERROR: &str = "tcp_done_with_error";
+
+/// Whether the kernel raises the socket error before the CLOSE transition, so that the
+/// error must be remembered from `inet_sk_error_report` (the fallback). Decided by
+/// whether `tcp_done_with_error()` exists (BTF, else `/proc/kallsyms`), not by the
+/// version number: backports make versions a poor feature test. When neither source
+/// knows it, the fallback is on: it costs a map update per error, never an outcome.
+pub fn reports_error_before_close(in_btf: bool, kallsyms: Option<&str>) -> bool {
+    if in_btf {
+        return false;
+    }
+    !kallsyms.is_some_and(|text| kallsyms_has(text, TCP_DONE_WITH_ERROR))
 }
 
-/// Whether this kernel raises the socket error before the CLOSE transition (before
-/// 6.10, when `tcp_done_with_error()` made the order close-then-report). Unknown
-/// versions get the fallback: it costs a map update per error, never an outcome.
-pub fn reports_error_before_close(release: &str) -> bool {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty());
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (major, minor) < (6, 10)
+/// Whether `/proc/kallsyms` text names the function `name` (`addr type name [module]`).
+fn kallsyms_has(text: &str, name: &str) -> bool {
+    text.lines()
+        .any(|l| l.split_whitespace().nth(2) == Some(name))
 }
 
 /// Checks the ring buffer size the kernel will accept.
@@ -93,10 +102,12 @@ impl KernelSource {
             );
         }
         validate_ring_buffer_bytes(opts.ring_buffer_bytes).map_err(anyhow::Error::msg)?;
+        features::check()?;
         let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
         let mut config: ProbeConfig = tracefs::read_probe_offsets(&tracefs_path)?;
 
-        let kernel = btf::KernelBtf::open(Path::new(btf::VMLINUX))?.kernel_offsets()?;
+        let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
+        let kernel = kernel_btf.kernel_offsets()?;
         config.sock_sk_err = kernel.sock_sk_err;
         let netns_resolved = match (kernel.sock_common_skc_net, kernel.net_ns_inum) {
             (Some(net), Some(inum)) => {
@@ -112,8 +123,31 @@ impl KernelSource {
                 false
             }
         };
+        let netns_owner_resolved = match (kernel.net_user_ns, kernel.user_ns_level) {
+            (Some(user_ns), Some(level)) if netns_resolved => {
+                config.net_user_ns = user_ns;
+                config.user_ns_level = level;
+                config.has_netns_owner = 1;
+                true
+            }
+            _ => {
+                tracing::warn!(
+                    "kernel BTF lacks net.user_ns or user_namespace.level: namespace ownership is unknown, \
+                     so only connects from connmon's own network namespace count as evidence under trust = \"rootful\""
+                );
+                false
+            }
+        };
         config.wakeup_established = u32::from(opts.wakeup_every_event);
-        config.error_fallback = u32::from(reports_error_before_close(&kernel_release()));
+        let done_with_error_in_btf = kernel_btf.has_function(TCP_DONE_WITH_ERROR);
+        let kallsyms = if done_with_error_in_btf {
+            None
+        } else {
+            std::fs::read_to_string("/proc/kallsyms").ok()
+        };
+        let error_fallback =
+            reports_error_before_close(done_with_error_in_btf, kallsyms.as_deref());
+        config.error_fallback = u32::from(error_fallback);
 
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
@@ -152,6 +186,8 @@ impl KernelSource {
                 tracefs: tracefs_path,
                 mounted_tracefs: mounted,
                 netns_resolved,
+                error_fallback,
+                netns_owner_resolved,
             },
         })
     }
@@ -172,11 +208,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn error_report_fallback_only_before_6_10() {
-        assert!(reports_error_before_close("5.15.0-91-generic"));
-        assert!(reports_error_before_close("6.9.12"));
-        assert!(!reports_error_before_close("6.10.0"));
-        assert!(!reports_error_before_close("6.18.44-fc-v782"));
-        assert!(reports_error_before_close("garbage"));
+    fn error_report_fallback_only_without_tcp_done_with_error() {
+        let with = "ffffffff8201d360 T tcp_done_with_error\nffffffff8201d400 t tcp_done\n";
+        let without = "ffffffff8201d400 T tcp_done\nffffffff8201d500 t tcp_done_with_error_x\n";
+        assert!(!reports_error_before_close(true, None));
+        assert!(!reports_error_before_close(false, Some(with)));
+        assert!(reports_error_before_close(false, Some(without)));
+        assert!(reports_error_before_close(false, None));
+    }
+
+    #[test]
+    fn this_kernel_btf_answers_like_kallsyms() {
+        let Ok(btf) = btf::KernelBtf::open(Path::new(btf::VMLINUX)) else {
+            panic!("{} unreadable: the agent needs kernel BTF", btf::VMLINUX);
+        };
+        let in_btf = btf.has_function(TCP_DONE_WITH_ERROR);
+        assert!(btf.has_function("tcp_connect"), "BTF lacks tcp_connect");
+        assert!(!btf.has_function("connmon_no_such_function"));
+        if let Ok(kallsyms) = std::fs::read_to_string("/proc/kallsyms")
+            && kallsyms.lines().any(|l| !l.starts_with("0000000000000000"))
+        {
+            assert_eq!(
+                in_btf,
+                kallsyms_has(&kallsyms, TCP_DONE_WITH_ERROR),
+                "BTF and /proc/kallsyms disagree on {TCP_DONE_WITH_ERROR}"
+            );
+        }
     }
 }

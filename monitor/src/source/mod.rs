@@ -2,6 +2,8 @@
 //! ring-buffer records into [`event::KernelEvent`]s.
 
 pub mod btf;
+pub mod cgroup;
 pub mod event;
+pub mod features;
 pub mod kernel;
 pub mod tracefs;

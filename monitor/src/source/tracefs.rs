@@ -22,7 +22,9 @@ const MOUNT_POINTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/traci
 pub enum TracefsError {
     #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
     Mount(#[source] nix::Error),
-    #[error("tracepoint {category}:{name} not found ({path}): is this kernel built with it?")]
+    #[error(
+        "this kernel lacks tracepoint {category}:{name} (no {path}); connmon cannot run here (see README: minimum kernel)"
+    )]
     MissingTracepoint {
         category: String,
         name: String,

@@ -29,6 +29,7 @@
 //! copies of the index at once.
 
 mod histogram;
+mod key;
 mod top;
 mod window;
 
@@ -42,6 +43,7 @@ use std::{
 
 use hashbrown::HashTable;
 pub use histogram::LatencyHistogram;
+pub use key::{DestinationKey, is_namespace_local};
 use serde::Serialize;
 pub use top::{Tally, TopN};
 pub use window::RatioWindow;
@@ -545,10 +547,6 @@ impl<K: Copy + Eq + Hash, A> Part<K, A> {
             .map(|&i| i as usize)
     }
 
-    fn contains(&self, key: &K) -> bool {
-        self.position(key).is_some()
-    }
-
     fn get(&self, key: &K) -> Option<&Destination<A>> {
         self.dests.get(self.position(key)?)
     }
@@ -629,6 +627,9 @@ impl<K: Copy + Eq + Hash, A> Part<K, A> {
 pub struct DestinationTable<A> {
     v4: Part<SocketAddrV4, A>,
     v6: Part<SocketAddrV6, A>,
+    /// Namespace-local destinations of other network namespaces (see [`DestinationKey`]):
+    /// few, so their larger key costs nothing where it matters.
+    local: Part<(SocketAddr, u32), A>,
     whos: WhoCache,
     capacity: usize,
     /// Length of one ratio-window slot.
@@ -646,6 +647,7 @@ impl<A: Annotation> DestinationTable<A> {
             // IPv4 is the common case and reserved up front; IPv6 grows on demand.
             v4: Part::with_capacity(capacity.min(RESERVE_LIMIT)),
             v6: Part::with_capacity(0),
+            local: Part::with_capacity(0),
             whos: WhoCache::default(),
             capacity,
             slot_ns: (window_ns / window::SLOTS).max(1),
@@ -656,7 +658,12 @@ impl<A: Annotation> DestinationTable<A> {
 
     /// The entry for `dst`, created if needed, marked as used at `now`. The flag is true
     /// when the entry is new. `None` when the table is full of pinned entries.
-    pub fn entry(&mut self, dst: SocketAddr, now: u64) -> Option<(&mut Destination<A>, bool)> {
+    pub fn entry(
+        &mut self,
+        dst: impl Into<DestinationKey>,
+        now: u64,
+    ) -> Option<(&mut Destination<A>, bool)> {
+        let dst = dst.into();
         let created = !self.contains(&dst);
         if created {
             if self.len() >= self.capacity {
@@ -668,78 +675,149 @@ impl<A: Annotation> DestinationTable<A> {
             }
             let dest = Destination::new(now);
             match dst {
-                SocketAddr::V4(a) => self.v4.insert(a, dest),
-                SocketAddr::V6(a) => self.v6.insert(a, dest),
+                DestinationKey {
+                    addr,
+                    netns: Some(netns),
+                } => self.local.insert((addr, netns), dest),
+                DestinationKey {
+                    addr: SocketAddr::V4(a),
+                    netns: None,
+                } => self.v4.insert(a, dest),
+                DestinationKey {
+                    addr: SocketAddr::V6(a),
+                    netns: None,
+                } => self.v6.insert(a, dest),
             }
         }
-        let entry = self.get_mut(&dst)?;
+        let entry = self.get_mut(dst)?;
         entry.last_used_s = entry.last_used_s.max(seconds(now));
         Some((entry, created))
     }
 
-    /// Records a connect outcome; see [`DestinationTable::entry`] for the return value.
+    /// Records a connect outcome for destination `dst` (the policy's key for
+    /// `rec.dst`); see [`DestinationTable::entry`] for the return value.
     pub fn record_connect(
         &mut self,
+        dst: impl Into<DestinationKey>,
         rec: &ConnectRecord,
         now: u64,
     ) -> Option<(&mut Destination<A>, bool)> {
+        let dst = dst.into();
         let slot_ns = self.slot_ns;
-        let created = self.entry(rec.dst, now)?.1;
+        let created = self.entry(dst, now)?.1;
         let whos = &mut self.whos;
-        let entry = match rec.dst {
-            SocketAddr::V4(a) => self.v4.get_mut(&a),
-            SocketAddr::V6(a) => self.v6.get_mut(&a),
+        let entry = match dst {
+            DestinationKey {
+                addr,
+                netns: Some(netns),
+            } => self.local.get_mut(&(addr, netns)),
+            DestinationKey {
+                addr: SocketAddr::V4(a),
+                netns: None,
+            } => self.v4.get_mut(&a),
+            DestinationKey {
+                addr: SocketAddr::V6(a),
+                netns: None,
+            } => self.v6.get_mut(&a),
         }?;
         entry.record_connect(rec, now, slot_ns, whos);
         Some((entry, created))
     }
 
-    /// Records a SYN retransmit of a pending connect.
+    /// Records a SYN retransmit of a pending connect to `dst`.
     pub fn record_syn_retransmit(
         &mut self,
+        dst: impl Into<DestinationKey>,
         rec: &SynRetransmitRecord,
         now: u64,
     ) -> Option<(&mut Destination<A>, bool)> {
-        let (entry, created) = self.entry(rec.dst, now)?;
+        let (entry, created) = self.entry(dst, now)?;
         entry.record_syn_retransmit(rec, now);
         Some((entry, created))
     }
 
-    fn contains(&self, dst: &SocketAddr) -> bool {
-        match dst {
-            SocketAddr::V4(a) => self.v4.contains(a),
-            SocketAddr::V6(a) => self.v6.contains(a),
+    fn contains(&self, dst: &DestinationKey) -> bool {
+        self.get(dst).is_some()
+    }
+
+    pub fn get(&self, dst: impl Into<DestinationKey>) -> Option<&Destination<A>> {
+        match dst.into() {
+            DestinationKey {
+                addr,
+                netns: Some(netns),
+            } => self.local.get(&(addr, netns)),
+            DestinationKey {
+                addr: SocketAddr::V4(a),
+                netns: None,
+            } => self.v4.get(&a),
+            DestinationKey {
+                addr: SocketAddr::V6(a),
+                netns: None,
+            } => self.v6.get(&a),
         }
     }
 
-    pub fn get(&self, dst: &SocketAddr) -> Option<&Destination<A>> {
-        match dst {
-            SocketAddr::V4(a) => self.v4.get(a),
-            SocketAddr::V6(a) => self.v6.get(a),
+    pub fn get_mut(&mut self, dst: impl Into<DestinationKey>) -> Option<&mut Destination<A>> {
+        match dst.into() {
+            DestinationKey {
+                addr,
+                netns: Some(netns),
+            } => self.local.get_mut(&(addr, netns)),
+            DestinationKey {
+                addr: SocketAddr::V4(a),
+                netns: None,
+            } => self.v4.get_mut(&a),
+            DestinationKey {
+                addr: SocketAddr::V6(a),
+                netns: None,
+            } => self.v6.get_mut(&a),
         }
     }
 
-    pub fn get_mut(&mut self, dst: &SocketAddr) -> Option<&mut Destination<A>> {
-        match dst {
-            SocketAddr::V4(a) => self.v4.get_mut(a),
-            SocketAddr::V6(a) => self.v6.get_mut(a),
-        }
+    pub fn iter(&self) -> impl Iterator<Item = (DestinationKey, &Destination<A>)> {
+        let v4 = self
+            .v4
+            .iter()
+            .map(|(k, d)| (DestinationKey::host(SocketAddr::V4(k)), d));
+        let v6 = self
+            .v6
+            .iter()
+            .map(|(k, d)| (DestinationKey::host(SocketAddr::V6(k)), d));
+        let local = self.local.iter().map(|((addr, netns), d)| {
+            (
+                DestinationKey {
+                    addr,
+                    netns: Some(netns),
+                },
+                d,
+            )
+        });
+        v4.chain(v6).chain(local)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &Destination<A>)> {
-        let v4 = self.v4.iter().map(|(k, d)| (SocketAddr::V4(k), d));
-        let v6 = self.v6.iter().map(|(k, d)| (SocketAddr::V6(k), d));
-        v4.chain(v6)
-    }
-
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (SocketAddr, &mut Destination<A>)> {
-        let v4 = self.v4.iter_mut().map(|(k, d)| (SocketAddr::V4(k), d));
-        let v6 = self.v6.iter_mut().map(|(k, d)| (SocketAddr::V6(k), d));
-        v4.chain(v6)
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (DestinationKey, &mut Destination<A>)> {
+        let v4 = self
+            .v4
+            .iter_mut()
+            .map(|(k, d)| (DestinationKey::host(SocketAddr::V4(k)), d));
+        let v6 = self
+            .v6
+            .iter_mut()
+            .map(|(k, d)| (DestinationKey::host(SocketAddr::V6(k)), d));
+        let local = self.local.iter_mut().map(|((addr, netns), d)| {
+            (
+                DestinationKey {
+                    addr,
+                    netns: Some(netns),
+                },
+                d,
+            )
+        });
+        v4.chain(v6).chain(local)
     }
 
     pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
+        self.v4.len() + self.v6.len() + self.local.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -771,6 +849,7 @@ impl<A: Annotation> DestinationTable<A> {
     fn evict_least_recently_used(&mut self) {
         let batch = (self.capacity / 100).max(1);
         let n4 = self.v4.len() as u64;
+        let n46 = n4 + self.v6.len() as u64;
         let candidate = |i: u64, d: &Destination<A>| {
             (!d.annotation.pinned()).then_some((u64::from(d.last_used_s) << 32) | i)
         };
@@ -787,6 +866,13 @@ impl<A: Annotation> DestinationTable<A> {
                     .enumerate()
                     .filter_map(|(i, d)| candidate(n4 + i as u64, d)),
             )
+            .chain(
+                self.local
+                    .dests
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| candidate(n46 + i as u64, d)),
+            )
             .collect();
         if candidates.len() > batch {
             candidates.select_nth_unstable(batch - 1);
@@ -796,12 +882,18 @@ impl<A: Annotation> DestinationTable<A> {
         let mut positions: Vec<u64> = candidates.iter().map(|&c| c & 0xFFFF_FFFF).collect();
         drop(candidates);
         positions.sort_unstable_by(|a, b| b.cmp(a));
-        let split = positions.partition_point(|&p| p >= n4);
-        let v6: Vec<u32> = positions[..split]
+        let split_local = positions.partition_point(|&p| p >= n46);
+        let split_v6 = positions.partition_point(|&p| p >= n4);
+        let local: Vec<u32> = positions[..split_local]
+            .iter()
+            .map(|&p| (p - n46) as u32)
+            .collect();
+        let v6: Vec<u32> = positions[split_local..split_v6]
             .iter()
             .map(|&p| (p - n4) as u32)
             .collect();
-        let v4: Vec<u32> = positions[split..].iter().map(|&p| p as u32).collect();
+        let v4: Vec<u32> = positions[split_v6..].iter().map(|&p| p as u32).collect();
+        self.local.remove_descending(&local);
         self.v6.remove_descending(&v6);
         self.v4.remove_descending(&v4);
         self.evicted = self.evicted.saturating_add(evicted);
@@ -846,6 +938,9 @@ mod tests {
                 comm: Comm::from("curl"),
                 cgroup_id: 9,
                 netns: 1,
+                netns_owner: crate::source::event::NetnsOwner::Initial,
+                cgroup: None,
+                trusted: true,
             },
             syn_retransmits: 0,
             errno: 0,
@@ -862,7 +957,7 @@ mod tests {
             Outcome::Refused,
             Outcome::Reset,
         ] {
-            t.record_connect(&record(dst, outcome, SEC), SEC);
+            t.record_connect(dst, &record(dst, outcome, SEC), SEC);
         }
         let d = t.get(&dst).expect("entry");
         assert_eq!(d.attempts(), 3, "a reset is not a new attempt");
@@ -873,7 +968,7 @@ mod tests {
         assert_eq!(d.failure_mode(), Some(FailureMode::Reject));
         assert_eq!(d.window_totals(SEC, t.slot_ns()), (3, 3));
 
-        t.record_connect(&record(dst, Outcome::Established, 2 * SEC), 2 * SEC);
+        t.record_connect(dst, &record(dst, Outcome::Established, 2 * SEC), 2 * SEC);
         let d = t.get(&dst).expect("entry");
         assert_eq!(
             d.streaks(),
@@ -959,7 +1054,7 @@ mod tests {
                 rec.start_ns = now - handshake_ns;
                 rec.who.tgid = tgid;
                 rec.who.cgroup_id = u64::from(tgid);
-                t.record_connect(&rec, now);
+                t.record_connect(dst, &rec, now);
                 reference.record(&rec, now, slot_ns);
                 let d = t.get(&dst).expect("entry");
                 prop_assert_eq!(d.attempts(), reference.attempts);
@@ -986,17 +1081,17 @@ mod tests {
         let mut t: DestinationTable<()> = DestinationTable::new(10, Duration::from_secs(60));
         let dst = addr(2, 80);
         for i in 0..INLINE as u64 {
-            t.record_connect(&record(dst, Outcome::Established, SEC + i), SEC + i);
+            t.record_connect(dst, &record(dst, Outcome::Established, SEC + i), SEC + i);
         }
         assert!(t.get(&dst).is_some_and(|d| d.detail.is_none()));
-        t.record_connect(&record(dst, Outcome::Established, 2 * SEC), 2 * SEC);
+        t.record_connect(dst, &record(dst, Outcome::Established, 2 * SEC), 2 * SEC);
         assert!(
             t.get(&dst).is_some_and(|d| d.detail.is_some()),
             "attempt {} needs the detail",
             INLINE + 1
         );
         let other = addr(3, 80);
-        t.record_connect(&record(other, Outcome::Refused, SEC), SEC);
+        t.record_connect(other, &record(other, Outcome::Refused, SEC), SEC);
         assert!(
             t.get(&other).is_some_and(|d| d.detail.is_some()),
             "a failure needs the detail"
@@ -1019,7 +1114,7 @@ mod tests {
             assert!(created);
             d.annotation.0 = i % 50 == 0;
             for _ in 0..i % 4 {
-                t.record_connect(&record(dst(i), Outcome::Established, now), now);
+                t.record_connect(dst(i), &record(dst(i), Outcome::Established, now), now);
             }
         }
         assert!(t.len() <= 300);

@@ -40,7 +40,7 @@ use super::{
     servers_state::ServerState,
 };
 use crate::{
-    bus::{Published, Topic},
+    bus::{Payload, Published, Topic},
     control::{Control, PoolOp},
     policy::{DestinationState, PolicySnapshot, PoolEntry},
 };
@@ -251,6 +251,12 @@ impl Adapter {
     /// Takes one bus message; true if it queued work.
     fn on_published(&mut self, published: &Published) -> bool {
         let now = Instant::now();
+        // Another network namespace's loopback is not this host's server of that address.
+        if let Payload::Decision(d) = &published.payload
+            && d.is_foreign_local()
+        {
+            return false;
+        }
         match (published.topic, published.dst) {
             (Topic::Evict, Some(dst)) => {
                 self.queue(dst, AdminAction::Maint, now);
@@ -505,7 +511,7 @@ impl Adapter {
         let ejected: HashSet<SocketAddr> = snapshot
             .destinations
             .iter()
-            .filter(|d| d.state == DestinationState::Ejected)
+            .filter(|d| d.state == DestinationState::Ejected && d.netns.is_none())
             .map(|d| d.dst)
             .filter(|dst| self.discovered_at.is_none() || self.servers.contains_key(dst))
             .collect();
