@@ -46,9 +46,7 @@ use crate::{
 
 /// Fails with one clear sentence when the host cannot run connmon.
 pub fn preflight() -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        anyhow::bail!("connmon must run as root (it loads eBPF programs and may mount tracefs)");
-    }
+    crate::privileges::check_current()?;
     let btf = Path::new(crate::source::btf::VMLINUX);
     if !btf.exists() {
         anyhow::bail!(
@@ -533,6 +531,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     );
     // Reinstatements from loading the state file, now that every consumer listens.
     pipe.emit_decisions();
+    let service = crate::service::ServiceManager::from_env();
+    service.ready("attached; observing TCP connects");
+    let watchdog_every = service
+        .watchdog_every()
+        .unwrap_or(Duration::from_secs(86_400 * 365));
+    let mut watchdog_tick = tokio::time::interval(watchdog_every);
 
     let mut last_lost = 0u64;
     let mut batch_tick = tokio::time::interval(agent.batch_interval);
@@ -584,12 +588,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 reload_evidence(&mut pipe.policy, config_path.as_deref());
                 pipe.reload_checks(config_path.as_deref(), &config);
             }
+            _ = watchdog_tick.tick() => service.watchdog(),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
         pipe.sink.flush().context("writing to stdout")?;
     }
 
+    service.stopping();
     let _ = pipe.drain(source.ring.get_mut());
     let stats = snapshot(&source, &pipe, &clock, started, true)?;
     warn_if_lost(&mut last_lost, stats.lost_events);

@@ -4,6 +4,7 @@
 //! → [`table`] (per-destination state) → [`policy`] (detectors, ejection) → [`sinks`].
 
 pub mod agent;
+pub mod assets;
 pub mod bus;
 pub mod cli;
 pub mod clock;
@@ -12,7 +13,9 @@ pub mod control;
 pub mod export;
 pub mod persist;
 pub mod policy;
+pub mod privileges;
 pub mod server;
+pub mod service;
 pub mod sinks;
 pub mod source;
 pub mod stats;

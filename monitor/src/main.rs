@@ -31,6 +31,12 @@ enum Command {
     Reinstate(cli::ReinstateArgs),
     /// Show or change the pool of a running agent.
     Pool(cli::PoolArgs),
+    /// Write the man pages and shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Flags override the config file (`--config`, default /etc/connmon/connmon.toml if it exists).
@@ -140,6 +146,11 @@ fn main() -> ExitCode {
         Command::Evict(args) => cli::evict(&args),
         Command::Reinstate(args) => cli::reinstate(&args),
         Command::Pool(args) => cli::pool(&args),
+        Command::GenerateAssets { out } => {
+            monitor::assets::write(<Cli as clap::CommandFactory>::command(), &out)
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -206,6 +206,22 @@ impl Agent {
     pub fn start_with(extra_args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
         let mut cmd = Command::new(connmon_bin());
         configure(&mut cmd);
+        Self::start_command(cmd, extra_args)
+    }
+
+    /// [`Agent::start`] through a wrapper command: `wrapper[0] wrapper[1..] run ...`
+    /// (e.g. `setpriv ... connmon`, or `podman run ... image`). An empty wrapper runs
+    /// [`connmon_bin`] directly.
+    pub fn start_wrapped(wrapper: &[String], extra_args: &[&str]) -> Self {
+        let Some((program, args)) = wrapper.split_first() else {
+            return Self::start(extra_args);
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Self::start_command(cmd, extra_args)
+    }
+
+    fn start_command(mut cmd: Command, extra_args: &[&str]) -> Self {
         cmd.args(["run", "--output", "json"]).args(extra_args);
         if !extra_args.contains(&"--checks") {
             cmd.args(["--checks", "off"]);

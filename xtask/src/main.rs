@@ -3,7 +3,10 @@
 
 mod bench;
 mod build;
+mod image;
 mod kernels;
+mod package;
+mod pytools;
 mod run;
 mod setup;
 mod test;
@@ -35,6 +38,11 @@ enum Command {
     Kernels(kernels::Options),
     /// Measure overhead, throughput, detection latency, memory and start-up (BENCHMARKS.md).
     Bench(bench::Options),
+    /// Build the .deb (binary, unit, config, man pages, completions) and the Python
+    /// client's wheel into target/package/.
+    Package(package::Options),
+    /// Build the container image localhost/connmon:<version> (FROM scratch, static musl).
+    Image(image::Options),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +53,8 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
         Command::Kernels(opts) => kernels::run(&opts),
+        Command::Package(opts) => package::run(&opts),
+        Command::Image(opts) => image::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -255,6 +255,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("python3", "python3"),
     ("haproxy", "haproxy"),
+    // Service tests (tests/tests/service.rs): the .deb, the image, systemd in a
+    // container (podman with runc: crun refuses this host's hybrid cgroups), the unit's
+    // offline checks, and the least-privilege runs.
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("systemd-analyze", "systemd"),
     // `setpriv`/`unshare`: the evidence tests act as an unprivileged user in a private
     // user + network namespace (util-linux is Essential on Debian; named for clarity).
     ("setpriv", "util-linux"),

@@ -6,6 +6,9 @@
 //! is passed, the kernel matrix (`cargo xtask kernels`, see kernels.rs) runs the
 //! kernel-facing root tests inside Debian's 6.1 and 6.12 kernels. The last line printed
 //! is a plain `total: N passed, M failed` over the host run and the matrix.
+//!
+//! The `.deb`, the container image and the Python tools venv are built before the
+//! tests run (`tests/tests/service.rs` installs and runs them).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -14,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{bench, build, kernels, run::is_root, setup};
+use crate::{bench, build, image, kernels, package, pytools, run::is_root, setup};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -48,6 +51,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         })
     };
     let bin = build::build_agent(&toolchain, false)?;
+    // What tests/tests/service.rs installs and runs: built once here, reused by the tests.
+    let packaged = package::build_all(&toolchain)?;
+    let image = image::build(&toolchain)?;
+    let tools_venv = pytools::ensure_venv()?;
     let root = build::workspace_root();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
@@ -61,7 +68,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ])
         .args(&opts.args)
         .env("PATH", toolchain.path_env())
-        .env("CONNMON_BIN", &bin);
+        .env("CONNMON_BIN", &bin)
+        .env("CONNMON_DEB", &packaged.deb)
+        .env("CONNMON_IMAGE", &image)
+        .env("CONNMON_TOOLS_VENV", &tools_venv);
     let (tests_result, host) = run_nextest(&mut cmd);
     let run_matrix = !opts.no_kernels && opts.args.is_empty();
     let matrix_result = if run_matrix {
