@@ -63,6 +63,9 @@ struct RunArgs {
     /// Export spans and metrics over OTLP to this collector URL (see docs/telemetry.md).
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Where ejections are kept across restarts [default: /var/lib/connmon/state.json].
     #[arg(long)]
     state_file: Option<PathBuf>,
@@ -100,6 +103,9 @@ impl RunArgs {
         }
         if let Some(p) = &self.socket {
             a.socket = p.clone();
+        }
+        if let Some(addr) = self.metrics {
+            config.agent.metrics = Some(addr);
         }
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod haproxy;
 pub mod json;
+pub mod prometheus;
 pub mod stdout;
