@@ -213,6 +213,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("python3", "python3"),
     ("haproxy", "haproxy"),
+    // tests/tests/prometheus.rs: a real Prometheus scrapes `connmon run --metrics`.
+    ("prometheus", "prometheus"),
+    // tests/tests/top.rs: drives `connmon top` in a terminal.
+    ("tmux", "tmux"),
 ];
 
 fn ensure_packages() -> anyhow::Result<()> {
