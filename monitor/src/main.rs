@@ -25,6 +25,8 @@ enum Command {
     Watch(cli::WatchArgs),
     /// Show the agent's destinations: state, failure ratio, handshake times, ejections.
     Status(cli::StatusArgs),
+    /// Live full-screen view of the agent's destinations (q quits).
+    Top(cli::top::TopArgs),
     /// Eject a destination by hand.
     Evict(cli::EvictArgs),
     /// Lift an ejection by hand.
@@ -139,6 +141,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Watch(args) => cli::watch(&args),
         Command::Status(args) => cli::status(&args),
+        Command::Top(args) => cli::top::top(&args),
         Command::Evict(args) => cli::evict(&args),
         Command::Reinstate(args) => cli::reinstate(&args),
         Command::Pool(args) => cli::pool(&args),

@@ -3,6 +3,7 @@
 //! short-lived and sequential, so they use a blocking `std` socket.
 
 pub mod render;
+pub mod top;
 
 use std::{
     io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
@@ -158,6 +159,15 @@ pub struct StatusArgs {
     /// Print the snapshot as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Sort destinations by this column (largest first).
+    #[arg(long, value_enum, default_value_t = top::SortKey::Destination)]
+    pub sort: top::SortKey,
+    /// Only pool members (role proxy).
+    #[arg(long)]
+    pub proxies_only: bool,
+    /// Only destinations that failed or are not healthy.
+    #[arg(long)]
+    pub failing_only: bool,
 }
 
 /// `connmon evict`.
@@ -266,6 +276,13 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     if let Value::Object(map) = &mut snapshot {
         map.remove("id");
     }
+    let view = top::View {
+        sort: args.sort,
+        proxies_only: args.proxies_only,
+        failing_only: args.failing_only,
+    };
+    let selected: Vec<Value> = top::select(&snapshot, &view).into_iter().cloned().collect();
+    snapshot["destinations"] = Value::Array(selected);
     if args.json {
         println!("{snapshot}");
     } else {

@@ -130,9 +130,7 @@ pub fn status_table(snapshot: &Value) -> String {
             s(&d["role"]).to_owned(),
             s(&d["state"]).to_owned(),
             d["attempts"].to_string(),
-            d["failure_ratio"]
-                .as_f64()
-                .map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
+            super::top::failure_ratio(d).map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
             micros(&d["handshake_p50_us"]),
             micros(&d["handshake_p99_us"]),
             d["ejected_until"].as_str().unwrap_or("-").to_owned(),
@@ -175,7 +173,7 @@ mod tests {
         let snap = json!({"tracked": 2, "ejected": 1, "max_ejected": 1, "local_outage": false, "destinations": [
             {"dst": "10.0.0.1:80", "role": "proxy", "state": "ejected", "attempts": 12, "failure_ratio": 0.5,
              "handshake_p50_us": 1500, "handshake_p99_us": null, "ejected_until": "2026-11-24T01:00:00Z"},
-            {"dst": "[2001:db8::1]:3128", "role": "target", "state": "healthy", "attempts": 3, "failure_ratio": null,
+            {"dst": "[2001:db8::1]:3128", "role": "target", "state": "healthy", "attempts": 3, "failure_ratio": null, "outcomes": {"established": 3},
              "handshake_p50_us": 80, "handshake_p99_us": 2_500_000, "ejected_until": null}
         ]});
         let table = status_table(&snap);
@@ -193,7 +191,7 @@ mod tests {
         assert!(lines[2].starts_with("10.0.0.1:80         proxy   ejected        12    50%  1.5ms      -  2026-11-24T01:00:00Z"), "{table}");
         assert!(
             lines[3].starts_with(
-                "[2001:db8::1]:3128  target  healthy         3      -   80µs  2.50s  -"
+                "[2001:db8::1]:3128  target  healthy         3     0%   80µs  2.50s  -"
             ),
             "{table}"
         );
