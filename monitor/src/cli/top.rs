@@ -23,7 +23,7 @@ use ratatui::{
     layout::{Constraint, Layout},
     style::{Color, Modifier, Style},
     text::{Line, Span},
-    widgets::{Paragraph, Row, Table},
+    widgets::{Paragraph, Row, Table, Wrap},
 };
 use serde_json::{Value, json};
 
@@ -484,7 +484,7 @@ fn draw(frame: &mut Frame, state: &mut State) {
         }
         (None, None) => lines.push(Line::from("connecting…")),
     }
-    frame.render_widget(Paragraph::new(lines), header);
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }), header);
 
     if let Some(snap) = &state.snapshot {
         let rows = select(snap, &state.view);
