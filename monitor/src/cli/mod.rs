@@ -230,6 +230,7 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
     }
     client.request(subscribe)?;
     let pretty = !args.json && std::io::stdout().is_terminal();
+    let palette = crate::sinks::text::Palette::new(crate::sinks::text::colour_wanted(pretty));
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut seen = 0u64;
@@ -254,7 +255,7 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
             continue;
         }
         let line = if pretty {
-            render::pretty(&msg)
+            render::pretty(&msg, &palette)
         } else {
             msg.to_string()
         };

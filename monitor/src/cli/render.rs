@@ -6,83 +6,62 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-const RESET: &str = "\x1b[0m";
-const RED: &str = "\x1b[31m";
-const GREEN: &str = "\x1b[32m";
-const YELLOW: &str = "\x1b[33m";
-const MAGENTA: &str = "\x1b[35m";
-const DIM: &str = "\x1b[2m";
-const BOLD: &str = "\x1b[1m";
+use crate::sinks::text::{Palette, decision_line};
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
-/// `HH:MM:SS.mmm` of an RFC 3339 `ts`.
-fn clock(v: &Value) -> &str {
-    v["ts"]
-        .as_str()
-        .and_then(|ts| ts.get(11..23))
-        .unwrap_or("            ")
-}
-
-/// One line for a terminal, coloured by what happened.
-pub fn pretty(v: &Value) -> String {
-    let t = clock(v);
+/// One line for a terminal, coloured by what happened when `palette` has colours
+/// (decisions as in `connmon run --output text`).
+pub fn pretty(v: &Value, palette: &Palette) -> String {
+    if let Some(line) = decision_line(v, palette) {
+        return line;
+    }
+    let Palette {
+        reset,
+        red,
+        green,
+        yellow,
+        dim,
+        ..
+    } = *palette;
+    let t = crate::sinks::text::clock(&v["ts"]);
     match v["type"].as_str().unwrap_or_default() {
         "connect" => {
             let outcome = s(&v["outcome"]);
-            let colour = if outcome == "established" { GREEN } else { RED };
+            let colour = if outcome == "established" { green } else { red };
+            let container = v["container"]
+                .as_str()
+                .map(|c| format!(" [{c}]"))
+                .unwrap_or_default();
             format!(
-                "{DIM}{t}{RESET} connect  {colour}{outcome:<11}{RESET} {} {DIM}{}{RESET} {}µs {} pid {} errno {}",
+                "{dim}{t}{reset} connect   {colour}{outcome:<11}{reset} {:<22} {dim}{:<6}{reset} {:>8} {}/{}{container} errno {}",
                 s(&v["dst"]),
                 s(&v["role"]),
-                v["duration_us"],
+                v["duration_us"]
+                    .as_u64()
+                    .map_or("-".into(), |us| format!("{us}µs")),
                 s(&v["comm"]),
                 v["tgid"],
                 v["errno"]
             )
         }
         "syn_retransmit" => format!(
-            "{DIM}{t}{RESET} {YELLOW}syn_retransmit{RESET} {} {DIM}{}{RESET} #{} after {}µs {}",
-            s(&v["dst"]),
-            s(&v["role"]),
+            "{dim}{t}{reset} {yellow}SYN retx{reset}  #{} {:<22} {dim}{:<6}{reset} after {}µs {}/{}",
             v["retransmits"],
+            s(&v["dst"]),
+            s(&v["role"]),
             v["since_syn_us"],
-            s(&v["comm"])
-        ),
-        "evict" => format!(
-            "{DIM}{t}{RESET} {BOLD}{RED}EVICT{RESET}     {} {DIM}{}{RESET} reason {} for {}ms until {} ({} attempts)",
-            s(&v["dst"]),
-            s(&v["role"]),
-            s(&v["reason"]),
-            v["ejection"]["duration_ms"],
-            s(&v["ejection"]["until"]),
-            v["evidence"]["attempts"]
-        ),
-        "reinstate" => format!(
-            "{DIM}{t}{RESET} {BOLD}{GREEN}REINSTATE{RESET} {} after {}ms",
-            s(&v["dst"]),
-            v["ejected_ms"]
-        ),
-        "suspect" => format!(
-            "{DIM}{t}{RESET} {YELLOW}suspect{RESET}   {} {DIM}{}{RESET} {} SYN retransmits",
-            s(&v["dst"]),
-            s(&v["role"]),
-            v["syn_retransmits"]
-        ),
-        "diagnosis" => format!(
-            "{DIM}{t}{RESET} {MAGENTA}diagnosis{RESET} {} {}: {}",
-            s(&v["kind"]),
-            v["dst"].as_str().unwrap_or(""),
-            s(&v["hint"])
+            s(&v["comm"]),
+            v["tgid"]
         ),
         "stats" => format!(
-            "{DIM}{t} stats events={} refused={} timeout={} lost_events={}{RESET}",
+            "{dim}{t} stats events={} refused={} timeout={} lost_events={}{reset}",
             v["events"], v["outcomes"]["refused"], v["outcomes"]["timeout"], v["lost_events"]
         ),
         "lagged" => format!(
-            "{YELLOW}missed {} events: this terminal read too slowly{RESET}",
+            "{yellow}missed {} events: this terminal read too slowly{reset}",
             v["missed"]
         ),
         _ => v.to_string(),
@@ -202,6 +181,7 @@ mod tests {
         let line = pretty(
             &json!({"type": "evict", "ts": "2026-11-24T00:40:33.989297959Z", "dst": "10.0.0.1:80", "role": "proxy",
             "reason": "refused", "ejection": {"duration_ms": 30000, "until": "x"}, "evidence": {"attempts": 1}}),
+            &Palette::new(false),
         );
         assert!(
             line.contains("00:40:33.989") && line.contains("EVICT") && line.contains("10.0.0.1:80"),

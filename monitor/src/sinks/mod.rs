@@ -5,3 +5,4 @@ pub mod haproxy;
 pub mod json;
 pub mod prometheus;
 pub mod stdout;
+pub mod text;
