@@ -149,7 +149,7 @@ fn prometheus_scrapes_the_endpoint_and_counts_the_refused_connects() {
     // Room for every destination other tests on the host may be failing meanwhile.
     std::fs::write(
         &config,
-        "[agent]\nmetrics_destinations = 5000\n[policy]\nmax_ejection_percent = 100\n",
+        "[agent]\nmetrics_destinations = 5000\n[policy]\nmax_ejection_percent = 100\noutage_min_destinations = 0\n",
     )
     .expect("config");
     let mut agent = Agent::start(&[

@@ -23,16 +23,21 @@ struct Tmux {
 impl Tmux {
     /// Starts `connmon top ARGS` in an 80×24 window.
     fn start(tag: &str, args: &[&str]) -> Self {
+        let mut command = vec![connmon_bin().display().to_string(), "top".to_owned()];
+        command.extend(args.iter().map(|a| (*a).to_owned()));
+        Self::run(tag, &command.join(" "), 80)
+    }
+
+    /// Runs a shell command line in a `width`×24 window.
+    fn run(tag: &str, command: &str, width: u16) -> Self {
         let tmux = Tmux {
             socket: format!("connmon-test-{tag}-{}", std::process::id()),
         };
-        let mut command = vec![connmon_bin().display().to_string(), "top".to_owned()];
-        command.extend(args.iter().map(|a| (*a).to_owned()));
         let status = Command::new("tmux")
             .args(["-L", &tmux.socket, "-f", "/dev/null", "new-session", "-d"])
-            .args(["-s", "top", "-x", "80", "-y", "24"])
+            .args(["-s", "top", "-x", &width.to_string(), "-y", "24"])
             .env("TERM", "xterm-256color")
-            .arg(command.join(" "))
+            .arg(command)
             .status()
             .expect("tmux (Debian package `tmux`, installed by cargo xtask setup)");
         assert!(status.success(), "tmux new-session failed");
@@ -52,8 +57,14 @@ impl Tmux {
     }
 
     fn capture(&self) -> String {
+        self.capture_with(&[])
+    }
+
+    /// The screen; with `-e`, its colour escape sequences too.
+    fn capture_with(&self, flags: &[&str]) -> String {
         let out = Command::new("tmux")
             .args(["-L", &self.socket, "capture-pane", "-p", "-t", "top"])
+            .args(flags)
             .output()
             .expect("tmux capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -119,12 +130,15 @@ fn top_shows_failing_pool_members_and_answers_its_keys() {
     let ns = Netns::new("top");
     let refused_port = closed_port("127.0.0.1");
     let refused = format!("127.0.0.1:{refused_port}");
-    let blackholed = format!("{BLACKHOLE_V4}:80");
+    // A port of its own: other tests' namespaces use the same addresses, and the
+    // tracepoints see every namespace.
+    let bh_port = 20_000 + (std::process::id() % 20_000) as u16;
+    let blackholed = format!("{BLACKHOLE_V4}:{bh_port}");
     let dir = scratch_dir("top");
     let config = dir.join("connmon.toml");
     std::fs::write(
         &config,
-        format!("[policy]\npool = [\"{refused}\", \"{blackholed}\"]\nmax_ejection_percent = 100\n"),
+        format!("[policy]\npool = [\"{refused}\", \"{blackholed}\"]\nmax_ejection_percent = 100\noutage_min_destinations = 0\n"),
     )
     .expect("config");
     let socket = dir.join("connmon.sock");
@@ -143,7 +157,7 @@ fn top_shows_failing_pool_members_and_answers_its_keys() {
         TcpStream::connect(("127.0.0.1", refused_port)).expect_err("nothing listens");
     }
     ns.run("scraper", move || {
-        let dst: SocketAddr = format!("{BLACKHOLE_V4}:80").parse().unwrap();
+        let dst: SocketAddr = format!("{BLACKHOLE_V4}:{bh_port}").parse().unwrap();
         // tcp_syn_retries=1 in the namespace: the kernel gives up after ~3 s.
         TcpStream::connect_timeout(&dst, Duration::from_secs(10))
             .expect_err("blackholed member never answers");
@@ -233,4 +247,65 @@ fn top_says_when_no_agent_is_running() {
         assert!(Instant::now() < deadline, "q did not quit");
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn watch_on_a_terminal_prints_decisions_as_columns_and_honours_no_color() {
+    require_root();
+    let dir = scratch_dir("watch-tty");
+    let config = dir.join("connmon.toml");
+    // Other tests' failures on the host must not look like a local outage here.
+    std::fs::write(
+        &config,
+        "[policy]\nmax_ejection_percent = 100\noutage_min_destinations = 0\n",
+    )
+    .expect("config");
+    let socket = dir.join("connmon.sock");
+    let _agent = Agent::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    let watch = |env: &str| {
+        format!(
+            "env {env} {} watch --types evict --socket {}",
+            connmon_bin().display(),
+            socket.display()
+        )
+    };
+    let coloured = Tmux::run("watch-colour", &watch("TERM=xterm"), 200);
+    let plain = Tmux::run("watch-plain", &watch("NO_COLOR=1"), 200);
+    // Both subscriptions are in place before the connect.
+    thread::sleep(Duration::from_millis(1500));
+    let port = closed_port("127.0.0.1");
+    let dst = format!("127.0.0.1:{port}");
+    TcpStream::connect(("127.0.0.1", port)).expect_err("nothing listens");
+    let line_of = |screen: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains(&dst))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let screen = plain.wait_for("the EVICT line", |s| s.contains(&dst));
+    let line = line_of(&screen);
+    for part in [
+        "EVICT",
+        "refused",
+        "reject",
+        "#1",
+        "1/1 failed (1 refused)",
+        "detect",
+    ] {
+        assert!(line.contains(part), "{part:?} missing in {line:?}");
+    }
+    assert!(
+        !line.contains('{'),
+        "a decision is columns, not a JSON blob: {line}"
+    );
+    coloured.wait_for("the EVICT line", |s| s.contains(&dst));
+    let escapes = |t: &Tmux| line_of(&t.capture_with(&["-e"])).matches('\x1b').count();
+    assert!(escapes(&coloured) > 0, "colours on a terminal");
+    assert_eq!(escapes(&plain), 0, "no colours with NO_COLOR");
 }
