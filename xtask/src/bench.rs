@@ -101,6 +101,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         bail!("the benchmarks load eBPF programs: run `sudo -E cargo xtask bench`");
     }
     let toolchain = setup::run(&setup::Options::default())?;
+    setup::say(
+        "bench: peer tools (bpftrace, libbpf-tools) and a release build of connmon and the load generator",
+    );
     setup::ensure_debian(&[
         ("bpftrace", "bpftrace"),
         ("tcpstates", "libbpf-tools"),
@@ -147,12 +150,27 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "full"
         }
     );
-    overhead(&env, &plan, &mut report)?;
-    ingest(&env, &plan, &mut report)?;
-    latency(&env, &plan, &mut report)?;
-    blackhole(&env, &plan, &mut report)?;
-    memory(&env, &plan, &mut report)?;
-    startup(&env, &plan, &mut report)?;
+    type Section = fn(&Env, &Plan, &mut String) -> anyhow::Result<()>;
+    let sections: [(&str, Section); 6] = [
+        (
+            "connect overhead vs untraced, tcpstates, bpftrace",
+            overhead,
+        ),
+        ("ingest and loss per ring-buffer size", ingest),
+        ("detection latency under load", latency),
+        ("a blackholed node", blackhole),
+        ("memory", memory),
+        ("start-up", startup),
+    ];
+    for (i, (name, section)) in sections.iter().enumerate() {
+        setup::say(format!(
+            "bench {}/{}: {name} ({:.0} s so far)",
+            i + 1,
+            sections.len(),
+            started.elapsed().as_secs_f64()
+        ));
+        section(&env, &plan, &mut report)?;
+    }
     let _ = writeln!(
         report,
         "Total bench time: {:.0} s.",

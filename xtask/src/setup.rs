@@ -64,13 +64,43 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {
-    ensure_nightly()?;
-    let bpf_linker_dir = ensure_bpf_linker()?;
-    ensure_nextest()?;
+    let started = std::time::Instant::now();
+    let of = if opts.no_packages { 3 } else { 4 };
+    step(1, of, "nightly toolchain with rust-src", ensure_nightly)?;
+    let bpf_linker_dir = step(2, of, "bpf-linker for nightly's LLVM", ensure_bpf_linker)?;
+    step(3, of, "cargo-nextest", ensure_nextest)?;
     if !opts.no_packages {
-        ensure_packages()?;
+        step(4, of, "Debian packages for the tests", ensure_packages)?;
+    }
+    if started.elapsed() > SLOW_STEP {
+        say(format!(
+            "set-up done in {:.0} s",
+            started.elapsed().as_secs_f64()
+        ));
     }
     Ok(Toolchain { bpf_linker_dir })
+}
+
+/// A set-up step that takes longer than this reports how long it took.
+const SLOW_STEP: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs set-up step `n` of `of`; a failure names the step, a slow step its duration
+/// (the steps themselves say what they install, and only when they install something).
+fn step<T>(
+    n: usize,
+    of: usize,
+    what: &str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let started = std::time::Instant::now();
+    let out = f().with_context(|| format!("set-up step {n}/{of} ({what})"))?;
+    if started.elapsed() > SLOW_STEP {
+        say(format!(
+            "set-up {n}/{of}: {what} ready after {:.0} s",
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(out)
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
