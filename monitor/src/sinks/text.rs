@@ -70,7 +70,7 @@ pub fn clock(ts: &Value) -> &str {
 /// `850µs`, `12.3ms`, `30.6s`, `5m0s`.
 pub fn duration_ms(ms: u64) -> String {
     match ms {
-        0..=59_999 if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        0..=59_999 if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
         0..=59_999 => format!("{:.1}s", ms as f64 / 1e3),
         _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000),
     }
