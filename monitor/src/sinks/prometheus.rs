@@ -333,6 +333,22 @@ impl Metrics {
     fn on_snapshot(&self, snapshot: &PolicySnapshot, series: &mut DestinationSeries) {
         self.tracked.set(snapshot.tracked as i64);
         self.ejected.set(snapshot.ejected as i64);
+        // Reinstatements this consumer missed (it lagged behind the bus).
+        let ejected_now: std::collections::HashSet<SocketAddr> = snapshot
+            .destinations
+            .iter()
+            .filter(|d| d.ejected_until.is_some())
+            .map(|d| d.dst)
+            .collect();
+        for (dst, role) in series.ejected_except(&ejected_now) {
+            series.set_ejected(dst, role, false);
+            self.dst_ejected
+                .get_or_create(&DestinationLabels {
+                    dst: dst.to_string(),
+                    role: role_str(role),
+                })
+                .set(0);
+        }
         // Ejections restored from the state file were never on the bus.
         for d in snapshot
             .destinations
@@ -458,6 +474,18 @@ impl DestinationSeries {
                 ejected: false,
             },
         )
+    }
+
+    /// Destinations marked ejected that are not in `ejected`.
+    fn ejected_except(
+        &self,
+        ejected: &std::collections::HashSet<SocketAddr>,
+    ) -> Vec<(SocketAddr, Role)> {
+        self.entries
+            .iter()
+            .filter(|(dst, e)| e.ejected && !ejected.contains(*dst))
+            .map(|(dst, e)| (*dst, e.role))
+            .collect()
     }
 
     /// `dst` was ejected or reinstated.
