@@ -56,12 +56,13 @@ def main() -> None:
     start = end - args.minutes * 60
     panels = dash["panels"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    fig = plt.figure(figsize=(16, rows * 0.36), dpi=80)
-    fig.suptitle("connmon — deploy/grafana/connmon.json panels (rendered with matplotlib)", fontsize=12)
-    grid = fig.add_gridspec(rows, 24, hspace=4, wspace=2)
+    fig = plt.figure(figsize=(16, rows * 0.4), dpi=80)
+    fig.suptitle("connmon — deploy/grafana/connmon.json panels (rendered with matplotlib)", fontsize=12, y=0.995)
+    grid = fig.add_gridspec(rows, 24, hspace=0.3, wspace=2, top=0.96, bottom=0.02)
     for panel in panels:
         g = panel["gridPos"]
-        ax = fig.add_subplot(grid[g["y"] : g["y"] + g["h"], g["x"] : g["x"] + g["w"]])
+        # The last grid row of each panel is the gap for the next panel's title.
+        ax = fig.add_subplot(grid[g["y"] : g["y"] + g["h"] - 2, g["x"] : g["x"] + g["w"]])
         ax.set_title(panel["title"], fontsize=10, loc="left")
         if panel["type"] == "table":
             ax.axis("off")
@@ -93,7 +94,9 @@ def main() -> None:
         if unit:
             ax.set_ylabel({"cps": "per second", "s": "seconds"}.get(unit, ""), fontsize=8)
         if drawn:
-            ax.legend(fontsize=7, loc="upper left", ncol=2)
+            handles, labels = ax.get_legend_handles_labels()
+            # topk() over a range names more series than it shows at any one time.
+            ax.legend(handles[:8], labels[:8], fontsize=7, loc="upper left", ncol=2)
     fig.savefig(args.out, bbox_inches="tight")
     print(f"wrote {args.out}")
 
