@@ -308,4 +308,52 @@ fn watch_on_a_terminal_prints_decisions_as_columns_and_honours_no_color() {
     let escapes = |t: &Tmux| line_of(&t.capture_with(&["-e"])).matches('\x1b').count();
     assert!(escapes(&coloured) > 0, "colours on a terminal");
     assert_eq!(escapes(&plain), 0, "no colours with NO_COLOR");
+
+    // `connmon status`: an ejected destination that failed 1 of 1 is 100% (the ejection
+    // cleared its ratio window), and the filters and sort apply.
+    let status = Command::new(connmon_bin())
+        .args(["status", "--failing-only", "--sort", "failures", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("connmon status");
+    let table = String::from_utf8_lossy(&status.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&dst))
+        .unwrap_or_else(|| panic!("no row for {dst}:\n{table}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[1..5], ["proxy", "ejected", "1", "100%"], "{row}");
+    let json = Command::new(connmon_bin())
+        .args([
+            "status",
+            "--json",
+            "--failing-only",
+            "--sort",
+            "failures",
+            "--socket",
+        ])
+        .arg(&socket)
+        .output()
+        .expect("connmon status --json");
+    let snap: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let dsts = snap["destinations"].as_array().expect("destinations");
+    assert!(
+        dsts.iter().any(|d| d["dst"] == dst.as_str()),
+        "{dst} in --failing-only"
+    );
+    let failures = |d: &serde_json::Value| {
+        ["refused", "reset", "timeout", "abandoned", "unreachable"]
+            .iter()
+            .map(|k| d["outcomes"][*k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert!(
+        dsts.iter()
+            .all(|d| d["state"] != "healthy" || failures(d) > 0),
+        "--failing-only shows only failing destinations: {snap}"
+    );
+    assert!(
+        dsts.windows(2).all(|w| failures(&w[0]) >= failures(&w[1])),
+        "sorted by failures: {snap}"
+    );
 }

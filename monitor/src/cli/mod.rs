@@ -159,9 +159,9 @@ pub struct StatusArgs {
     /// Print the snapshot as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Sort destinations by this column (largest first).
-    #[arg(long, value_enum, default_value_t = top::SortKey::Destination)]
-    pub sort: top::SortKey,
+    /// Sort destinations by this column, largest first [default: by address].
+    #[arg(long, value_enum)]
+    pub sort: Option<top::SortKey>,
     /// Only pool members (role proxy).
     #[arg(long)]
     pub proxies_only: bool,
@@ -278,11 +278,15 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         map.remove("id");
     }
     let view = top::View {
-        sort: args.sort,
+        sort: args.sort.unwrap_or(top::SortKey::Destination),
         proxies_only: args.proxies_only,
         failing_only: args.failing_only,
     };
-    let selected: Vec<Value> = top::select(&snapshot, &view).into_iter().cloned().collect();
+    let mut rows = top::filter(&snapshot, &view);
+    if let Some(key) = args.sort {
+        top::sort(&mut rows, key);
+    }
+    let selected: Vec<Value> = rows.into_iter().cloned().collect();
     snapshot["destinations"] = Value::Array(selected);
     if args.json {
         println!("{snapshot}");

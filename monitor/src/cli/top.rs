@@ -110,15 +110,29 @@ pub fn failure_ratio(d: &Value) -> Option<f64> {
 
 /// The destinations of a snapshot that pass `view`'s filters, in its order.
 pub fn select<'a>(snapshot: &'a Value, view: &View) -> Vec<&'a Value> {
-    let mut rows: Vec<&Value> = snapshot["destinations"]
+    let mut rows = filter(snapshot, view);
+    sort(&mut rows, view.sort);
+    rows
+}
+
+/// The destinations that pass `view`'s filters, in the agent's order (by address).
+pub fn filter<'a>(snapshot: &'a Value, view: &View) -> Vec<&'a Value> {
+    snapshot["destinations"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|d| !view.proxies_only || d["role"] == "proxy")
         .filter(|d| !view.failing_only || failures(d) > 0 || d["state"] != "healthy")
-        .collect();
-    let dst = |d: &Value| d["dst"].as_str().unwrap_or_default().to_owned();
-    match view.sort {
+        .collect()
+}
+
+/// Sorts rows by `key`, largest first (addresses ascending).
+pub fn sort(rows: &mut [&Value], key: SortKey) {
+    let dst = |d: &Value| {
+        let text = d["dst"].as_str().unwrap_or_default();
+        (text.parse::<std::net::SocketAddr>().ok(), text.to_owned())
+    };
+    match key {
         SortKey::Failures => rows.sort_by(|a, b| {
             (failures(b), b["state"] == "ejected")
                 .cmp(&(failures(a), a["state"] == "ejected"))
@@ -134,7 +148,6 @@ pub fn select<'a>(snapshot: &'a Value, view: &View) -> Vec<&'a Value> {
         SortKey::P99 => rows.sort_by_key(|d| std::cmp::Reverse(d["handshake_p99_us"].as_u64())),
         SortKey::Destination => rows.sort_by_key(|d| dst(d)),
     }
-    rows
 }
 
 /// 12, 1.2k, 12k, 1.2M: counts in at most 5 characters.
