@@ -57,6 +57,7 @@ use crate::{
     control::Control,
     export::metrics::{DURATION_BUCKETS, DropReason, Tally},
     policy::{PolicySnapshot, Role, decision::Decision},
+    source::event::Outcome,
 };
 
 /// The OpenMetrics content type Prometheus asks for and understands.
@@ -139,6 +140,10 @@ pub struct Metrics {
     dst_dropped: Counter,
     /// Last cumulative `lost_events` seen in a `stats` message.
     last_lost: u64,
+    /// Handles of the hot counters, so that a connect costs no label hashing: by
+    /// (outcome, role), and per tracked destination by outcome.
+    attempt_handles: HashMap<(Outcome, Role), Counter>,
+    dst_handles: HashMap<SocketAddr, [Option<Counter>; Outcome::ALL.len()]>,
 }
 
 impl Metrics {
@@ -160,6 +165,8 @@ impl Metrics {
             dst_ejected: Family::default(),
             dst_dropped: Counter::default(),
             last_lost: 0,
+            attempt_handles: HashMap::new(),
+            dst_handles: HashMap::new(),
         };
         registry.register(
             "build",
@@ -246,10 +253,14 @@ impl Metrics {
         match &msg.payload {
             Payload::Connect(c) => {
                 let r = role_str(role);
-                self.attempts
-                    .get_or_create(&AttemptLabels {
-                        outcome: c.outcome.as_str(),
-                        role: r,
+                let attempts = &self.attempts;
+                self.attempt_handles
+                    .entry((c.outcome, role))
+                    .or_insert_with(|| {
+                        attempts.get_or_create_owned(&AttemptLabels {
+                            outcome: c.outcome.as_str(),
+                            role: r,
+                        })
                     })
                     .inc();
                 if !c.outcome.is_failure() {
@@ -260,11 +271,14 @@ impl Metrics {
                 let admission = series.touch(c.dst, role, c.outcome.is_failure());
                 self.apply(&admission);
                 if admission.tracked {
-                    self.dst_attempts
-                        .get_or_create(&DestinationOutcomeLabels {
-                            dst: c.dst.to_string(),
-                            role: r,
-                            outcome: c.outcome.as_str(),
+                    let family = &self.dst_attempts;
+                    self.dst_handles.entry(c.dst).or_default()[c.outcome as usize]
+                        .get_or_insert_with(|| {
+                            family.get_or_create_owned(&DestinationOutcomeLabels {
+                                dst: c.dst.to_string(),
+                                role: r,
+                                outcome: c.outcome.as_str(),
+                            })
                         })
                         .inc();
                 }
@@ -313,14 +327,15 @@ impl Metrics {
     }
 
     /// Removes the series of a destination pushed out of the bounded set.
-    fn apply(&self, admission: &Admission) {
+    fn apply(&mut self, admission: &Admission) {
         let Some((dst, role)) = admission.dropped else {
             return;
         };
         self.dst_dropped.inc();
+        self.dst_handles.remove(&dst);
         let dst = dst.to_string();
         let role = role_str(role);
-        for outcome in crate::source::event::Outcome::ALL {
+        for outcome in Outcome::ALL {
             self.dst_attempts.remove(&DestinationOutcomeLabels {
                 dst: dst.clone(),
                 role,
@@ -330,7 +345,7 @@ impl Metrics {
         self.dst_ejected.remove(&DestinationLabels { dst, role });
     }
 
-    fn on_snapshot(&self, snapshot: &PolicySnapshot, series: &mut DestinationSeries) {
+    fn on_snapshot(&mut self, snapshot: &PolicySnapshot, series: &mut DestinationSeries) {
         self.tracked.set(snapshot.tracked as i64);
         self.ejected.set(snapshot.ejected as i64);
         // Reinstatements this consumer missed (it lagged behind the bus).
