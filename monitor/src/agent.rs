@@ -644,6 +644,7 @@ async fn spawn_consumers(
     crate::server::spawn(config, bus, control, shutdown, tasks).await?;
     crate::sinks::haproxy::spawn(config, bus, control, shutdown, tasks)?;
     crate::export::spawn(config, bus, control, shutdown, tasks)?;
+    crate::sinks::prometheus::spawn(config, bus, control, shutdown, tasks)?;
     Ok(())
 }
 

@@ -15,6 +15,8 @@
 //! max_clients = 64
 //! allowed_uids = [1000]                 # besides root: may send pool/evict/reinstate
 //! allowed_gids = []
+//! metrics = "127.0.0.1:9464"            # Prometheus /metrics endpoint (default: off)
+//! metrics_destinations = 100            # destinations with their own series on /metrics
 //!
 //! [policy]                              # see policy::config::PolicyConfig
 //! consecutive_refused = 1
@@ -29,6 +31,7 @@
 //! and what is allowed.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -91,6 +94,12 @@ pub struct AgentConfig {
     /// Peers (besides root) allowed to send pool/evict/reinstate, by uid or primary gid.
     pub allowed_uids: Vec<u32>,
     pub allowed_gids: Vec<u32>,
+    /// The Prometheus endpoint (`/metrics`, see `sinks::prometheus`); None: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
+    /// Destinations with their own series on `/metrics`: pool members first, then the
+    /// most failing; bounds the endpoint's cardinality.
+    pub metrics_destinations: usize,
 }
 
 impl Default for AgentConfig {
@@ -109,6 +118,8 @@ impl Default for AgentConfig {
             max_clients: 64,
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
+            metrics: None,
+            metrics_destinations: 100,
         }
     }
 }
@@ -185,6 +196,13 @@ impl Config {
             });
         }
         validate_socket(a)?;
+        if a.metrics_destinations > 10_000 {
+            return Err(ConfigFileError::Invalid {
+                key: "agent.metrics_destinations".into(),
+                value: a.metrics_destinations.to_string(),
+                allowed: "must be between 0 and 10000".into(),
+            });
+        }
         self.policy.validate()?;
         self.policy.pool_entries()?;
         self.checks

@@ -25,6 +25,8 @@ enum Command {
     Watch(cli::WatchArgs),
     /// Show the agent's destinations: state, failure ratio, handshake times, ejections.
     Status(cli::StatusArgs),
+    /// Live full-screen view of the agent's destinations (q quits).
+    Top(cli::top::TopArgs),
     /// Eject a destination by hand.
     Evict(cli::EvictArgs),
     /// Lift an ejection by hand.
@@ -69,6 +71,9 @@ struct RunArgs {
     /// Export spans and metrics over OTLP to this collector URL (see docs/telemetry.md).
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Where ejections are kept across restarts [default: /var/lib/connmon/state.json].
     #[arg(long)]
     state_file: Option<PathBuf>,
@@ -111,6 +116,9 @@ impl RunArgs {
         if let Some(p) = &self.socket {
             a.socket = p.clone();
         }
+        if let Some(addr) = self.metrics {
+            config.agent.metrics = Some(addr);
+        }
     }
 }
 
@@ -143,6 +151,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Watch(args) => cli::watch(&args),
         Command::Status(args) => cli::status(&args),
+        Command::Top(args) => cli::top::top(&args),
         Command::Evict(args) => cli::evict(&args),
         Command::Reinstate(args) => cli::reinstate(&args),
         Command::Pool(args) => cli::pool(&args),

@@ -127,6 +127,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         bail!("the benchmarks load eBPF programs: run `sudo -E cargo xtask bench`");
     }
     let toolchain = setup::run(&setup::Options::default())?;
+    setup::say(
+        "bench: peer tools (bpftrace, libbpf-tools) and a release build of connmon and the load generator",
+    );
     setup::ensure_debian(&[
         ("bpftrace", "bpftrace"),
         ("tcpstates", "libbpf-tools"),
@@ -173,16 +176,33 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "full"
         }
     );
-    // `CONNMON_BENCH_ONLY=checks`: section 7 alone (its figures in BENCHMARKS.md).
-    if std::env::var("CONNMON_BENCH_ONLY").as_deref() != Ok("checks") {
-        overhead(&env, &plan, &mut report)?;
-        ingest(&env, &plan, &mut report)?;
-        latency(&env, &plan, &mut report)?;
-        blackhole(&env, &plan, &mut report)?;
-        memory(&env, &plan, &mut report)?;
-        startup(&env, &plan, &mut report)?;
+    type Section = fn(&Env, &Plan, &mut String) -> anyhow::Result<()>;
+    let sections: [(&str, Section); 7] = [
+        (
+            "connect overhead vs untraced, tcpstates, bpftrace",
+            overhead,
+        ),
+        ("ingest and loss per ring-buffer size", ingest),
+        ("detection latency under load", latency),
+        ("a blackholed node", blackhole),
+        ("memory", memory),
+        ("start-up", startup),
+        (CHECKS_SECTION, checks::run),
+    ];
+    // `CONNMON_BENCH_ONLY=checks`: the handshake-checks section alone.
+    let only_checks = std::env::var("CONNMON_BENCH_ONLY").as_deref() == Ok("checks");
+    for (i, (name, section)) in sections.iter().enumerate() {
+        if only_checks && *name != CHECKS_SECTION {
+            continue;
+        }
+        setup::say(format!(
+            "bench {}/{}: {name} ({:.0} s so far)",
+            i + 1,
+            sections.len(),
+            started.elapsed().as_secs_f64()
+        ));
+        section(&env, &plan, &mut report)?;
     }
-    checks::run(&env, &plan, &mut report)?;
     let _ = writeln!(
         report,
         "Total bench time: {:.0} s.",
@@ -366,6 +386,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
+
+/// The name of the handshake-checks section (`CONNMON_BENCH_ONLY=checks` runs it alone).
+const CHECKS_SECTION: &str = "handshake checks";
 
 /// Counts connect outcomes (transitions out of SYN_SENT) per destination in a map and
 /// delivers nothing per event: the cheapest useful tracer.

@@ -68,13 +68,25 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {
+    let started = std::time::Instant::now();
+    let of = if opts.no_packages { 3 } else { 5 };
     let nightly = pinned_nightly()?;
-    ensure_nightly(&nightly)?;
-    let bpf_linker_dir = ensure_bpf_linker(&nightly)?;
-    ensure_nextest()?;
+    step(1, of, "pinned nightly toolchain with rust-src", || {
+        ensure_nightly(&nightly)
+    })?;
+    let bpf_linker_dir = step(2, of, "bpf-linker for nightly's LLVM", || {
+        ensure_bpf_linker(&nightly)
+    })?;
+    step(3, of, "cargo-nextest", ensure_nextest)?;
     if !opts.no_packages {
-        ensure_packages()?;
-        crate::kernels::ensure_tools()?;
+        step(4, of, "Debian packages for the tests", ensure_packages)?;
+        step(5, of, "kernel-matrix tools (virtme-ng)", crate::kernels::ensure_tools)?;
+    }
+    if started.elapsed() > SLOW_STEP {
+        say(format!(
+            "set-up done in {:.0} s",
+            started.elapsed().as_secs_f64()
+        ));
     }
     Ok(Toolchain { bpf_linker_dir })
 }
@@ -107,6 +119,28 @@ fn parse_pinned_nightly(manifest: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// A set-up step that takes longer than this reports how long it took.
+const SLOW_STEP: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs set-up step `n` of `of`; a failure names the step, a slow step its duration
+/// (the steps themselves say what they install, and only when they install something).
+fn step<T>(
+    n: usize,
+    of: usize,
+    what: &str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let started = std::time::Instant::now();
+    let out = f().with_context(|| format!("set-up step {n}/{of} ({what})"))?;
+    if started.elapsed() > SLOW_STEP {
+        say(format!(
+            "set-up {n}/{of}: {what} ready after {:.0} s",
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(out)
 }
 
 fn nightly_sysroot(nightly: &str) -> anyhow::Result<PathBuf> {
@@ -265,6 +299,10 @@ const PACKAGES: &[(&str, &str)] = &[
     // `setpriv`/`unshare`: the evidence tests act as an unprivileged user in a private
     // user + network namespace (util-linux is Essential on Debian; named for clarity).
     ("setpriv", "util-linux"),
+    // tests/tests/prometheus.rs: a real Prometheus scrapes `connmon run --metrics`.
+    ("prometheus", "prometheus"),
+    // tests/tests/top.rs: drives `connmon top` in a terminal.
+    ("tmux", "tmux"),
 ];
 
 fn ensure_packages() -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! short-lived and sequential, so they use a blocking `std` socket.
 
 pub mod render;
+pub mod top;
 
 use std::{
     io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
@@ -158,6 +159,15 @@ pub struct StatusArgs {
     /// Print the snapshot as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Sort destinations by this column, largest first [default: by address].
+    #[arg(long, value_enum)]
+    pub sort: Option<top::SortKey>,
+    /// Only pool members (role proxy).
+    #[arg(long)]
+    pub proxies_only: bool,
+    /// Only destinations that failed or are not healthy.
+    #[arg(long)]
+    pub failing_only: bool,
 }
 
 /// `connmon evict`.
@@ -220,6 +230,7 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
     }
     client.request(subscribe)?;
     let pretty = !args.json && std::io::stdout().is_terminal();
+    let palette = crate::sinks::text::Palette::new(crate::sinks::text::colour_wanted(pretty));
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut seen = 0u64;
@@ -244,7 +255,7 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
             continue;
         }
         let line = if pretty {
-            render::pretty(&msg)
+            render::pretty(&msg, &palette)
         } else {
             msg.to_string()
         };
@@ -266,6 +277,17 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     if let Value::Object(map) = &mut snapshot {
         map.remove("id");
     }
+    let view = top::View {
+        sort: args.sort.unwrap_or(top::SortKey::Destination),
+        proxies_only: args.proxies_only,
+        failing_only: args.failing_only,
+    };
+    let mut rows = top::filter(&snapshot, &view);
+    if let Some(key) = args.sort {
+        top::sort(&mut rows, key);
+    }
+    let selected: Vec<Value> = rows.into_iter().cloned().collect();
+    snapshot["destinations"] = Value::Array(selected);
     if args.json {
         println!("{snapshot}");
     } else {

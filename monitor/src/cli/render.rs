@@ -6,39 +6,14 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-const RESET: &str = "\x1b[0m";
-const RED: &str = "\x1b[31m";
-const GREEN: &str = "\x1b[32m";
-const YELLOW: &str = "\x1b[33m";
-const MAGENTA: &str = "\x1b[35m";
-const DIM: &str = "\x1b[2m";
-const BOLD: &str = "\x1b[1m";
+use crate::sinks::text::{Palette, decision_line, dst_label};
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
-/// `HH:MM:SS.mmm` of an RFC 3339 `ts`.
-fn clock(v: &Value) -> &str {
-    v["ts"]
-        .as_str()
-        .and_then(|ts| ts.get(11..23))
-        .unwrap_or("            ")
-}
-
-/// `dst`, with the namespace when the destination is another namespace's loopback
-/// (decisions and snapshot rows carry `netns` only then).
-fn dst(v: &Value) -> String {
-    match v["netns"].as_u64() {
-        Some(netns) if v["type"] != "connect" && v["type"] != "syn_retransmit" => {
-            format!("{} netns:{netns}", s(&v["dst"]))
-        }
-        _ => s(&v["dst"]).to_owned(),
-    }
-}
-
 /// ` container <12 hex>` (or ` cgroup <path>`) and ` untrusted`, as they apply.
-fn origin(v: &Value) -> String {
+fn origin(v: &Value, palette: &Palette) -> String {
     let mut out = String::new();
     if let Some(id) = v["container"].as_str() {
         let _ = write!(out, " container {}", id.get(..12).unwrap_or(id));
@@ -46,72 +21,59 @@ fn origin(v: &Value) -> String {
         let _ = write!(out, " cgroup {path}");
     }
     if v["trusted"] == false {
-        let _ = write!(out, " {YELLOW}untrusted{RESET}");
+        let _ = write!(out, " {}untrusted{}", palette.yellow, palette.reset);
     }
     out
 }
 
-/// One line for a terminal, coloured by what happened.
-pub fn pretty(v: &Value) -> String {
-    let t = clock(v);
+/// One line for a terminal, coloured by what happened when `palette` has colours
+/// (decisions as in `connmon run --output text`).
+pub fn pretty(v: &Value, palette: &Palette) -> String {
+    if let Some(line) = decision_line(v, palette) {
+        return line;
+    }
+    let Palette {
+        reset,
+        red,
+        green,
+        yellow,
+        dim,
+        ..
+    } = *palette;
+    let t = crate::sinks::text::clock(&v["ts"]);
     match v["type"].as_str().unwrap_or_default() {
         "connect" => {
             let outcome = s(&v["outcome"]);
-            let colour = if outcome == "established" { GREEN } else { RED };
+            let colour = if outcome == "established" { green } else { red };
             format!(
-                "{DIM}{t}{RESET} connect  {colour}{outcome:<11}{RESET} {} {DIM}{}{RESET} {}µs {} pid {} errno {}{}",
+                "{dim}{t}{reset} connect   {colour}{outcome:<11}{reset} {:<22} {dim}{:<6}{reset} {:>8} {}/{} errno {}{}",
                 s(&v["dst"]),
                 s(&v["role"]),
-                v["duration_us"],
+                v["duration_us"]
+                    .as_u64()
+                    .map_or("-".into(), |us| format!("{us}µs")),
                 s(&v["comm"]),
                 v["tgid"],
                 v["errno"],
-                origin(v)
+                origin(v, palette)
             )
         }
         "syn_retransmit" => format!(
-            "{DIM}{t}{RESET} {YELLOW}syn_retransmit{RESET} {} {DIM}{}{RESET} #{} after {}µs {}{}",
+            "{dim}{t}{reset} {yellow}SYN retx{reset}  #{} {:<22} {dim}{:<6}{reset} after {}µs {}/{}{}",
+            v["retransmits"],
             s(&v["dst"]),
             s(&v["role"]),
-            v["retransmits"],
             v["since_syn_us"],
             s(&v["comm"]),
-            origin(v)
-        ),
-        "evict" => format!(
-            "{DIM}{t}{RESET} {BOLD}{RED}EVICT{RESET}     {} {DIM}{}{RESET} reason {} for {}ms until {} ({} attempts){}",
-            dst(v),
-            s(&v["role"]),
-            s(&v["reason"]),
-            v["ejection"]["duration_ms"],
-            s(&v["ejection"]["until"]),
-            v["evidence"]["attempts"],
-            origin(&v["trigger"])
-        ),
-        "reinstate" => format!(
-            "{DIM}{t}{RESET} {BOLD}{GREEN}REINSTATE{RESET} {} after {}ms",
-            dst(v),
-            v["ejected_ms"]
-        ),
-        "suspect" => format!(
-            "{DIM}{t}{RESET} {YELLOW}suspect{RESET}   {} {DIM}{}{RESET} {} SYN retransmits",
-            dst(v),
-            s(&v["role"]),
-            v["syn_retransmits"]
-        ),
-        "diagnosis" => format!(
-            "{DIM}{t}{RESET} {MAGENTA}diagnosis{RESET} {} {}{}: {}",
-            s(&v["kind"]),
-            v["dst"].as_str().map_or_else(String::new, |_| dst(v)),
-            origin(v),
-            s(&v["hint"])
+            v["tgid"],
+            origin(v, palette)
         ),
         "stats" => format!(
-            "{DIM}{t} stats events={} refused={} timeout={} lost_events={}{RESET}",
+            "{dim}{t} stats events={} refused={} timeout={} lost_events={}{reset}",
             v["events"], v["outcomes"]["refused"], v["outcomes"]["timeout"], v["lost_events"]
         ),
         "lagged" => format!(
-            "{YELLOW}missed {} events: this terminal read too slowly{RESET}",
+            "{yellow}missed {} events: this terminal read too slowly{reset}",
             v["missed"]
         ),
         _ => v.to_string(),
@@ -164,13 +126,11 @@ pub fn status_table(snapshot: &Value) -> String {
                 .map_or_else(|| "-".to_owned(), |id| id.to_string()),
         };
         rows.push([
-            dst(d),
+            dst_label(d),
             s(&d["role"]).to_owned(),
             s(&d["state"]).to_owned(),
             d["attempts"].to_string(),
-            d["failure_ratio"]
-                .as_f64()
-                .map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
+            super::top::failure_ratio(d).map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
             micros(&d["handshake_p50_us"]),
             micros(&d["handshake_p99_us"]),
             top_cgroup,
@@ -221,7 +181,7 @@ mod tests {
         let snap = json!({"tracked": 2, "ejected": 1, "max_ejected": 1, "local_outage": false, "destinations": [
             {"dst": "10.0.0.1:80", "role": "proxy", "state": "ejected", "attempts": 12, "failure_ratio": 0.5,
              "handshake_p50_us": 1500, "handshake_p99_us": null, "ejected_until": "2026-11-24T01:00:00Z"},
-            {"dst": "[2001:db8::1]:3128", "role": "target", "state": "healthy", "attempts": 3, "failure_ratio": null,
+            {"dst": "[2001:db8::1]:3128", "role": "target", "state": "healthy", "attempts": 3, "failure_ratio": null, "outcomes": {"established": 3},
              "handshake_p50_us": 80, "handshake_p99_us": 2_500_000, "ejected_until": null}
         ]});
         let table = status_table(&snap);
@@ -239,7 +199,7 @@ mod tests {
         assert!(lines[2].starts_with("10.0.0.1:80         proxy   ejected        12    50%  1.5ms      -  -           2026-11-24T01:00:00Z"), "{table}");
         assert!(
             lines[3].starts_with(
-                "[2001:db8::1]:3128  target  healthy         3      -   80µs  2.50s  -           -"
+                "[2001:db8::1]:3128  target  healthy         3     0%   80µs  2.50s  -           -"
             ),
             "{table}"
         );
@@ -273,6 +233,7 @@ mod tests {
         let line = pretty(
             &json!({"type": "connect", "outcome": "refused", "dst": "10.0.0.1:80", "netns": 5,
             "container": "0123456789abcdef0123", "trusted": false}),
+            &Palette::new(false),
         );
         assert!(
             line.contains("10.0.0.1:80 ") && !line.contains("netns:5"),
@@ -289,6 +250,7 @@ mod tests {
         let line = pretty(
             &json!({"type": "evict", "ts": "2026-11-24T00:40:33.989297959Z", "dst": "10.0.0.1:80", "role": "proxy",
             "reason": "refused", "ejection": {"duration_ms": 30000, "until": "x"}, "evidence": {"attempts": 1}}),
+            &Palette::new(false),
         );
         assert!(
             line.contains("00:40:33.989") && line.contains("EVICT") && line.contains("10.0.0.1:80"),

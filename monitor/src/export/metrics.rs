@@ -75,7 +75,21 @@ struct LogState {
     last_error: Option<String>,
 }
 
+/// The process's exporter tally, also read by the Prometheus endpoint
+/// (`connmon_export_dropped_total`), so both report the same losses.
+static SHARED: std::sync::OnceLock<Arc<Tally>> = std::sync::OnceLock::new();
+
 impl Tally {
+    /// The tally the OTLP exporter counts into (zero while export is off).
+    pub fn shared() -> Arc<Tally> {
+        Arc::clone(SHARED.get_or_init(Arc::default))
+    }
+
+    /// Messages the OTLP exporter's bus subscription lost.
+    pub fn lagged_total(&self) -> u64 {
+        self.lagged.load(Ordering::Relaxed)
+    }
+
     /// Counts `n` dropped items (spans or bus messages).
     pub fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
@@ -146,7 +160,7 @@ pub struct Instruments {
 }
 
 /// Handshake-time buckets, seconds: 100 µs (loopback) to 10 s (retransmitted SYNs).
-const DURATION_BUCKETS: [f64; 15] = [
+pub(crate) const DURATION_BUCKETS: [f64; 15] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     10.0,
 ];

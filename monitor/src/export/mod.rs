@@ -110,7 +110,7 @@ pub fn spawn(
         .transpose()?;
     log_targets(&targets);
 
-    let tally = Arc::new(Tally::default());
+    let tally = Tally::shared();
     let stop = Arc::new(Stop {
         token: shutdown.clone(),
         grace: otlp.shutdown_timeout,

@@ -4,4 +4,6 @@
 pub mod haproxy;
 pub mod json;
 pub mod prober;
+pub mod prometheus;
 pub mod stdout;
+pub mod text;

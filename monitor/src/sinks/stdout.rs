@@ -39,6 +39,8 @@ fn origin_suffix(who: &Attribution) -> String {
 /// Renders events into a buffer; [`StdoutSink::flush`] writes it out.
 pub struct StdoutSink {
     format: OutputFormat,
+    /// Colours for text lines: only on a terminal, never with `NO_COLOR`.
+    palette: super::text::Palette,
     clock: WallClock,
     buf: Vec<u8>,
     out: std::io::Stdout,
@@ -46,8 +48,12 @@ pub struct StdoutSink {
 
 impl StdoutSink {
     pub fn new(format: OutputFormat, clock: WallClock) -> Self {
+        use std::io::IsTerminal as _;
+        let colour = format == OutputFormat::Text
+            && super::text::colour_wanted(std::io::stdout().is_terminal());
         StdoutSink {
             format,
+            palette: super::text::Palette::new(colour),
             clock,
             buf: Vec::with_capacity(64 * 1024),
             out: std::io::stdout(),
@@ -71,19 +77,13 @@ impl StdoutSink {
         }
     }
 
-    /// A policy decision: the JSON object as documented, or a text line.
+    /// A policy decision: the JSON object as documented, or readable columns
+    /// ([`super::text::decision_line`]).
     pub fn decision(&mut self, decision: &Decision) {
+        let palette = self.palette;
         self.record(decision, || {
             let json = serde_json::to_value(decision).unwrap_or_default();
-            let what = json["type"].as_str().unwrap_or("decision").to_uppercase();
-            let ts = json["ts"].as_str().unwrap_or_default();
-            let time = ts.get(11..26).unwrap_or(ts);
-            let dst = json["dst"].as_str().unwrap_or("-");
-            let detail = json["reason"]
-                .as_str()
-                .or(json["kind"].as_str())
-                .unwrap_or_default();
-            format!("{time:<15}  {what:<14} {dst:>24}    {detail}  {json}")
+            super::text::decision_line(&json, &palette).unwrap_or_else(|| json.to_string())
         });
     }
 
@@ -175,9 +175,15 @@ impl StdoutSink {
         let ts = self.clock.rfc3339(ktime_ns);
         let time = ts.get(11..26).unwrap_or(&ts);
         let mut line = String::with_capacity(128);
+        let colour = match what {
+            "established" => self.palette.green,
+            "syn_retransmit" => self.palette.yellow,
+            _ => self.palette.red,
+        };
+        let reset = self.palette.reset;
         let _ = writeln!(
             line,
-            "{time:<15}  {what:<14} {src:>24} -> {dst:<24} {tgid:>7} {comm:<16} {extra}",
+            "{time:<15}  {colour}{what:<14}{reset} {src:>24} -> {dst:<24} {tgid:>7} {comm:<16} {extra}",
             comm = comm.as_str()
         );
         self.buf.extend_from_slice(line.as_bytes());
@@ -279,6 +285,30 @@ mod tests {
             "absent when the path names no pod"
         );
         assert_eq!(v["trusted"], false);
+    }
+
+    #[test]
+    fn a_decision_in_text_mode_is_columns_not_json() {
+        let mut sink = StdoutSink::new(OutputFormat::Text, WallClock::from_offset_ns(0));
+        sink.decision(&Decision::Reinstate(
+            crate::policy::decision::Reinstatement {
+                dst: "10.0.0.1:80".parse().unwrap(),
+                netns: None,
+                ejected_ms: 30_000,
+                verified: true,
+                early: false,
+                ts: None,
+            },
+        ));
+        let text = std::str::from_utf8(sink.pending()).unwrap();
+        assert!(
+            text.contains("REINSTATE")
+                && text.contains("10.0.0.1:80")
+                && text.contains("after 30s")
+                && text.contains("verified by a probe"),
+            "{text}"
+        );
+        assert!(!text.contains('{'), "not a JSON blob: {text}");
     }
 
     #[test]
