@@ -133,7 +133,8 @@ pub struct Metrics {
     ejected: Gauge,
     lost_events: Counter,
     lagged: Counter,
-    /// Active probes (issue #13): 0 until the agent sends probes; see [`Metrics::on_probe`].
+    /// The agent's own handshake-check probes that ended (`[checks]`), counted apart
+    /// from the clients' connect attempts (as OTLP's `connmon.probes`).
     probes: Counter,
     dst_attempts: Family<DestinationOutcomeLabels, Counter>,
     dst_ejected: Family<DestinationLabels, Gauge>,
@@ -218,7 +219,7 @@ impl Metrics {
         );
         registry.register(
             "probes",
-            "Active probes sent to ejected destinations (0 until the agent probes)",
+            "Handshake-check probes made by the agent itself that ended (not in connect_attempts)",
             m.probes.clone(),
         );
         registry.register(
@@ -243,14 +244,14 @@ impl Metrics {
         (m, registry)
     }
 
-    /// Hook for active probes (issue #13): count one probe with its result.
-    pub fn on_probe(&self) {
-        self.probes.inc();
-    }
-
     fn on_message(&mut self, msg: &Published, series: &mut DestinationSeries) {
         let role = msg.role.unwrap_or(Role::Target);
         match &msg.payload {
+            // The agent's own probes: a counter of their own, never client attempts.
+            Payload::Connect(_) if msg.probe => {
+                self.probes.inc();
+            }
+            Payload::SynRetransmit(_) if msg.probe => {}
             Payload::Connect(c) => {
                 let r = role_str(role);
                 let attempts = &self.attempts;
