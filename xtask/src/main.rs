@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -31,6 +32,8 @@ enum Command {
     Test(test::Options),
     /// Measure overhead, throughput, detection latency, memory and start-up (BENCHMARKS.md).
     Bench(bench::Options),
+    /// Run the fuzz targets (cargo-fuzz): all, or one, for `--time` each.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
