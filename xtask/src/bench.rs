@@ -13,6 +13,7 @@
 //! 5. Memory and CPU: agent RSS idle; engine RSS at 10 k / 100 k / 1 M destinations and
 //!    CPU per 100 k events/s (synthetic stream, `engine_bench`).
 //! 6. Start-up: exec → all programs attached.
+//! 7. Soak (`--soak DURATION`, or 20 s in `--quick`): see `soak.rs`.
 //!
 //! Only loopback and a namespace this command creates are used; every load is bounded in
 //! time and count. `--quick` runs each scenario once, briefly (< 60 s), so that
@@ -40,6 +41,10 @@ pub struct Options {
     /// Rounds per overhead measurement (default 5, quick 1).
     #[arg(long)]
     pub rounds: Option<usize>,
+    /// Only the soak (xtask/src/soak.rs) for this long, e.g. `1h`: mixed traffic with
+    /// RSS, fds, map occupancy, lost events and decision latency sampled over time.
+    #[arg(long, value_parser = crate::soak::parse_duration)]
+    pub soak: Option<Duration>,
 }
 
 struct Plan {
@@ -132,6 +137,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let plan = Plan::new(opts);
     let started = Instant::now();
     let mut report = String::new();
+    if let Some(duration) = opts.soak {
+        crate::soak::run(&env.connmon, &env.dir, duration, &mut report)?;
+        fs::write(env.dir.join("soak.md"), &report)?;
+        println!("{report}");
+        setup::say(format!("soak report written to {}", env.dir.join("soak.md").display()));
+        return Ok(());
+    }
     let _ = writeln!(
         report,
         "# connmon benchmark report\n\nMachine: {} cores, kernel {}. Mode: {}.\n",
@@ -153,6 +165,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     blackhole(&env, &plan, &mut report)?;
     memory(&env, &plan, &mut report)?;
     startup(&env, &plan, &mut report)?;
+    if opts.quick {
+        crate::soak::run(&env.connmon, &env.dir, Duration::from_secs(20), &mut report)?;
+    }
     let _ = writeln!(
         report,
         "Total bench time: {:.0} s.",

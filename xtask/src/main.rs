@@ -6,6 +6,7 @@ mod build;
 mod fuzz;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use std::process::ExitCode;

@@ -39,6 +39,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         bench::run(&bench::Options {
             quick: true,
             rounds: None,
+            soak: None,
         })
     };
     let fuzz_result = if opts.no_fuzz {
