@@ -142,33 +142,7 @@ fn cargo_fuzz(args: &[&str]) -> Command {
 
 /// `20s`, `10m`, `2h`, `1h30m` or plain seconds.
 fn parse_seconds(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(secs);
-    }
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return Err(format!("{text:?}: a duration is like 20s, 10m or 2h")),
-        };
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("{text:?}: a number must come before {c:?}"))?;
-        total = total.saturating_add(n.saturating_mul(unit));
-        number.clear();
-    }
-    if !number.is_empty() || total == 0 {
-        return Err(format!("{text:?}: a duration is like 20s, 10m or 2h"));
-    }
-    Ok(total)
+    crate::soak::parse_duration(text).map(|d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -197,16 +171,5 @@ mod tests {
                 .count();
             assert!(seeds > 0, "fuzz/corpus/{target} has no checked-in seed-* file");
         }
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_seconds("20"), Ok(20));
-        assert_eq!(parse_seconds("20s"), Ok(20));
-        assert_eq!(parse_seconds("10m"), Ok(600));
-        assert_eq!(parse_seconds("1h30m"), Ok(5400));
-        assert!(parse_seconds("10x").is_err());
-        assert!(parse_seconds("m").is_err());
-        assert!(parse_seconds("0s").is_err());
     }
 }
