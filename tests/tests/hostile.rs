@@ -31,6 +31,8 @@ const ABUSE: Duration = Duration::from_secs(12);
 /// Refused probes during the abuse, one every PROBE_EVERY.
 const PROBES: usize = 16;
 const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// Probes before the abuse starts: the quiet figure the abuse is compared with.
+const QUIET_PROBES: usize = 8;
 /// Kernel event → evict decision, asserted for every probe. Generous: the same test runs
 /// under QEMU TCG emulation; the measured figures are in BENCHMARKS.md.
 const DETECT_BOUND_US: u64 = 500_000;
@@ -112,6 +114,17 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
         v["type"] == "evict" && v["dst"] == warm.to_string()
     });
     thread::sleep(Duration::from_millis(300));
+    // The same probes without abuse, for comparison (reported, not asserted).
+    let mut quiet = Vec::new();
+    for _ in 0..QUIET_PROBES {
+        let dst = refuse(&ns);
+        let evict = agent.wait_for("evict before the abuse", Duration::from_secs(20), |v| {
+            v["type"] == "evict" && v["dst"] == dst.to_string()
+        });
+        quiet.push(evict["detect_us"].as_u64().expect("detect_us"));
+        thread::sleep(Duration::from_millis(100));
+    }
+    quiet.sort_unstable();
     let (rss_before, fds_before) = (rss_kib(pid), open_fds(pid));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -237,7 +250,10 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     detect.sort_unstable();
     let max = *detect.last().expect("probes");
     eprintln!(
-        "hostile clients: detect_us of {PROBES} evictions during the abuse: min {} p50 {} max {max}; RSS {rss_before} KiB before, peak {peak_rss} KiB; rounds churn/partial/long/slow/burst = {:?}; burst reply lines {burst_lines}",
+        "hostile clients: detect_us of {QUIET_PROBES} evictions before the abuse: min {} p50 {} max {}; of {PROBES} during the abuse: min {} p50 {} max {max}; RSS {rss_before} KiB before, peak {peak_rss} KiB; rounds churn/partial/long/slow/burst = {:?}; burst reply lines {burst_lines}",
+        quiet[0],
+        quiet[quiet.len() / 2],
+        quiet[quiet.len() - 1],
         detect[0],
         detect[detect.len() / 2],
         &counts[..5],
