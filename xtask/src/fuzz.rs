@@ -104,6 +104,7 @@ pub fn fuzz(targets: &[&str], seconds: u64, sanitizer: &str) -> anyhow::Result<(
             ));
         }
     }
+    remove_scratch_files();
     if !failed.is_empty() {
         bail!("fuzz targets failed:\n{}", failed.join("\n"));
     }
@@ -113,6 +114,24 @@ pub fn fuzz(targets: &[&str], seconds: u64, sanitizer: &str) -> anyhow::Result<(
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// The `state_file` target's scratch files (one per fuzzing process, in /dev/shm).
+fn remove_scratch_files() {
+    for dir in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("connmon-fuzz-state-")
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 fn reproduce(target: &str, input: &Path, sanitizer: &str) -> anyhow::Result<()> {
