@@ -1,5 +1,5 @@
 //! A whole socket session (`server::session::serve`, the code behind every client of
-//! `connmon.sock`): the input is what a privileged client writes — any bytes, split into
+//! `connmon.sock`): the input is what a client (root, or an unprivileged uid) writes — any bytes, split into
 //! writes at arbitrary points, overlong lines, no final newline — answered by the
 //! engine through the real control channel, with subscriptions on the real event bus.
 //! Then the client stops writing, the session goes quiet and the agent shuts down.
@@ -38,15 +38,18 @@ async fn settle() {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // The first byte picks the write size, so lines arrive split at any point.
-    let Some((&chunk, input)) = data.split_first() else {
+    // The first byte picks the peer (its low bit: root or an unprivileged uid, whose
+    // state-changing commands are refused) and the write size, so that lines arrive
+    // split at any point.
+    let Some((&first, input)) = data.split_first() else {
         return;
     };
-    let chunk = usize::from(chunk).max(1) * 97;
-    RUNTIME.with(|rt| rt.block_on(run(input, chunk)));
+    let privileged = first & 1 == 0;
+    let chunk = usize::from(first >> 1).max(1) * 97;
+    RUNTIME.with(|rt| rt.block_on(run(input, chunk, privileged)));
 });
 
-async fn run(input: &[u8], chunk: usize) {
+async fn run(input: &[u8], chunk: usize, privileged: bool) {
     let mut engine = Engine::with_defaults();
     let (control_tx, mut control_rx) = mpsc::channel(64);
     let shutdown = CancellationToken::new();
@@ -59,9 +62,10 @@ async fn run(input: &[u8], chunk: usize) {
         shutdown: shutdown.clone(),
     };
     let (server, client) = UnixStream::pair().expect("socketpair");
-    let root = Peer {
-        uid: 0,
-        gid: 0,
+    let uid = if privileged { 0 } else { 65534 };
+    let peer = Peer {
+        uid,
+        gid: uid,
         pid: None,
     };
     let (mut client_read, mut client_write) = client.into_split();
@@ -94,7 +98,7 @@ async fn run(input: &[u8], chunk: usize) {
         received
     };
     let session = async {
-        session::serve(server, root, ctx).await;
+        session::serve(server, peer, ctx).await;
     };
     let (received, (), (), ()) = tokio::join!(reader, writer, session, pipeline);
     let text = std::str::from_utf8(&received).expect("the session writes UTF-8");
