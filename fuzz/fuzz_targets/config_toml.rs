@@ -53,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
     again
         .validate()
         .unwrap_or_else(|e| panic!("--print-config output does not validate: {e}\n{printed}"));
-    assert_eq!(again, config, "--print-config does not load back to the same config:\n{printed}");
+    assert_eq!(
+        again, config,
+        "--print-config does not load back to the same config:\n{printed}"
+    );
     let _ = resolve(&config.otlp, &env);
     let entries = config.policy.pool_entries().expect("validated");
     let pool = if entries.is_empty() {
@@ -61,11 +64,17 @@ fuzz_target!(|data: &[u8]| {
     } else {
         PoolMembership::from_entries(entries)
     };
-    let mut engine = Engine::new(config.policy.clone(), pool)
-        .expect("a validated policy starts the engine");
+    let mut engine =
+        Engine::new(config.policy.clone(), pool).expect("a validated policy starts the engine");
     let dst = SocketAddr::from(([198, 51, 100, 7], 8080));
     for _ in 0..4 {
-        engine.request(Request::Evict { dst, duration: None }, None);
+        engine.request(
+            Request::Evict {
+                dst,
+                duration: None,
+            },
+            None,
+        );
         engine.advance(u64::MAX / 8);
     }
 });

@@ -22,17 +22,26 @@ fuzz_target!(|data: &[u8]| {
     };
     for entry in &entries {
         let printed = entry.to_string();
-        let again: PoolEntry = PoolMembership::parse_entry(&printed)
-            .unwrap_or_else(|e| panic!("{entry:?} prints as {printed:?}, which does not parse: {e}"));
+        let again: PoolEntry = PoolMembership::parse_entry(&printed).unwrap_or_else(|e| {
+            panic!("{entry:?} prints as {printed:?}, which does not parse: {e}")
+        });
         assert_eq!(&again, entry, "{printed:?} does not re-parse to itself");
     }
     let pool = PoolMembership::from_entries(entries);
     let members: Vec<SocketAddr> = pool.members().iter().copied().collect();
     for member in members {
-        assert_eq!(pool.role(&member), Role::Proxy, "{member} is listed but not a member");
+        assert_eq!(
+            pool.role(&member),
+            Role::Proxy,
+            "{member} is listed but not a member"
+        );
     }
     let reparsed = PoolMembership::parse(
-        &pool.entries().iter().map(|e| format!("{e}\n")).collect::<String>(),
+        &pool
+            .entries()
+            .iter()
+            .map(|e| format!("{e}\n"))
+            .collect::<String>(),
     )
     .expect("the pool's own entries parse");
     assert_eq!(reparsed.entries(), pool.entries());

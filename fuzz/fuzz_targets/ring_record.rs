@@ -7,7 +7,11 @@
 
 use connmon_fuzz::{Engine, assert_one_json_object};
 use libfuzzer_sys::fuzz_target;
-use monitor::{clock::WallClock, sinks::json, source::event::{KernelEvent, decode}};
+use monitor::{
+    clock::WallClock,
+    sinks::json,
+    source::event::{KernelEvent, decode},
+};
 use monitor_common::ConnectEvent;
 
 const RECORD: usize = size_of::<ConnectEvent>();

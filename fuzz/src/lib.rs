@@ -197,7 +197,10 @@ impl Engine {
 
 fn reply_or_reject(done: bool, cmd: &str, dst: SocketAddr, id: Option<&Value>) -> String {
     if done {
-        protocol::reply(json!({"type": "ok", "cmd": cmd, "dst": dst.to_string()}), id)
+        protocol::reply(
+            json!({"type": "ok", "cmd": cmd, "dst": dst.to_string()}),
+            id,
+        )
     } else {
         let err = protocol::ProtocolError::Rejected(format!("{cmd}: {dst} refused"));
         protocol::error(&err, id)
@@ -206,8 +209,14 @@ fn reply_or_reject(done: bool, cmd: &str, dst: SocketAddr, id: Option<&Value>) -
 
 /// Panics unless `line` is exactly one JSON object on one line.
 pub fn assert_one_json_object(line: &str) {
-    assert!(!line.contains('\n'), "a protocol line contains a newline: {line:?}");
+    assert!(
+        !line.contains('\n'),
+        "a protocol line contains a newline: {line:?}"
+    );
     let value: Value = serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("a published line is not JSON ({e}): {line:?}"));
-    assert!(value.is_object(), "a published line is not an object: {line:?}");
+    assert!(
+        value.is_object(),
+        "a published line is not an object: {line:?}"
+    );
 }

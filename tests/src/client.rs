@@ -87,7 +87,10 @@ impl Client {
 
 /// `{"cmd":"evict","dst":DST,"for_ms":MS}` as one line.
 pub fn evict_line(dst: &str, for_ms: u64) -> String {
-    format!("{}\n", json!({"cmd": "evict", "dst": dst, "for_ms": for_ms}))
+    format!(
+        "{}\n",
+        json!({"cmd": "evict", "dst": dst, "for_ms": for_ms})
+    )
 }
 
 /// Resident set size of `pid` in KiB (VmRSS).
@@ -137,7 +140,11 @@ pub fn bpf_object_ids(pid: u32) -> (BTreeSet<u32>, BTreeSet<u32>) {
 
 /// Waits until none of `programs` and `maps` is loaded in the kernel any more (the
 /// kernel frees them once the last reference is gone, shortly after the holder died).
-pub fn wait_bpf_objects_released(programs: &BTreeSet<u32>, maps: &BTreeSet<u32>, timeout: Duration) {
+pub fn wait_bpf_objects_released(
+    programs: &BTreeSet<u32>,
+    maps: &BTreeSet<u32>,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let live_programs: BTreeSet<u32> = aya::programs::loaded_programs()

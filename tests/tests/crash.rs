@@ -63,7 +63,9 @@ fn temporaries(state: &Path) -> Vec<String> {
 /// The `restored=N` of the agent's "loaded ejection state" line.
 fn restored(agent: &Agent) -> Option<usize> {
     let stderr = agent.stderr();
-    let line = stderr.lines().find(|l| l.contains("loaded ejection state"))?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("loaded ejection state"))?;
     let n = line.split("restored=").nth(1)?.split_whitespace().next()?;
     Some(n.parse().expect("restored=N"))
 }
@@ -102,10 +104,17 @@ fn kill_9_while_ejections_are_written_leaves_the_previous_or_the_new_state() {
                 .into_iter()
                 .filter(|n| !n.ends_with(&format!(".{}", agent.pid())))
                 .collect();
-            assert!(left.is_empty(), "round {round}: temporaries of dead agents left: {left:?}");
+            assert!(
+                left.is_empty(),
+                "round {round}: temporaries of dead agents left: {left:?}"
+            );
         }
         let (programs, maps) = bpf_object_ids(agent.pid());
-        assert_eq!(programs.len(), 4, "the agent holds its 4 programs: {programs:?}");
+        assert_eq!(
+            programs.len(),
+            4,
+            "the agent holds its 4 programs: {programs:?}"
+        );
         assert!(!maps.is_empty(), "the agent holds its maps");
 
         // A stream of evicts, written in one go; the agent acknowledges them in order and
@@ -238,17 +247,26 @@ fn a_full_disk_keeps_the_previous_state_file_and_says_so() {
     let filler = fill(&fs.0.join("filler"));
     for dst in &later {
         let reply = client.request(json!({"cmd": "evict", "dst": dst, "for_ms": FOR_MS}));
-        assert_eq!(reply["type"], "ok", "ejections go on with a full disk: {reply}");
+        assert_eq!(
+            reply["type"], "ok",
+            "ejections go on with a full disk: {reply}"
+        );
     }
-    wait_until("a warning that the state file could not be written", WAIT, || {
-        agent.stderr().contains("could not write the state file")
-    });
+    wait_until(
+        "a warning that the state file could not be written",
+        WAIT,
+        || agent.stderr().contains("could not write the state file"),
+    );
     assert_eq!(
         ejected_in(&state),
         want,
         "the state file must stay the previous state"
     );
-    assert!(temporaries(&state).is_empty(), "a failed write left {:?}", temporaries(&state));
+    assert!(
+        temporaries(&state).is_empty(),
+        "a failed write left {:?}",
+        temporaries(&state)
+    );
     let warning = agent
         .stderr()
         .lines()

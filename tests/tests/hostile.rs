@@ -43,8 +43,14 @@ const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
 fn become_nobody() {
     // SAFETY: raw setresgid/setresuid change only this thread's credentials.
     unsafe {
-        assert_eq!(libc::syscall(libc::SYS_setresgid, NOBODY, NOBODY, NOBODY), 0);
-        assert_eq!(libc::syscall(libc::SYS_setresuid, NOBODY, NOBODY, NOBODY), 0);
+        assert_eq!(
+            libc::syscall(libc::SYS_setresgid, NOBODY, NOBODY, NOBODY),
+            0
+        );
+        assert_eq!(
+            libc::syscall(libc::SYS_setresuid, NOBODY, NOBODY, NOBODY),
+            0
+        );
     }
 }
 
@@ -164,7 +170,10 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
         let over = "y".repeat(64 * 1024 + 1);
         for i in 0..12 {
             let line = if i % 2 == 0 { &at_limit } else { &over };
-            if s.write_all(line.as_bytes()).and_then(|()| s.write_all(b"\n")).is_err() {
+            if s.write_all(line.as_bytes())
+                .and_then(|()| s.write_all(b"\n"))
+                .is_err()
+            {
                 break;
             }
             drain(&mut s);

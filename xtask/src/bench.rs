@@ -141,7 +141,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         crate::soak::run(&env.connmon, &env.dir, duration, &mut report)?;
         fs::write(env.dir.join("soak.md"), &report)?;
         println!("{report}");
-        setup::say(format!("soak report written to {}", env.dir.join("soak.md").display()));
+        setup::say(format!(
+            "soak report written to {}",
+            env.dir.join("soak.md").display()
+        ));
         return Ok(());
     }
     let _ = writeln!(

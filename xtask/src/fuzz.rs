@@ -181,14 +181,20 @@ mod tests {
                     .and_then(|rest| rest.strip_suffix('"'))
             })
             .collect();
-        assert_eq!(bins, TARGETS, "fuzz/Cargo.toml's [[bin]]s and fuzz::TARGETS differ");
+        assert_eq!(
+            bins, TARGETS,
+            "fuzz/Cargo.toml's [[bin]]s and fuzz::TARGETS differ"
+        );
         for target in TARGETS {
             let seeds = std::fs::read_dir(fuzz_dir().join("corpus").join(target))
                 .unwrap_or_else(|e| panic!("fuzz/corpus/{target}: {e}"))
                 .filter_map(Result::ok)
                 .filter(|e| e.file_name().to_string_lossy().starts_with("seed-"))
                 .count();
-            assert!(seeds > 0, "fuzz/corpus/{target} has no checked-in seed-* file");
+            assert!(
+                seeds > 0,
+                "fuzz/corpus/{target} has no checked-in seed-* file"
+            );
         }
     }
 }

@@ -212,7 +212,9 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     if installed {
         return Ok(());
     }
-    say(format!("installing cargo-fuzz {want} (the fuzz targets' runner)"));
+    say(format!(
+        "installing cargo-fuzz {want} (the fuzz targets' runner)"
+    ));
     run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--locked", "--version", want]))
 }
 

@@ -71,7 +71,12 @@ struct Stream {
 }
 
 /// Runs the soak for `duration` with the release `connmon` and appends its report.
-pub fn run(connmon: &Path, dir: &Path, duration: Duration, report: &mut String) -> anyhow::Result<()> {
+pub fn run(
+    connmon: &Path,
+    dir: &Path,
+    duration: Duration,
+    report: &mut String,
+) -> anyhow::Result<()> {
     let interval = sample_interval(duration);
     let ns = SoakNetns::new()?;
     let socket = dir.join("connmon-soak.sock");
@@ -166,9 +171,21 @@ pub fn run(connmon: &Path, dir: &Path, duration: Duration, report: &mut String) 
     let _ = reader.join();
     let stream = stream.lock().expect("stream lock");
     let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-    write_report(report, duration, interval, &samples, &stream, &counters, status.success(), &stderr);
+    write_report(
+        report,
+        duration,
+        interval,
+        &samples,
+        &stream,
+        &counters,
+        status.success(),
+        &stderr,
+    );
     if stream.bad_lines > 0 {
-        bail!("connmon printed {} lines that are not JSON during the soak", stream.bad_lines);
+        bail!(
+            "connmon printed {} lines that are not JSON during the soak",
+            stream.bad_lines
+        );
     }
     if !status.success() {
         bail!("connmon exited with {status} after the soak: {stderr}");
@@ -317,21 +334,37 @@ impl SoakNetns {
         for args in [
             vec!["netns", "add", n],
             vec!["-n", n, "link", "set", "lo", "up"],
-            vec!["-n", n, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1"],
+            vec![
+                "-n", n, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+            ],
             vec!["-n", n, "addr", "add", "10.200.0.1/24", "dev", "veth0"],
             vec!["-n", n, "link", "set", "veth0", "up"],
             vec!["-n", n, "link", "set", "veth1", "up"],
             vec![
-                "-n", n, "neigh", "add", BLACKHOLE, "lladdr", "02:00:00:00:00:99", "dev",
-                "veth0", "nud", "permanent",
+                "-n",
+                n,
+                "neigh",
+                "add",
+                BLACKHOLE,
+                "lladdr",
+                "02:00:00:00:00:99",
+                "dev",
+                "veth0",
+                "nud",
+                "permanent",
             ],
         ] {
             setup::run_cmd(Command::new("ip").args(&args).stdout(Stdio::null()))?;
         }
-        setup::run_cmd(
-            Command::new("ip")
-                .args(["netns", "exec", n, "sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=1"]),
-        )?;
+        setup::run_cmd(Command::new("ip").args([
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.tcp_syn_retries=1",
+        ]))?;
         Ok(ns)
     }
 
@@ -342,7 +375,9 @@ impl SoakNetns {
 
 impl Drop for SoakNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -428,46 +463,78 @@ fn traffic(
         }
     }));
     let c = Arc::clone(counters);
-    handles.push(in_ns(ns, "soak-established", stop, Duration::from_millis(10), move || {
-        let addr: SocketAddr = format!("{LOCAL}:{ESTABLISHED_PORT}").parse().expect("addr");
-        if TcpStream::connect(addr).is_ok() {
-            c.established.fetch_add(1, Ordering::Relaxed);
-        }
-    }));
+    handles.push(in_ns(
+        ns,
+        "soak-established",
+        stop,
+        Duration::from_millis(10),
+        move || {
+            let addr: SocketAddr = format!("{LOCAL}:{ESTABLISHED_PORT}").parse().expect("addr");
+            if TcpStream::connect(addr).is_ok() {
+                c.established.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    ));
     let c = Arc::clone(counters);
     let mut port = REFUSED_PORTS.start;
-    handles.push(in_ns(ns, "soak-refused", stop, Duration::from_millis(20), move || {
-        let addr: SocketAddr = format!("{LOCAL}:{port}").parse().expect("addr");
-        if TcpStream::connect(addr).is_err() {
-            c.refused.fetch_add(1, Ordering::Relaxed);
-        }
-        port = if port + 1 >= REFUSED_PORTS.end { REFUSED_PORTS.start } else { port + 1 };
-    }));
-    let c = Arc::clone(counters);
-    handles.push(in_ns(ns, "soak-reset", stop, Duration::from_millis(100), move || {
-        let addr: SocketAddr = format!("{LOCAL}:{RESET_PORT}").parse().expect("addr");
-        if let Ok(mut s) = TcpStream::connect(addr) {
-            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-            let mut buf = [0u8; 1];
-            if s.read(&mut buf).is_err() {
-                c.resets.fetch_add(1, Ordering::Relaxed);
+    handles.push(in_ns(
+        ns,
+        "soak-refused",
+        stop,
+        Duration::from_millis(20),
+        move || {
+            let addr: SocketAddr = format!("{LOCAL}:{port}").parse().expect("addr");
+            if TcpStream::connect(addr).is_err() {
+                c.refused.fetch_add(1, Ordering::Relaxed);
             }
-        }
-    }));
+            port = if port + 1 >= REFUSED_PORTS.end {
+                REFUSED_PORTS.start
+            } else {
+                port + 1
+            };
+        },
+    ));
+    let c = Arc::clone(counters);
+    handles.push(in_ns(
+        ns,
+        "soak-reset",
+        stop,
+        Duration::from_millis(100),
+        move || {
+            let addr: SocketAddr = format!("{LOCAL}:{RESET_PORT}").parse().expect("addr");
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 1];
+                if s.read(&mut buf).is_err() {
+                    c.resets.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        },
+    ));
     for i in 0..2 {
         let c = Arc::clone(counters);
-        handles.push(in_ns(ns, "soak-blackhole", stop, Duration::from_millis(200), move || {
-            let addr: SocketAddr = format!("{BLACKHOLE}:{}", 80 + i).parse().expect("addr");
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).is_err() {
-                c.abandoned.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
+        handles.push(in_ns(
+            ns,
+            "soak-blackhole",
+            stop,
+            Duration::from_millis(200),
+            move || {
+                let addr: SocketAddr = format!("{BLACKHOLE}:{}", 80 + i).parse().expect("addr");
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).is_err() {
+                    c.abandoned.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        ));
     }
     Ok(handles)
 }
 
 /// Adds and removes pool members through the socket, once a second.
-fn pool_churn(socket: &Path, stop: &Arc<AtomicBool>, counters: &Arc<Counters>) -> thread::JoinHandle<()> {
+fn pool_churn(
+    socket: &Path,
+    stop: &Arc<AtomicBool>,
+    counters: &Arc<Counters>,
+) -> thread::JoinHandle<()> {
     let (socket, stop, c) = (socket.to_owned(), Arc::clone(stop), Arc::clone(counters));
     thread::spawn(move || {
         let mut round = 0u32;
@@ -499,7 +566,11 @@ fn pool_churn(socket: &Path, stop: &Arc<AtomicBool>, counters: &Arc<Counters>) -
 
 /// Every 2 s a subscriber arrives: every other one reads for 3 s, the others never read
 /// (they lag) and vanish after 5 s.
-fn subscribers(socket: &Path, stop: &Arc<AtomicBool>, counters: &Arc<Counters>) -> thread::JoinHandle<()> {
+fn subscribers(
+    socket: &Path,
+    stop: &Arc<AtomicBool>,
+    counters: &Arc<Counters>,
+) -> thread::JoinHandle<()> {
     let (socket, stop, c) = (socket.to_owned(), Arc::clone(stop), Arc::clone(counters));
     thread::spawn(move || {
         let mut n = 0u64;
@@ -513,7 +584,9 @@ fn subscribers(socket: &Path, stop: &Arc<AtomicBool>, counters: &Arc<Counters>) 
             }
             c.subscribers.fetch_add(1, Ordering::Relaxed);
             handles.push(thread::spawn(move || {
-                let Ok(mut s) = UnixStream::connect(&socket) else { return };
+                let Ok(mut s) = UnixStream::connect(&socket) else {
+                    return;
+                };
                 let _ = s.write_all(b"{\"cmd\":\"subscribe\"}\n");
                 let until = Instant::now() + Duration::from_secs(if reads { 3 } else { 5 });
                 let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
@@ -550,10 +623,16 @@ fn slope_per_hour(xs: &[f64], ys: &[f64]) -> f64 {
 fn quarter_means(ys: &[f64]) -> (f64, f64) {
     let q = (ys.len() / 4).max(1);
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
-    (mean(&ys[..q.min(ys.len())]), mean(&ys[ys.len().saturating_sub(q)..]))
+    (
+        mean(&ys[..q.min(ys.len())]),
+        mean(&ys[ys.len().saturating_sub(q)..]),
+    )
 }
 
-#[expect(clippy::too_many_arguments, reason = "one report from everything the run gathered")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one report from everything the run gathered"
+)]
 fn write_report(
     report: &mut String,
     duration: Duration,
@@ -591,14 +670,52 @@ fn write_report(
     let with_evictions: Vec<&Sample> = samples.iter().filter(|s| s.detect_max_us > 0).collect();
     let dx: Vec<f64> = with_evictions.iter().map(|s| s.at_s).collect();
     let rows: Vec<(&str, Vec<f64>, &[f64])> = vec![
-        ("agent RSS (KiB)", samples.iter().map(|s| s.rss_kib as f64).collect(), &xs),
-        ("open fds", samples.iter().map(|s| s.fds as f64).collect(), &xs),
-        ("INFLIGHT entries", samples.iter().map(|s| s.map_entries[0] as f64).collect(), &xs),
-        ("ESTABLISHED entries", samples.iter().map(|s| s.map_entries[1] as f64).collect(), &xs),
-        ("REPORTED_ERRORS entries", samples.iter().map(|s| s.map_entries[2] as f64).collect(), &xs),
-        ("lost events (cumulative)", samples.iter().map(|s| s.lost_events as f64).collect(), &xs),
-        ("detect_us p50 per sample", with_evictions.iter().map(|s| s.detect_p50_us as f64).collect(), &dx),
-        ("detect_us max per sample", with_evictions.iter().map(|s| s.detect_max_us as f64).collect(), &dx),
+        (
+            "agent RSS (KiB)",
+            samples.iter().map(|s| s.rss_kib as f64).collect(),
+            &xs,
+        ),
+        (
+            "open fds",
+            samples.iter().map(|s| s.fds as f64).collect(),
+            &xs,
+        ),
+        (
+            "INFLIGHT entries",
+            samples.iter().map(|s| s.map_entries[0] as f64).collect(),
+            &xs,
+        ),
+        (
+            "ESTABLISHED entries",
+            samples.iter().map(|s| s.map_entries[1] as f64).collect(),
+            &xs,
+        ),
+        (
+            "REPORTED_ERRORS entries",
+            samples.iter().map(|s| s.map_entries[2] as f64).collect(),
+            &xs,
+        ),
+        (
+            "lost events (cumulative)",
+            samples.iter().map(|s| s.lost_events as f64).collect(),
+            &xs,
+        ),
+        (
+            "detect_us p50 per sample",
+            with_evictions
+                .iter()
+                .map(|s| s.detect_p50_us as f64)
+                .collect(),
+            &dx,
+        ),
+        (
+            "detect_us max per sample",
+            with_evictions
+                .iter()
+                .map(|s| s.detect_max_us as f64)
+                .collect(),
+            &dx,
+        ),
     ];
     let _ = writeln!(
         report,
@@ -626,11 +743,22 @@ fn write_report(
         let _ = writeln!(
             report,
             "    {:>6.0}: {} KiB, {} fds, {}/{}/{}, lost {}, evictions {}, detect {}/{}",
-            s.at_s, s.rss_kib, s.fds, s.map_entries[0], s.map_entries[1], s.map_entries[2],
-            s.lost_events, s.evictions, s.detect_p50_us, s.detect_max_us
+            s.at_s,
+            s.rss_kib,
+            s.fds,
+            s.map_entries[0],
+            s.map_entries[1],
+            s.map_entries[2],
+            s.lost_events,
+            s.evictions,
+            s.detect_p50_us,
+            s.detect_max_us
         );
     }
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
     let _ = writeln!(
         report,
         "\nAgent warnings/errors on stderr: {}{}\n",
@@ -647,7 +775,7 @@ fn write_report(
 /// `/proc/PID/fdinfo` (`map_id:`), a new fd per id (`BPF_MAP_GET_FD_BY_ID`), the name
 /// from `BPF_OBJ_GET_INFO_BY_FD`, and the keys walked with `BPF_MAP_GET_NEXT_KEY`.
 mod bpf {
-    use std::os::fd::{FromRawFd as _, OwnedFd, AsRawFd as _};
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
     const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
     const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
@@ -655,7 +783,14 @@ mod bpf {
 
     fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> libc::c_long {
         // SAFETY: `attr` is a zero-padded 128-byte bpf_attr, larger than every command's.
-        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of::<[u64; 16]>()) }
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr.as_mut_ptr(),
+                size_of::<[u64; 16]>(),
+            )
+        }
     }
 
     fn map_ids(pid: u32) -> Vec<u32> {
@@ -688,8 +823,16 @@ mod bpf {
         let u32_at = |o: usize| u32::from_ne_bytes(info[o..o + 4].try_into().expect("4 bytes"));
         let key_size = u32_at(8) as usize;
         let max_entries = u64::from(u32_at(16));
-        let name: Vec<u8> = info[24..40].iter().copied().take_while(|&b| b != 0).collect();
-        Some((String::from_utf8_lossy(&name).into_owned(), key_size, max_entries))
+        let name: Vec<u8> = info[24..40]
+            .iter()
+            .copied()
+            .take_while(|&b| b != 0)
+            .collect();
+        Some((
+            String::from_utf8_lossy(&name).into_owned(),
+            key_size,
+            max_entries,
+        ))
     }
 
     fn count(fd: &OwnedFd, key_size: usize, max_entries: u64) -> u64 {

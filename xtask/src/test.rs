@@ -73,7 +73,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         (Err(bench), _, Ok(())) => {
             Err(bench.context("the benchmark smoke run failed (the tests passed)"))
         }
-        (Ok(()), Err(fuzz), Ok(())) => Err(fuzz.context("fuzzing found a crash (the tests passed)")),
+        (Ok(()), Err(fuzz), Ok(())) => {
+            Err(fuzz.context("fuzzing found a crash (the tests passed)"))
+        }
         (_, _, Err(tests)) => Err(tests),
     }
 }

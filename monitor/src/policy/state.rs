@@ -131,8 +131,12 @@ fn remove_stale_temporaries(path: &Path) {
         };
         if pid != own && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
             match fs::remove_file(entry.path()) {
-                Ok(()) => tracing::info!(file = %entry.path().display(), "removed the temporary state file of an interrupted write"),
-                Err(err) => tracing::warn!(file = %entry.path().display(), %err, "cannot remove the temporary state file of an interrupted write"),
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed the temporary state file of an interrupted write")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %entry.path().display(), %err, "cannot remove the temporary state file of an interrupted write")
+                }
             }
         }
     }
@@ -201,7 +205,10 @@ mod tests {
         }
         assert_eq!(read(&path).expect("read"), Some(empty()));
         assert!(!stale.exists(), "a dead writer's temporary file is left");
-        assert!(other.exists() && not_a_pid.exists(), "files that are not ours were removed");
+        assert!(
+            other.exists() && not_a_pid.exists(),
+            "files that are not ours were removed"
+        );
         let _ = fs::remove_dir_all(dir);
     }
 }
