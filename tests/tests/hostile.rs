@@ -140,10 +140,10 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     for i in 0..4 {
         let p = path.clone();
         threads.push(abuser("churn", i % 2 == 0, &stop, &rounds[0], move || {
-            if let Some(mut s) = connect(&p) {
-                if i % 2 == 1 {
-                    let _ = s.write_all(b"{\"cmd\":\"pi");
-                }
+            if let Some(mut s) = connect(&p)
+                && i % 2 == 1
+            {
+                let _ = s.write_all(b"{\"cmd\":\"pi");
             }
         }));
     }
