@@ -24,8 +24,17 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Manual ejections long enough that none ends during a test.
 const FOR_MS: u64 = 3_600_000;
 
+/// Starts an agent whose only automatic candidates are a documentation address nothing
+/// connects to: tracepoints are global, and other tests' refused connects must not add
+/// ejections of their own to the state file under test (manual evicts work for any
+/// destination).
 fn start(state: &Path, socket: &Path) -> Agent {
+    let config = socket.with_file_name("connmon.toml");
+    std::fs::create_dir_all(config.parent().expect("dir")).expect("config dir");
+    std::fs::write(&config, "[policy]\npool = [\"192.0.2.1:9\"]\n").expect("config");
     Agent::start(&[
+        "--config",
+        config.to_str().expect("utf-8"),
         "--state-file",
         state.to_str().expect("utf-8"),
         "--socket",

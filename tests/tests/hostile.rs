@@ -125,7 +125,7 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     for _ in 0..QUIET_PROBES {
         let dst = refuse(&ns);
         let evict = agent.wait_for("evict before the abuse", Duration::from_secs(20), |v| {
-            v["type"] == "evict" && v["dst"] == dst.to_string()
+            v["type"] == "evict" && v["dst"] == dst.to_string() && v["trigger"]["comm"] == "prober"
         });
         quiet.push(evict["detect_us"].as_u64().expect("detect_us"));
         thread::sleep(Duration::from_millis(100));
@@ -238,7 +238,7 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     for _ in 0..PROBES {
         let dst = refuse(&ns);
         let evict = agent.wait_for("evict during the abuse", Duration::from_secs(20), |v| {
-            v["type"] == "evict" && v["dst"] == dst.to_string()
+            v["type"] == "evict" && v["dst"] == dst.to_string() && v["trigger"]["comm"] == "prober"
         });
         let us = evict["detect_us"].as_u64().expect("detect_us");
         detect.push(us);
