@@ -52,6 +52,9 @@ struct Sample {
     rss_kib: u64,
     fds: u64,
     map_entries: [u64; 3],
+    /// Destinations in the agent's table (`tracked` of a snapshot): tracepoints are
+    /// global, so every connect on the host counts, not only the soak's.
+    tracked: u64,
     events: u64,
     lost_events: u64,
     evictions: u64,
@@ -149,7 +152,7 @@ pub fn run(
                 fs::read_to_string(&stderr_path).unwrap_or_default()
             );
         }
-        samples.push(sample(pid, started, &stream));
+        samples.push(sample(pid, started, &stream, &socket));
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -279,7 +282,26 @@ fn read_stdout(stdout: impl std::io::Read, stream: &Mutex<Stream>) {
     }
 }
 
-fn sample(pid: u32, started: Instant, stream: &Mutex<Stream>) -> Sample {
+/// `tracked` from a snapshot over the socket (0 if the agent did not answer in 5 s).
+fn tracked(socket: &Path) -> u64 {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"{\"cmd\":\"snapshot\"}\n").is_err() {
+        return 0;
+    }
+    BufReader::new(s)
+        .lines()
+        .take(2)
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+        .find(|v| v["type"] == "snapshot")
+        .and_then(|v| v["tracked"].as_u64())
+        .unwrap_or(0)
+}
+
+fn sample(pid: u32, started: Instant, stream: &Mutex<Stream>, socket: &Path) -> Sample {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss_kib = status
         .lines()
@@ -290,6 +312,7 @@ fn sample(pid: u32, started: Instant, stream: &Mutex<Stream>) -> Sample {
         .map(|d| d.count() as u64)
         .unwrap_or(0);
     let map_entries = bpf::occupancy(pid, &MAPS);
+    let tracked = tracked(socket);
     let mut s = stream.lock().expect("stream lock");
     let mut detect = std::mem::take(&mut s.detect_us);
     detect.sort_unstable();
@@ -298,6 +321,7 @@ fn sample(pid: u32, started: Instant, stream: &Mutex<Stream>) -> Sample {
         rss_kib,
         fds,
         map_entries,
+        tracked,
         events: s.events,
         lost_events: s.lost_events,
         evictions: s.evictions,
@@ -691,6 +715,11 @@ fn write_report(
             &xs,
         ),
         (
+            "destinations tracked (whole host)",
+            samples.iter().map(|s| s.tracked as f64).collect(),
+            &xs,
+        ),
+        (
             "REPORTED_ERRORS entries",
             samples.iter().map(|s| s.map_entries[2] as f64).collect(),
             &xs,
@@ -734,7 +763,7 @@ fn write_report(
     let events = samples.last().map(|s| s.events).unwrap_or(0);
     let _ = writeln!(
         report,
-        "\nEvents: {events} ({:.0}/s); lost: {}. Samples (time s: RSS KiB, fds, INFLIGHT/ESTABLISHED/REPORTED_ERRORS, lost, evictions, detect_us p50/max):\n",
+        "\nEvents: {events} ({:.0}/s); lost: {}. Samples (time s: RSS KiB, fds, INFLIGHT/ESTABLISHED/REPORTED_ERRORS, destinations tracked, lost, evictions, detect_us p50/max):\n",
         events as f64 / duration.as_secs_f64().max(1.0),
         samples.last().map(|s| s.lost_events).unwrap_or(0)
     );
@@ -742,13 +771,14 @@ fn write_report(
     for s in samples.iter().step_by(step).chain(samples.last()) {
         let _ = writeln!(
             report,
-            "    {:>6.0}: {} KiB, {} fds, {}/{}/{}, lost {}, evictions {}, detect {}/{}",
+            "    {:>6.0}: {} KiB, {} fds, {}/{}/{}, {} tracked, lost {}, evictions {}, detect {}/{}",
             s.at_s,
             s.rss_kib,
             s.fds,
             s.map_entries[0],
             s.map_entries[1],
             s.map_entries[2],
+            s.tracked,
             s.lost_events,
             s.evictions,
             s.detect_p50_us,
