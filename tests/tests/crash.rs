@@ -79,6 +79,18 @@ fn restored(agent: &Agent) -> Option<usize> {
     Some(n.parse().expect("restored=N"))
 }
 
+/// Entries of the BPF file system (empty when it is not mounted): connmon pins nothing,
+/// so a crash must not leave anything there.
+fn bpffs_entries() -> BTreeSet<String> {
+    std::fs::read_dir("/sys/fs/bpf")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn kill9(agent: Agent) {
     agent.signal(libc::SIGKILL);
     let (ok, _) = agent.stop();
@@ -93,6 +105,7 @@ fn kill_9_while_ejections_are_written_leaves_the_previous_or_the_new_state() {
     let dir = scratch_dir("kill9");
     let state = dir.join("state").join("state.json");
     let socket = dir.join("sock").join("connmon.sock");
+    let pinned_before = bpffs_entries();
     // The ejections on disk after the previous round, in the order they were made.
     let mut on_disk_before: Vec<String> = Vec::new();
     for round in 0..ROUNDS {
@@ -143,6 +156,11 @@ fn kill_9_while_ejections_are_written_leaves_the_previous_or_the_new_state() {
         }
         kill9(agent);
         wait_bpf_objects_released(&programs, &maps, WAIT);
+        assert_eq!(
+            bpffs_entries(),
+            pinned_before,
+            "round {round}: the dead agent left something in /sys/fs/bpf"
+        );
 
         // The file is a state the agent actually was in: what was on disk before, plus
         // a prefix of this round's evicts in the order they were sent (the last ones
