@@ -22,6 +22,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod client;
 pub mod otlp_receiver;
 
 /// Panics unless running as root: these tests must run, never skip.

@@ -16,6 +16,7 @@
 //! 7. Handshake checks: a member's death → eviction with no client traffic vs
 //!    `idle_after` and the probe rate; agent CPU at 10 000 probes/s; memory with 1 M
 //!    scheduled members (module [`checks`]).
+//! 8. Soak (`--soak DURATION`, or 20 s in `--quick`): see `soak.rs`.
 //!
 //! Only loopback and a namespace this command creates are used; every load is bounded in
 //! time and count. `--quick` runs each scenario once, briefly (< 60 s), so that
@@ -45,6 +46,10 @@ pub struct Options {
     /// Rounds per overhead measurement (default 5, quick 1).
     #[arg(long)]
     pub rounds: Option<usize>,
+    /// Only the soak (xtask/src/soak.rs) for this long, e.g. `1h`: mixed traffic with
+    /// RSS, fds, map occupancy, lost events and decision latency sampled over time.
+    #[arg(long, value_parser = crate::soak::parse_duration)]
+    pub soak: Option<Duration>,
 }
 
 struct Plan {
@@ -161,6 +166,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let plan = Plan::new(opts);
     let started = Instant::now();
     let mut report = String::new();
+    if let Some(duration) = opts.soak {
+        crate::soak::run(&env.connmon, &env.dir, duration, &mut report)?;
+        fs::write(env.dir.join("soak.md"), &report)?;
+        println!("{report}");
+        setup::say(format!(
+            "soak report written to {}",
+            env.dir.join("soak.md").display()
+        ));
+        return Ok(());
+    }
     let _ = writeln!(
         report,
         "# connmon benchmark report\n\nMachine: {} cores, kernel {}. Mode: {}.\n",
@@ -202,6 +217,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         ));
         section(&env, &plan, &mut report)?;
+    }
+    if opts.quick {
+        setup::say("bench: a 20 s soak (cargo xtask bench --soak DURATION runs it longer)");
+        crate::soak::run(&env.connmon, &env.dir, Duration::from_secs(20), &mut report)?;
     }
     let _ = writeln!(
         report,

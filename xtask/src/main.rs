@@ -7,8 +7,10 @@ mod image;
 mod kernels;
 mod package;
 mod pytools;
+mod fuzz;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -43,6 +45,8 @@ enum Command {
     Package(package::Options),
     /// Build the container image localhost/connmon:<version> (FROM scratch, static musl).
     Image(image::Options),
+    /// Run the fuzz targets (cargo-fuzz): all, or one, for `--time` each.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Kernels(opts) => kernels::run(&opts),
         Command::Package(opts) => package::run(&opts),
         Command::Image(opts) => image::run(&opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -272,6 +272,28 @@ fn find_llvm_dylib(lib: &Path, major: &str) -> anyhow::Result<String> {
     )
 }
 
+/// The toolchain every nightly-only step runs with (`cargo +<this>`): the eBPF build's
+/// and cargo-fuzz's — the pinned one ([`pinned_nightly`]).
+pub fn nightly_toolchain() -> anyhow::Result<String> {
+    pinned_nightly()
+}
+
+/// cargo-fuzz, pinned (`cargo xtask fuzz` and the fuzzing step of `cargo xtask test`).
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let want = crate::fuzz::CARGO_FUZZ_VERSION;
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(want));
+    if installed {
+        return Ok(());
+    }
+    say(format!(
+        "installing cargo-fuzz {want} (the fuzz targets' runner)"
+    ));
+    run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--locked", "--version", want]))
+}
+
 fn ensure_nextest() -> anyhow::Result<()> {
     if Command::new("cargo")
         .args(["nextest", "--version"])

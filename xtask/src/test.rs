@@ -1,5 +1,5 @@
 //! `cargo xtask test`: set-up, build, a smoke run of the benchmarks (`bench --quick`, so
-//! the harness cannot rot), then every test in one `cargo nextest` run (all crates but
+//! the harness cannot rot), every fuzz target for a bounded time (`fuzz::CI_SECONDS`), then every test in one `cargo nextest` run (all crates but
 //! `monitor-ebpf`, which only builds for the BPF target): unit tests in parallel, the
 //! root eBPF integration tests (package `connmon-integration`) one at a time (see
 //! `.config/nextest.toml`). Then, unless nextest was given a filter or `--no-kernels`
@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{bench, build, image, kernels, package, pytools, run::is_root, setup};
+use crate::{bench, build, fuzz, image, kernels, package, pytools, run::is_root, setup};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -27,6 +27,9 @@ pub struct Options {
     /// Skip the kernel matrix (it also is skipped when nextest arguments are given).
     #[arg(long)]
     pub no_kernels: bool,
+    /// Skip the bounded fuzzing run (every fuzz target for `fuzz::CI_SECONDS` s).
+    #[arg(long)]
+    pub no_fuzz: bool,
     /// Extra arguments for `cargo nextest run`, e.g. `-- -E 'test(refused)'`.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -48,7 +51,18 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         bench::run(&bench::Options {
             quick: true,
             rounds: None,
+            soak: None,
         })
+    };
+    let fuzz_result = if opts.no_fuzz {
+        Ok(())
+    } else {
+        setup::say(format!(
+            "bounded fuzzing: every target for {} s (cargo xtask fuzz runs them longer)",
+            fuzz::CI_SECONDS
+        ));
+        setup::ensure_cargo_fuzz()
+            .and_then(|()| fuzz::fuzz(fuzz::TARGETS, fuzz::CI_SECONDS, "none"))
     };
     let bin = build::build_agent(&toolchain, false)?;
     // What tests/tests/service.rs installs and runs: built once here, reused by the tests.
@@ -107,12 +121,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
         Ok(())
     });
-    match (bench_result, tests_result, matrix_result) {
-        (Ok(()), Ok(()), Ok(())) => Ok(()),
-        (_, Err(tests), _) => Err(tests),
-        (_, Ok(()), Err(matrix)) => Err(matrix),
-        (Err(bench), Ok(()), Ok(())) => {
+    match (bench_result, fuzz_result, tests_result, matrix_result) {
+        (Ok(()), Ok(()), Ok(()), Ok(())) => Ok(()),
+        (_, _, Err(tests), _) => Err(tests),
+        (_, _, Ok(()), Err(matrix)) => Err(matrix),
+        (Err(bench), _, Ok(()), Ok(())) => {
             Err(bench.context("the benchmark smoke run failed (the tests passed)"))
+        }
+        (Ok(()), Err(fuzz), Ok(()), Ok(())) => {
+            Err(fuzz.context("fuzzing found a crash (the tests passed)"))
         }
     }
 }

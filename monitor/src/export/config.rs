@@ -412,6 +412,10 @@ fn percent_decode(s: &str) -> Option<String> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
+            // Two hex digits: from_str_radix alone would also take a sign ("%+f").
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
             out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
@@ -721,5 +725,15 @@ mod tests {
         let again: OtlpConfig = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
         assert_eq!(again, config);
         assert!(toml::from_str::<OtlpConfig>("protocol = \"http/json\"\n").is_err());
+    }
+
+    /// Found while writing the `config_toml` fuzz target: `u8::from_str_radix` accepts a
+    /// leading sign, so `%+f` was decoded as 0x0f instead of being refused.
+    #[test]
+    fn fuzz_regression_a_signed_percent_escape_is_refused() {
+        assert_eq!(percent_decode("a%20b"), Some("a b".into()));
+        assert_eq!(percent_decode("%+f"), None);
+        assert_eq!(percent_decode("%-1"), None);
+        assert!(parse_key_values("OTEL_RESOURCE_ATTRIBUTES", "k=%+f").is_err());
     }
 }

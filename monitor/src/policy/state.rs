@@ -75,7 +75,12 @@ pub enum StateError {
 }
 
 /// Reads the file; `Ok(None)` when it does not exist.
+///
+/// A process killed during [`write`] (kill -9, power loss) leaves its temporary file
+/// behind (never the state file half-written); those of other processes are removed
+/// here, so that repeated crashes cannot fill the directory.
 pub fn read(path: &Path) -> Result<Option<StateFile>, StateError> {
+    remove_stale_temporaries(path);
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -104,6 +109,44 @@ pub fn read(path: &Path) -> Result<Option<StateFile>, StateError> {
     serde_json::from_value(value).map(Some).map_err(corrupt)
 }
 
+/// `.NAME.tmp.`: the temporary file of a write is this followed by the writer's pid.
+fn temporary_prefix(name: &str) -> String {
+    format!(".{name}.tmp.")
+}
+
+/// Removes temporary files that other (dead or foreign) processes left next to `path`.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = temporary_prefix(&name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let own = std::process::id().to_string();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if pid != own && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed the temporary state file of an interrupted write")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %entry.path().display(), %err, "cannot remove the temporary state file of an interrupted write")
+                }
+            }
+        }
+    }
+}
+
 /// Writes the file atomically, creating its directory if needed.
 pub fn write(path: &Path, state: &StateFile) -> Result<(), StateError> {
     let fail = |source| StateError::Write {
@@ -121,7 +164,7 @@ pub fn write(path: &Path, state: &StateFile) -> Result<(), StateError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "state".to_owned());
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let tmp = dir.join(format!("{}{}", temporary_prefix(&name), std::process::id()));
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(&bytes)?;
@@ -133,4 +176,44 @@ pub fn write(path: &Path, state: &StateFile) -> Result<(), StateError> {
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("connmon-state-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    fn empty() -> StateFile {
+        StateFile {
+            version: STATE_VERSION,
+            saved_at: "2023-11-14T22:13:20.000000000Z".into(),
+            destinations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn temporaries_of_interrupted_writes_are_removed_on_read() {
+        let dir = scratch("stale");
+        let path = dir.join("state.json");
+        write(&path, &empty()).expect("write");
+        let stale = dir.join(".state.json.tmp.4242");
+        let other = dir.join(".other.json.tmp.4242");
+        let not_a_pid = dir.join(".state.json.tmp.x");
+        for f in [&stale, &other, &not_a_pid] {
+            fs::write(f, b"{\"version\":1,").expect("plant");
+        }
+        assert_eq!(read(&path).expect("read"), Some(empty()));
+        assert!(!stale.exists(), "a dead writer's temporary file is left");
+        assert!(
+            other.exists() && not_a_pid.exists(),
+            "files that are not ours were removed"
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
 }
