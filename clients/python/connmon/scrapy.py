@@ -37,7 +37,9 @@ first snapshot before the first request; default 5; 0 = do not wait).
 
 from __future__ import annotations
 
+import collections
 import logging
+import time
 import weakref
 from typing import Any, Dict, List, Optional, Set
 
@@ -96,6 +98,8 @@ class _CrawlerState:
 
         self.reactor = reactor
         self.inflight: Dict[str, Set[_Download]] = {}
+        self.aborts: "collections.deque[Dict[str, Any]]" = collections.deque(maxlen=1000)
+        """The latest aborted downloads: proxy, the evict's ``ts`` and ``at`` (time.time())."""
         self.listeners: List[Any] = []
         self.pool = LivePool(
             proxies,
@@ -135,6 +139,7 @@ class _CrawlerState:
             log.info("connmon: %s evicted (%s); aborting %d downloads through it", proxy, event.get("reason", event.get("source")), len(downloads))
         for download in downloads:
             download.aborted = True
+            self.aborts.append({"proxy": proxy, "evict_ts": event.get("ts"), "at": time.time()})
             self.stats.inc_value("connmon/inflight_aborted")
             download.deferred.cancel()
         for listener in self.listeners:
