@@ -78,6 +78,19 @@ def _proxy_list(value: Any) -> List[str]:
     return [str(p) for p in value]
 
 
+def _same_proxy(meta_proxy: Any, ours: str) -> bool:
+    """Whether ``meta["proxy"]`` is still the proxy we assigned (Scrapy's
+    HttpProxyMiddleware rewrites it without the userinfo)."""
+    if meta_proxy == ours:
+        return True
+    if not isinstance(meta_proxy, str):
+        return False
+    try:
+        return proxy_key(meta_proxy) == proxy_key(ours)
+    except ValueError:
+        return False
+
+
 class _Download:
     __slots__ = ("deferred", "aborted")
 
@@ -187,7 +200,7 @@ class ConnmonProxyMiddleware:
         current = meta.get("connmon_proxy")
         if current is None and "proxy" in meta:
             return None  # the spider chose a proxy itself
-        if current is not None and meta.get("proxy") != current:
+        if current is not None and not _same_proxy(meta.get("proxy"), current):
             return None  # something else changed the proxy since: leave it
         retry_times = meta.get("retry_times", 0)
         is_retry = current is not None and retry_times != meta.get("connmon_retry_times", 0)
@@ -243,7 +256,7 @@ class ConnmonDownloadHandler:
 
     async def download_request(self, request: Request, spider: Any = None) -> Response:
         proxy = request.meta.get("connmon_proxy")
-        if proxy is None or request.meta.get("proxy") != proxy:
+        if proxy is None or not _same_proxy(request.meta.get("proxy"), proxy):
             return await self._inner_download(request)
         if self.state.pool.is_dead(proxy):
             self.state.stats.inc_value("connmon/requests_held_back")

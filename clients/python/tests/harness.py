@@ -193,11 +193,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a proxy killed mid-request breaks the pipe: expected here
+
+
 class Target:
     """The site being crawled: every path answers 200 after ``delay`` seconds."""
 
     def __init__(self, delay: float = 0.05, addr: str = "127.0.0.1") -> None:
-        self.server: Any = http.server.ThreadingHTTPServer((addr, 0), _Handler)
+        self.server: Any = _Server((addr, 0), _Handler)
         self.server.daemon_threads = True
         self.server.delay = delay
         self.server.hits = 0
