@@ -5,7 +5,8 @@
 //! - a `bpf-linker` whose LLVM major equals nightly's. No Debian package ships LLVM 22,
 //!   so it is built against nightly's own `libLLVM` (its C API is exported) and cached
 //!   under `~/.cache/connmon/`, keyed by nightly's commit: a nightly update rebuilds it;
-//! - `cargo-nextest` (the test runner) and the Debian packages the integration tests use.
+//! - `cargo-nextest` (the test runner) and the Debian packages the integration tests use;
+//! - the Python tests' virtualenv (`pyenv`).
 
 use std::{
     env,
@@ -70,6 +71,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {
     if !opts.no_packages {
         ensure_packages()?;
     }
+    crate::pyenv::ensure_test_venv()?;
     Ok(Toolchain { bpf_linker_dir })
 }
 
@@ -213,6 +215,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("python3", "python3"),
     ("haproxy", "haproxy"),
+    ("tinyproxy", "tinyproxy"),
 ];
 
 fn ensure_packages() -> anyhow::Result<()> {

@@ -52,7 +52,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ])
         .args(&opts.args)
         .env("PATH", toolchain.path_env())
-        .env("CONNMON_BIN", &bin);
+        .env("CONNMON_BIN", &bin)
+        .env("CONNMON_TEST_PYTHON", crate::pyenv::ensure_test_venv()?);
     let tests_result = setup::run_cmd(&mut cmd);
     match (bench_result, tests_result) {
         (Ok(()), Ok(())) => Ok(()),
