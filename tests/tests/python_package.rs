@@ -81,10 +81,19 @@ fn run_pytest(tag: &str, files: &[&str], expected: &[&str], timeout: Duration) {
     let status = child.wait().expect("pytest status");
     let report = reader.join().expect("reader");
     let mut stderr = String::new();
-    let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut stderr));
+    let _ = child
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut stderr));
     println!("{report}");
-    assert!(!timed_out, "pytest did not finish within {timeout:?}:\n{report}\n{stderr}");
-    assert!(status.success(), "pytest failed ({status}):\n{report}\n{stderr}");
+    assert!(
+        !timed_out,
+        "pytest did not finish within {timeout:?}:\n{report}\n{stderr}"
+    );
+    assert!(
+        status.success(),
+        "pytest failed ({status}):\n{report}\n{stderr}"
+    );
     for test in expected {
         assert!(
             report
@@ -93,10 +102,7 @@ fn run_pytest(tag: &str, files: &[&str], expected: &[&str], timeout: Duration) {
             "{test} did not pass:\n{report}"
         );
     }
-    assert!(
-        !report.contains("SKIPPED"),
-        "no test may skip:\n{report}"
-    );
+    assert!(!report.contains("SKIPPED"), "no test may skip:\n{report}");
 }
 
 #[test]
