@@ -13,6 +13,8 @@
 //! 5. Memory and CPU: agent RSS idle; engine RSS at 10 k / 100 k / 1 M destinations and
 //!    CPU per 100 k events/s (synthetic stream, `engine_bench`).
 //! 6. Start-up: exec → all programs attached.
+//! 7. Scraper: Scrapy crawl time and connects to dead proxies with 30 % dead proxies,
+//!    connmon.scrapy vs scrapy-rotating-proxies vs all-healthy (`bench_scraper`).
 //!
 //! Only loopback and a namespace this command creates are used; every load is bounded in
 //! time and count. `--quick` runs each scenario once, briefly (< 60 s), so that
@@ -153,6 +155,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     blackhole(&env, &plan, &mut report)?;
     memory(&env, &plan, &mut report)?;
     startup(&env, &plan, &mut report)?;
+    crate::bench_scraper::scraper(&env.connmon, &env.dir, opts.quick, &mut report)?;
     let _ = writeln!(
         report,
         "Total bench time: {:.0} s.",

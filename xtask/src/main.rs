@@ -2,6 +2,7 @@
 //! fresh machine needs nothing but Rust (rustup) and root.
 
 mod bench;
+mod bench_scraper;
 mod build;
 mod pyenv;
 mod run;
@@ -32,6 +33,8 @@ enum Command {
     Test(test::Options),
     /// Measure overhead, throughput, detection latency, memory and start-up (BENCHMARKS.md).
     Bench(bench::Options),
+    /// Only the scraper benchmark (Scrapy with 30 % dead proxies; part of `bench`).
+    BenchScraper(bench_scraper::Options),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::BenchScraper(opts) => bench_scraper::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -186,3 +186,26 @@ def test_async_live_pool(agent):
 
     alive, chosen = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert alive == [b] and chosen == b
+
+
+def test_the_example_controller_resynchronises_from_a_snapshot(agent):
+    import os
+    import sys
+
+    from harness import PACKAGE_DIR
+
+    sys.path.insert(0, PACKAGE_DIR)
+    from example_pool_controller import ProxyPool
+
+    sys.path.remove(PACKAGE_DIR)
+    dead, alive = closed_dsts(2)
+    pool = ProxyPool()
+    pool.mark_dead(alive, "refused", "later")  # stale: the snapshot must clear it
+    refuse(dead)
+    with Client(agent.socket) as c:
+        wait_until(lambda: any(d["dst"] == dead and d["state"] == "ejected" for d in c.snapshot()["destinations"]),
+                   10, f"{dead} ejected")
+        newly_dead, newly_good = pool.resync(c.snapshot())
+    assert (newly_dead, newly_good) == ([dead], [alive])
+    assert not pool.usable(dead) and pool.usable(alive)
+    assert os.path.exists(os.path.join(PACKAGE_DIR, "example_pool_controller.py"))
