@@ -138,6 +138,7 @@ fn python_scrapy_tests_pass_with_real_proxies_and_agent() {
             "test_rotating_proxies_feed",
             "test_without_an_agent_it_rotates_over_all_proxies",
             "test_the_agent_knows_every_proxy",
+            "test_readme_recipes_for_requests_and_aiohttp",
         ],
         Duration::from_secs(220),
     );

@@ -156,7 +156,8 @@ class Client(_Commands):
         line = self._file.readline()
         if not line:
             return None
-        return json.loads(line)
+        msg: Message = json.loads(line)
+        return msg
 
     def _call(self, cmd: Message) -> Message:
         cmd = dict(cmd, id=next(self._ids))
@@ -167,7 +168,7 @@ class Client(_Commands):
                 raise ConnmonError("connection", "the agent closed the connection")
             if msg.get("id") == cmd["id"]:
                 if msg.get("type") == "error":
-                    raise ConnmonError(msg.get("code"), msg.get("message"))
+                    raise ConnmonError(str(msg.get("code")), str(msg.get("message")))
                 return msg
             self._pending.append(msg)
 
@@ -233,7 +234,8 @@ class AsyncClient(_Commands):
         line = await self._reader.readline()
         if not line:
             return None
-        return json.loads(line)
+        msg: Message = json.loads(line)
+        return msg
 
     async def _call(self, cmd: Message) -> Message:
         assert self._writer is not None, "not connected"
@@ -246,7 +248,7 @@ class AsyncClient(_Commands):
                 raise ConnmonError("connection", "the agent closed the connection")
             if msg.get("id") == cmd["id"]:
                 if msg.get("type") == "error":
-                    raise ConnmonError(msg.get("code"), msg.get("message"))
+                    raise ConnmonError(str(msg.get("code")), str(msg.get("message")))
                 return msg
             self._pending.append(msg)
 
@@ -283,8 +285,11 @@ def _main(argv: List[str]) -> int:
             elif cmd == "reinstate":
                 out = [c.reinstate(args[0])]
             elif cmd == "pool":
-                op = {"list": c.pool_list, "add": c.pool_add, "remove": c.pool_remove, "replace": c.pool_replace}[args[0]]
-                out = [op() if args[0] == "list" else op(args[1:])]
+                if args[0] == "list":
+                    out = [c.pool_list()]
+                else:
+                    op = {"add": c.pool_add, "remove": c.pool_remove, "replace": c.pool_replace}[args[0]]
+                    out = [op(args[1:])]
             elif cmd == "watch":
                 print(json.dumps(c.subscribe(types=args[0].split(",") if args else None)), flush=True)
                 for event in c.events():

@@ -276,8 +276,10 @@ class ConnmonDownloadHandler:
     async def _inner_download(self, request: Request) -> Response:
         result = self.inner.download_request(request)
         if isinstance(result, Deferred):  # an old-style handler
-            return await maybe_deferred_to_future(result)
-        return await result
+            response: Response = await maybe_deferred_to_future(result)
+        else:
+            response = await result
+        return response
 
     async def close(self) -> None:
         close = getattr(self.inner, "close", None)

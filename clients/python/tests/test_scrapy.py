@@ -6,7 +6,9 @@ agent at all.
 The tests of this module share one world (proxies, target, agent) and run in order:
 later ones rely on the evictions of earlier ones, as a second spider would."""
 
+import asyncio
 import os
+import time
 
 
 import pytest
@@ -171,3 +173,35 @@ def test_the_agent_knows_every_proxy(world):
         pool = c.pool_list()["pool"]
     assert sorted(pool) == sorted(world.dsts)
 
+
+
+def readme_recipe(marker):
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    after = readme[readme.index(marker):]
+    code = after[after.index("```python\n") + len("```python\n"):]
+    return code[:code.index("```")]
+
+
+def test_readme_recipes_for_requests_and_aiohttp(world):
+    # The README's own code, with this world's socket; the dead proxies are evicted by now.
+    pages = [f"{world.target.url}/page/r{i}" for i in range(12)]
+    before = world.target.server.hits
+    log = ConnectLog(world.agent.socket, world.dsts)
+    started = time.time()
+    try:
+        for marker in ("`requests` —", "`aiohttp` —"):
+            code = readme_recipe(marker).replace("LivePool(PROXIES", "LivePool(PROXIES, socket=SOCKET")
+            scope = {"PROXIES": world.proxies, "URLS": pages, "SOCKET": world.agent.socket}
+            exec(compile(code, f"README {marker}", "exec"), scope)
+            if "get" in scope and marker.startswith("`requests`"):
+                assert scope["pool"].wait_synced(10)
+                assert all(scope["get"](u).status_code == 200 for u in pages)
+                scope["pool"].close()
+            else:
+                bodies = asyncio.run(asyncio.wait_for(scope["main"](), 60))
+                assert len(bodies) == len(pages) and all("<h1>/page/r" in b for b in bodies)
+    finally:
+        log.close()
+    assert world.target.server.hits - before == 2 * len(pages)
+    for proxy in (world.refusing, world.blackholed, world.victim.url, world.victim2.url):
+        assert log.connects_to(proxy_key(proxy), after=started) == [], f"a connect to evicted {proxy}"
