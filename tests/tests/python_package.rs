@@ -139,6 +139,7 @@ fn python_scrapy_tests_pass_with_real_proxies_and_agent() {
             "test_without_an_agent_it_rotates_over_all_proxies",
             "test_the_agent_knows_every_proxy",
             "test_readme_recipes_for_requests_and_aiohttp",
+            "test_the_middleware_alone_still_works_and_says_what_it_cannot_do",
         ],
         Duration::from_secs(220),
     );

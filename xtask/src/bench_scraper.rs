@@ -153,7 +153,12 @@ pub fn scraper(connmon: &Path, dir: &Path, quick: bool, report: &mut String) -> 
     }
     let _ = writeln!(
         report,
-        "\nCounts are totals over the rounds. Raw data: `{}`.\n",
+        "\nCounts are totals over the rounds; rounds interleave the scenarios. Load average \
+         at the end: {} on {} CPUs (the wall times are only as steady as the machine). Raw data: `{}`.\n",
+        data["loadavg_at_end"][0]
+            .as_f64()
+            .map_or("?".to_owned(), |l| format!("{l:.1}")),
+        data["cpus"],
         out.display()
     );
     Ok(())

@@ -131,12 +131,16 @@ class _CrawlerState:
                 len(self.pool.proxies),
             )
             self.stats.set_value("connmon/agent_unavailable_at_start", 1)
+        crawler.signals.connect(self.record_stats, signal=signals.spider_closed)
         crawler.signals.connect(self.close, signal=signals.engine_stopped)
+
+    def record_stats(self) -> None:
+        for key, value in self.pool.stats.items():
+            self.stats.set_value(f"connmon/pool_{key}", value)
 
     def close(self) -> None:
         self.pool.close()
-        for key, value in self.pool.stats.items():
-            self.stats.set_value(f"connmon/pool_{key}", value)
+        self.record_stats()
 
     # Called on the pool's thread: hop to the reactor.
     def _evict_from_thread(self, proxy: str, event: Message) -> None:
@@ -181,6 +185,16 @@ def crawler_pool(crawler: Any, proxies: Optional[List[str]] = None) -> _CrawlerS
     return state
 
 
+def _is_connmon_handler(path: Any) -> bool:
+    if path is None:
+        return False
+    try:
+        cls = load_object(path) if isinstance(path, str) else path
+    except Exception:
+        return False
+    return isinstance(cls, type) and issubclass(cls, ConnmonDownloadHandler)
+
+
 class ConnmonProxyMiddleware:
     """Assigns each request and each retry a live proxy; see the module's doc."""
 
@@ -190,6 +204,12 @@ class ConnmonProxyMiddleware:
         self.pool = self.state.pool
         self.stats = crawler.stats
         self._all_dead_logged = False
+        handlers = crawler.settings.getwithbase("DOWNLOAD_HANDLERS")
+        if not all(_is_connmon_handler(handlers.get(scheme)) for scheme in ("http", "https")):
+            log.warning(
+                "connmon: DOWNLOAD_HANDLERS does not use connmon.scrapy.ConnmonDownloadHandler for http and https: "
+                "downloads in flight through an evicted proxy will not be aborted (use ConnmonAddon)"
+            )
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> ConnmonProxyMiddleware:

@@ -16,6 +16,7 @@ proxies (the kernel's view), split into before and after the agent's `evict`.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 
@@ -56,12 +57,14 @@ def main():
     ]
     if not args.quick:
         scenarios.append(("30 % dead, scrapy-rotating-proxies + RotatingProxiesFeed", "feed", mixed, False))
-    results = []
+    runs_of = {name: [] for name, _, _, _ in scenarios}
     try:
-        for name, mode, proxies, second in scenarios:
-            runs = []
-            for r in range(rounds):
-                agent_dir = os.path.join(work, f"agent-{len(results)}-{r}")
+        # Rounds outside, scenarios inside: a burst of load on the machine hits every
+        # scenario alike instead of one.
+        for r in range(rounds):
+            for index, (name, mode, proxies, second) in enumerate(scenarios):
+                runs = runs_of[name]
+                agent_dir = os.path.join(work, f"agent-{index}-{r}")
                 os.makedirs(agent_dir)
                 keys = [p.split("//", 1)[1] for p in mixed + all_healthy]
                 agent = Agent(agent_dir, agent_config(sorted(set(keys)))).start()
@@ -95,19 +98,22 @@ def main():
                     "aborted": report["stats"].get("connmon/inflight_aborted", 0),
                     "retries": report["stats"].get("retry/count", 0),
                 })
-            results.append({
-                "scenario": name,
-                "rounds": rounds,
-                "wall_s_median": statistics.median(r["wall_s"] for r in runs),
-                "runs": runs,
-            })
+        results = [{
+            "scenario": name,
+            "rounds": rounds,
+            "wall_s_median": statistics.median(r["wall_s"] for r in runs_of[name]),
+            "runs": runs_of[name],
+        } for name, _, _, _ in scenarios]
     finally:
         for p in healthy:
             p.kill()
         target.close()
+        shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()
     out = {"pages": pages, "target_delay_s": delay, "concurrency": 32, "per_proxy": 8,
            "download_timeout_s": download_timeout,
-           "proxies": 10, "dead": {"refusing": 1, "blackholed": 2}, "results": results}
+           "proxies": 10, "dead": {"refusing": 1, "blackholed": 2}, "loadavg_at_end": load, "cpus": os.cpu_count(),
+           "results": results}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
 

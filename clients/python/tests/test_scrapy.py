@@ -205,3 +205,12 @@ def test_readme_recipes_for_requests_and_aiohttp(world):
     assert world.target.server.hits - before == 2 * len(pages)
     for proxy in (world.refusing, world.blackholed, world.victim.url, world.victim2.url):
         assert log.connects_to(proxy_key(proxy), after=started) == [], f"a connect to evicted {proxy}"
+
+
+def test_the_middleware_alone_still_works_and_says_what_it_cannot_do(world):
+    healthy = [p.url for p in world.healthy]
+    report = crawl(world.spec(proxies=healthy, settings={
+        "ADDONS": {}, "DOWNLOADER_MIDDLEWARES": {"connmon.scrapy.ConnmonProxyMiddleware": 350}}))
+    every_page_fetched(report)
+    assert report["log"].count("will not be aborted (use ConnmonAddon)") == 1, report["log"][-3000:]
+    assert report["stats"]["connmon/requests_assigned"] == PAGES
