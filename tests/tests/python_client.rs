@@ -127,7 +127,8 @@ fn the_example_pool_controller_marks_an_evicted_proxy_dead_and_then_good() {
     let synced = lines
         .recv_timeout(Duration::from_secs(10))
         .expect("the controller starts from a snapshot");
-    assert_eq!(synced, "0 proxies already dead: ", "{synced}");
+    // Other processes' refused connects on this host may already be ejected.
+    assert!(synced.contains(" proxies already dead: "), "{synced}");
     let port = closed_port("127.0.0.1");
     TcpStream::connect(("127.0.0.1", port)).expect_err("refused");
     let dst = format!("127.0.0.1:{port}");

@@ -109,7 +109,7 @@ pub fn scraper(connmon: &Path, dir: &Path, quick: bool, report: &mut String) -> 
          whose SYNs vanish). Each scenario has a fresh agent with the default policy and the 10 proxies \
          as its pool. Wall time: Scrapy's `elapsed_time_seconds`, median of {rounds} round(s). Connects to \
          dead proxies: the agent's `connect` events to them during the crawl, and those that started \
-         after the agent had evicted that proxy (for connmon.scrapy: after the crawl had learned it).\n\n\
+         after the agent had evicted that proxy (for connmon.scrapy also: after the crawl had acted on the eviction).\n\n\
          | scenario | wall (s) | vs all-healthy | pages fetched | connects to dead proxies | … after eviction | in-flight aborted |\n\
          |---|---:|---:|---:|---:|---:|---:|",
         pages = data["pages"],
@@ -130,7 +130,7 @@ pub fn scraper(connmon: &Path, dir: &Path, quick: bool, report: &mut String) -> 
             .any(|x| x["connects_after_crawl_learned"].is_u64())
         {
             format!(
-                "{} ({} after the crawl learned)",
+                "{} ({} after the crawl acted on it)",
                 sum("connects_after_evict"),
                 sum("connects_after_crawl_learned")
             )

@@ -111,6 +111,11 @@ class _CrawlerState:
 
         self.reactor = reactor
         self.inflight: Dict[str, Set[_Download]] = {}
+        self.acted_at: Dict[str, float] = {}
+        """Proxy → ``time.time()`` when the reactor acted on its latest eviction (aborted
+        what was in flight). From then on nothing is sent to it; between the pool
+        learning of the eviction (``pool.evicted_at``) and this moment, a download that
+        had already started may still open its connection."""
         self.aborts: "collections.deque[Dict[str, Any]]" = collections.deque(maxlen=1000)
         """The latest aborted downloads: proxy, the evict's ``ts`` and ``at`` (time.time())."""
         self.listeners: List[Any] = []
@@ -151,6 +156,7 @@ class _CrawlerState:
 
     def _evicted(self, proxy: str, event: Message) -> None:
         self.stats.inc_value("connmon/evictions_seen")
+        self.acted_at[proxy] = time.time()
         downloads = list(self.inflight.get(proxy, ()))
         if downloads:
             log.info("connmon: %s evicted (%s); aborting %d downloads through it", proxy, event.get("reason", event.get("source")), len(downloads))

@@ -83,7 +83,7 @@ def main():
                 # A second spider's evictions happened before it started.
                 to_dead = [c for c in log.connects if c["start"] >= report["started"]]
                 after_evict = [c for c in to_dead if c["dst"] in evicted and c["start"] >= evicted[c["dst"]]]
-                learned = report.get("evicted_at") or {}
+                learned = report.get("acted_at") or {}
                 after_learned = [c for c in to_dead if any(
                     p.split("//", 1)[1] == c["dst"] and c["start"] >= t for p, t in learned.items())]
                 if second:

@@ -121,6 +121,7 @@ def main():
         if state is not None:
             report["aborts"] = list(state.aborts)
             report["evicted_at"] = dict(state.pool.evicted_at)
+            report["acted_at"] = dict(state.acted_at)
             report["pool_stats"] = dict(state.pool.stats)
             report["dead"] = state.pool.dead()
     report["rotating_dead"] = getattr(spider, "rotating_dead", None)
