@@ -119,6 +119,7 @@ fn python_livepool_and_package_tests_pass_against_a_real_agent() {
             "test_no_agent_means_every_proxy_is_alive_and_one_warning",
             "test_async_live_pool",
             "test_the_example_controller_resynchronises_from_a_snapshot",
+            "test_ipv6_proxy_urls_match_the_agents_dst",
             "test_pip_installs_a_typed_package_versioned_with_the_agent",
             "test_the_single_file_client_works_alone",
         ],

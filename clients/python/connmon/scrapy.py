@@ -41,7 +41,7 @@ import collections
 import logging
 import time
 import weakref
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
@@ -116,6 +116,8 @@ class _CrawlerState:
         what was in flight). From then on nothing is sent to it; between the pool
         learning of the eviction (``pool.evicted_at``) and this moment, a download that
         had already started may still open its connection."""
+        self.history: "collections.deque[Tuple[float, str, str]]" = collections.deque(maxlen=10000)
+        """``(time.time(), "evict" | "reinstate", proxy)`` as the reactor acted on them."""
         self.aborts: "collections.deque[Dict[str, Any]]" = collections.deque(maxlen=1000)
         """The latest aborted downloads: proxy, the evict's ``ts`` and ``at`` (time.time())."""
         self.listeners: List[Any] = []
@@ -157,6 +159,7 @@ class _CrawlerState:
     def _evicted(self, proxy: str, event: Message) -> None:
         self.stats.inc_value("connmon/evictions_seen")
         self.acted_at[proxy] = time.time()
+        self.history.append((self.acted_at[proxy], "evict", proxy))
         downloads = list(self.inflight.get(proxy, ()))
         if downloads:
             log.info("connmon: %s evicted (%s); aborting %d downloads through it", proxy, event.get("reason", event.get("source")), len(downloads))
@@ -170,6 +173,7 @@ class _CrawlerState:
 
     def _reinstated(self, proxy: str, event: Message) -> None:
         self.stats.inc_value("connmon/reinstatements_seen")
+        self.history.append((time.time(), "reinstate", proxy))
         for listener in self.listeners:
             listener.connmon_reinstated(proxy, event)
 

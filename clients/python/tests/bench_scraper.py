@@ -20,7 +20,7 @@ import shutil
 import statistics
 import tempfile
 
-from harness import BLACKHOLE, Agent, ConnectLog, Target, Tinyproxy, crawl, free_port, parse_ts
+from harness import BLACKHOLE, Agent, ConnectLog, Target, Tinyproxy, crawl, free_port, intervals
 
 
 def agent_config(pool):
@@ -43,6 +43,7 @@ def main():
     refusing = f"http://127.0.0.40:{free_port('127.0.0.40')}"
     blackholed = [f"http://{BLACKHOLE}:3128", f"http://{BLACKHOLE}:3129"]
     dead = [refusing] + blackholed
+    dead_dsts = [p.split("//", 1)[1] for p in dead]
     mixed = [p.url for p in healthy[:7]] + dead
     all_healthy = [p.url for p in healthy]
     download_timeout = 3 if args.quick else 10
@@ -70,24 +71,20 @@ def main():
                 agent = Agent(agent_dir, agent_config(sorted(set(keys)))).start()
                 try:
                     spec = dict(base, mode=mode, proxies=proxies, socket=agent.socket)
+                    log = ConnectLog(agent.socket, dead_dsts)
                     if second:
                         crawl(spec, timeout=600)  # the first spider: its evictions stay
-                    log = ConnectLog(agent.socket, [p.split("//", 1)[1] for p in dead])
                     report = crawl(spec, timeout=600)
                     log.close()
                 finally:
                     agent.stop()
-                evicted = {}
-                for e in log.evicts:
-                    evicted.setdefault(e["dst"], parse_ts(e["ts"]))
-                # A second spider's evictions happened before it started.
+                # Connects of this crawl that started while the agent had that proxy
+                # evicted, and (connmon.scrapy) while the crawl had acted on the eviction.
                 to_dead = [c for c in log.connects if c["start"] >= report["started"]]
-                after_evict = [c for c in to_dead if c["dst"] in evicted and c["start"] >= evicted[c["dst"]]]
-                learned = report.get("acted_at") or {}
-                after_learned = [c for c in to_dead if any(
-                    p.split("//", 1)[1] == c["dst"] and c["start"] >= t for p, t in learned.items())]
-                if second:
-                    after_evict = to_dead  # everything was evicted before this spider started
+                in_crawl = ConnectLog.__new__(ConnectLog)
+                in_crawl.connects = to_dead
+                after_evict = in_crawl.connects_within(log.agent_intervals())
+                after_learned = in_crawl.connects_within(intervals(report.get("history") or []))
                 runs.append({
                     "wall_s": report["stats"].get("elapsed_time_seconds", report["elapsed"]),
                     "fetched": len(report["fetched"]),

@@ -27,6 +27,7 @@ class PagesSpider(scrapy.Spider):
         self.fetched = []
         self.failed = []
         self.killed_at = None
+        self.slots = {}
 
     async def start(self):
         for req in self.start_requests():
@@ -39,6 +40,8 @@ class PagesSpider(scrapy.Spider):
 
     def parse(self, response):
         self.fetched.append(response.url)
+        slot = response.meta.get("download_slot")
+        self.slots[slot] = self.slots.get(slot, 0) + 1
         n = len(self.fetched)
         kill = self.spec.get("kill")
         if kill and self.killed_at is None and n >= kill["after"]:
@@ -112,6 +115,7 @@ def main():
         "fetched": spider.fetched,
         "failed": spider.failed,
         "killed_at": spider.killed_at,
+        "slots": spider.slots,
         "stats": stats,
     }
     if spec["mode"] in ("connmon", "feed"):
@@ -122,6 +126,7 @@ def main():
             report["aborts"] = list(state.aborts)
             report["evicted_at"] = dict(state.pool.evicted_at)
             report["acted_at"] = dict(state.acted_at)
+            report["history"] = list(state.history)
             report["pool_stats"] = dict(state.pool.stats)
             report["dead"] = state.pool.dead()
     report["rotating_dead"] = getattr(spider, "rotating_dead", None)

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE_DIR = os.path.dirname(HERE)
@@ -51,7 +51,7 @@ def parse_ts(ts: str) -> float:
 
 
 def free_port(addr: str = "127.0.0.1") -> int:
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
     s.bind((addr, 0))
     port = s.getsockname()[1]
     s.close()
@@ -249,6 +249,31 @@ class ConnectLog:
 
     def connects_to(self, dst: str, after: float = 0.0) -> List[Dict[str, Any]]:
         return [c for c in self.connects if c["dst"] == dst and c["start"] >= after]
+
+    def agent_intervals(self) -> Dict[str, List[Tuple[float, float]]]:
+        """dst → the agent's ejections [evict ts, reinstate ts) seen by this log."""
+        return intervals((parse_ts(e["ts"]), e["type"], e["dst"]) for e in self.evicts)
+
+    def connects_within(self, spans: Dict[str, List[Tuple[float, float]]]) -> List[Dict[str, Any]]:
+        """The connects that started while their dst was inside one of ``spans``."""
+        return [c for c in self.connects
+                if any(a <= c["start"] < b for a, b in spans.get(c["dst"], []))]
+
+
+def intervals(history: Any) -> Dict[str, List[Tuple[float, float]]]:
+    """``(time, "evict" | "reinstate", dst or proxy URL)`` in time order → dst → the
+    spans during which it was evicted (an open one ends at infinity)."""
+    spans: Dict[str, List[Tuple[float, float]]] = {}
+    open_since: Dict[str, float] = {}
+    for t, kind, who in sorted(history):
+        dst = who.split("//", 1)[-1].rsplit("@", 1)[-1]
+        if kind == "evict":
+            open_since.setdefault(dst, t)
+        elif dst in open_since:
+            spans.setdefault(dst, []).append((open_since.pop(dst), t))
+    for dst, t in open_since.items():
+        spans.setdefault(dst, []).append((t, float("inf")))
+    return spans
 
 
 def crawl(spec: Dict[str, Any], timeout: float = 90) -> Dict[str, Any]:
