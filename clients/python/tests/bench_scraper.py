@@ -8,7 +8,8 @@ blackholed neighbour:
 
 Every crawl is a fresh Scrapy process; each scenario gets a fresh agent (default
 policy, pool = the 10 proxies) and a fresh state file, so "first spider" scenarios
-start with nothing evicted. Wall time is Scrapy's own `elapsed_time_seconds` (engine
+start with nothing evicted; the policy is connmon's default except that the host-wide
+local-outage guard is off (other tests on a shared host trip it). Wall time is Scrapy's own `elapsed_time_seconds` (engine
 start → finish). Dead-proxy connects are the agent's `connect` events to the dead
 proxies (the kernel's view), split into before and after the agent's `evict`.
 """
@@ -25,7 +26,10 @@ from harness import BLACKHOLE, Agent, ConnectLog, Target, Tinyproxy, crawl, free
 
 def agent_config(pool):
     members = ", ".join(json.dumps(m) for m in pool)
-    return f"[policy]\npool = [{members}]\n"  # everything else: connmon's defaults
+    # connmon's defaults, but for the local-outage guard: it is host-wide, and on a
+    # machine where other tests fail connects by the thousand (a shared development
+    # host) it suspends ejections for minutes. Off here, as in the tests.
+    return f"[policy]\noutage_min_destinations = 100000\npool = [{members}]\n"
 
 
 def main():
@@ -33,11 +37,15 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--work", default=None, help="keep agent and crawl logs here")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     pages = 100 if args.quick else 1000
     delay = 0.1
-    work = tempfile.mkdtemp(prefix="connmon-bench-scraper-")
+    work = args.work or tempfile.mkdtemp(prefix="connmon-bench-scraper-")
+    if args.work:
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
     target = Target(delay=delay)
     healthy = [Tinyproxy(work, f"127.0.0.{20 + i}").start() for i in range(10)]
     refusing = f"http://127.0.0.40:{free_port('127.0.0.40')}"
@@ -76,6 +84,8 @@ def main():
                         crawl(spec, timeout=600)  # the first spider: its evictions stay
                     report = crawl(spec, timeout=600)
                     log.close()
+                    with open(os.path.join(agent_dir, "crawl.log"), "w") as f:
+                        f.write(report["log"])
                 finally:
                     agent.stop()
                 # Connects of this crawl that started while the agent had that proxy
@@ -94,6 +104,9 @@ def main():
                     "connects_after_crawl_learned": len(after_learned) if mode == "connmon" else None,
                     "aborted": report["stats"].get("connmon/inflight_aborted", 0),
                     "retries": report["stats"].get("retry/count", 0),
+                    "agent_evicts": sum(e["type"] == "evict" for e in log.evicts),
+                    "agent_reinstates": sum(e["type"] == "reinstate" for e in log.evicts),
+                    "pool_stats": report.get("pool_stats"),
                 })
         results = [{
             "scenario": name,
@@ -105,7 +118,8 @@ def main():
         for p in healthy:
             p.kill()
         target.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
     out = {"pages": pages, "target_delay_s": delay, "concurrency": 32, "per_proxy": 8,
            "download_timeout_s": download_timeout,
