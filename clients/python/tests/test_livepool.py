@@ -106,7 +106,14 @@ def test_lagged_resynchronises_from_a_snapshot(tmp_path):
     try:
         first, *rest = closed_dsts(1000)
         gate = threading.Event()
-        pool = LivePool([first, *rest], socket=agent.socket, on_evict=lambda p, e: gate.wait(30))
+        from_snapshot = []
+
+        def on_evict(proxy, event):
+            gate.wait(30)
+            if event.get("source") == "snapshot":
+                from_snapshot.append(proxy)
+
+        pool = LivePool([first, *rest], socket=agent.socket, on_evict=on_evict)
         try:
             assert pool.wait_synced(10)
             refuse(first)  # the follower blocks in on_evict for this one
@@ -121,7 +128,8 @@ def test_lagged_resynchronises_from_a_snapshot(tmp_path):
             everyone = {first, *rest}
             wait_until(lambda: set(pool.dead()) == everyone, 20,
                        "every eviction after the resync (missing: {})".format(everyone - set(pool.dead())))
-            assert pool.stats["resyncs"] >= 2, pool.stats
+            wait_until(lambda: pool.stats["resyncs"] >= 2, 20, "the resync to finish")
+            assert from_snapshot, "no eviction came back from the snapshot: nothing was lost?"
         finally:
             gate.set()
             pool.close()
