@@ -157,7 +157,9 @@ def test_rotating_proxies_feed(world):
     finally:
         log.close()
     every_page_fetched(report)
-    assert sorted(report["rotating_dead"]) == sorted(dead), report["rotating_dead"]
+    # every evicted proxy is dead in rotating-proxies' list (its own ban detection may
+    # add others: a connection a loaded machine lost counts as a ban there)
+    assert set(dead) <= set(report["rotating_dead"]), report["rotating_dead"]
     for proxy in dead:
         assert log.connects_to(proxy_key(proxy), after=report["started"]) == [], f"a connect to evicted {proxy}"
     assert report["stats"]["connmon/rotating_marked_dead"] >= 4, report["stats"]
