@@ -342,9 +342,11 @@ class RotatingProxiesFeed:
         ROTATING_PROXY_LIST = [...]            # followed by connmon, no other setting
 
     An evicted proxy is marked dead, and marked dead again whenever rotating-proxies'
-    own back-off would bring it back while connmon still has it evicted; a reinstated
-    proxy is marked good. In-flight downloads are not aborted (use
-    :class:`ConnmonProxyMiddleware` for that)."""
+    own back-off would bring it back while connmon still has it evicted (its
+    ``proxies.get_random`` never returns a proxy connmon has evicted); a reinstated proxy
+    is marked good. Requests already assigned to a proxy before its eviction still go
+    out, and in-flight downloads are not aborted (use :class:`ConnmonProxyMiddleware`
+    for that)."""
 
     def __init__(self, crawler: Any) -> None:
         self.crawler = crawler
@@ -378,9 +380,30 @@ class RotatingProxiesFeed:
         if self.rotating is None:
             log.warning("connmon: RotatingProxiesFeed found no RotatingProxyMiddleware; it does nothing")
             return
+        self._guard_choice()
         self._sync()
         self._task = task.LoopingCall(self._sync)
         self._task.start(1.0, now=False)
+
+    def _guard_choice(self) -> None:
+        """Wraps this middleware's ``proxies.get_random`` so that a proxy connmon has
+        evicted is never handed out, even between rotating-proxies' own reanimation and
+        the next :meth:`_sync` (it is marked dead again instead)."""
+        proxies = self.rotating.proxies
+        original = proxies.get_random
+        pool = self.state.pool
+
+        def get_random() -> Optional[str]:
+            for _ in range(len(proxies.proxies) + 1):
+                proxy: Optional[str] = original()
+                if proxy is None or not pool.is_dead(proxy):
+                    return proxy
+                proxies.mark_dead(proxy)
+                self.stats.inc_value("connmon/rotating_marked_dead")
+            fallback: Optional[str] = original()
+            return fallback
+
+        proxies.get_random = get_random
 
     def engine_stopped(self) -> None:
         if self._task is not None and self._task.running:
