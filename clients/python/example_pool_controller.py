@@ -5,6 +5,7 @@ out the moment connmon evicts it and putting it back when connmon reinstates it.
 
 It prints one line per change ("dead ADDR (reason)" / "good ADDR") and the live count.
 Replace the prints with your own rotation (a Redis set, HAProxy, a Scrapy middleware).
+For a ready-made, reconnecting version of this loop use ``connmon.LivePool``.
 """
 
 import argparse
@@ -27,6 +28,18 @@ class ProxyPool:
     def usable(self, dst):
         return dst not in self.dead
 
+    def resync(self, snapshot):
+        """Replaces the dead set with the snapshot's ejections; returns (dead, good) changes."""
+        ejected = {
+            d["dst"]: (d.get("ejection_reason"), d.get("ejected_until"))
+            for d in snapshot["destinations"]
+            if d["state"] == "ejected" and d.get("role") == "proxy"
+        }
+        newly_dead = sorted(set(ejected) - set(self.dead))
+        newly_good = sorted(set(self.dead) - set(ejected))
+        self.dead = ejected
+        return newly_dead, newly_good
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,6 +51,9 @@ def main():
     with Client(args.socket) as connmon:
         connmon.subscribe(types=["evict", "reinstate"], roles=["proxy"])
         print(f"connected to connmon {connmon.hello['version']}", flush=True)
+        # connmon does not re-announce ejections: start from a snapshot.
+        dead, _ = pool.resync(connmon.snapshot())
+        print(f"{len(dead)} proxies already dead: {' '.join(dead)}", flush=True)
         for event in connmon.events():
             if event["type"] == "evict":
                 pool.mark_dead(event["dst"], event["reason"], event["ejection"]["until"])
@@ -47,7 +63,12 @@ def main():
                 print(f"good {event['dst']}", flush=True)
             elif event["type"] == "lagged":
                 # Decisions may have been missed: resynchronise from a snapshot.
-                print(f"missed {event['missed']} messages; resynchronising", flush=True)
+                dead, good = pool.resync(connmon.snapshot())
+                print(
+                    f"missed {event['missed']} messages; resynchronised: "
+                    f"{len(dead)} newly dead, {len(good)} back, {len(pool.dead)} dead in all",
+                    flush=True,
+                )
                 continue
             changes += 1
             if args.exit_after is not None and changes >= args.exit_after:

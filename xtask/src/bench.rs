@@ -16,7 +16,9 @@
 //! 7. Handshake checks: a member's death → eviction with no client traffic vs
 //!    `idle_after` and the probe rate; agent CPU at 10 000 probes/s; memory with 1 M
 //!    scheduled members (module [`checks`]).
-//! 8. Soak (`--soak DURATION`, or 20 s in `--quick`): see `soak.rs`.
+//! 8. Scraper: Scrapy crawl time and connects to dead proxies with 30 % dead proxies,
+//!    connmon.scrapy vs scrapy-rotating-proxies vs all-healthy (`bench_scraper`).
+//! 9. Soak (`--soak DURATION`, or 20 s in `--quick`): see `soak.rs`.
 //!
 //! Only loopback and a namespace this command creates are used; every load is bounded in
 //! time and count. `--quick` runs each scenario once, briefly (< 60 s), so that
@@ -217,6 +219,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         ));
         section(&env, &plan, &mut report)?;
+    }
+    if !only_checks {
+        setup::say(format!(
+            "bench: scraper scenario ({:.0} s so far)",
+            started.elapsed().as_secs_f64()
+        ));
+        crate::bench_scraper::scraper(&env.connmon, &env.dir, opts.quick, &mut report)?;
     }
     if opts.quick {
         setup::say("bench: a 20 s soak (cargo xtask bench --soak DURATION runs it longer)");

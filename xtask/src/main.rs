@@ -2,12 +2,14 @@
 //! fresh machine needs nothing but Rust (rustup) and root.
 
 mod bench;
+mod bench_scraper;
 mod build;
 mod image;
 mod kernels;
 mod package;
 mod pytools;
 mod fuzz;
+mod pyenv;
 mod run;
 mod setup;
 mod soak;
@@ -47,6 +49,8 @@ enum Command {
     Image(image::Options),
     /// Run the fuzz targets (cargo-fuzz): all, or one, for `--time` each.
     Fuzz(fuzz::Options),
+    /// Only the scraper benchmark (Scrapy with 30 % dead proxies; part of `bench`).
+    BenchScraper(bench_scraper::Options),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Package(opts) => package::run(&opts),
         Command::Image(opts) => image::run(&opts),
         Command::Fuzz(opts) => fuzz::run(&opts),
+        Command::BenchScraper(opts) => bench_scraper::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,8 @@
 //!   rebuilds it;
 //! - `cargo-nextest` (the test runner) and the Debian packages the integration tests use;
 //! - for the kernel matrix (kernels.rs): QEMU, busybox-static, kmod and virtme-ng (PyPI,
-//!   pinned) in a venv under `~/.cache/connmon/`.
+//!   pinned) in a venv under `~/.cache/connmon/`;
+//! - the Python tests' virtualenv (`pyenv`).
 
 use std::{
     env,
@@ -88,6 +89,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {
             started.elapsed().as_secs_f64()
         ));
     }
+    crate::pyenv::ensure_test_venv()?;
     Ok(Toolchain { bpf_linker_dir })
 }
 
@@ -325,6 +327,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     // tests/tests/top.rs: drives `connmon top` in a terminal.
     ("tmux", "tmux"),
+    // clients/python tests and the scraper bench: real HTTP proxies.
+    ("tinyproxy", "tinyproxy"),
 ];
 
 fn ensure_packages() -> anyhow::Result<()> {

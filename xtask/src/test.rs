@@ -85,7 +85,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .env("CONNMON_BIN", &bin)
         .env("CONNMON_DEB", &packaged.deb)
         .env("CONNMON_IMAGE", &image)
-        .env("CONNMON_TOOLS_VENV", &tools_venv);
+        .env("CONNMON_TOOLS_VENV", &tools_venv)
+        .env("CONNMON_TEST_PYTHON", crate::pyenv::ensure_test_venv()?);
     let (tests_result, host) = run_nextest(&mut cmd);
     let run_matrix = !opts.no_kernels && opts.args.is_empty();
     let matrix_result = if run_matrix {

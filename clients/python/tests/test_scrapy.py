@@ -1,0 +1,228 @@
+"""connmon.scrapy against real Scrapy, real tinyproxy proxies, a real agent and a local
+target: a refusing, a blackholed and a killed proxy; a second spider after the
+evictions; the agent restarted mid-crawl; scrapy-rotating-proxies fed by connmon; no
+agent at all.
+
+The tests of this module share one world (proxies, target, agent) and run in order:
+later ones rely on the evictions of earlier ones, as a second spider would."""
+
+import asyncio
+import os
+import time
+
+
+import pytest
+from harness import BLACKHOLE, Agent, ConnectLog, Target, Tinyproxy, agent_config, crawl, finish_crawl, free_port, \
+    intervals, parse_ts, start_crawl, wait_until
+
+from connmon import Client, proxy_key
+
+PAGES = 150
+
+
+class World:
+    def __init__(self, workdir: str) -> None:
+        self.dir = workdir
+        self.target = Target(delay=0.05)
+        self.healthy = [Tinyproxy(workdir, f"127.0.0.{i}").start() for i in (11, 12, 13)]
+        self.victim = Tinyproxy(workdir, "127.0.0.14").start()  # killed mid-crawl (test 1)
+        self.victim2 = Tinyproxy(workdir, "127.0.0.15").start()  # killed after the agent restart
+        self.refusing = f"http://user:secret@127.0.0.16:{free_port('127.0.0.16')}"  # nothing listens
+        self.blackholed = f"http://{BLACKHOLE}:3128"  # SYNs vanish
+        self.proxies = [p.url for p in self.healthy] + [self.victim.url, self.victim2.url, self.refusing,
+                                                        self.blackholed]
+        self.dsts = [proxy_key(p) for p in self.proxies]
+        self.agent = Agent(workdir, agent_config(pool=self.dsts)).start()
+
+    def spec(self, **kw):
+        spec = {"mode": "connmon", "proxies": self.proxies, "socket": self.agent.socket, "target": self.target.url,
+                "pages": PAGES, "concurrency": 32, "per_slot": 8, "download_timeout": 20, "retry_times": 5}
+        spec.update(kw)
+        return spec
+
+    def close(self) -> None:
+        self.agent.stop()
+        for p in self.healthy + [self.victim, self.victim2]:
+            p.kill()
+        self.target.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = World(str(tmp_path_factory.mktemp("scrapy")))
+    yield w
+    w.close()
+
+
+def every_page_fetched(report):
+    assert report["failed"] == [], report["failed"]
+    assert sorted(report["fetched"]) == sorted(set(report["fetched"])), "a page was fetched twice"
+    assert len(report["fetched"]) == PAGES, (len(report["fetched"]), report["log"][-3000:])
+
+
+def assert_nothing_sent_after_eviction(report, log, proxies):
+    """No connect to an evicted proxy started after the crawl acted on the eviction (the
+    reactor aborted what was in flight through it) and before it acted on a reinstate. A
+    download that had already started may open its connection between the agent's
+    decision and that moment (milliseconds, checked to be < 1 s)."""
+    acted = intervals(report["history"])
+    for proxy in proxies:
+        dst = proxy_key(proxy)
+        assert dst in acted, f"the crawl never acted on an eviction of {proxy}: {report['history']}"
+        late = [c for c in log.connects_within(acted) if c["dst"] == dst]
+        assert late == [], f"{len(late)} connects to {proxy} after the crawl acted on its eviction: {late[:3]}"
+        window = acted[dst][0][0] - log.agent_intervals()[dst][0][0]
+        assert window < 1.0, f"the crawl acted {window:.3f} s after the agent evicted {proxy}"
+
+
+def test_refusing_blackholed_and_killed_proxies(world):
+    log = ConnectLog(world.agent.socket, world.dsts)
+    try:
+        report = crawl(world.spec(kill={"pid": world.victim.proc.pid, "after": 40}))
+    finally:
+        log.close()
+    every_page_fetched(report)
+    dead = [world.refusing, world.blackholed, world.victim.url]
+    assert sorted(report["dead"]) == sorted(dead), report["dead"]
+    assert_nothing_sent_after_eviction(report, log, dead)
+    # Every proxy was tried; the dead ones only until connmon said so.
+    for dst in world.dsts:
+        if dst != proxy_key(world.victim2.url):
+            assert log.connects_to(dst), f"no connect to {dst} at all"
+    # In-flight downloads through the blackholed proxy were aborted within a second of
+    # the agent's eviction (without it they would wait for DOWNLOAD_TIMEOUT = 20 s).
+    aborts = [a for a in report["aborts"] if a["proxy"] == world.blackholed]
+    assert aborts, report["aborts"]
+    for a in aborts:
+        delay = a["at"] - parse_ts(a["evict_ts"])
+        assert 0 <= delay < 1.0, f"aborted {delay:.3f} s after the eviction"
+    stats = report["stats"]
+    assert stats["connmon/evictions_seen"] >= 3, stats
+    assert stats["connmon/inflight_aborted"] >= len(aborts), stats
+    assert stats.get("connmon/requests_reassigned", 0) > 0, stats
+    assert report["elapsed"] < 20, f"the crawl took {report['elapsed']:.1f} s: aborted downloads waited"
+    world.first_elapsed = report["elapsed"]
+
+
+def test_a_second_spider_sends_nothing_to_evicted_proxies(world):
+    dead = [world.refusing, world.blackholed, world.victim.url]
+    log = ConnectLog(world.agent.socket, world.dsts)
+    try:
+        report = crawl(world.spec())
+    finally:
+        log.close()
+    every_page_fetched(report)
+    for proxy in dead:
+        assert log.connects_to(proxy_key(proxy), after=report["started"]) == [], f"a connect to evicted {proxy}"
+    assert report["stats"].get("connmon/inflight_aborted", 0) == 0
+    assert report["pool_stats"]["evictions"] == 3, "the evictions came from the snapshot"
+    # one download slot per live proxy, each used
+    live = [p.url for p in world.healthy] + [world.victim2.url]
+    assert sorted(report["slots"]) == sorted(f"connmon:{proxy_key(p)}" for p in live), report["slots"]
+
+
+def test_agent_restarted_mid_crawl(world):
+    progress = os.path.join(world.dir, "progress")
+    proc = start_crawl(world.spec(pages=PAGES, progress=progress, per_slot=2, concurrency=8,
+                                  settings={"CONNMON_STARTUP_WAIT": 5}))
+    world.target.server.delay = 0.25
+    try:
+        wait_until(lambda: os.path.exists(progress) and int(open(progress).read() or 0) >= 10, 60,
+                   "the crawl to make progress")
+        world.agent.restart()
+        log = ConnectLog(world.agent.socket, world.dsts)
+        world.victim2.kill()  # the new agent evicts it; the crawl must follow
+        report = finish_crawl(proc, timeout=120)
+        log.close()
+    finally:
+        world.target.server.delay = 0.05
+        if proc.poll() is None:
+            proc.kill()
+    every_page_fetched(report)
+    assert report["pool_stats"]["reconnects"] >= 1, report["pool_stats"]
+    assert report["pool_stats"]["resyncs"] >= 2, report["pool_stats"]
+    assert "lost the agent" in report["log"] and "following agent" in report["log"]
+    assert world.victim2.url in report["dead"], report["dead"]
+    assert_nothing_sent_after_eviction(report, log, [world.victim2.url])
+    # the evictions from before the restart are still known (state file + snapshot)
+    for proxy in (world.refusing, world.blackholed, world.victim.url):
+        assert log.connects_to(proxy_key(proxy)) == [], f"a connect to evicted {proxy} after the restart"
+
+
+def test_rotating_proxies_feed(world):
+    dead = [world.refusing, world.blackholed, world.victim.url, world.victim2.url]
+    log = ConnectLog(world.agent.socket, world.dsts)
+    try:
+        report = crawl(world.spec(mode="feed"))
+    finally:
+        log.close()
+    every_page_fetched(report)
+    # every evicted proxy is dead in rotating-proxies' list (its own ban detection may
+    # add others: a connection a loaded machine lost counts as a ban there)
+    assert set(dead) <= set(report["rotating_dead"]), report["rotating_dead"]
+    for proxy in dead:
+        assert log.connects_to(proxy_key(proxy), after=report["started"]) == [], f"a connect to evicted {proxy}"
+    assert report["stats"]["connmon/rotating_marked_dead"] >= 4, report["stats"]
+
+
+def test_without_an_agent_it_rotates_over_all_proxies(world):
+    healthy = [p.url for p in world.healthy]
+    log = ConnectLog(world.agent.socket, world.dsts)
+    try:
+        report = crawl(world.spec(proxies=healthy, socket=os.path.join(world.dir, "no-agent.sock"),
+                                  settings={"CONNMON_STARTUP_WAIT": 1}))
+    finally:
+        log.close()
+    every_page_fetched(report)
+    assert report["log"].count("no agent answered") == 1, report["log"][-3000:]
+    assert report["log"].count("no agent at") == 1, report["log"][-3000:]
+    for proxy in healthy:
+        assert log.connects_to(proxy_key(proxy), after=report["started"]), f"{proxy} was never used"
+
+
+def test_the_agent_knows_every_proxy(world):
+    with Client(world.agent.socket) as c:
+        pool = c.pool_list()["pool"]
+    assert sorted(pool) == sorted(world.dsts)
+
+
+
+def readme_recipe(marker):
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    after = readme[readme.index(marker):]
+    code = after[after.index("```python\n") + len("```python\n"):]
+    return code[:code.index("```")]
+
+
+def test_readme_recipes_for_requests_and_aiohttp(world):
+    # The README's own code, with this world's socket; the dead proxies are evicted by now.
+    pages = [f"{world.target.url}/page/r{i}" for i in range(12)]
+    before = world.target.server.hits
+    log = ConnectLog(world.agent.socket, world.dsts)
+    started = time.time()
+    try:
+        for marker in ("`requests` —", "`aiohttp` —"):
+            code = readme_recipe(marker).replace("LivePool(PROXIES", "LivePool(PROXIES, socket=SOCKET")
+            scope = {"PROXIES": world.proxies, "URLS": pages, "SOCKET": world.agent.socket}
+            exec(compile(code, f"README {marker}", "exec"), scope)
+            if "get" in scope and marker.startswith("`requests`"):
+                assert scope["pool"].wait_synced(10)
+                assert all(scope["get"](u).status_code == 200 for u in pages)
+                scope["pool"].close()
+            else:
+                bodies = asyncio.run(asyncio.wait_for(scope["main"](), 60))
+                assert len(bodies) == len(pages) and all("<h1>/page/r" in b for b in bodies)
+    finally:
+        log.close()
+    assert world.target.server.hits - before == 2 * len(pages)
+    for proxy in (world.refusing, world.blackholed, world.victim.url, world.victim2.url):
+        assert log.connects_to(proxy_key(proxy), after=started) == [], f"a connect to evicted {proxy}"
+
+
+def test_the_middleware_alone_still_works_and_says_what_it_cannot_do(world):
+    healthy = [p.url for p in world.healthy]
+    report = crawl(world.spec(proxies=healthy, settings={
+        "ADDONS": {}, "DOWNLOADER_MIDDLEWARES": {"connmon.scrapy.ConnmonProxyMiddleware": 350}}))
+    every_page_fetched(report)
+    assert report["log"].count("will not be aborted (use ConnmonAddon)") == 1, report["log"][-3000:]
+    assert report["stats"]["connmon/requests_assigned"] == PAGES
