@@ -68,6 +68,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<test::AlreadyReported>() => ExitCode::FAILURE,
         Err(err) => {
             eprintln!("xtask: error: {err:#}");
             ExitCode::FAILURE

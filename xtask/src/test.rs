@@ -98,12 +98,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     } else {
         Ok(kernels::MatrixResult::default())
     };
-    if let Some(host) = host {
+    let totals = host.map(|host| {
         let (passed, failed) = match &matrix_result {
             Ok(m) => (host.passed + m.passed, host.failed + m.failed),
             Err(_) => (host.passed, host.failed),
         };
-        eprintln!(
+        let summary = format!(
             "host tests: {} passed, {} failed; kernel matrix: {}",
             host.passed,
             host.failed,
@@ -113,16 +113,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 Err(e) => format!("error: {e:#}"),
             }
         );
-        eprintln!("total: {passed} passed, {failed} failed");
-        let _ = std::io::stderr().flush();
-    }
+        (summary, passed, failed)
+    });
     let matrix_result = matrix_result.and_then(|m| {
         if m.failed > 0 {
             bail!("{} test(s) failed in the kernel matrix", m.failed)
         }
         Ok(())
     });
-    match (bench_result, fuzz_result, tests_result, matrix_result) {
+    let result = match (bench_result, fuzz_result, tests_result, matrix_result) {
         (Ok(()), Ok(()), Ok(()), Ok(())) => Ok(()),
         (_, _, Err(tests), _) => Err(tests),
         (_, _, Ok(()), Err(matrix)) => Err(matrix),
@@ -132,8 +131,32 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         (Ok(()), Err(fuzz), Ok(()), Ok(())) => {
             Err(fuzz.context("fuzzing found a crash (the tests passed)"))
         }
+    };
+    // The plain `total:` line must close the output (CI reads the closing lines), so any
+    // error is printed before it and main is told not to print it again.
+    let Some((summary, passed, failed)) = totals else {
+        return result;
+    };
+    if let Err(err) = &result {
+        eprintln!("xtask: error: {err:#}");
+    }
+    eprintln!("{summary}");
+    eprintln!("total: {passed} passed, {failed} failed");
+    let _ = std::io::stderr().flush();
+    result.map_err(|_| anyhow::Error::new(AlreadyReported))
+}
+
+/// An error whose message was already printed (before the closing `total:` line).
+#[derive(Debug)]
+pub struct AlreadyReported;
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the tests failed (reported above)")
     }
 }
+
+impl std::error::Error for AlreadyReported {}
 
 /// Counts from nextest's closing `Summary` line.
 #[derive(Debug, Default, PartialEq, Eq)]
