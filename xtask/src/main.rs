@@ -4,12 +4,12 @@
 mod bench;
 mod bench_scraper;
 mod build;
+mod fuzz;
 mod image;
 mod kernels;
 mod package;
-mod pytools;
-mod fuzz;
 mod pyenv;
+mod pytools;
 mod run;
 mod setup;
 mod soak;

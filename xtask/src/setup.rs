@@ -81,7 +81,12 @@ pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {
     step(3, of, "cargo-nextest", ensure_nextest)?;
     if !opts.no_packages {
         step(4, of, "Debian packages for the tests", ensure_packages)?;
-        step(5, of, "kernel-matrix tools (virtme-ng)", crate::kernels::ensure_tools)?;
+        step(
+            5,
+            of,
+            "kernel-matrix tools (virtme-ng)",
+            crate::kernels::ensure_tools,
+        )?;
     }
     if started.elapsed() > SLOW_STEP {
         say(format!(

@@ -171,7 +171,11 @@ pub fn decision_line(v: &Value, p: &Palette) -> Option<String> {
             dst_label(v),
             v["role"].as_str().unwrap_or(""),
             duration_ms(v["ejected_ms"].as_u64().unwrap_or(0)),
-            if v["verified"] == true { ", verified by a probe" } else { "" },
+            if v["verified"] == true {
+                ", verified by a probe"
+            } else {
+                ""
+            },
             if v["early"] == true { " (early)" } else { "" },
         ),
         "suspect" => format!(
