@@ -236,6 +236,10 @@ class ConnectLog:
                 self.lagged += 1
             elif event.get("dst") in self.dsts:
                 if event["type"] == "connect":
+                    # The agent's own handshake checks (`"probe": true`, [checks]) are
+                    # connmon verifying a node, not a request of the scraper.
+                    if event.get("probe"):
+                        continue
                     if event.get("netns") in (None, self.netns):
                         event["start"] = parse_ts(event["ts"]) - (event.get("duration_us") or 0) / 1e6
                         self.connects.append(event)
