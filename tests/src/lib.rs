@@ -401,16 +401,48 @@ impl Drop for Agent {
 }
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+static SWEEP: std::sync::Once = std::sync::Once::new();
 
-/// A fresh directory under the system temp dir for this test process.
+/// The prefix of every scratch directory: `<temp>/connmon-test-<pid>/`.
+const SCRATCH_PREFIX: &str = "connmon-test-";
+
+/// A fresh directory for this test process, under `<temp>/connmon-test-<pid>/`.
+///
+/// Tests run one per process (nextest), and a process never drops its statics, so the
+/// directories cannot be removed when the test ends. Instead the first call in each
+/// process removes the scratch roots of processes that no longer run: the disk holds at
+/// most the directories of the tests running now (and of the last ones to finish), not
+/// every binary copy and state file of every run (which once filled CI's disk). A failed
+/// test's files stay until the next test run, for a look.
 pub fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "connmon-test-{tag}-{}-{}",
-        std::process::id(),
-        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-    ));
+    let temp = std::env::temp_dir();
+    SWEEP.call_once(|| sweep_dead_scratch_roots(&temp));
+    let dir = temp
+        .join(format!("{SCRATCH_PREFIX}{}", std::process::id()))
+        .join(format!("{tag}-{}", NEXT_DIR.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
+}
+
+/// Removes `<temp>/connmon-test-<pid>` for every `pid` that is not a running process.
+fn sweep_dead_scratch_roots(temp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // Best effort: another test process may be sweeping the same root.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A copy of `file` that an unprivileged user can execute or read: the build tree (a
@@ -418,7 +450,9 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 pub fn world_readable_copy(file: &std::path::Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = scratch_dir("shared");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    for d in [dir.parent().expect("the scratch root"), &dir] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    }
     let copy = dir.join(file.file_name().expect("a file name"));
     std::fs::copy(file, &copy).expect("copy");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod file");
