@@ -70,6 +70,7 @@ pub const NO_ARP_V4: &str = "10.200.0.3";
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
+        SWEEP_NETNS.call_once(sweep_dead_namespaces);
         let name = format!(
             "connmon-{tag}-{}-{}",
             std::process::id(),
@@ -145,6 +146,31 @@ impl Netns {
             .expect("spawn")
             .join()
             .expect("test thread panicked")
+    }
+}
+
+static SWEEP_NETNS: std::sync::Once = std::sync::Once::new();
+
+/// Deletes `connmon-<tag>-<pid>-<n>` namespaces whose test process is gone. A test killed
+/// by the runner's timeout never runs its guard's `Drop`, and its namespace (with veths and
+/// addresses) would stay on the host for good.
+fn sweep_dead_namespaces() {
+    let Ok(names) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in names.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.rsplit('-');
+        let (Some(_n), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if name.starts_with("connmon-") && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
     }
 }
 
