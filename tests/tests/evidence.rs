@@ -28,7 +28,11 @@ use std::{
 use connmon_integration::{Agent, LOCAL_V4, Netns, closed_port, require_root, scratch_dir, sh};
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(8);
+/// How long to wait for an expected line: generous, because the kernel matrix runs these
+/// tests on an emulated CPU (waiting ends as soon as the line arrives).
+const WAIT: Duration = Duration::from_secs(30);
+/// How long haproxy may take to answer on its stats socket after it starts.
+const HAPROXY_START: Duration = Duration::from_secs(60);
 
 /// Guards, opened wide: the agent sees every connect on the host, and failures of
 /// anything else running at the same time must not hold back this test's evictions.
@@ -77,14 +81,15 @@ impl Haproxy {
             .spawn()
             .unwrap_or_else(|e| panic!("starting haproxy (`cargo xtask setup` installs it): {e}"));
         let mut haproxy = Haproxy { child, socket, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: under the kernel matrix's emulated CPU haproxy takes seconds to start.
+        let deadline = Instant::now() + HAPROXY_START;
         while haproxy.command("show info").is_none() {
             if let Ok(Some(status)) = haproxy.child.try_wait() {
                 panic!("haproxy exited ({status}):\n{}", haproxy.log());
             }
             assert!(
                 Instant::now() < deadline,
-                "haproxy's stats socket did not answer within 10 s:\n{}",
+                "haproxy's stats socket did not answer within {HAPROXY_START:?}:\n{}",
                 haproxy.log()
             );
             thread::sleep(Duration::from_millis(50));
