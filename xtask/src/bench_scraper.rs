@@ -109,7 +109,7 @@ pub fn scraper(connmon: &Path, dir: &Path, quick: bool, report: &mut String) -> 
          proxies on loopback addresses, 32 requests at once, 8 per proxy, `DOWNLOAD_TIMEOUT` = {timeout} s, \
          5 retries. \"30 % dead\": 1 refusing proxy and 2 blackholed ones (a namespace neighbour \
          whose SYNs vanish). Each scenario has a fresh agent with the default policy and the 10 proxies \
-         as its pool (default policy, local-outage guard off: it is host-wide and other tests on a shared host trip it). Wall time: Scrapy's `elapsed_time_seconds`, median of {rounds} round(s). Connects to \
+         as its pool (default policy unless the scenario says otherwise, local-outage guard off: it is host-wide and other tests on a shared host trip it). Wall time: Scrapy's `elapsed_time_seconds`, median of {rounds} round(s). Connects to \
          dead proxies: the agent's `connect` events to them during the crawl, and those that started \
          after the agent had evicted that proxy (for connmon.scrapy also: after the crawl had acted on the eviction). \
          In-flight aborted: downloads cancelled at an eviction or (in parentheses) at a `suspect`. Last dead \
