@@ -30,10 +30,12 @@ class World:
         self.victim3 = Tinyproxy(workdir, "127.0.0.17").start()  # killed mid-crawl with rotating-proxies
         self.refusing = f"http://user:secret@127.0.0.16:{free_port('127.0.0.16')}"  # nothing listens
         self.blackholed = f"http://{BLACKHOLE}:3128"  # SYNs vanish
+        self.blackholed2 = f"http://{BLACKHOLE}:3132"  # used only by the rotating-proxies test
         self.proxies = [p.url for p in self.healthy] + [self.victim.url, self.victim2.url, self.victim3.url,
                                                         self.refusing, self.blackholed]
         self.dsts = [proxy_key(p) for p in self.proxies]
-        self.agent = Agent(workdir, agent_config(pool=self.dsts)).start()
+        self.pool = self.dsts + [proxy_key(self.blackholed2)]
+        self.agent = Agent(workdir, agent_config(pool=self.pool)).start()
 
     def spec(self, **kw):
         spec = {"mode": "connmon", "proxies": self.proxies, "socket": self.agent.socket, "target": self.target.url,
@@ -152,26 +154,32 @@ def test_agent_restarted_mid_crawl(world):
 
 def test_rotating_proxies_feed(world):
     """scrapy-rotating-proxies with RotatingProxiesAddon (the feed + ConnmonDownloadHandler):
-    the proxies evicted before the crawl get nothing, and victim3, killed mid-crawl,
-    gets nothing once the crawl acted on its eviction — not even the requests
-    RotatingProxyMiddleware had already queued in its slot."""
+    the proxies evicted before the crawl get nothing; blackholed2, new to everyone, gets
+    nothing once the crawl acted on its eviction — not even the requests
+    RotatingProxyMiddleware had queued in its slot behind the stuck downloads, which
+    are cancelled — and neither does victim3, killed mid-crawl."""
     before = [world.refusing, world.blackholed, world.victim.url, world.victim2.url]
-    log = ConnectLog(world.agent.socket, world.dsts)
-    world.target.server.delay = 0.2  # requests wait in victim3's slot when it dies
+    log = ConnectLog(world.agent.socket, world.pool)
     try:
-        report = crawl(world.spec(mode="feed", kill={"pid": world.victim3.proc.pid, "after": 40}))
+        # 64 at once over 5 live proxies, 8 per proxy: requests wait in the slots
+        report = crawl(world.spec(mode="feed", concurrency=64, proxies=world.proxies + [world.blackholed2],
+                                  kill={"pid": world.victim3.proc.pid, "after": 40}))
     finally:
-        world.target.server.delay = 0.05
         log.close()
     every_page_fetched(report)
-    dead = before + [world.victim3.url]
+    assert log.connects_to(proxy_key(world.blackholed2), after=report["started"]), "blackholed2 was never used"
+    assert_nothing_sent_after_eviction(report, log, [world.blackholed2])
+    aborted = [a for a in report["aborts"] if a["proxy"] == world.blackholed2]
+    assert aborted, report["aborts"]
+    if proxy_key(world.victim3.url) in intervals(report["history"]):
+        assert_nothing_sent_after_eviction(report, log, [world.victim3.url])
+    dead = before + [world.blackholed2]
     # every evicted proxy is dead in rotating-proxies' list (its own ban detection may
     # add others: a connection a loaded machine lost counts as a ban there)
     assert set(dead) <= set(report["rotating_dead"]), report["rotating_dead"]
     for proxy in before:
         assert log.connects_to(proxy_key(proxy), after=report["started"]) == [], f"a connect to evicted {proxy}"
     assert log.connects_to(proxy_key(world.victim3.url), after=report["started"]), "victim3 was never used"
-    assert_nothing_sent_after_eviction(report, log, [world.victim3.url])
     stats = report["stats"]
     assert stats["connmon/rotating_marked_dead"] >= 5, stats
     assert "will still be sent to it" not in report["log"], "the add-on installs the handler"
@@ -195,7 +203,7 @@ def test_without_an_agent_it_rotates_over_all_proxies(world):
 def test_the_agent_knows_every_proxy(world):
     with Client(world.agent.socket) as c:
         pool = c.pool_list()["pool"]
-    assert sorted(pool) == sorted(world.dsts)
+    assert sorted(pool) == sorted(world.pool)
 
 
 
