@@ -9,7 +9,8 @@
 //! - `test_scrapy.py`: a refusing, a blackholed and a killed proxy (every page fetched,
 //!   nothing sent to an evicted proxy, in-flight downloads aborted within a second), a
 //!   second spider, the agent restarted mid-crawl, scrapy-rotating-proxies fed by
-//!   connmon, no agent.
+//!   connmon (a proxy killed mid-crawl gets nothing once evicted), no agent, the README's
+//!   requests/httpx/aiohttp recipes, a blackholed proxy left at connmon's `suspect`.
 
 use std::{
     io::Read as _,
@@ -139,8 +140,9 @@ fn python_scrapy_tests_pass_with_real_proxies_and_agent() {
             "test_rotating_proxies_feed",
             "test_without_an_agent_it_rotates_over_all_proxies",
             "test_the_agent_knows_every_proxy",
-            "test_readme_recipes_for_requests_and_aiohttp",
+            "test_readme_recipes_for_requests_httpx_and_aiohttp",
             "test_the_middleware_alone_still_works_and_says_what_it_cannot_do",
+            "test_a_suspect_proxy_is_left_before_its_eviction",
         ],
         Duration::from_secs(220),
     );

@@ -109,11 +109,14 @@ pub fn scraper(connmon: &Path, dir: &Path, quick: bool, report: &mut String) -> 
          proxies on loopback addresses, 32 requests at once, 8 per proxy, `DOWNLOAD_TIMEOUT` = {timeout} s, \
          5 retries. \"30 % dead\": 1 refusing proxy and 2 blackholed ones (a namespace neighbour \
          whose SYNs vanish). Each scenario has a fresh agent with the default policy and the 10 proxies \
-         as its pool (default policy, local-outage guard off: it is host-wide and other tests on a shared host trip it). Wall time: Scrapy's `elapsed_time_seconds`, median of {rounds} round(s). Connects to \
+         as its pool (default policy unless the scenario says otherwise, local-outage guard off: it is host-wide and other tests on a shared host trip it). Wall time: Scrapy's `elapsed_time_seconds`, median of {rounds} round(s). Connects to \
          dead proxies: the agent's `connect` events to them during the crawl, and those that started \
-         after the agent had evicted that proxy (for connmon.scrapy also: after the crawl had acted on the eviction).\n\n\
-         | scenario | wall (s) | vs all-healthy | pages fetched | connects to dead proxies | … after eviction | in-flight aborted |\n\
-         |---|---:|---:|---:|---:|---:|---:|",
+         after the agent had evicted that proxy (for connmon.scrapy also: after the crawl had acted on the eviction). \
+         In-flight aborted: downloads cancelled at an eviction or (in parentheses) at a `suspect`. Last dead \
+         proxy evicted: seconds from the crawl's start to the agent's last eviction (median; the fixed cost of \
+         discovering the dead proxies).\n\n\
+         | scenario | wall (s) | vs all-healthy | pages fetched | connects to dead proxies | … after eviction | in-flight aborted (on suspect) | last dead proxy evicted (s) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|",
         pages = data["pages"],
         delay = data["target_delay_s"],
         timeout = data["download_timeout_s"],
@@ -140,9 +143,17 @@ pub fn scraper(connmon: &Path, dir: &Path, quick: bool, report: &mut String) -> 
             sum("connects_after_evict").to_string()
         };
         let wall = r["wall_s_median"].as_f64().unwrap_or(f64::NAN);
+        let mut evicted: Vec<f64> = runs
+            .iter()
+            .filter_map(|x| x["first_evict_s"].as_f64())
+            .collect();
+        evicted.sort_by(f64::total_cmp);
+        let evicted = evicted
+            .get(evicted.len() / 2)
+            .map_or("–".to_owned(), |t| format!("{t:.2}"));
         let _ = writeln!(
             report,
-            "| {} | {:.2} | {:+.0} % | {}/{} | {} | {} | {} |",
+            "| {} | {:.2} | {:+.0} % | {}/{} | {} | {} | {} ({}) | {} |",
             r["scenario"].as_str().unwrap_or("?"),
             wall,
             (wall / healthy - 1.0) * 100.0,
@@ -151,6 +162,8 @@ pub fn scraper(connmon: &Path, dir: &Path, quick: bool, report: &mut String) -> 
             sum("connects_to_dead"),
             after,
             sum("aborted"),
+            sum("aborted_on_suspect"),
+            evicted,
         );
     }
     let _ = writeln!(

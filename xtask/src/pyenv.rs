@@ -1,7 +1,7 @@
 //! The Python environment of `clients/python`'s tests and of the scraper benchmark: a
 //! virtualenv of Debian's `/usr/bin/python3` with the pinned packages of
-//! `clients/python/tests/requirements.txt` (Scrapy, scrapy-rotating-proxies, pytest)
-//! from PyPI. It lives under `~/.cache/connmon/pyenv-<hash of the requirements>`, so a
+//! `clients/python/tests/requirements.txt` (Scrapy, scrapy-rotating-proxies, pytest, and
+//! httpx/aiohttp for the README's recipes) from PyPI. It lives under `~/.cache/connmon/pyenv-<hash of the requirements>`, so a
 //! changed pin makes a new one and an unchanged one is reused; `~/.cache/connmon/pyenv-test`
 //! links to the current one (the root integration tests find it there, or through
 //! `CONNMON_TEST_PYTHON`).
@@ -44,7 +44,7 @@ pub fn ensure_test_venv() -> anyhow::Result<PathBuf> {
     if !complete.exists() {
         ensure_venv_module()?;
         setup::say(format!(
-            "making the Python test environment {} (Scrapy, scrapy-rotating-proxies, pytest from PyPI, pinned in {})",
+            "making the Python test environment {} (Scrapy, scrapy-rotating-proxies, pytest, httpx, aiohttp from PyPI, pinned in {})",
             venv.display(),
             requirements.display()
         ));

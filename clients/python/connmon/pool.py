@@ -2,7 +2,8 @@
 
 :class:`LivePool` (a daemon thread) and :class:`AsyncLivePool` (an asyncio task) both
 
-- subscribe to ``evict``/``reinstate`` and then take a ``snapshot``, so a pool started
+- subscribe to ``evict``/``reinstate`` (and ``suspect`` when given ``on_suspect``) and
+  then take a ``snapshot``, so a pool started
   after an eviction knows about it at once (the agent does not re-announce ejections);
 - resynchronise from a new ``snapshot`` after a ``lagged`` notice (events were lost);
 - reconnect with exponential backoff when the agent is absent, restarts or says
@@ -37,7 +38,7 @@ log = logging.getLogger("connmon")
 Callback = Callable[[str, Message], None]
 """``callback(proxy, event)``: the proxy as given to the pool, and the ``evict`` or
 ``reinstate`` event (for a change learned from a snapshot, a dict with ``"type"``,
-``"dst"`` and ``"source": "snapshot"``)."""
+``"dst"`` and ``"source": "snapshot"``), or the ``suspect`` event."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "socks4": 1080, "socks5": 1080, "socks5h": 1080}
 
@@ -101,6 +102,7 @@ class PoolView:
         *,
         on_evict: Optional[Callback] = None,
         on_reinstate: Optional[Callback] = None,
+        on_suspect: Optional[Callback] = None,
         resolve: bool = False,
     ) -> None:
         self.proxies: List[str] = list(dict.fromkeys(proxies))
@@ -115,6 +117,12 @@ class PoolView:
                 self._by_key.setdefault(key, []).append(proxy)
         self.on_evict = on_evict
         self.on_reinstate = on_reinstate
+        self.on_suspect = on_suspect
+        """``on_suspect(proxy, event)``: connmon's early warning that a live proxy may be
+        blackholed — a connect to it has just had its first SYN retransmitted (~1 s
+        without an answer). It is not an eviction (one lost SYN is enough) and the pool's
+        view does not change; set at construction (it adds ``suspect`` to the
+        subscription). Not called for a proxy the pool has as dead."""
         self._lock = threading.Lock()
         self._dead_keys: Set[str] = set()
         self._rr = random.randrange(len(self.proxies))
@@ -130,6 +138,7 @@ class PoolView:
             "lagged": 0,
             "evictions": 0,
             "reinstatements": 0,
+            "suspects": 0,
         }
         self.evicted_at: Dict[str, float] = {}
         """Proxy → ``time.time()`` when this pool learned of its latest eviction."""
@@ -184,7 +193,12 @@ class PoolView:
     def _apply_event(self, event: Message) -> None:
         kind = event.get("type")
         dst = event.get("dst")
-        if kind not in ("evict", "reinstate") or dst not in self._by_key:
+        if dst not in self._by_key:
+            return
+        if kind == "suspect":
+            self._suspected(dst, event)
+            return
+        if kind not in ("evict", "reinstate"):
             return
         with self._lock:
             if kind == "evict":
@@ -227,8 +241,24 @@ class PoolView:
                 except Exception:  # a user callback must not kill the follower
                     log.exception("connmon: the %s callback for %s failed", kind, proxy)
 
+    def _suspected(self, dst: str, event: Message) -> None:
+        callback = self.on_suspect
+        with self._lock:
+            dead = dst in self._dead_keys
+        if callback is None or dead:
+            return
+        for proxy in self._by_key[dst]:
+            self.stats["suspects"] += 1
+            try:
+                callback(proxy, event)
+            except Exception:  # a user callback must not kill the follower
+                log.exception("connmon: the suspect callback for %s failed", proxy)
+
     def _subscribe_cmd(self) -> Dict[str, Any]:
-        return {"types": ["evict", "reinstate"]}
+        types = ["evict", "reinstate"]
+        if self.on_suspect is not None:
+            types.append("suspect")
+        return {"types": types}
 
 
 class _Backoff:
@@ -288,11 +318,13 @@ class LivePool(PoolView):
         *,
         on_evict: Optional[Callback] = None,
         on_reinstate: Optional[Callback] = None,
+        on_suspect: Optional[Callback] = None,
         resolve: bool = False,
         backoff: Tuple[float, float] = (0.1, 5.0),
         start: bool = True,
     ) -> None:
-        super().__init__(proxies, on_evict=on_evict, on_reinstate=on_reinstate, resolve=resolve)
+        super().__init__(proxies, on_evict=on_evict, on_reinstate=on_reinstate, on_suspect=on_suspect,
+                         resolve=resolve)
         self.socket = socket
         self._backoff = _Backoff(*backoff)
         self._outage = _OutageLog(socket)
@@ -395,10 +427,12 @@ class AsyncLivePool(PoolView):
         *,
         on_evict: Optional[Callback] = None,
         on_reinstate: Optional[Callback] = None,
+        on_suspect: Optional[Callback] = None,
         resolve: bool = False,
         backoff: Tuple[float, float] = (0.1, 5.0),
     ) -> None:
-        super().__init__(proxies, on_evict=on_evict, on_reinstate=on_reinstate, resolve=resolve)
+        super().__init__(proxies, on_evict=on_evict, on_reinstate=on_reinstate, on_suspect=on_suspect,
+                         resolve=resolve)
         self.socket = socket
         self._backoff = _Backoff(*backoff)
         self._outage = _OutageLog(socket)

@@ -22,9 +22,22 @@ which is the same as::
   connmon evicts a proxy it cancels the downloads in flight through it at once —
   ``Deferred.cancel()`` on the handler's download, Scrapy's own timeout mechanism — so
   they are retried on a live proxy instead of waiting for ``DOWNLOAD_TIMEOUT``.
+- **Suspects.** connmon's early warning — ``suspect``: a connect to a live proxy had its
+  first SYN retransmitted, ~1 s without an answer, the first sign of a blackholed proxy,
+  ~2 s before the eviction with the default policy — is acted on too
+  (``CONNMON_ON_SUSPECT``): ``"abort"`` (the default) cancels the downloads in flight
+  through the proxy and re-queues them elsewhere, and until a response comes back through
+  it (or ``CONNMON_SUSPECT_TTL`` seconds, default 10, pass) new requests go to other
+  proxies; ``"avoid"`` does the latter only; ``"off"`` ignores suspects. The price of a
+  false alarm (one SYN lost on a healthy proxy) is re-downloading what was in flight
+  through it — at most its slot's concurrency.
 - :class:`RotatingProxiesFeed` is an extension for scrapy-rotating-proxies users: it
   marks proxies dead/good in that middleware's list from connmon's verdicts, and keeps
-  its ban detection.
+  its ban detection. With :class:`ConnmonDownloadHandler` installed too (the
+  :class:`RotatingProxiesAddon` does both), requests RotatingProxyMiddleware had already
+  assigned to a proxy before its eviction are stopped before they are sent, and
+  downloads in flight through it are cancelled; both come back to RotatingProxyMiddleware
+  as a failure of that proxy, which retries them on another one.
 
 Without an agent, the pool counts every proxy as alive, so requests rotate over all of
 them; it logs that once and reconnects in the background. Stats go to Scrapy's stats
@@ -60,13 +73,16 @@ SLOT_PREFIX = "connmon:"
 
 
 class ProxyEvicted(Exception):
-    """The request's proxy was evicted by connmon before or during its download."""
+    """The request's proxy was evicted by connmon (or, ``suspect=True``, called a suspect)
+    before or during its download."""
 
-    def __init__(self, proxy: str, in_flight: bool) -> None:
+    def __init__(self, proxy: str, in_flight: bool, suspect: bool = False) -> None:
         state = "while downloading through it" if in_flight else "before the download started"
-        super().__init__(f"connmon evicted proxy {proxy} {state}")
+        verdict = "called proxy {} a suspect" if suspect else "evicted proxy {}"
+        super().__init__(f"connmon {verdict.format(proxy)} {state}")
         self.proxy = proxy
         self.in_flight = in_flight
+        self.suspect = suspect
 
 
 def _proxy_list(value: Any) -> List[str]:
@@ -92,11 +108,27 @@ def _same_proxy(meta_proxy: Any, ours: str) -> bool:
 
 
 class _Download:
-    __slots__ = ("deferred", "aborted")
+    __slots__ = ("deferred", "aborted", "ours")
 
-    def __init__(self, deferred: "Deferred[Response]") -> None:
+    def __init__(self, deferred: "Deferred[Response]", ours: bool) -> None:
         self.deferred = deferred
-        self.aborted = False
+        self.aborted: Optional[str] = None
+        """Why it was cancelled: ``"evict"`` or ``"suspect"``."""
+        self.ours = ours
+        """Assigned by :class:`ConnmonProxyMiddleware` (not by scrapy-rotating-proxies)."""
+
+
+SUSPECT_MODES = ("abort", "avoid", "off")
+
+
+def _rotating_proxy_list(settings: Any) -> List[str]:
+    """scrapy-rotating-proxies' ``ROTATING_PROXY_LIST`` (or ``_PATH``), as URLs."""
+    proxies = settings.getlist("ROTATING_PROXY_LIST")
+    path = settings.get("ROTATING_PROXY_LIST_PATH")
+    if path:
+        with open(path) as f:
+            proxies = [line.strip() for line in f if line.strip()]
+    return [p if "://" in p else "http://" + p for p in proxies if not p.startswith("#")]
 
 
 class _CrawlerState:
@@ -119,13 +151,25 @@ class _CrawlerState:
         self.history: "collections.deque[Tuple[float, str, str]]" = collections.deque(maxlen=10000)
         """``(time.time(), "evict" | "reinstate", proxy)`` as the reactor acted on them."""
         self.aborts: "collections.deque[Dict[str, Any]]" = collections.deque(maxlen=1000)
-        """The latest aborted downloads: proxy, the evict's ``ts`` and ``at`` (time.time())."""
+        """The latest aborted downloads: proxy, the evict's (or suspect's) ``ts``, ``at``
+        (time.time()) and ``why`` (``"evict"`` | ``"suspect"``)."""
         self.listeners: List[Any] = []
+        self.feeds = 0
+        """How many RotatingProxiesFeed follow this pool (the handler then also guards
+        scrapy-rotating-proxies' requests)."""
+        self.suspect_mode = str(settings.get("CONNMON_ON_SUSPECT") or "abort").lower()
+        if self.suspect_mode not in SUSPECT_MODES:
+            raise NotConfigured(f"connmon: CONNMON_ON_SUSPECT must be one of {SUSPECT_MODES}, not {self.suspect_mode!r}")
+        self.suspect_ttl = settings.getfloat("CONNMON_SUSPECT_TTL", 10.0)
+        self.suspects: Dict[str, float] = {}
+        """Proxy → ``time.monotonic()`` when connmon called it a suspect; cleared by a
+        response through it, its eviction, or after ``CONNMON_SUSPECT_TTL``."""
         self.pool = LivePool(
             proxies,
             settings.get("CONNMON_SOCKET") or DEFAULT_SOCKET,
             on_evict=self._evict_from_thread,
             on_reinstate=self._reinstate_from_thread,
+            on_suspect=self._suspect_from_thread if self.suspect_mode != "off" else None,
             resolve=settings.getbool("CONNMON_RESOLVE", False),
         )
         wait = settings.getfloat("CONNMON_STARTUP_WAIT", 5.0)
@@ -156,20 +200,70 @@ class _CrawlerState:
     def _reinstate_from_thread(self, proxy: str, event: Message) -> None:
         self.reactor.callFromThread(self._reinstated, proxy, event)
 
+    def _suspect_from_thread(self, proxy: str, event: Message) -> None:
+        self.reactor.callFromThread(self._suspected, proxy, event)
+
+    def canonical(self, proxy: Any) -> Optional[str]:
+        """The pool's spelling of ``proxy`` (a URL as in ``meta["proxy"]``), if it is one
+        of the pool's proxies."""
+        if not isinstance(proxy, str):
+            return None
+        for key in self.pool._lookup(proxy):
+            same = self.pool._by_key.get(key)
+            if same:
+                return same[0]
+        return None
+
+    def is_suspect(self, proxy: str) -> bool:
+        since = self.suspects.get(proxy)
+        if since is None:
+            return False
+        if time.monotonic() - since > self.suspect_ttl:
+            del self.suspects[proxy]
+            return False
+        return True
+
+    def fresh_suspects(self) -> List[str]:
+        return [p for p in list(self.suspects) if self.is_suspect(p)]
+
+    def cleared(self, proxy: str) -> None:
+        """A response came back through ``proxy``: it is not blackholed."""
+        if self.suspects.pop(proxy, None) is not None:
+            self.stats.inc_value("connmon/suspects_cleared")
+
+    def _abort(self, proxy: str, event: Message, why: str, only_ours: bool) -> int:
+        downloads = [d for d in self.inflight.get(proxy, ()) if (d.ours or not only_ours) and not d.aborted]
+        for download in downloads:
+            download.aborted = why
+            self.aborts.append({"proxy": proxy, "evict_ts": event.get("ts"), "at": time.time(), "why": why})
+            self.stats.inc_value("connmon/inflight_aborted")
+            if why == "suspect":
+                self.stats.inc_value("connmon/inflight_aborted_on_suspect")
+            download.deferred.cancel()
+        return len(downloads)
+
     def _evicted(self, proxy: str, event: Message) -> None:
         self.stats.inc_value("connmon/evictions_seen")
+        self.suspects.pop(proxy, None)
         self.acted_at[proxy] = time.time()
         self.history.append((self.acted_at[proxy], "evict", proxy))
-        downloads = list(self.inflight.get(proxy, ()))
-        if downloads:
-            log.info("connmon: %s evicted (%s); aborting %d downloads through it", proxy, event.get("reason", event.get("source")), len(downloads))
-        for download in downloads:
-            download.aborted = True
-            self.aborts.append({"proxy": proxy, "evict_ts": event.get("ts"), "at": time.time()})
-            self.stats.inc_value("connmon/inflight_aborted")
-            download.deferred.cancel()
+        if self.inflight.get(proxy):
+            log.info("connmon: %s evicted (%s); aborting %d downloads through it", proxy,
+                     event.get("reason", event.get("source")), len(self.inflight[proxy]))
+        self._abort(proxy, event, "evict", only_ours=False)
         for listener in self.listeners:
             listener.connmon_evicted(proxy, event)
+
+    def _suspected(self, proxy: str, event: Message) -> None:
+        if self.pool.is_dead(proxy):
+            return
+        self.stats.inc_value("connmon/suspects_seen")
+        self.suspects[proxy] = time.monotonic()
+        if self.suspect_mode == "abort":
+            aborted = self._abort(proxy, event, "suspect", only_ours=True)
+            if aborted:
+                log.info("connmon: %s is a suspect (a SYN retransmitted); re-queueing %d downloads through it",
+                         proxy, aborted)
 
     def _reinstated(self, proxy: str, event: Message) -> None:
         self.stats.inc_value("connmon/reinstatements_seen")
@@ -189,7 +283,10 @@ def crawler_pool(crawler: Any, proxies: Optional[List[str]] = None) -> _CrawlerS
         if proxies is None:
             proxies = _proxy_list(crawler.settings.get("CONNMON_PROXIES") or [])
         if not proxies:
-            raise NotConfigured("connmon: CONNMON_PROXIES is empty")
+            # scrapy-rotating-proxies + RotatingProxiesFeed: the handler may be built first.
+            proxies = _rotating_proxy_list(crawler.settings)
+        if not proxies:
+            raise NotConfigured("connmon: CONNMON_PROXIES (or ROTATING_PROXY_LIST) is empty")
         state = _CrawlerState(crawler, proxies)
         _STATES[crawler] = state
     return state
@@ -237,7 +334,10 @@ class ConnmonProxyMiddleware:
         reassigned = meta.pop("connmon_reassign", False)
         if current is not None and not is_retry and not reassigned and not self.pool.is_dead(current):
             return None
-        proxy = self.pool.choose(exclude=[current] if current is not None else ())
+        exclude = [current] if current is not None else []
+        proxy = self.pool.choose(exclude=exclude + self.state.fresh_suspects())
+        if proxy is not None and self.state.is_suspect(proxy):
+            proxy = self.pool.choose(exclude=exclude) or proxy  # every live proxy is a suspect
         if proxy is None:
             proxy = self._least_recently_evicted()
         if current is None:
@@ -258,8 +358,14 @@ class ConnmonProxyMiddleware:
         evicted_at = self.pool.evicted_at
         return min(self.pool.proxies, key=lambda p: evicted_at.get(p, 0.0))
 
+    def process_response(self, request: Request, response: Response, spider: Any = None) -> Response:
+        proxy = request.meta.get("connmon_proxy")
+        if proxy is not None and self.state.suspects:
+            self.state.cleared(proxy)
+        return response
+
     def process_exception(self, request: Request, exception: BaseException, spider: Any = None) -> Optional[Request]:
-        if not isinstance(exception, ProxyEvicted):
+        if not isinstance(exception, ProxyEvicted) or request.meta.get("connmon_proxy") is None:
             return None
         retry = request.copy()
         retry.meta["connmon_reassign"] = True
@@ -284,21 +390,37 @@ class ConnmonDownloadHandler:
     def from_crawler(cls, crawler: Any) -> ConnmonDownloadHandler:
         return cls(crawler)
 
+    def _followed_proxy(self, request: Request) -> Tuple[Optional[str], bool]:
+        """The pool's proxy this request goes through, and whether ConnmonProxyMiddleware
+        assigned it (else scrapy-rotating-proxies did, with RotatingProxiesFeed on)."""
+        meta = request.meta
+        proxy = meta.get("connmon_proxy")
+        if proxy is not None:
+            return (proxy, True) if _same_proxy(meta.get("proxy"), proxy) else (None, False)
+        if meta.get("_rotating_proxy") and self.state.feeds:
+            return self.state.canonical(meta.get("proxy")), False
+        return None, False
+
     async def download_request(self, request: Request, spider: Any = None) -> Response:
-        proxy = request.meta.get("connmon_proxy")
-        if proxy is None or not _same_proxy(request.meta.get("proxy"), proxy):
+        proxy, ours = self._followed_proxy(request)
+        if proxy is None:
             return await self._inner_download(request)
-        if self.state.pool.is_dead(proxy):
-            self.state.stats.inc_value("connmon/requests_held_back")
+        state = self.state
+        if state.pool.is_dead(proxy):
+            state.stats.inc_value("connmon/requests_held_back")
             raise ProxyEvicted(proxy, in_flight=False)
+        if ours and state.suspect_mode == "abort" and state.is_suspect(proxy) \
+                and any(not state.is_suspect(p) for p in state.pool.alive()):
+            state.stats.inc_value("connmon/requests_held_back_suspect")
+            raise ProxyEvicted(proxy, in_flight=False, suspect=True)
         deferred = deferred_from_coro(self._inner_download(request))
-        download = _Download(deferred)
-        self.state.inflight.setdefault(proxy, set()).add(download)
+        download = _Download(deferred, ours)
+        state.inflight.setdefault(proxy, set()).add(download)
         try:
             return await maybe_deferred_to_future(deferred)
         except BaseException:
             if download.aborted:
-                raise ProxyEvicted(proxy, in_flight=True) from None
+                raise ProxyEvicted(proxy, in_flight=True, suspect=download.aborted == "suspect") from None
             raise
         finally:
             self.state.inflight[proxy].discard(download)
@@ -332,34 +454,56 @@ class ConnmonAddon:
             settings["DOWNLOAD_HANDLERS"][scheme] = "connmon.scrapy.ConnmonDownloadHandler"
 
 
+class RotatingProxiesAddon:
+    """Scrapy add-on for scrapy-rotating-proxies users: installs :class:`RotatingProxiesFeed`
+    and :class:`ConnmonDownloadHandler` for http/https (RotatingProxyMiddleware and
+    BanDetectionMiddleware stay as you configured them)."""
+
+    def update_settings(self, settings: Any) -> None:
+        settings["EXTENSIONS"]["connmon.scrapy.RotatingProxiesFeed"] = 500
+        for scheme in ("http", "https"):
+            settings["DOWNLOAD_HANDLERS"][scheme] = "connmon.scrapy.ConnmonDownloadHandler"
+
+
 class RotatingProxiesFeed:
     """For scrapy-rotating-proxies users: connmon's verdicts mark proxies dead/good in
     ``RotatingProxyMiddleware``'s proxy list (its ban detection stays as it is).
 
     ::
 
-        EXTENSIONS = {"connmon.scrapy.RotatingProxiesFeed": 500}
+        ADDONS = {"connmon.scrapy.RotatingProxiesAddon": 0}
         ROTATING_PROXY_LIST = [...]            # followed by connmon, no other setting
 
     An evicted proxy is marked dead, and marked dead again whenever rotating-proxies'
     own back-off would bring it back while connmon still has it evicted (its
     ``proxies.get_random`` never returns a proxy connmon has evicted); a reinstated proxy
-    is marked good. Requests already assigned to a proxy before its eviction still go
-    out, and in-flight downloads are not aborted (use :class:`ConnmonProxyMiddleware`
-    for that)."""
+    is marked good.
+
+    With :class:`ConnmonDownloadHandler` as the http/https download handler (the add-on
+    sets it), requests RotatingProxyMiddleware assigned to a proxy before its eviction —
+    waiting in that proxy's download slot — are stopped before anything is sent, and
+    downloads in flight through it are cancelled at the eviction. Both reach
+    BanDetectionMiddleware and RotatingProxyMiddleware as a :class:`ProxyEvicted` failure
+    of that proxy, so rotating-proxies retries them on another proxy (one of its
+    ``ROTATING_PROXY_PAGE_RETRY_TIMES``). Without that handler the feed warns once:
+    such requests still go to the dead proxy."""
 
     def __init__(self, crawler: Any) -> None:
         self.crawler = crawler
         self.stats = crawler.stats
-        proxies = crawler.settings.getlist("ROTATING_PROXY_LIST")
-        path = crawler.settings.get("ROTATING_PROXY_LIST_PATH")
-        if path:
-            with open(path) as f:
-                proxies = [line.strip() for line in f if line.strip()]
+        proxies = _rotating_proxy_list(crawler.settings)
         if not proxies:
             raise NotConfigured("RotatingProxiesFeed: ROTATING_PROXY_LIST is empty")
-        self.state = crawler_pool(crawler, proxies=[p if "://" in p else "http://" + p for p in proxies])
+        self.state = crawler_pool(crawler, proxies=proxies)
         self.state.listeners.append(self)
+        self.state.feeds += 1
+        handlers = crawler.settings.getwithbase("DOWNLOAD_HANDLERS")
+        if not all(_is_connmon_handler(handlers.get(scheme)) for scheme in ("http", "https")):
+            log.warning(
+                "connmon: DOWNLOAD_HANDLERS does not use connmon.scrapy.ConnmonDownloadHandler for http and https: "
+                "requests rotating-proxies queued for a proxy before its eviction will still be sent to it "
+                "(use RotatingProxiesAddon)"
+            )
         self.rotating: Any = None
         self._task: Any = None
         crawler.signals.connect(self.engine_started, signal=signals.engine_started)
@@ -440,6 +584,7 @@ __all__ = [
     "ConnmonDownloadHandler",
     "ConnmonProxyMiddleware",
     "ProxyEvicted",
+    "RotatingProxiesAddon",
     "RotatingProxiesFeed",
     "crawler_pool",
 ]

@@ -21,15 +21,27 @@ import shutil
 import statistics
 import tempfile
 
-from harness import BLACKHOLE, Agent, ConnectLog, Target, Tinyproxy, crawl, free_port, intervals
+from harness import BLACKHOLE, Agent, ConnectLog, Target, Tinyproxy, crawl, free_port, intervals, parse_ts
 
 
-def agent_config(pool):
+def agent_config(pool, policy=""):
     members = ", ".join(json.dumps(m) for m in pool)
     # connmon's defaults, but for the local-outage guard: it is host-wide, and on a
     # machine where other tests fail connects by the thousand (a shared development
     # host) it suspends ejections for minutes. Off here, as in the tests.
-    return f"[policy]\noutage_min_destinations = 100000\npool = [{members}]\n"
+    return f"[policy]\noutage_min_destinations = 100000\n{policy}pool = [{members}]\n"
+
+
+def first_evict_s(log, report):
+    """Seconds from the crawl's start until the agent had evicted every dead proxy it
+    evicted during the crawl (each one's first eviction: a later one is a re-eviction
+    after the 30 s ejection ended) — the fixed cost of discovering them — or None."""
+    first = {}
+    for e in log.evicts:
+        t = parse_ts(e["ts"]) - report["started"]
+        if e["type"] == "evict" and t >= 0:
+            first[e["dst"]] = min(first.get(e["dst"], t), t)
+    return round(max(first.values()), 3) if first else None
 
 
 def main():
@@ -58,27 +70,33 @@ def main():
     base = {"target": target.url, "pages": pages, "concurrency": 32, "per_slot": 8,
             "download_timeout": download_timeout,
             "retry_times": 5, "log_level": "WARNING"}
+    # (name, mode, proxies, second spider?, extra Scrapy settings, extra [policy] lines)
     scenarios = [
-        ("all-healthy pool, connmon.scrapy", "connmon", all_healthy, False),
-        ("30 % dead, connmon.scrapy (first spider)", "connmon", mixed, False),
-        ("30 % dead, connmon.scrapy (second spider)", "connmon", mixed, True),
-        ("30 % dead, scrapy-rotating-proxies alone", "rotating", mixed, False),
+        ("all-healthy pool, connmon.scrapy", "connmon", all_healthy, False, {}, ""),
+        ("30 % dead, connmon.scrapy (first spider)", "connmon", mixed, False, {}, ""),
+        ("30 % dead, connmon.scrapy (first spider), CONNMON_ON_SUSPECT=off", "connmon", mixed, False,
+         {"CONNMON_ON_SUSPECT": "off"}, ""),
+        ("30 % dead, connmon.scrapy (first spider), policy.syn_retransmits = 1", "connmon", mixed, False, {},
+         "syn_retransmits = 1\n"),
+        ("30 % dead, connmon.scrapy (second spider)", "connmon", mixed, True, {}, ""),
+        ("30 % dead, scrapy-rotating-proxies alone", "rotating", mixed, False, {}, ""),
     ]
     if not args.quick:
-        scenarios.append(("30 % dead, scrapy-rotating-proxies + RotatingProxiesFeed", "feed", mixed, False))
-    runs_of = {name: [] for name, _, _, _ in scenarios}
+        scenarios.append(("30 % dead, scrapy-rotating-proxies + RotatingProxiesAddon (feed + handler)", "feed", mixed,
+                          False, {}, ""))
+    runs_of = {name: [] for name, *_ in scenarios}
     try:
         # Rounds outside, scenarios inside: a burst of load on the machine hits every
         # scenario alike instead of one.
         for r in range(rounds):
-            for index, (name, mode, proxies, second) in enumerate(scenarios):
+            for index, (name, mode, proxies, second, settings, policy) in enumerate(scenarios):
                 runs = runs_of[name]
                 agent_dir = os.path.join(work, f"agent-{index}-{r}")
                 os.makedirs(agent_dir)
                 keys = [p.split("//", 1)[1] for p in mixed + all_healthy]
-                agent = Agent(agent_dir, agent_config(sorted(set(keys)))).start()
+                agent = Agent(agent_dir, agent_config(sorted(set(keys)), policy)).start()
                 try:
-                    spec = dict(base, mode=mode, proxies=proxies, socket=agent.socket)
+                    spec = dict(base, mode=mode, proxies=proxies, socket=agent.socket, settings=settings)
                     log = ConnectLog(agent.socket, dead_dsts)
                     if second:
                         crawl(spec, timeout=600)  # the first spider: its evictions stay
@@ -103,6 +121,11 @@ def main():
                     "connects_after_evict": len(after_evict),
                     "connects_after_crawl_learned": len(after_learned) if mode == "connmon" else None,
                     "aborted": report["stats"].get("connmon/inflight_aborted", 0),
+                    "aborted_on_suspect": report["stats"].get("connmon/inflight_aborted_on_suspect", 0),
+                    "held_back": report["stats"].get("connmon/requests_held_back", 0)
+                    + report["stats"].get("connmon/requests_held_back_suspect", 0),
+                    "suspects": report["stats"].get("connmon/suspects_seen", 0),
+                    "first_evict_s": first_evict_s(log, report),
                     "retries": report["stats"].get("retry/count", 0),
                     "agent_evicts": sum(e["type"] == "evict" for e in log.evicts),
                     "agent_reinstates": sum(e["type"] == "reinstate" for e in log.evicts),
@@ -113,7 +136,7 @@ def main():
             "rounds": rounds,
             "wall_s_median": statistics.median(r["wall_s"] for r in runs_of[name]),
             "runs": runs_of[name],
-        } for name, _, _, _ in scenarios]
+        } for name, *_ in scenarios]
     finally:
         for p in healthy:
             p.kill()

@@ -89,7 +89,7 @@ def settings_for(spec):
         s["ROTATING_PROXY_LIST"] = spec["proxies"]
         s["ROTATING_PROXY_PAGE_RETRY_TIMES"] = spec.get("retry_times", 5)
         if mode == "feed":
-            s["EXTENSIONS"] = {"connmon.scrapy.RotatingProxiesFeed": 500}
+            s["ADDONS"] = {"connmon.scrapy.RotatingProxiesAddon": 0}  # the feed + ConnmonDownloadHandler
             s["CONNMON_SOCKET"] = spec["socket"]
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -27,12 +27,15 @@ class World:
         self.healthy = [Tinyproxy(workdir, f"127.0.0.{i}").start() for i in (11, 12, 13)]
         self.victim = Tinyproxy(workdir, "127.0.0.14").start()  # killed mid-crawl (test 1)
         self.victim2 = Tinyproxy(workdir, "127.0.0.15").start()  # killed after the agent restart
+        self.victim3 = Tinyproxy(workdir, "127.0.0.17").start()  # killed mid-crawl with rotating-proxies
         self.refusing = f"http://user:secret@127.0.0.16:{free_port('127.0.0.16')}"  # nothing listens
         self.blackholed = f"http://{BLACKHOLE}:3128"  # SYNs vanish
-        self.proxies = [p.url for p in self.healthy] + [self.victim.url, self.victim2.url, self.refusing,
-                                                        self.blackholed]
+        self.blackholed2 = f"http://{BLACKHOLE}:3132"  # used only by the rotating-proxies test
+        self.proxies = [p.url for p in self.healthy] + [self.victim.url, self.victim2.url, self.victim3.url,
+                                                        self.refusing, self.blackholed]
         self.dsts = [proxy_key(p) for p in self.proxies]
-        self.agent = Agent(workdir, agent_config(pool=self.dsts)).start()
+        self.pool = self.dsts + [proxy_key(self.blackholed2)]
+        self.agent = Agent(workdir, agent_config(pool=self.pool)).start()
 
     def spec(self, **kw):
         spec = {"mode": "connmon", "proxies": self.proxies, "socket": self.agent.socket, "target": self.target.url,
@@ -42,7 +45,7 @@ class World:
 
     def close(self) -> None:
         self.agent.stop()
-        for p in self.healthy + [self.victim, self.victim2]:
+        for p in self.healthy + [self.victim, self.victim2, self.victim3]:
             p.kill()
         self.target.close()
 
@@ -54,10 +57,10 @@ def world(tmp_path_factory):
     w.close()
 
 
-def every_page_fetched(report):
+def every_page_fetched(report, pages=PAGES):
     assert report["failed"] == [], report["failed"]
     assert sorted(report["fetched"]) == sorted(set(report["fetched"])), "a page was fetched twice"
-    assert len(report["fetched"]) == PAGES, (len(report["fetched"]), report["log"][-3000:])
+    assert len(report["fetched"]) == pages, (len(report["fetched"]), report["log"][-3000:])
 
 
 def assert_nothing_sent_after_eviction(report, log, proxies):
@@ -87,7 +90,7 @@ def test_refusing_blackholed_and_killed_proxies(world):
     assert_nothing_sent_after_eviction(report, log, dead)
     # Every proxy was tried; the dead ones only until connmon said so.
     for dst in world.dsts:
-        if dst != proxy_key(world.victim2.url):
+        if dst not in (proxy_key(world.victim2.url), proxy_key(world.victim3.url)):
             assert log.connects_to(dst), f"no connect to {dst} at all"
     # In-flight downloads through the blackholed proxy were aborted within a second of
     # the agent's eviction (without it they would wait for DOWNLOAD_TIMEOUT = 20 s).
@@ -117,7 +120,7 @@ def test_a_second_spider_sends_nothing_to_evicted_proxies(world):
     assert report["stats"].get("connmon/inflight_aborted", 0) == 0
     assert report["pool_stats"]["evictions"] == 3, "the evictions came from the snapshot"
     # one download slot per live proxy, each used
-    live = [p.url for p in world.healthy] + [world.victim2.url]
+    live = [p.url for p in world.healthy] + [world.victim2.url, world.victim3.url]
     assert sorted(report["slots"]) == sorted(f"connmon:{proxy_key(p)}" for p in live), report["slots"]
 
 
@@ -150,19 +153,36 @@ def test_agent_restarted_mid_crawl(world):
 
 
 def test_rotating_proxies_feed(world):
-    dead = [world.refusing, world.blackholed, world.victim.url, world.victim2.url]
-    log = ConnectLog(world.agent.socket, world.dsts)
+    """scrapy-rotating-proxies with RotatingProxiesAddon (the feed + ConnmonDownloadHandler):
+    the proxies evicted before the crawl get nothing; blackholed2, new to everyone, gets
+    nothing once the crawl acted on its eviction — not even the requests
+    RotatingProxyMiddleware had queued in its slot behind the stuck downloads, which
+    are cancelled — and neither does victim3, killed mid-crawl."""
+    before = [world.refusing, world.blackholed, world.victim.url, world.victim2.url]
+    log = ConnectLog(world.agent.socket, world.pool)
     try:
-        report = crawl(world.spec(mode="feed"))
+        # 64 at once over 5 live proxies, 8 per proxy: requests wait in the slots
+        report = crawl(world.spec(mode="feed", concurrency=64, proxies=world.proxies + [world.blackholed2],
+                                  kill={"pid": world.victim3.proc.pid, "after": 40}))
     finally:
         log.close()
     every_page_fetched(report)
+    assert log.connects_to(proxy_key(world.blackholed2), after=report["started"]), "blackholed2 was never used"
+    assert_nothing_sent_after_eviction(report, log, [world.blackholed2])
+    aborted = [a for a in report["aborts"] if a["proxy"] == world.blackholed2]
+    assert aborted, report["aborts"]
+    if proxy_key(world.victim3.url) in intervals(report["history"]):
+        assert_nothing_sent_after_eviction(report, log, [world.victim3.url])
+    dead = before + [world.blackholed2]
     # every evicted proxy is dead in rotating-proxies' list (its own ban detection may
     # add others: a connection a loaded machine lost counts as a ban there)
     assert set(dead) <= set(report["rotating_dead"]), report["rotating_dead"]
-    for proxy in dead:
+    for proxy in before:
         assert log.connects_to(proxy_key(proxy), after=report["started"]) == [], f"a connect to evicted {proxy}"
-    assert report["stats"]["connmon/rotating_marked_dead"] >= 4, report["stats"]
+    assert log.connects_to(proxy_key(world.victim3.url), after=report["started"]), "victim3 was never used"
+    stats = report["stats"]
+    assert stats["connmon/rotating_marked_dead"] >= 5, stats
+    assert "will still be sent to it" not in report["log"], "the add-on installs the handler"
 
 
 def test_without_an_agent_it_rotates_over_all_proxies(world):
@@ -183,7 +203,7 @@ def test_without_an_agent_it_rotates_over_all_proxies(world):
 def test_the_agent_knows_every_proxy(world):
     with Client(world.agent.socket) as c:
         pool = c.pool_list()["pool"]
-    assert sorted(pool) == sorted(world.dsts)
+    assert sorted(pool) == sorted(world.pool)
 
 
 
@@ -194,28 +214,43 @@ def readme_recipe(marker):
     return code[:code.index("```")]
 
 
-def test_readme_recipes_for_requests_and_aiohttp(world):
+RECIPES = ("`requests` —", "`httpx` —", "`aiohttp` —")
+
+
+def test_readme_recipes_for_requests_httpx_and_aiohttp(world):
     # The README's own code, with this world's socket; the dead proxies are evicted by now.
     pages = [f"{world.target.url}/page/r{i}" for i in range(12)]
     before = world.target.server.hits
     log = ConnectLog(world.agent.socket, world.dsts)
     started = time.time()
+    used = set()
     try:
-        for marker in ("`requests` —", "`aiohttp` —"):
+        for marker in RECIPES:
             code = readme_recipe(marker).replace("LivePool(PROXIES", "LivePool(PROXIES, socket=SOCKET")
+            assert "socket=SOCKET" in code, f"README {marker}: no LivePool(PROXIES...) to point at the test agent"
             scope = {"PROXIES": world.proxies, "URLS": pages, "SOCKET": world.agent.socket}
             exec(compile(code, f"README {marker}", "exec"), scope)
-            if "get" in scope and marker.startswith("`requests`"):
-                assert scope["pool"].wait_synced(10)
-                assert all(scope["get"](u).status_code == 200 for u in pages)
-                scope["pool"].close()
-            else:
+            if marker.startswith("`aiohttp`"):
                 bodies = asyncio.run(asyncio.wait_for(scope["main"](), 60))
                 assert len(bodies) == len(pages) and all("<h1>/page/r" in b for b in bodies)
+            else:
+                assert scope["pool"].wait_synced(10)
+                for u in pages:
+                    resp = scope["get"](u)
+                    assert resp.status_code == 200 and f"<h1>{u[len(world.target.url):]}</h1>" in resp.text, \
+                        (marker, u, resp.status_code)
+                scope["pool"].close()
+                for client in scope.get("clients", {}).values():
+                    client.close()
+            used.add(marker)
     finally:
         log.close()
-    assert world.target.server.hits - before == 2 * len(pages)
-    for proxy in (world.refusing, world.blackholed, world.victim.url, world.victim2.url):
+    assert used == set(RECIPES)
+    # every page of every recipe reached the target through a proxy (tinyproxy), none twice
+    assert world.target.server.hits - before == len(RECIPES) * len(pages)
+    proxied = [c for c in log.connects if c["start"] >= started and c.get("outcome") == "established"]
+    assert proxied, "no recipe connected to a proxy"
+    for proxy in (world.refusing, world.blackholed, world.victim.url, world.victim2.url, world.victim3.url):
         assert log.connects_to(proxy_key(proxy), after=started) == [], f"a connect to evicted {proxy}"
 
 
@@ -226,3 +261,40 @@ def test_the_middleware_alone_still_works_and_says_what_it_cannot_do(world):
     every_page_fetched(report)
     assert report["log"].count("will not be aborted (use ConnmonAddon)") == 1, report["log"][-3000:]
     assert report["stats"]["connmon/requests_assigned"] == PAGES
+
+
+def test_a_suspect_proxy_is_left_before_its_eviction(world, tmp_path):
+    """With the default policy (2 SYN retransmits evict, ~3 s), connmon's `suspect` at
+    the first retransmit (~1 s) makes the crawl cancel its downloads through a
+    blackholed proxy and leave it, two seconds before the eviction."""
+    blackholed = f"http://{BLACKHOLE}:3131"  # never used before: the agent knows nothing of it
+    healthy = [p.url for p in world.healthy]
+    proxies = healthy + [blackholed]
+    agent = Agent(str(tmp_path), agent_config([proxy_key(p) for p in proxies], syn_retransmits=2)).start()
+    log = ConnectLog(agent.socket, [proxy_key(blackholed)])
+    suspects = []
+    watcher = Client(agent.socket)
+    watcher.subscribe(types=["suspect"])
+    try:
+        report = crawl(world.spec(proxies=proxies, socket=agent.socket, pages=80))
+    finally:
+        log.close()
+        agent.stop()
+    for event in watcher.events():
+        if event.get("type") == "suspect" and event.get("dst") == proxy_key(blackholed):
+            suspects.append(parse_ts(event["ts"]))
+            break
+    watcher.close()
+    every_page_fetched(report, pages=80)
+    assert suspects, "the agent never called the blackholed proxy a suspect"
+    stats = report["stats"]
+    assert stats.get("connmon/suspects_seen", 0) >= 1, stats
+    on_suspect = [a for a in report["aborts"] if a["proxy"] == blackholed and a["why"] == "suspect"]
+    assert on_suspect, report["aborts"]
+    for a in on_suspect:
+        delay = a["at"] - parse_ts(a["evict_ts"])
+        assert 0 <= delay < 1.0, f"aborted {delay:.3f} s after the suspect"
+    # once the crawl acted on the suspect, nothing more went to the blackholed proxy
+    acted = min(a["at"] for a in on_suspect)
+    late = log.connects_to(proxy_key(blackholed), after=acted)
+    assert late == [], f"{len(late)} connects to the suspect after the crawl left it"
