@@ -1,6 +1,9 @@
 //! Every message the agent sends validates against its schema in docs/schemas (the
 //! generated ones and the hand-written event and snapshot schemas), checked with the
-//! `jsonschema` crate.
+//! `jsonschema` crate; the requests are built from the protocol's types and checked
+//! against their schemas too.
+
+use monitor::protocol::{self as wire, Request};
 
 use super::*;
 
@@ -11,6 +14,23 @@ fn check_schema(v: &Value) -> String {
         "hello" | "ok" | "error" | "pong" | "snapshot" | "lagged" | "bye" => t.to_owned(),
         _ => format!("event-{t}"),
     };
+    validate(&name, v);
+    if t == "diagnosis" {
+        format!("diagnosis:{}", v["kind"].as_str().unwrap_or_default())
+    } else {
+        t.to_owned()
+    }
+}
+
+/// A typed request as the line a client sends, checked against its cmd-*.json.
+fn request(r: Request) -> Value {
+    let v: Value = serde_json::from_str(&r.to_line(Some(&json!("x")))).expect("JSON");
+    validate(&format!("cmd-{}", r.command().as_str()), &v);
+    v
+}
+
+/// Panics unless `v` validates against docs/schemas/<name>.json.
+fn validate(name: &str, v: &Value) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../docs/schemas")
         .join(format!("{name}.json"));
@@ -30,11 +50,6 @@ fn check_schema(v: &Value) -> String {
         path.display(),
         errors.join("\n")
     );
-    if t == "diagnosis" {
-        format!("diagnosis:{}", v["kind"].as_str().unwrap_or_default())
-    } else {
-        t.to_owned()
-    }
 }
 
 #[test]
@@ -55,14 +70,22 @@ fn every_message_matches_its_json_schema() {
     let mut seen = std::collections::BTreeSet::new();
     let (mut c, hello) = Sock::open(&path);
     seen.insert(check_schema(&hello));
-    seen.insert(check_schema(&c.request(json!({"cmd": "subscribe"}))));
+    let subscribe = request(Request::Subscribe(wire::Subscribe::default()));
+    seen.insert(check_schema(&c.request(subscribe)));
     let (mut admin, _) = Sock::open(&path);
     for cmd in [
-        json!({"cmd": "ping"}),
-        json!({"cmd": "pool", "op": "list"}),
-        json!({"cmd": "evict", "dst": "10.9.0.3:80", "for_ms": 100_000}),
-        json!({"cmd": "reinstate", "dst": "10.9.0.3:80"}),
-        json!({"cmd": "reinstate", "dst": "10.9.0.3:80"}),
+        request(Request::Ping(wire::Ping {})),
+        request(Request::Pool(wire::Pool::List(wire::PoolList::default()))),
+        request(Request::Evict(wire::Evict {
+            dst: "10.9.0.3:80".into(),
+            for_ms: Some(100_000),
+        })),
+        request(Request::Reinstate(wire::Reinstate {
+            dst: "10.9.0.3:80".into(),
+        })),
+        request(Request::Reinstate(wire::Reinstate {
+            dst: "10.9.0.3:80".into(),
+        })),
     ] {
         seen.insert(check_schema(&admin.request(cmd)));
     }
@@ -95,7 +118,8 @@ fn every_message_matches_its_json_schema() {
             seen.insert(check_schema(&v));
         }
     }
-    seen.insert(check_schema(&admin.request(json!({"cmd": "snapshot"}))));
+    let snapshot = request(Request::Snapshot(wire::Snapshot {}));
+    seen.insert(check_schema(&admin.request(snapshot)));
     let (ok, printed) = agent.stop();
     assert!(ok);
     // What was still queued, then the goodbye.
