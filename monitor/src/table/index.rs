@@ -37,6 +37,11 @@ impl<K: Copy + Eq + Hash, V> Part<K, V> {
         self.dests.len()
     }
 
+    /// The values, in position order.
+    pub(super) fn values(&self) -> &[V] {
+        &self.dests
+    }
+
     pub(super) fn position(&self, key: &K) -> Option<usize> {
         let keys = &self.keys;
         self.index

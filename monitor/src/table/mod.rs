@@ -747,20 +747,20 @@ impl<A: Annotation> DestinationTable<A> {
         };
         let mut candidates: Vec<u64> = self
             .v4
-            .dests
+            .values()
             .iter()
             .enumerate()
             .filter_map(|(i, d)| candidate(i as u64, d))
             .chain(
                 self.v6
-                    .dests
+                    .values()
                     .iter()
                     .enumerate()
                     .filter_map(|(i, d)| candidate(n4 + i as u64, d)),
             )
             .chain(
                 self.local
-                    .dests
+                    .values()
                     .iter()
                     .enumerate()
                     .filter_map(|(i, d)| candidate(n46 + i as u64, d)),
