@@ -243,7 +243,11 @@ mod tests {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .expect("cargo metadata runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
         let named = |key: &str| -> Vec<String> {
             meta[key]
@@ -253,7 +257,8 @@ mod tests {
                 .map(|id| id.as_str().unwrap_or_default().to_owned())
                 .collect()
         };
-        let is_root_tests = |id: &String| id.contains("/tests#") || id.contains("connmon-integration");
+        let is_root_tests =
+            |id: &String| id.contains("/tests#") || id.contains("connmon-integration");
         assert!(
             !named("workspace_default_members").iter().any(is_root_tests),
             "tests/ is a default member: a non-root `cargo test` would run the root tests"

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::{
     config::DEFAULT_SOCKET,
     policy::config::parse_duration,
-    protocol::{self, EventType, Request, RoleName},
+    protocol::{self, Request, Role, Topic},
 };
 
 /// Why a client command failed.
@@ -141,11 +141,11 @@ pub struct WatchArgs {
     pub socket: SocketArg,
     /// Only these message types (comma-separated): connect, syn_retransmit, evict,
     /// reinstate, suspect, diagnosis, stats [default: all].
-    #[arg(long, value_delimiter = ',', value_parser = wire_name::<EventType>)]
-    pub types: Vec<EventType>,
+    #[arg(long, value_delimiter = ',', value_parser = wire_name::<Topic>)]
+    pub types: Vec<Topic>,
     /// Only destinations of these roles (comma-separated): proxy, target [default: both].
-    #[arg(long, value_delimiter = ',', value_parser = wire_name::<RoleName>)]
-    pub roles: Vec<RoleName>,
+    #[arg(long, value_delimiter = ',', value_parser = wire_name::<Role>)]
+    pub roles: Vec<Role>,
     /// Exit after this many events.
     #[arg(long)]
     pub count: Option<u64>,

@@ -28,7 +28,7 @@ use ratatui::{
 use serde_json::Value;
 
 use super::{Client, SocketArg};
-use crate::protocol::{EventType, Request, Snapshot, Subscribe};
+use crate::protocol::{Request, Snapshot, Subscribe, Topic};
 
 /// `connmon top`.
 #[derive(Args, Debug)]
@@ -205,10 +205,10 @@ fn spawn_feed(path: PathBuf, tx: mpsc::Sender<Feed>) {
                 && client
                     .request(&Request::Subscribe(Subscribe {
                         types: Some(vec![
-                            EventType::Evict,
-                            EventType::Reinstate,
-                            EventType::Diagnosis,
-                            EventType::Stats,
+                            Topic::Evict,
+                            Topic::Reinstate,
+                            Topic::Diagnosis,
+                            Topic::Stats,
                         ]),
                         roles: None,
                     }))

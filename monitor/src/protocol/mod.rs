@@ -15,6 +15,8 @@ pub mod schema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::{bus::Topic, policy::Role};
+
 /// The protocol version in `hello`.
 pub const VERSION: u32 = 1;
 /// Longest accepted client line, newline excluded.
@@ -119,9 +121,9 @@ impl Request {
 #[serde(deny_unknown_fields)]
 pub struct Subscribe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<EventType>>,
+    pub types: Option<Vec<Topic>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub roles: Option<Vec<RoleName>>,
+    pub roles: Option<Vec<Role>>,
 }
 
 /// The current ejections and per-destination statistics.
@@ -185,38 +187,16 @@ pub struct Reinstate {
     pub dst: String,
 }
 
-/// A message type a subscriber can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum EventType {
-    Connect,
-    SynRetransmit,
-    Evict,
-    Reinstate,
-    Suspect,
-    Diagnosis,
-    Stats,
-}
-
-impl EventType {
-    pub const ALL: [EventType; 7] = [
-        EventType::Connect,
-        EventType::SynRetransmit,
-        EventType::Evict,
-        EventType::Reinstate,
-        EventType::Suspect,
-        EventType::Diagnosis,
-        EventType::Stats,
-    ];
-}
-
-/// What a destination is to the pool, in a subscription filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RoleName {
-    Proxy,
-    Target,
-}
+/// Every message type a subscriber can ask for, in the order `ok` lists them.
+pub const ALL_TOPICS: [Topic; 7] = [
+    Topic::Connect,
+    Topic::SynRetransmit,
+    Topic::Evict,
+    Topic::Reinstate,
+    Topic::Suspect,
+    Topic::Diagnosis,
+    Topic::Stats,
+];
 
 /// A server message and its `"type"`.
 pub trait Reply: Serialize {
@@ -270,8 +250,8 @@ impl Reply for Success {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Subscribed {
-    pub types: Vec<EventType>,
-    pub roles: Vec<RoleName>,
+    pub types: Vec<Topic>,
+    pub roles: Vec<Role>,
 }
 
 /// The resulting pool, entries as `list` prints them.
@@ -373,8 +353,8 @@ mod tests {
     fn requests_round_trip_through_their_wire_shape() {
         let requests = [
             Request::Subscribe(Subscribe {
-                types: Some(vec![EventType::Evict, EventType::SynRetransmit]),
-                roles: Some(vec![RoleName::Proxy]),
+                types: Some(vec![Topic::Evict, Topic::SynRetransmit]),
+                roles: Some(vec![Role::Proxy]),
             }),
             Request::Subscribe(Subscribe::default()),
             Request::Snapshot(Snapshot {}),
@@ -403,10 +383,7 @@ mod tests {
             Request::Pool(Pool::List(PoolList::default())).to_line(None),
             r#"{"cmd":"pool","op":"list"}"#
         );
-        assert_eq!(
-            Request::Ping(Ping {}).to_line(None),
-            r#"{"cmd":"ping"}"#
-        );
+        assert_eq!(Request::Ping(Ping {}).to_line(None), r#"{"cmd":"ping"}"#);
     }
 
     #[test]
@@ -474,7 +451,14 @@ mod tests {
         };
         assert_eq!(
             hello.to_value()["capabilities"],
-            json!(["subscribe", "snapshot", "ping", "pool", "evict", "reinstate"])
+            json!([
+                "subscribe",
+                "snapshot",
+                "ping",
+                "pool",
+                "evict",
+                "reinstate"
+            ])
         );
         let back: Hello = serde_json::from_value({
             let mut v = hello.to_value();

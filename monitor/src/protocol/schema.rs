@@ -95,7 +95,12 @@ fn file<T: JsonSchema>(name: &str, envelope: Envelope) -> (String, Value) {
         Envelope::Request => (format!("cmd-{name}"), "cmd", "client \u{2192} server"),
         Envelope::Reply | Envelope::Notice => (name.to_owned(), "type", "server \u{2192} client"),
     };
-    add_envelope(map, tag, name, matches!(envelope, Envelope::Request | Envelope::Reply));
+    add_envelope(
+        map,
+        tag,
+        name,
+        matches!(envelope, Envelope::Request | Envelope::Reply),
+    );
     map.insert("$id".into(), format!("{ID_BASE}{file}.json").into());
     map.insert("title".into(), format!("{name} ({direction})").into());
     (file, schema)

@@ -18,8 +18,8 @@ use crate::{
     control::PoolOp,
     policy::{PoolEntry, PoolMembership, Role},
     protocol::{
-        self, Bye, ByeReason, COMMANDS, Command, ErrorCode, EventType, Hello, Lagged, Pool, Reply,
-        Request, RoleName, Success,
+        self, Bye, ByeReason, COMMANDS, Command, ErrorCode, Hello, Lagged, Pool, Reply, Request,
+        Success,
     },
 };
 
@@ -189,8 +189,8 @@ fn parse_command(object: Map<String, Value>) -> Result<Action, ProtocolError> {
         serde_json::from_value(Value::Object(object)).map_err(|e| invalid(e.to_string()))?;
     Ok(match request {
         Request::Subscribe(s) => Action::Subscribe(Filter {
-            types: s.types.map(|t| t.into_iter().map(topic).collect()),
-            roles: s.roles.map(|r| r.into_iter().map(role).collect()),
+            types: s.types,
+            roles: s.roles,
         }),
         Request::Snapshot(_) => Action::Snapshot,
         Request::Ping(_) => Action::Ping,
@@ -213,7 +213,8 @@ fn parse_command(object: Map<String, Value>) -> Result<Action, ProtocolError> {
             let members = members
                 .iter()
                 .map(|m| {
-                    PoolMembership::parse_entry(m).map_err(|e| invalid(format!("member {m:?}: {e}")))
+                    PoolMembership::parse_entry(m)
+                        .map_err(|e| invalid(format!("member {m:?}: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Action::Pool { op, members }
@@ -238,44 +239,6 @@ fn parse_command(object: Map<String, Value>) -> Result<Action, ProtocolError> {
             dst: parse_dst(cmd, &r.dst)?,
         },
     })
-}
-
-fn topic(t: EventType) -> Topic {
-    match t {
-        EventType::Connect => Topic::Connect,
-        EventType::SynRetransmit => Topic::SynRetransmit,
-        EventType::Evict => Topic::Evict,
-        EventType::Reinstate => Topic::Reinstate,
-        EventType::Suspect => Topic::Suspect,
-        EventType::Diagnosis => Topic::Diagnosis,
-        EventType::Stats => Topic::Stats,
-    }
-}
-
-fn event_type(t: Topic) -> EventType {
-    match t {
-        Topic::Connect => EventType::Connect,
-        Topic::SynRetransmit => EventType::SynRetransmit,
-        Topic::Evict => EventType::Evict,
-        Topic::Reinstate => EventType::Reinstate,
-        Topic::Suspect => EventType::Suspect,
-        Topic::Diagnosis => EventType::Diagnosis,
-        Topic::Stats => EventType::Stats,
-    }
-}
-
-fn role(r: RoleName) -> Role {
-    match r {
-        RoleName::Proxy => Role::Proxy,
-        RoleName::Target => Role::Target,
-    }
-}
-
-fn role_name(r: Role) -> RoleName {
-    match r {
-        Role::Proxy => RoleName::Proxy,
-        Role::Target => RoleName::Target,
-    }
 }
 
 /// A destination `ADDR:PORT` / `[V6]:PORT`, v4-mapped IPv6 reported as IPv4 like events.
@@ -379,12 +342,12 @@ pub fn bye() -> String {
 /// The types and roles a subscription ended up with, for its `ok`.
 pub fn subscribed(filter: &Filter, id: Option<&Value>) -> String {
     let types = match &filter.types {
-        Some(t) => t.iter().copied().map(event_type).collect(),
-        None => EventType::ALL.into(),
+        Some(t) => t.clone(),
+        None => protocol::ALL_TOPICS.into(),
     };
     let roles = match &filter.roles {
-        Some(r) => r.iter().copied().map(role_name).collect(),
-        None => vec![RoleName::Proxy, RoleName::Target],
+        Some(r) => r.clone(),
+        None => vec![Role::Proxy, Role::Target],
     };
     render(
         &Success::Subscribe(protocol::Subscribed { types, roles }),
@@ -400,7 +363,11 @@ mod tests {
 
     fn code(line: &[u8]) -> String {
         let code = parse_line(line).request.unwrap_err().code();
-        serde_json::to_value(code).unwrap().as_str().unwrap().to_owned()
+        serde_json::to_value(code)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     #[test]

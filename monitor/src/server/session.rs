@@ -30,7 +30,7 @@ use super::{
 use crate::{
     bus::{EventBus, Published},
     control::Control,
-    protocol::{ErrorCode, PoolIs, Pong, Success, Target},
+    protocol::{ErrorCode, Pong, PoolIs, Success, Target},
 };
 
 /// Consecutive bad lines after which the connection is closed.
