@@ -22,8 +22,19 @@ use crate::{
     stats::Stats,
 };
 
-/// What a message is about, for subscription filters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What a message is about, for subscription filters (on the wire: its `type`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Topic {
     Connect,
     SynRetransmit,

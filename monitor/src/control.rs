@@ -29,6 +29,10 @@ pub enum Control {
         members: Vec<PoolEntry>,
         reply: oneshot::Sender<Vec<PoolEntry>>,
     },
+    /// The pool as it is (`pool list`); an unconfigured pool stays unconfigured.
+    PoolList {
+        reply: oneshot::Sender<Vec<PoolEntry>>,
+    },
     /// Manual ejection through the engine (broadcast like any other); false if refused.
     Evict {
         dst: SocketAddr,

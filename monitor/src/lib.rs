@@ -14,6 +14,7 @@ pub mod export;
 pub mod persist;
 pub mod policy;
 pub mod privileges;
+pub mod protocol;
 pub mod server;
 pub mod service;
 pub mod sinks;

@@ -33,11 +33,14 @@ enum Command {
     Reinstate(cli::ReinstateArgs),
     /// Show or change the pool of a running agent.
     Pool(cli::PoolArgs),
-    /// Write the man pages and shell completions into a directory (for packaging).
+    /// Write the man pages and shell completions into a directory (for packaging), and/or
+    /// the protocol's JSON Schemas (`--schemas docs/schemas`).
     #[command(hide = true)]
     GenerateAssets {
+        #[arg(long, required_unless_present = "schemas")]
+        out: Option<PathBuf>,
         #[arg(long)]
-        out: PathBuf,
+        schemas: Option<PathBuf>,
     },
 }
 
@@ -155,11 +158,15 @@ fn main() -> ExitCode {
         Command::Evict(args) => cli::evict(&args),
         Command::Reinstate(args) => cli::reinstate(&args),
         Command::Pool(args) => cli::pool(&args),
-        Command::GenerateAssets { out } => {
-            monitor::assets::write(<Cli as clap::CommandFactory>::command(), &out)
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
-        }
+        Command::GenerateAssets { out, schemas } => (|| {
+            if let Some(out) = out {
+                monitor::assets::write(<Cli as clap::CommandFactory>::command(), &out)?;
+            }
+            if let Some(dir) = schemas {
+                monitor::protocol::schema::write(&dir)?;
+            }
+            Ok(())
+        })(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -233,4 +233,39 @@ mod tests {
         );
         assert_eq!(parse_summary("        PASS [   1.0s] x"), None);
     }
+
+    /// A plain `cargo test` must not build the root integration tests (they need root),
+    /// while `cargo xtask test` (`--workspace`) must still reach them.
+    #[test]
+    fn root_tests_are_out_of_the_default_build_but_in_the_workspace() {
+        let out = Command::new(env!("CARGO"))
+            .args(["metadata", "--no-deps", "--format-version", "1"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo metadata runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let named = |key: &str| -> Vec<String> {
+            meta[key]
+                .as_array()
+                .unwrap_or_else(|| panic!("no {key} in cargo metadata"))
+                .iter()
+                .map(|id| id.as_str().unwrap_or_default().to_owned())
+                .collect()
+        };
+        let is_root_tests =
+            |id: &String| id.contains("/tests#") || id.contains("connmon-integration");
+        assert!(
+            !named("workspace_default_members").iter().any(is_root_tests),
+            "tests/ is a default member: a non-root `cargo test` would run the root tests"
+        );
+        assert!(
+            named("workspace_members").iter().any(is_root_tests),
+            "tests/ is no workspace member: `cargo xtask test` would not run it"
+        );
+    }
 }

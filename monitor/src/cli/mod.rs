@@ -13,9 +13,13 @@ use std::{
 };
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::{config::DEFAULT_SOCKET, policy::config::parse_duration};
+use crate::{
+    config::DEFAULT_SOCKET,
+    policy::config::parse_duration,
+    protocol::{self, Request, Role, Topic},
+};
 
 /// Why a client command failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,16 +97,15 @@ impl Client {
 
     /// Sends a command with a fresh `id` and returns its reply (events in between are
     /// skipped); an `error` reply is an `Err`.
-    pub fn request(&mut self, mut command: Value) -> Result<Value, ClientError> {
+    pub fn request(&mut self, command: &Request) -> Result<Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        command["id"] = json!(id);
-        let mut line = command.to_string();
+        let mut line = command.to_line(Some(&Value::from(id)));
         line.push('\n');
         self.writer.write_all(line.as_bytes())?;
         loop {
             let reply = self.next_message()?.ok_or(ClientError::Closed)?;
-            if reply["id"] == json!(id) {
+            if reply["id"] == id {
                 return if reply["type"] == "error" {
                     Err(agent_error(&reply))
                 } else {
@@ -138,17 +141,22 @@ pub struct WatchArgs {
     pub socket: SocketArg,
     /// Only these message types (comma-separated): connect, syn_retransmit, evict,
     /// reinstate, suspect, diagnosis, stats [default: all].
-    #[arg(long, value_delimiter = ',')]
-    pub types: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = wire_name::<Topic>)]
+    pub types: Vec<Topic>,
     /// Only destinations of these roles (comma-separated): proxy, target [default: both].
-    #[arg(long, value_delimiter = ',')]
-    pub roles: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = wire_name::<Role>)]
+    pub roles: Vec<Role>,
     /// Exit after this many events.
     #[arg(long)]
     pub count: Option<u64>,
     /// Print NDJSON even on a terminal.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A protocol enum from its name on the wire (`syn_retransmit`, `proxy`).
+fn wire_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, String> {
+    serde_json::from_value(Value::String(name.to_owned())).map_err(|e| e.to_string())
 }
 
 /// `connmon status`.
@@ -221,14 +229,11 @@ pub enum PoolSubcommand {
 /// `connmon watch`: subscribe and print events until interrupted (or `--count`).
 pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
     let mut client = Client::connect(&args.socket.socket)?;
-    let mut subscribe = json!({"cmd": "subscribe"});
-    if !args.types.is_empty() {
-        subscribe["types"] = json!(args.types);
-    }
-    if !args.roles.is_empty() {
-        subscribe["roles"] = json!(args.roles);
-    }
-    client.request(subscribe)?;
+    let subscribe = protocol::Subscribe {
+        types: (!args.types.is_empty()).then(|| args.types.clone()),
+        roles: (!args.roles.is_empty()).then(|| args.roles.clone()),
+    };
+    client.request(&Request::Subscribe(subscribe))?;
     let pretty = !args.json && std::io::stdout().is_terminal();
     let palette = crate::sinks::text::Palette::new(crate::sinks::text::colour_wanted(pretty));
     let stdout = std::io::stdout();
@@ -273,7 +278,7 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
 /// `connmon status`.
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let mut client = Client::connect(&args.socket.socket)?;
-    let mut snapshot = client.request(json!({"cmd": "snapshot"}))?;
+    let mut snapshot = client.request(&Request::Snapshot(protocol::Snapshot {}))?;
     if let Value::Object(map) = &mut snapshot {
         map.remove("id");
     }
@@ -299,11 +304,11 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
 /// `connmon evict`.
 pub fn evict(args: &EvictArgs) -> anyhow::Result<()> {
     let mut client = Client::connect(&args.socket.socket)?;
-    let mut command = json!({"cmd": "evict", "dst": args.dst});
-    if let Some(d) = args.duration {
-        command["for_ms"] = json!(d.as_millis().max(1) as u64);
-    }
-    let reply = client.request(command)?;
+    let command = protocol::Evict {
+        dst: args.dst.clone(),
+        for_ms: args.duration.map(|d| d.as_millis().max(1) as u64),
+    };
+    let reply = client.request(&Request::Evict(command))?;
     println!("evicted {}", reply["dst"].as_str().unwrap_or(&args.dst));
     Ok(())
 }
@@ -311,7 +316,8 @@ pub fn evict(args: &EvictArgs) -> anyhow::Result<()> {
 /// `connmon reinstate`.
 pub fn reinstate(args: &ReinstateArgs) -> anyhow::Result<()> {
     let mut client = Client::connect(&args.socket.socket)?;
-    let reply = client.request(json!({"cmd": "reinstate", "dst": args.dst}))?;
+    let dst = args.dst.clone();
+    let reply = client.request(&Request::Reinstate(protocol::Reinstate { dst }))?;
     println!("reinstated {}", reply["dst"].as_str().unwrap_or(&args.dst));
     Ok(())
 }
@@ -319,17 +325,16 @@ pub fn reinstate(args: &ReinstateArgs) -> anyhow::Result<()> {
 /// `connmon pool add|remove|replace|list`: prints the resulting pool.
 pub fn pool(args: &PoolArgs) -> anyhow::Result<()> {
     let mut client = Client::connect(&args.socket.socket)?;
-    let command = match &args.op {
-        PoolSubcommand::Add { members } => json!({"cmd": "pool", "op": "add", "members": members}),
-        PoolSubcommand::Remove { members } => {
-            json!({"cmd": "pool", "op": "remove", "members": members})
-        }
-        PoolSubcommand::Replace { members } => {
-            json!({"cmd": "pool", "op": "replace", "members": members})
-        }
-        PoolSubcommand::List => json!({"cmd": "pool", "op": "list"}),
+    let members = |members: &Vec<String>| protocol::PoolMembers {
+        members: members.clone(),
     };
-    let reply = client.request(command)?;
+    let command = match &args.op {
+        PoolSubcommand::Add { members: m } => protocol::Pool::Add(members(m)),
+        PoolSubcommand::Remove { members: m } => protocol::Pool::Remove(members(m)),
+        PoolSubcommand::Replace { members: m } => protocol::Pool::Replace(members(m)),
+        PoolSubcommand::List => protocol::Pool::List(protocol::PoolList::default()),
+    };
+    let reply = client.request(&Request::Pool(command))?;
     for entry in reply["pool"].as_array().into_iter().flatten() {
         println!("{}", entry.as_str().unwrap_or_default());
     }

@@ -25,9 +25,10 @@ use ratatui::{
     text::{Line, Span},
     widgets::{Paragraph, Row, Table, Wrap},
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Client, SocketArg};
+use crate::protocol::{Request, Snapshot, Subscribe, Topic};
 
 /// `connmon top`.
 #[derive(Args, Debug)]
@@ -202,7 +203,15 @@ fn spawn_feed(path: PathBuf, tx: mpsc::Sender<Feed>) {
         loop {
             if let Ok(mut client) = Client::connect(&path)
                 && client
-                    .request(json!({"cmd": "subscribe", "types": ["evict", "reinstate", "diagnosis", "stats"]}))
+                    .request(&Request::Subscribe(Subscribe {
+                        types: Some(vec![
+                            Topic::Evict,
+                            Topic::Reinstate,
+                            Topic::Diagnosis,
+                            Topic::Stats,
+                        ]),
+                        roles: None,
+                    }))
                     .is_ok()
             {
                 while let Ok(Some(msg)) = client.next_message() {
@@ -358,7 +367,7 @@ fn refresh(client: &mut Option<Client>, state: &mut State) {
         }
     }
     let Some(c) = client.as_mut() else { return };
-    match c.request(json!({"cmd": "snapshot"})) {
+    match c.request(&Request::Snapshot(Snapshot {})) {
         Ok(snapshot) => state.on_snapshot(snapshot),
         Err(err) => {
             *client = None;
@@ -609,6 +618,8 @@ fn destination_row(d: &Value, now: chrono::DateTime<chrono::Utc>, container: boo
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn snap() -> Value {

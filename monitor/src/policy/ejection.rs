@@ -6,41 +6,19 @@
 use super::{config::PolicyConfig, decision::Reason, pool::Role};
 use crate::table::Annotation;
 
-/// A small seeded xorshift64* generator for jitter: deterministic in tests, and jitter
-/// needs spread, not cryptographic quality.
+/// Seeded jitter (fastrand's wyrand): deterministic in tests, and jitter needs spread,
+/// not cryptographic quality.
 #[derive(Clone, Debug)]
-pub struct Jitter {
-    state: u64,
-}
+pub struct Jitter(fastrand::Rng);
 
 impl Jitter {
     pub fn new(seed: u64) -> Self {
-        let state = seed ^ 0x9E37_79B9_7F4A_7C15;
-        Jitter {
-            state: if state == 0 {
-                0x2545_F491_4F6C_DD1D
-            } else {
-                state
-            },
-        }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.state;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.state = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        Jitter(fastrand::Rng::with_seed(seed))
     }
 
     /// Uniform in `0..=max`.
     pub fn up_to(&mut self, max: u64) -> u64 {
-        match max.checked_add(1) {
-            None => self.next_u64(),
-            Some(0) | Some(1) => 0,
-            Some(span) => self.next_u64() % span,
-        }
+        self.0.u64(..=max)
     }
 }
 

@@ -375,7 +375,7 @@ async fn accept_loop(
 /// Tells a client over the limit why, without waiting on it.
 async fn refuse(mut stream: UnixStream, max: usize) {
     let mut line = protocol::connection_error(
-        "too_many_clients",
+        crate::protocol::ErrorCode::TooManyClients,
         &format!(
             "connmon serves at most {max} clients at once (agent.max_clients); try again later"
         ),

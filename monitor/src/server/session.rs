@@ -25,11 +25,12 @@ use tokio_util::sync::CancellationToken;
 use super::{
     ServerStats,
     peer::{Peer, Permissions},
-    protocol::{self, Filter, PoolCommand, ProtocolError, Request},
+    protocol::{self, Action, Filter, ProtocolError},
 };
 use crate::{
     bus::{EventBus, Published},
-    control::{Control, PoolOp},
+    control::Control,
+    protocol::{ErrorCode, Pong, PoolIs, Success, Target},
 };
 
 /// Consecutive bad lines after which the connection is closed.
@@ -143,7 +144,7 @@ impl Reader {
                         tracing::debug!(uid = self.peer.uid, pid = ?self.peer.pid, "closing a socket client after {errors} consecutive errors");
                         let _ = self.out.send(Outgoing::Line(line)).await;
                         let close = protocol::connection_error(
-                            "too_many_errors",
+                            ErrorCode::TooManyErrors,
                             &format!(
                                 "{MAX_CONSECUTIVE_ERRORS} consecutive bad lines: closing the connection"
                             ),
@@ -162,7 +163,7 @@ impl Reader {
 
     async fn execute(
         &self,
-        request: Request,
+        request: Action,
         id: Option<&Value>,
     ) -> Result<Outgoing, ProtocolError> {
         if request.changes_state() && !self.may_change_state {
@@ -173,9 +174,9 @@ impl Reader {
             });
         }
         let line = match request {
-            Request::Subscribe(filter) => return Ok(Outgoing::Subscribe(filter, id.cloned())),
-            Request::Ping => protocol::reply(json!({"type": "pong"}), id),
-            Request::Snapshot => {
+            Action::Subscribe(filter) => return Ok(Outgoing::Subscribe(filter, id.cloned())),
+            Action::Ping => protocol::render(&Pong {}, id),
+            Action::Snapshot => {
                 let snapshot = self.ask(|reply| Control::Snapshot { reply }).await?;
                 let mut value = serde_json::to_value(&snapshot).unwrap_or_else(|_| json!({}));
                 if let Value::Object(map) = &mut value {
@@ -184,19 +185,17 @@ impl Reader {
                 }
                 protocol::reply(value, id)
             }
-            Request::Pool { op, members } => {
-                let (op, members) = match op {
-                    PoolCommand::Change(op) => (op, members),
-                    // The pipeline answers an empty add with the pool, unchanged.
-                    PoolCommand::List => (PoolOp::Add, Vec::new()),
-                };
+            Action::PoolList => {
+                let pool = self.ask(|reply| Control::PoolList { reply }).await?;
+                pool_reply(&pool, id)
+            }
+            Action::Pool { op, members } => {
                 let pool = self
                     .ask(|reply| Control::Pool { op, members, reply })
                     .await?;
-                let pool: Vec<String> = pool.iter().map(ToString::to_string).collect();
-                protocol::reply(json!({"type": "ok", "cmd": "pool", "pool": pool}), id)
+                pool_reply(&pool, id)
             }
-            Request::Evict { dst, duration } => {
+            Action::Evict { dst, duration } => {
                 let duration = duration.unwrap_or(self.ctx.default_ejection);
                 if !self
                     .ask(|reply| Control::Evict {
@@ -211,22 +210,18 @@ impl Reader {
                     )));
                 }
                 tracing::info!(%dst, ?duration, uid = self.peer.uid, "manual evict over the socket");
-                protocol::reply(
-                    json!({"type": "ok", "cmd": "evict", "dst": dst.to_string()}),
-                    id,
-                )
+                let dst = dst.to_string();
+                protocol::render(&Success::Evict(Target { dst }), id)
             }
-            Request::Reinstate { dst } => {
+            Action::Reinstate { dst } => {
                 if !self.ask(|reply| Control::Reinstate { dst, reply }).await? {
                     return Err(ProtocolError::Rejected(format!(
                         "reinstate: {dst} is not ejected"
                     )));
                 }
                 tracing::info!(%dst, uid = self.peer.uid, "manual reinstate over the socket");
-                protocol::reply(
-                    json!({"type": "ok", "cmd": "reinstate", "dst": dst.to_string()}),
-                    id,
-                )
+                let dst = dst.to_string();
+                protocol::render(&Success::Reinstate(Target { dst }), id)
             }
         };
         Ok(Outgoing::Line(line))
@@ -255,6 +250,12 @@ impl Reader {
             Err(_) => Err(ProtocolError::Unavailable("no answer within 5s")),
         }
     }
+}
+
+/// `{"type":"ok","cmd":"pool","pool":[...]}`.
+fn pool_reply(pool: &[crate::policy::PoolEntry], id: Option<&Value>) -> String {
+    let pool = pool.iter().map(ToString::to_string).collect();
+    protocol::render(&Success::Pool(PoolIs { pool }), id)
 }
 
 /// Reads one line of at most [`protocol::MAX_LINE_BYTES`]; a longer one is skipped up

@@ -33,20 +33,20 @@
 //! `(address, namespace inode)`, so the common keys keep their compact layout.
 
 mod histogram;
+mod index;
 mod key;
 mod top;
 mod window;
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher as _, Hash, RandomState},
     net::{SocketAddr, SocketAddrV4, SocketAddrV6},
     sync::Arc,
     time::Duration,
 };
 
-use hashbrown::HashTable;
 pub use histogram::LatencyHistogram;
+use index::Part;
 pub use key::{DestinationKey, is_namespace_local};
 use serde::Serialize;
 pub use top::{Tally, TopN};
@@ -513,127 +513,15 @@ impl WhoCache {
     }
 }
 
-/// The entries of one address family: a dense vector of entries, a parallel vector of
-/// their addresses, and a hash index of positions. The index's buckets hold only a
-/// `u32` position (compared through the address vector), so its spare capacity costs
-/// 5 bytes a bucket with the control byte; the vectors hold no touched spare entries,
-/// and a removal moves the last entry into the hole.
-#[derive(Debug)]
-struct Part<K, A> {
-    index: HashTable<u32>,
-    hasher: RandomState,
-    keys: Vec<K>,
-    dests: Vec<Destination<A>>,
-}
-
-impl<K: Copy + Eq + Hash, A> Part<K, A> {
-    /// A part reserved for `reserve` entries: the index then never rehashes (no moment
-    /// with two copies of it) and, as for the vectors, only touched pages count.
-    fn with_capacity(reserve: usize) -> Self {
-        Part {
-            index: HashTable::with_capacity(reserve),
-            hasher: RandomState::new(),
-            keys: Vec::with_capacity(reserve),
-            dests: Vec::with_capacity(reserve),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.dests.len()
-    }
-
-    fn position(&self, key: &K) -> Option<usize> {
-        let keys = &self.keys;
-        self.index
-            .find(self.hasher.hash_one(key), |&i| {
-                keys.get(i as usize) == Some(key)
-            })
-            .map(|&i| i as usize)
-    }
-
-    fn get(&self, key: &K) -> Option<&Destination<A>> {
-        self.dests.get(self.position(key)?)
-    }
-
-    fn get_mut(&mut self, key: &K) -> Option<&mut Destination<A>> {
-        let i = self.position(key)?;
-        self.dests.get_mut(i)
-    }
-
-    /// Adds an entry for a key that is not present.
-    fn insert(&mut self, key: K, dest: Destination<A>) {
-        let Ok(i) = u32::try_from(self.dests.len()) else {
-            return;
-        };
-        self.keys.push(key);
-        self.dests.push(dest);
-        let Part {
-            index,
-            hasher,
-            keys,
-            ..
-        } = self;
-        index.insert_unique(hasher.hash_one(key), i, |&j| {
-            hasher.hash_one(keys[j as usize])
-        });
-    }
-
-    /// Points the index entry of the key at position `from` to position `to`, or removes
-    /// it when `to` is `None`.
-    fn reindex(&mut self, from: usize, to: Option<usize>) {
-        let Some(key) = self.keys.get(from) else {
-            return;
-        };
-        let hash = self.hasher.hash_one(key);
-        let Ok(entry) = self.index.find_entry(hash, |&i| i as usize == from) else {
-            return;
-        };
-        match to {
-            None => {
-                entry.remove();
-            }
-            Some(to) => *entry.into_mut() = to as u32,
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (K, &Destination<A>)> {
-        self.keys.iter().copied().zip(self.dests.iter())
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = (K, &mut Destination<A>)> {
-        self.keys.iter().copied().zip(self.dests.iter_mut())
-    }
-
-    /// Removes the entries at `positions`, which must be sorted in descending order:
-    /// each removal moves the last entry into the hole, never one still to be removed.
-    fn remove_descending(&mut self, positions: &[u32]) {
-        for &i in positions {
-            let i = i as usize;
-            let Some(last) = self.dests.len().checked_sub(1) else {
-                return;
-            };
-            if i > last {
-                continue;
-            }
-            self.reindex(i, None);
-            if i != last {
-                self.reindex(last, Some(i));
-            }
-            self.keys.swap_remove(i);
-            self.dests.swap_remove(i);
-        }
-    }
-}
-
 /// Per-destination observations, bounded by a capacity with LRU eviction of unpinned
 /// entries.
 #[derive(Debug)]
 pub struct DestinationTable<A> {
-    v4: Part<SocketAddrV4, A>,
-    v6: Part<SocketAddrV6, A>,
+    v4: Part<SocketAddrV4, Destination<A>>,
+    v6: Part<SocketAddrV6, Destination<A>>,
     /// Namespace-local destinations of other network namespaces (see [`DestinationKey`]):
     /// few, so their larger key costs nothing where it matters.
-    local: Part<(SocketAddr, u32), A>,
+    local: Part<(SocketAddr, u32), Destination<A>>,
     whos: WhoCache,
     capacity: usize,
     /// Length of one ratio-window slot.
@@ -859,20 +747,20 @@ impl<A: Annotation> DestinationTable<A> {
         };
         let mut candidates: Vec<u64> = self
             .v4
-            .dests
+            .values()
             .iter()
             .enumerate()
             .filter_map(|(i, d)| candidate(i as u64, d))
             .chain(
                 self.v6
-                    .dests
+                    .values()
                     .iter()
                     .enumerate()
                     .filter_map(|(i, d)| candidate(n4 + i as u64, d)),
             )
             .chain(
                 self.local
-                    .dests
+                    .values()
                     .iter()
                     .enumerate()
                     .filter_map(|(i, d)| candidate(n46 + i as u64, d)),
