@@ -559,13 +559,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let records = pipe.drain(guard.get_inner_mut());
                 guard.clear_ready();
-                if records >= BUSY_DRAIN {
-                    // Wake-up moderation: under a flood, pause outside epoll so the kernel's
-                    // per-record wake-ups find no sleeper and the next drain takes a batch.
-                    // A deliberate blocking sleep: a tokio timer would park in epoll_wait
-                    // and be woken by the very records it is meant to batch.
-                    std::thread::sleep(MODERATION);
-                }
+                source.poll.after_drain(records, false)?;
+            }
+            tick = source.poll.tick(), if source.poll.active() => {
+                tick.context("waiting on the poll timer")?;
+                let records = pipe.drain(source.ring.get_mut());
+                source.poll.after_drain(records, true)?;
             }
             _ = batch_tick.tick() => {
                 let _ = pipe.drain(source.ring.get_mut());
@@ -621,11 +620,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 
 /// A sleep that does not end (no probe is scheduled).
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
-
-/// A drain at least this large means a flood: see [`MODERATION`].
-const BUSY_DRAIN: usize = 8;
-/// How long the reader pauses after a busy drain (bounded added latency under load).
-const MODERATION: Duration = Duration::from_micros(500);
 
 /// How long consumers get to flush (OTLP) and say goodbye (socket clients) at exit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -39,6 +39,7 @@ use serde_json::Value;
 use crate::{build, setup};
 
 mod checks;
+mod kernel_cost;
 
 #[derive(clap::Args, Default)]
 pub struct Options {
@@ -141,6 +142,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ("bpftrace", "bpftrace"),
         ("tcpstates", "libbpf-tools"),
         ("stdbuf", "coreutils"),
+        ("bpftool", "bpftool"),
     ])?;
     let root = build::workspace_root();
     setup::run_cmd(
@@ -194,7 +196,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     );
     type Section = fn(&Env, &Plan, &mut String) -> anyhow::Result<()>;
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
+        (kernel_cost::SECTION, kernel_cost::run),
         (
             "connect overhead vs untraced, tcpstates, bpftrace",
             overhead,
@@ -206,10 +209,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ("start-up", startup),
         (CHECKS_SECTION, checks::run),
     ];
-    // `CONNMON_BENCH_ONLY=checks`: the handshake-checks section alone.
-    let only_checks = std::env::var("CONNMON_BENCH_ONLY").as_deref() == Ok("checks");
+    // `CONNMON_BENCH_ONLY=checks` / `=kernel-cost`: that section alone.
+    let only = match std::env::var("CONNMON_BENCH_ONLY").as_deref() {
+        Ok("checks") => Some(CHECKS_SECTION),
+        Ok(kernel_cost::SECTION) => Some(kernel_cost::SECTION),
+        _ => None,
+    };
     for (i, (name, section)) in sections.iter().enumerate() {
-        if only_checks && *name != CHECKS_SECTION {
+        if only.is_some_and(|o| o != *name) {
             continue;
         }
         setup::say(format!(
@@ -220,7 +227,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ));
         section(&env, &plan, &mut report)?;
     }
-    if !only_checks {
+    if only.is_none() {
         setup::say(format!(
             "bench: scraper scenario ({:.0} s so far)",
             started.elapsed().as_secs_f64()

@@ -14,7 +14,7 @@ use aya::{
 use monitor_common::{ProbeConfig, counter};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{btf, features, tracefs};
+use super::{btf, features, poll::ReaderPoll, tracefs};
 
 /// The eBPF object built by `build.rs` (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -46,6 +46,8 @@ pub struct KernelSource {
     /// Kept alive: dropping it detaches the programs.
     _ebpf: Ebpf,
     pub ring: AsyncFd<RingBuf<MapData>>,
+    /// The reader's wake-up policy (epoll while quiet, a timer while records flow).
+    pub poll: ReaderPoll,
     counters: PerCpuArray<MapData, u64>,
     pub info: SourceInfo,
 }
@@ -178,9 +180,14 @@ impl KernelSource {
             .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
+        let reader = aya::maps::Array::try_from(
+            ebpf.take_map("READER").context("map READER missing")?,
+        )?;
+        let poll = ReaderPoll::new(reader, !opts.wakeup_every_event)?;
         Ok(KernelSource {
             _ebpf: ebpf,
             ring,
+            poll,
             counters,
             info: SourceInfo {
                 tracefs: tracefs_path,
