@@ -527,7 +527,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         pool_members = pipe.policy.pool().len(),
         tracefs = %source.info.tracefs.display(),
         error_fallback = source.info.error_fallback,
-        "attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_retransmit_skb, sock:inet_sk_error_report"
+        "attached to {}",
+        source.info.attached.join(", ")
     );
     // Reinstatements from loading the state file, now that every consumer listens.
     pipe.emit_decisions();

@@ -7,4 +7,5 @@ pub mod event;
 pub mod features;
 pub mod kernel;
 pub mod poll;
+pub mod probes;
 pub mod tracefs;
