@@ -457,7 +457,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let mut pipe = Pipeline {
         policy,
         cgroups,
-        sink: StdoutSink::new(output, clock),
+        sink: StdoutSink::new(output, clock).with_events(agent.events),
         bus: bus.clone(),
         counters: Counters::default(),
         decisions: Vec::new(),

@@ -203,16 +203,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             overhead,
         ),
         ("ingest and loss per ring-buffer size", ingest),
-        ("detection latency under load", latency),
+        (LATENCY_SECTION, latency),
         ("a blackholed node", blackhole),
         ("memory", memory),
         ("start-up", startup),
         (CHECKS_SECTION, checks::run),
     ];
-    // `CONNMON_BENCH_ONLY=checks` / `=kernel-cost`: that section alone.
+    // `CONNMON_BENCH_ONLY=checks` / `=kernel-cost` / `=latency`: that section alone.
     let only = match std::env::var("CONNMON_BENCH_ONLY").as_deref() {
         Ok("checks") => Some(CHECKS_SECTION),
         Ok(kernel_cost::SECTION) => Some(kernel_cost::SECTION),
+        Ok("latency") => Some(LATENCY_SECTION),
         _ => None,
     };
     for (i, (name, section)) in sections.iter().enumerate() {
@@ -421,6 +422,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
+
+/// The name of the detection-latency section (`CONNMON_BENCH_ONLY=latency`).
+const LATENCY_SECTION: &str = "detection latency under load";
 
 /// The name of the handshake-checks section (`CONNMON_BENCH_ONLY=checks` runs it alone).
 const CHECKS_SECTION: &str = "handshake checks";

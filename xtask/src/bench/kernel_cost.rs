@@ -23,7 +23,9 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Per program name: (run_time_ns, run_cnt), summed over the tracer's programs.
 type Stats = BTreeMap<String, (u64, u64)>;
 
-/// Reads the run statistics of every BPF program held by `pid`.
+/// Reads the run statistics of every BPF program held by `pid`, from the
+/// `/proc/PID/fdinfo` of its program fds (`prog_id`, `run_time_ns`, `run_cnt`); names
+/// from `bpftool prog show --json`.
 fn prog_stats(pid: u32) -> anyhow::Result<Stats> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
@@ -33,18 +35,37 @@ fn prog_stats(pid: u32) -> anyhow::Result<Stats> {
         bail!("bpftool prog show failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool output")?;
+    let names: BTreeMap<u64, String> = progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_owned())))
+        .collect();
+    let mut seen = Vec::new();
     let mut stats = Stats::new();
-    for p in progs.as_array().into_iter().flatten() {
-        let ours = p["pids"]
-            .as_array()
-            .is_some_and(|pids| pids.iter().any(|x| x["pid"].as_u64() == Some(u64::from(pid))));
-        if !ours {
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(text) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        // Program fds only (link fds name a prog_id too, without run statistics).
+        let (Some(id), Some(time), Some(count)) =
+            (field("prog_id"), field("run_time_ns"), field("run_cnt"))
+        else {
+            continue;
+        };
+        if seen.contains(&id) {
             continue;
         }
-        let name = p["name"].as_str().unwrap_or("?").to_owned();
+        seen.push(id);
+        let name = names.get(&id).cloned().unwrap_or_else(|| id.to_string());
         let e = stats.entry(name).or_default();
-        e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
-        e.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        e.0 += time;
+        e.1 += count;
     }
     Ok(stats)
 }
@@ -164,7 +185,7 @@ pub fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
                 let per_program = run
                     .programs
                     .iter()
-                    .filter(|(_, &(_, c))| c > 0)
+                    .filter(|(_, (_, c))| *c > 0)
                     .map(|(name, &(t, c))| {
                         format!(
                             "{name} {:.0} ({:.2} runs, {:.0} ns a run)",
