@@ -334,10 +334,16 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(lines(EventsFilter::All), ["refused", "established", "decision"]);
+        assert_eq!(
+            lines(EventsFilter::All),
+            ["refused", "established", "decision"]
+        );
         assert_eq!(lines(EventsFilter::Failures), ["refused", "decision"]);
         assert_eq!(lines(EventsFilter::Decisions), ["decision"]);
-        assert!(lines(EventsFilter::None).is_empty(), "none writes no records");
+        assert!(
+            lines(EventsFilter::None).is_empty(),
+            "none writes no records"
+        );
     }
 
     #[test]

@@ -193,9 +193,8 @@ impl KernelSource {
             .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
-        let reader = aya::maps::Array::try_from(
-            ebpf.take_map("READER").context("map READER missing")?,
-        )?;
+        let reader =
+            aya::maps::Array::try_from(ebpf.take_map("READER").context("map READER missing")?)?;
         let poll = ReaderPoll::new(reader, !opts.wakeup_every_event)?;
         Ok(KernelSource {
             _ebpf: ebpf,

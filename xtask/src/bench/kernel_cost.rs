@@ -32,7 +32,10 @@ fn prog_stats(pid: u32) -> anyhow::Result<Stats> {
         .output()
         .context("running bpftool (Debian package bpftool)")?;
     if !out.status.success() {
-        bail!("bpftool prog show failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "bpftool prog show failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool output")?;
     let names: BTreeMap<u64, String> = progs
@@ -155,7 +158,9 @@ pub fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
     );
     type Start = fn(&Env) -> anyhow::Result<Tracer>;
     let tracers: [(&str, Start); 2] = [
-        ("connmon", |env| Ok(start_connmon(env, "kernel-cost", &[])?.0)),
+        ("connmon", |env| {
+            Ok(start_connmon(env, "kernel-cost", &[])?.0)
+        }),
         ("bpftrace counter", |env| {
             Ok(spawn_traced(
                 "bpftrace",
