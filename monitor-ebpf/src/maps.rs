@@ -36,6 +36,13 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 #[map]
 pub static UNWOKEN: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Whether the reader is polling the ring on a short timer (written by the agent: 1 while
+/// it polls, 0 while it sleeps in epoll). While it polls, every record is written with
+/// BPF_RB_NO_WAKEUP: the ring-buffer wake-up (irq_work from inside the connecting task)
+/// is the largest cost per connect, and a polling reader does not need it.
+#[map]
+pub static READER: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Per-CPU counters, indexed by `monitor_common::counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

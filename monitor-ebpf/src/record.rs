@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use monitor_common::{AF_INET, AF_INET6, ConnectEvent, TupleOffsets, counter, netns_owner};
 
-use crate::maps::{Attempt, EVENTS, TupleKey, UNWOKEN, conf, count};
+use crate::maps::{Attempt, EVENTS, READER, TupleKey, UNWOKEN, conf, count};
 
 /// Reads family, ports and addresses at the given offsets of the record.
 #[inline(always)]
@@ -114,6 +114,10 @@ pub enum Wakeup {
 }
 
 /// Writes one record; a full ring buffer is counted as a lost event, never silent.
+///
+/// Wake-up policy: while the reader polls (`READER`), no record wakes it, except when
+/// the ring is more than a quarter full. While it sleeps, the first failure wakes it
+/// (which makes it poll) and routine records are batched.
 #[inline(always)]
 pub fn emit(
     kind: u32,
@@ -123,7 +127,8 @@ pub fn emit(
     attempt: &Attempt,
     wakeup: Wakeup,
 ) {
-    let batched = wakeup == Wakeup::Batched && conf!(wakeup_established) == 0;
+    let every = conf!(wakeup_established) != 0;
+    let batched = wakeup == Wakeup::Batched && !every;
     if batched {
         // Before the reserve: a failure that reads 0 here was reserved ahead of us.
         set_unwoken(1);
@@ -154,27 +159,36 @@ pub fn emit(
         netns_owner: attempt.netns_owner as u16,
         _pad: [0; 4],
     });
-    let flags = match wakeup {
+    // Read after the reserve: the agent clears `READER` and then polls once more, so a
+    // record reserved before it saw 0 is drained by that last poll.
+    let polling = !every && reader_polling();
+    let flags = if every {
+        // The kernel wakes the reader when it had consumed everything before this record.
+        0
+    } else if (polling || batched)
+        && EVENTS.query(u64::from(BPF_RB_AVAIL_DATA))
+            > EVENTS.query(u64::from(BPF_RB_RING_SIZE)) / 4
+    {
+        // A burst must not overflow the ring before the next poll or drain.
+        set_unwoken(0);
+        BPF_RB_FORCE_WAKEUP
+    } else if polling || batched {
+        BPF_RB_NO_WAKEUP
+    } else if unwoken() != 0 {
         // Records written without a wake-up are waiting: the reader must come now.
-        Wakeup::Now if unwoken() != 0 => {
-            set_unwoken(0);
-            BPF_RB_FORCE_WAKEUP
-        }
+        set_unwoken(0);
+        BPF_RB_FORCE_WAKEUP
+    } else {
         // The kernel wakes the reader if it has consumed everything before this record;
         // if not, it is awake already (or woken for an earlier record) and will drain
-        // this one too. Under a flood this coalesces wake-ups instead of one per event.
-        Wakeup::Now => 0,
-        Wakeup::Batched if !batched => 0,
-        Wakeup::Batched
-            if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA))
-                > EVENTS.query(u64::from(BPF_RB_RING_SIZE)) / 4 =>
-        {
-            set_unwoken(0);
-            BPF_RB_FORCE_WAKEUP
-        }
-        Wakeup::Batched => BPF_RB_NO_WAKEUP,
+        // this one too.
+        0
     };
     slot.submit(u64::from(flags));
+}
+
+fn reader_polling() -> bool {
+    READER.get(0).is_some_and(|p| *p != 0)
 }
 
 fn unwoken() -> u32 {

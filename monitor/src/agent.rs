@@ -461,7 +461,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let mut pipe = Pipeline {
         policy,
         cgroups,
-        sink: StdoutSink::new(output, clock),
+        sink: StdoutSink::new(output, clock).with_events(agent.events),
         bus: bus.clone(),
         counters: Counters::default(),
         decisions: Vec::new(),
@@ -531,7 +531,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         pool_members = pipe.policy.pool().len(),
         tracefs = %source.info.tracefs.display(),
         error_fallback = source.info.error_fallback,
-        "attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_retransmit_skb, sock:inet_sk_error_report"
+        "attached to {}",
+        source.info.attached.join(", ")
     );
     // Reinstatements from loading the state file, now that every consumer listens.
     pipe.emit_decisions();
@@ -563,13 +564,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let records = pipe.drain(guard.get_inner_mut());
                 guard.clear_ready();
-                if records >= BUSY_DRAIN {
-                    // Wake-up moderation: under a flood, pause outside epoll so the kernel's
-                    // per-record wake-ups find no sleeper and the next drain takes a batch.
-                    // A deliberate blocking sleep: a tokio timer would park in epoll_wait
-                    // and be woken by the very records it is meant to batch.
-                    std::thread::sleep(MODERATION);
-                }
+                source.poll.after_drain(records, false)?;
+            }
+            tick = source.poll.tick(), if source.poll.active() => {
+                tick.context("waiting on the poll timer")?;
+                let records = pipe.drain(source.ring.get_mut());
+                source.poll.after_drain(records, true)?;
             }
             _ = batch_tick.tick() => {
                 let _ = pipe.drain(source.ring.get_mut());
@@ -625,11 +625,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 
 /// A sleep that does not end (no probe is scheduled).
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
-
-/// A drain at least this large means a flood: see [`MODERATION`].
-const BUSY_DRAIN: usize = 8;
-/// How long the reader pauses after a busy drain (bounded added latency under load).
-const MODERATION: Duration = Duration::from_micros(500);
 
 /// How long consumers get to flush (OTLP) and say goodbye (socket clients) at exit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

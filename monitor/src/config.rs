@@ -3,6 +3,7 @@
 //! ```toml
 //! [agent]
 //! output = "json"                       # or "text"; default: json unless stdout is a TTY
+//! events = "all"          # stdout: all, failures, decisions or none
 //! ring_buffer_bytes = 1048576
 //! batch_interval = "100ms"
 //! stats_interval = "10s"
@@ -72,6 +73,8 @@ pub struct AgentConfig {
     /// None: json when stdout is not a terminal, text otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputFormat>,
+    /// Which records reach stdout: all, failures, decisions or none.
+    pub events: crate::sinks::stdout::EventsFilter,
     pub ring_buffer_bytes: u32,
     #[serde(with = "human_duration")]
     pub batch_interval: Duration,
@@ -106,6 +109,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             output: None,
+            events: crate::sinks::stdout::EventsFilter::All,
             ring_buffer_bytes: 1024 * 1024,
             batch_interval: Duration::from_millis(100),
             stats_interval: Duration::from_secs(10),

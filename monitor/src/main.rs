@@ -56,6 +56,9 @@ struct RunArgs {
     /// Output format [default: json when stdout is not a terminal, text otherwise].
     #[arg(long, value_enum)]
     output: Option<OutputFormat>,
+    /// Which records stdout gets (stats lines always) [default: all].
+    #[arg(long, value_enum)]
+    events: Option<monitor::sinks::stdout::EventsFilter>,
     /// Ring buffer size in bytes (a power of two, >= 4096) [default: 1048576].
     #[arg(long)]
     ring_buffer_bytes: Option<u32>,
@@ -94,6 +97,9 @@ impl RunArgs {
         let a = &mut config.agent;
         if self.output.is_some() {
             a.output = self.output;
+        }
+        if let Some(e) = self.events {
+            a.events = e;
         }
         if let Some(n) = self.ring_buffer_bytes {
             a.ring_buffer_bytes = n;

@@ -199,11 +199,18 @@ fn sigterm_detaches_every_program() {
         "another connmon is running: {:?}",
         connmon_programs()
     );
+    // inet_sk_error_report is attached only where the kernel raises the socket error
+    // before the CLOSE transition (no tcp_done_with_error(): the probe table).
+    let error_before_close = !std::fs::read_to_string("/proc/kallsyms")
+        .expect("read /proc/kallsyms")
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("tcp_done_with_error"));
+    let want = if error_before_close { 4 } else { 3 };
     let agent = Agent::start(&[]);
     assert_eq!(
         connmon_programs().len(),
-        4,
-        "all four programs loaded while running"
+        want,
+        "every program of the probe table this kernel needs loaded while running"
     );
     let (ok, lines) = agent.stop();
     assert!(ok, "exit status 0 after SIGTERM");

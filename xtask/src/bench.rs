@@ -39,6 +39,7 @@ use serde_json::Value;
 use crate::{build, setup};
 
 mod checks;
+mod kernel_cost;
 
 #[derive(clap::Args, Default)]
 pub struct Options {
@@ -141,6 +142,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ("bpftrace", "bpftrace"),
         ("tcpstates", "libbpf-tools"),
         ("stdbuf", "coreutils"),
+        ("bpftool", "bpftool"),
     ])?;
     let root = build::workspace_root();
     setup::run_cmd(
@@ -194,22 +196,28 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     );
     type Section = fn(&Env, &Plan, &mut String) -> anyhow::Result<()>;
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
+        (kernel_cost::SECTION, kernel_cost::run),
         (
             "connect overhead vs untraced, tcpstates, bpftrace",
             overhead,
         ),
         ("ingest and loss per ring-buffer size", ingest),
-        ("detection latency under load", latency),
+        (LATENCY_SECTION, latency),
         ("a blackholed node", blackhole),
         ("memory", memory),
         ("start-up", startup),
         (CHECKS_SECTION, checks::run),
     ];
-    // `CONNMON_BENCH_ONLY=checks`: the handshake-checks section alone.
-    let only_checks = std::env::var("CONNMON_BENCH_ONLY").as_deref() == Ok("checks");
+    // `CONNMON_BENCH_ONLY=checks` / `=kernel-cost` / `=latency`: that section alone.
+    let only = match std::env::var("CONNMON_BENCH_ONLY").as_deref() {
+        Ok("checks") => Some(CHECKS_SECTION),
+        Ok(kernel_cost::SECTION) => Some(kernel_cost::SECTION),
+        Ok("latency") => Some(LATENCY_SECTION),
+        _ => None,
+    };
     for (i, (name, section)) in sections.iter().enumerate() {
-        if only_checks && *name != CHECKS_SECTION {
+        if only.is_some_and(|o| o != *name) {
             continue;
         }
         setup::say(format!(
@@ -220,7 +228,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ));
         section(&env, &plan, &mut report)?;
     }
-    if !only_checks {
+    if only.is_none() {
         setup::say(format!(
             "bench: scraper scenario ({:.0} s so far)",
             started.elapsed().as_secs_f64()
@@ -414,6 +422,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
+
+/// The name of the detection-latency section (`CONNMON_BENCH_ONLY=latency`).
+const LATENCY_SECTION: &str = "detection latency under load";
 
 /// The name of the handshake-checks section (`CONNMON_BENCH_ONLY=checks` runs it alone).
 const CHECKS_SECTION: &str = "handshake checks";

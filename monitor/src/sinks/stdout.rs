@@ -24,6 +24,42 @@ pub enum OutputFormat {
     Text,
 }
 
+/// Which records reach stdout (`--events`, `agent.events`); the socket and OTLP
+/// consumers keep their own filters. Stats lines are written whatever this says.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EventsFilter {
+    /// Every kernel event and every decision.
+    #[default]
+    All,
+    /// Failed connects, resets and SYN retransmits (not routine `established`
+    /// outcomes), and decisions.
+    Failures,
+    /// Policy decisions only.
+    Decisions,
+    /// Nothing but stats lines.
+    None,
+}
+
+impl EventsFilter {
+    fn kernel_event(self, event: &KernelEvent) -> bool {
+        match self {
+            EventsFilter::All => true,
+            EventsFilter::Failures => match event {
+                KernelEvent::Connect(c) => c.outcome != crate::source::event::Outcome::Established,
+                KernelEvent::SynRetransmit(_) => true,
+            },
+            EventsFilter::Decisions | EventsFilter::None => false,
+        }
+    }
+
+    fn decision(self) -> bool {
+        self != EventsFilter::None
+    }
+}
+
 /// ` container=<first 12 hex digits>` and ` untrusted` for the text columns, as apply.
 fn origin_suffix(who: &Attribution) -> String {
     let mut out = String::new();
@@ -44,6 +80,7 @@ pub struct StdoutSink {
     clock: WallClock,
     buf: Vec<u8>,
     out: std::io::Stdout,
+    events: EventsFilter,
 }
 
 impl StdoutSink {
@@ -57,7 +94,15 @@ impl StdoutSink {
             clock,
             buf: Vec::with_capacity(64 * 1024),
             out: std::io::stdout(),
+            events: EventsFilter::All,
         }
+    }
+
+    /// Writes only the records `events` selects.
+    #[must_use]
+    pub fn with_events(mut self, events: EventsFilter) -> Self {
+        self.events = events;
+        self
     }
 
     /// A kernel event; `role` is the destination's role in the pool.
@@ -71,6 +116,9 @@ impl StdoutSink {
     }
 
     fn event_of(&mut self, event: &KernelEvent, role: Role, probe: bool) {
+        if !self.events.kernel_event(event) {
+            return;
+        }
         match event {
             KernelEvent::Connect(c) => self.connect(c, role, probe),
             KernelEvent::SynRetransmit(r) => self.syn_retransmit(r, role, probe),
@@ -80,6 +128,9 @@ impl StdoutSink {
     /// A policy decision: the JSON object as documented, or readable columns
     /// ([`super::text::decision_line`]).
     pub fn decision(&mut self, decision: &Decision) {
+        if !self.events.decision() {
+            return;
+        }
         let palette = self.palette;
         self.record(decision, || {
             let json = serde_json::to_value(decision).unwrap_or_default();
@@ -244,6 +295,55 @@ mod tests {
             syn_retransmits: 0,
             errno: 111,
         })
+    }
+
+    #[test]
+    fn events_filter_selects_what_reaches_stdout() {
+        let established = match refused() {
+            KernelEvent::Connect(mut c) => {
+                c.outcome = Outcome::Established;
+                c.errno = 0;
+                KernelEvent::Connect(c)
+            }
+            other @ KernelEvent::SynRetransmit(_) => other,
+        };
+        let lines = |events: EventsFilter| {
+            let mut sink = StdoutSink::new(OutputFormat::Json, WallClock::from_offset_ns(0))
+                .with_events(events);
+            sink.event(&refused(), Role::Proxy);
+            sink.event(&established, Role::Proxy);
+            sink.decision(&Decision::Reinstate(
+                crate::policy::decision::Reinstatement {
+                    dst: "10.0.0.1:80".parse().unwrap(),
+                    netns: None,
+                    ejected_ms: 1,
+                    verified: false,
+                    early: false,
+                    ts: None,
+                },
+            ));
+            std::str::from_utf8(sink.pending())
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v.get("outcome")
+                        .and_then(|o| o.as_str())
+                        .unwrap_or("decision")
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            lines(EventsFilter::All),
+            ["refused", "established", "decision"]
+        );
+        assert_eq!(lines(EventsFilter::Failures), ["refused", "decision"]);
+        assert_eq!(lines(EventsFilter::Decisions), ["decision"]);
+        assert!(
+            lines(EventsFilter::None).is_empty(),
+            "none writes no records"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! BTF and the four tracepoints are checked where they are read (`btf.rs`,
 //! `tracefs.rs`), with errors of the same kind.
 
-use aya::{maps::MapType, programs::ProgramType};
+use aya::maps::MapType;
 
 /// A kernel feature connmon cannot run without.
 #[derive(Debug, thiserror::Error)]
@@ -40,22 +40,25 @@ const MAPS: &[(MapType, &str, &str)] = &[
     ),
 ];
 
-/// Checks every map and program type the eBPF object uses.
+/// Checks every map type the eBPF object uses and the program type of every hook in the
+/// probe table.
 pub fn check() -> Result<(), MissingFeature> {
-    let tracepoint = "BPF tracepoint programs (BPF_PROG_TYPE_TRACEPOINT)";
-    match aya::sys::is_program_supported(ProgramType::TracePoint) {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(MissingFeature::Missing {
-                what: tracepoint,
-                since: "Linux 4.7, CONFIG_BPF_EVENTS",
-            });
+    let mut checked = Vec::new();
+    for probe in super::probes::PROBES {
+        let (program_type, what, since) = probe.hook.program_type();
+        if checked.contains(&program_type) {
+            continue;
         }
-        Err(e) => {
-            return Err(MissingFeature::Probe {
-                what: tracepoint,
-                detail: e.to_string(),
-            });
+        checked.push(program_type);
+        match aya::sys::is_program_supported(program_type) {
+            Ok(true) => {}
+            Ok(false) => return Err(MissingFeature::Missing { what, since }),
+            Err(e) => {
+                return Err(MissingFeature::Probe {
+                    what,
+                    detail: e.to_string(),
+                });
+            }
         }
     }
     for &(map_type, what, since) in MAPS {

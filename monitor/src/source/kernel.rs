@@ -14,7 +14,12 @@ use aya::{
 use monitor_common::{ProbeConfig, counter};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{btf, features, tracefs};
+use super::{
+    btf, features,
+    poll::ReaderPoll,
+    probes::{self, Hook, KernelFacts},
+    tracefs,
+};
 
 /// The eBPF object built by `build.rs` (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -39,6 +44,8 @@ pub struct SourceInfo {
     pub error_fallback: bool,
     /// The owner of each socket's network namespace is read (`net->user_ns->level`).
     pub netns_owner_resolved: bool,
+    /// The hooks attached, from the probe table (`category:name`).
+    pub attached: Vec<String>,
 }
 
 /// The attached programs and the maps the agent reads.
@@ -46,6 +53,8 @@ pub struct KernelSource {
     /// Kept alive: dropping it detaches the programs.
     _ebpf: Ebpf,
     pub ring: AsyncFd<RingBuf<MapData>>,
+    /// The reader's wake-up policy (epoll while quiet, a timer while records flow).
+    pub poll: ReaderPoll,
     counters: PerCpuArray<MapData, u64>,
     pub info: SourceInfo,
 }
@@ -103,10 +112,22 @@ impl KernelSource {
         }
         validate_ring_buffer_bytes(opts.ring_buffer_bytes).map_err(anyhow::Error::msg)?;
         features::check()?;
-        let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
-        let mut config: ProbeConfig = tracefs::read_probe_offsets(&tracefs_path)?;
-
         let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
+        let done_with_error_in_btf = kernel_btf.has_function(TCP_DONE_WITH_ERROR);
+        let kallsyms = if done_with_error_in_btf {
+            None
+        } else {
+            std::fs::read_to_string("/proc/kallsyms").ok()
+        };
+        let error_fallback =
+            reports_error_before_close(done_with_error_in_btf, kallsyms.as_deref());
+        let facts = KernelFacts {
+            error_before_close: error_fallback,
+        };
+        let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
+        let mut config: ProbeConfig =
+            tracefs::read_probe_offsets(&tracefs_path, probes::wanted(&facts))?;
+
         let kernel = kernel_btf.kernel_offsets()?;
         config.sock_sk_err = kernel.sock_sk_err;
         let netns_resolved = match (kernel.sock_common_skc_net, kernel.net_ns_inum) {
@@ -139,14 +160,6 @@ impl KernelSource {
             }
         };
         config.wakeup_established = u32::from(opts.wakeup_every_event);
-        let done_with_error_in_btf = kernel_btf.has_function(TCP_DONE_WITH_ERROR);
-        let kallsyms = if done_with_error_in_btf {
-            None
-        } else {
-            std::fs::read_to_string("/proc/kallsyms").ok()
-        };
-        let error_fallback =
-            reports_error_before_close(done_with_error_in_btf, kallsyms.as_deref());
         config.error_fallback = u32::from(error_fallback);
 
         let mut ebpf = EbpfLoader::new()
@@ -155,20 +168,22 @@ impl KernelSource {
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (is this run as root?)")?;
 
-        for (program, (category, name)) in [
-            ("inet_sock_set_state", tracefs::SET_STATE),
-            ("tcp_receive_reset", tracefs::RECEIVE_RESET),
-            ("tcp_retransmit_skb", tracefs::RETRANSMIT),
-            ("inet_sk_error_report", tracefs::ERROR_REPORT),
-        ] {
-            let tp: &mut TracePoint = ebpf
+        let mut attached = Vec::new();
+        for probe in probes::wanted(&facts) {
+            let program = probe.program;
+            let program_mut = ebpf
                 .program_mut(program)
-                .with_context(|| format!("program {program} missing from the eBPF object"))?
-                .try_into()?;
-            tp.load()
-                .with_context(|| format!("loading program {program}"))?;
-            tp.attach(category, name)
-                .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+                .with_context(|| format!("program {program} missing from the eBPF object"))?;
+            match probe.hook {
+                Hook::TracePoint { category, name } => {
+                    let tp: &mut TracePoint = program_mut.try_into()?;
+                    tp.load()
+                        .with_context(|| format!("loading program {program}"))?;
+                    tp.attach(category, name)
+                        .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+                }
+            }
+            attached.push(probe.hook.to_string());
         }
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
@@ -178,9 +193,13 @@ impl KernelSource {
             .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
+        let reader =
+            aya::maps::Array::try_from(ebpf.take_map("READER").context("map READER missing")?)?;
+        let poll = ReaderPoll::new(reader, !opts.wakeup_every_event)?;
         Ok(KernelSource {
             _ebpf: ebpf,
             ring,
+            poll,
             counters,
             info: SourceInfo {
                 tracefs: tracefs_path,
@@ -188,6 +207,7 @@ impl KernelSource {
                 netns_resolved,
                 error_fallback,
                 netns_owner_resolved,
+                attached,
             },
         })
     }

@@ -6,4 +6,6 @@ pub mod cgroup;
 pub mod event;
 pub mod features;
 pub mod kernel;
+pub mod poll;
+pub mod probes;
 pub mod tracefs;

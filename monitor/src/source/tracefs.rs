@@ -10,11 +10,7 @@ use std::{
 
 use monitor_common::{ProbeConfig, TupleOffsets};
 
-/// The tracepoints connmon attaches to, as (category, name).
-pub const SET_STATE: (&str, &str) = ("sock", "inet_sock_set_state");
-pub const RECEIVE_RESET: (&str, &str) = ("tcp", "tcp_receive_reset");
-pub const RETRANSMIT: (&str, &str) = ("tcp", "tcp_retransmit_skb");
-pub const ERROR_REPORT: (&str, &str) = ("sock", "inet_sk_error_report");
+use super::probes::{Hook, Probe};
 
 const MOUNT_POINTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
@@ -172,7 +168,8 @@ impl Format {
         Ok(f.offset)
     }
 
-    fn tuple(&self) -> Result<TupleOffsets, TracefsError> {
+    /// The offsets of the TCP 4-tuple, which every tracepoint used here carries.
+    pub fn tuple(&self) -> Result<TupleOffsets, TracefsError> {
         Ok(TupleOffsets {
             sport: self.offset("sport", 2)?,
             dport: self.offset("dport", 2)?,
@@ -185,39 +182,31 @@ impl Format {
     }
 }
 
-/// Fills the tracepoint part of the programs' configuration from the four format files.
-pub fn probe_offsets(
-    set_state: &Format,
-    receive_reset: &Format,
-    retransmit: &Format,
-    error_report: &Format,
+/// Fills the tracepoint part of the programs' configuration: each probe's offsets from
+/// its hook's format file, read by `format`.
+pub fn probe_offsets<'p>(
+    probes: impl IntoIterator<Item = &'p Probe>,
+    mut format: impl FnMut(&str, &str) -> Result<Format, TracefsError>,
 ) -> Result<ProbeConfig, TracefsError> {
-    Ok(ProbeConfig {
-        set_state: set_state.tuple()?,
-        set_state_skaddr: set_state.offset("skaddr", 8)?,
-        set_state_oldstate: set_state.offset("oldstate", 4)?,
-        set_state_newstate: set_state.offset("newstate", 4)?,
-        set_state_protocol: set_state.offset("protocol", 2)?,
-        receive_reset: receive_reset.tuple()?,
-        receive_reset_skaddr: receive_reset.offset("skaddr", 8)?,
-        retransmit: retransmit.tuple()?,
-        retransmit_skaddr: retransmit.offset("skaddr", 8)?,
-        retransmit_state: retransmit.offset("state", 4)?,
-        error_report: error_report.tuple()?,
-        error_report_error: error_report.offset("error", 4)?,
-        error_report_protocol: error_report.offset("protocol", 2)?,
-        ..ProbeConfig::default()
-    })
+    let mut config = ProbeConfig::default();
+    for probe in probes {
+        match probe.hook {
+            Hook::TracePoint { category, name } => {
+                (probe.offsets)(&format(category, name)?, &mut config)?;
+            }
+        }
+    }
+    Ok(config)
 }
 
-/// Reads all four format files under `tracefs`.
-pub fn read_probe_offsets(tracefs: &Path) -> Result<ProbeConfig, TracefsError> {
-    probe_offsets(
-        &Format::read(tracefs, SET_STATE)?,
-        &Format::read(tracefs, RECEIVE_RESET)?,
-        &Format::read(tracefs, RETRANSMIT)?,
-        &Format::read(tracefs, ERROR_REPORT)?,
-    )
+/// Reads the format files of `probes` under `tracefs`.
+pub fn read_probe_offsets<'p>(
+    tracefs: &Path,
+    probes: impl IntoIterator<Item = &'p Probe>,
+) -> Result<ProbeConfig, TracefsError> {
+    probe_offsets(probes, |category, name| {
+        Format::read(tracefs, (category, name))
+    })
 }
 
 #[cfg(test)]
@@ -231,13 +220,17 @@ mod tests {
     const ERROR_TXT: &str = include_str!("testdata/inet_sk_error_report.format");
 
     fn all() -> ProbeConfig {
-        probe_offsets(
-            &Format::parse("sock", "inet_sock_set_state", SET_STATE_TXT).unwrap(),
-            &Format::parse("tcp", "tcp_receive_reset", RESET_TXT).unwrap(),
-            &Format::parse("tcp", "tcp_retransmit_skb", RETRANSMIT_TXT).unwrap(),
-            &Format::parse("sock", "inet_sk_error_report", ERROR_TXT).unwrap(),
-        )
-        .unwrap()
+        probe_offsets(super::super::probes::PROBES, |category, name| {
+            let text = match name {
+                "inet_sock_set_state" => SET_STATE_TXT,
+                "tcp_receive_reset" => RESET_TXT,
+                "tcp_retransmit_skb" => RETRANSMIT_TXT,
+                "inet_sk_error_report" => ERROR_TXT,
+                other => panic!("no captured format file for {category}:{other}"),
+            };
+            Format::parse(category, name, text)
+        })
+        .expect("every probe's fields are in the captured format files")
     }
 
     #[test]
