@@ -14,15 +14,7 @@ use crate::{
     stats::Stats,
 };
 
-/// How lines are rendered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    /// One JSON object per line.
-    Json,
-    /// Aligned columns for a terminal.
-    Text,
-}
+pub use crate::config::OutputFormat;
 
 /// ` container=<first 12 hex digits>` and ` untrusted` for the text columns, as apply.
 fn origin_suffix(who: &Attribution) -> String {
@@ -44,6 +36,19 @@ pub struct StdoutSink {
     clock: WallClock,
     buf: Vec<u8>,
     out: std::io::Stdout,
+}
+
+/// The stdout consumer: `output`, or json unless stdout is a terminal.
+pub fn start(output: Option<OutputFormat>, cx: &super::SinkContext) -> StdoutSink {
+    let output = output.unwrap_or_else(|| {
+        use std::io::IsTerminal as _;
+        if std::io::stdout().is_terminal() {
+            OutputFormat::Text
+        } else {
+            OutputFormat::Json
+        }
+    });
+    StdoutSink::new(output, cx.clock)
 }
 
 impl StdoutSink {

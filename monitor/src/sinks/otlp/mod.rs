@@ -16,7 +16,7 @@
 //! own when it is back (metrics are cumulative, so nothing is lost for them). At exit the
 //! queue and the last metrics are flushed within `shutdown_timeout`.
 
-pub mod config;
+pub mod env;
 pub mod metrics;
 pub mod spans;
 
@@ -44,27 +44,30 @@ use tokio::{
     sync::{broadcast::error::RecvError, mpsc, oneshot},
     time::Instant,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
-pub use self::config::{OtlpConfig, OtlpConfigError, Protocol};
 use self::{
-    config::{ExportTargets, HostIdentity, SignalTarget},
+    env::{ExportTargets, HostIdentity, SignalTarget},
     metrics::{DropReason, Instruments, Tally},
     spans::ConnectSpans,
 };
 use crate::{
-    bus::{EventBus, Payload, Published},
+    bus::{Payload, Published},
     clock::{WallClock, monotonic_now_ns},
-    config::Config,
+    config::{
+        Invalid,
+        otlp::{OtlpConfig, Protocol},
+    },
     control::Control,
     policy::decision::Decision,
+    sinks::SinkContext,
 };
 
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error(transparent)]
-    Config(#[from] OtlpConfigError),
+    Config(#[from] Invalid),
     #[error("cannot set up the OTLP {signal} exporter for {endpoint}: {source}")]
     Build {
         signal: &'static str,
@@ -78,19 +81,18 @@ pub enum ExportError {
 
 /// Starts the exporter if an endpoint is configured (config, flag or environment);
 /// does nothing otherwise. Must run inside the agent's Tokio runtime.
-pub fn spawn(
-    config: &Config,
-    bus: &EventBus,
-    control: &mpsc::Sender<Control>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
-) -> Result<(), ExportError> {
-    let otlp = &config.otlp;
-    otlp.validate()?;
-    let Some(targets) = config::resolve(otlp, &config::process_env)? else {
+pub fn start(otlp: &OtlpConfig, cx: &SinkContext) -> Result<(), ExportError> {
+    let SinkContext {
+        bus,
+        control,
+        shutdown,
+        tasks,
+        ..
+    } = cx;
+    let Some(targets) = env::resolve(otlp, &env::process_env)? else {
         return Ok(());
     };
-    let attrs = config::resource_attributes(&config::process_env, &HostIdentity::detect())?;
+    let attrs = env::resource_attributes(&env::process_env, &HostIdentity::detect())?;
     let resource = Resource::builder_empty()
         .with_attributes(attrs.into_iter().map(|(k, v)| KeyValue::new(k, v)))
         .build();

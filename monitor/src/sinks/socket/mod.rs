@@ -29,15 +29,15 @@ use serde_json::{Value, json};
 use tokio::{
     io::AsyncWriteExt as _,
     net::{UnixListener, UnixStream},
-    sync::{Semaphore, mpsc},
+    sync::Semaphore,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 
 use self::{
     peer::{Peer, Permissions},
     session::SessionContext,
 };
-use crate::{bus::EventBus, config::Config, control::Control};
+use crate::{config::AgentConfig, sinks::SinkContext};
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -152,14 +152,18 @@ impl ServerStats {
 }
 
 /// Binds the socket and starts serving it on `tasks` until `shutdown`.
-pub async fn spawn(
-    config: &Config,
-    bus: &EventBus,
-    control: &mpsc::Sender<Control>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
+pub async fn start(
+    agent: &AgentConfig,
+    default_ejection: Duration,
+    cx: &SinkContext,
 ) -> Result<(), ServerError> {
-    let agent = &config.agent;
+    let SinkContext {
+        bus,
+        control,
+        shutdown,
+        tasks,
+        ..
+    } = cx;
     let socket = bind(&agent.socket, agent.socket_group.as_deref())?;
     tracing::info!(path = %agent.socket.display(), max_clients = agent.max_clients, "listening for pool controllers");
     let ctx = SessionContext {
@@ -169,7 +173,7 @@ pub async fn spawn(
             allowed_uids: agent.allowed_uids.clone(),
             allowed_gids: agent.allowed_gids.clone(),
         }),
-        default_ejection: config.policy.base_ejection,
+        default_ejection,
         stats: Arc::new(ServerStats::default()),
         shutdown: shutdown.clone(),
     };
