@@ -10,6 +10,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -22,6 +23,7 @@ use crate::{
     clock::{WallClock, monotonic_now_ns},
     config::{Config, ValidConfig},
     control::{self, Control},
+    log_limit::LogLimiter,
     persist::StateWriter,
     policy::{
         EjectionPolicy, EvidenceScope, ProbeVerdict,
@@ -29,7 +31,7 @@ use crate::{
         decision::{Decision, Trigger},
         pool::{PoolEntry, PoolMembership, Role},
     },
-    sinks::{SinkContext, prober::ProbeSender, stdout::StdoutSink},
+    sinks::{Gauges, SinkContext, prober::ProbeSender, stdout::StdoutSink},
     source::{
         cgroup::CgroupResolver,
         event::{KernelEvent, decode},
@@ -88,6 +90,9 @@ struct Pipeline {
     clock: WallClock,
     state: StateWriter,
     probes: Probes,
+    decode_warn: LogLimiter,
+    /// Published after every tick for the consumers.
+    gauges: Arc<Gauges>,
 }
 
 /// The pipeline's side of the handshake checks: the schedule, the prober's queue, and
@@ -111,7 +116,9 @@ impl Pipeline {
                 Ok(event) => self.on_event(event),
                 Err(err) => {
                     self.counters.decode_errors += 1;
-                    tracing::warn!(%err, "undecodable ring-buffer record");
+                    if let Some(held_back) = self.decode_warn.allow(Instant::now()) {
+                        tracing::warn!(%err, held_back, "undecodable ring-buffer record (counted in decode_errors; this warning repeats at most every 10s)");
+                    }
                 }
             }
         }
@@ -223,6 +230,8 @@ impl Pipeline {
         self.emit_decisions();
         self.poll_checks(now);
         self.persist_if_changed();
+        self.gauges
+            .set(self.policy.table().len(), self.policy.ejected());
     }
 
     /// Hands due verifications to the scheduler, ends lost probes and sends due ones.
@@ -418,6 +427,7 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         CgroupResolver::disabled()
     });
     let bus = EventBus::new(agent.bus_capacity, clock);
+    let gauges = Arc::new(Gauges::default());
     let (control_tx, mut control_rx) = control::channel();
     // Consumers of the bus and the control channel run as their own tasks; each gets a
     // receiver from `bus.subscribe()` and stops when `shutdown` is cancelled.
@@ -429,6 +439,7 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         clock,
+        gauges: Arc::clone(&gauges),
     };
     let checks = config.checks.effective();
     let inline = crate::sinks::start(&config, &cx).await?;
@@ -456,6 +467,8 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         state: StateWriter::spawn(agent.state_file.clone())
             .context("starting the state-file writer")?,
         probes,
+        decode_warn: LogLimiter::new(Duration::from_secs(10)),
+        gauges,
     };
     // Before the state file: an ejection that expired while connmon was down is then
     // verified like any other.

@@ -11,6 +11,8 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod invalid;
+mod layering;
+pub mod log_limit;
 pub mod persist;
 pub mod policy;
 pub mod privileges;

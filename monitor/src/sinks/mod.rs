@@ -10,13 +10,20 @@
 //! and one line in [`start`].
 
 pub mod haproxy;
-pub mod json;
 pub mod otlp;
 pub mod prober;
 pub mod prometheus;
 pub mod socket;
 pub mod stdout;
 pub mod text;
+
+/// The JSON lines, rendered by the bus for every subscriber (and by stdout).
+pub use crate::bus::json;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -36,6 +43,33 @@ pub struct SinkContext {
     pub tasks: TaskTracker,
     /// The agent's monotonic-to-wall-clock mapping.
     pub clock: WallClock,
+    /// The policy's gauges, kept current by the pipeline (no snapshot needed).
+    pub gauges: Arc<Gauges>,
+}
+
+/// Gauges the pipeline publishes after every tick, for consumers that only need a
+/// number or two (the OTLP exporter) rather than a whole policy snapshot.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    tracked: AtomicU64,
+    ejected: AtomicU64,
+}
+
+impl Gauges {
+    pub fn set(&self, tracked: usize, ejected: usize) {
+        self.tracked.store(tracked as u64, Ordering::Relaxed);
+        self.ejected.store(ejected as u64, Ordering::Relaxed);
+    }
+
+    /// Destinations in the table.
+    pub fn tracked(&self) -> u64 {
+        self.tracked.load(Ordering::Relaxed)
+    }
+
+    /// Destinations ejected now.
+    pub fn ejected(&self) -> u64 {
+        self.ejected.load(Ordering::Relaxed)
+    }
 }
 
 /// The consumers the pipeline calls inline.

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, io::Write as _, net::SocketAddr};
 
 use serde::Serialize;
 
-use super::json;
+use crate::bus::json;
 use crate::{
     clock::WallClock,
     policy::{decision::Decision, pool::Role},

@@ -41,7 +41,7 @@ use opentelemetry_sdk::{
     trace::{SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor},
 };
 use tokio::{
-    sync::{broadcast::error::RecvError, mpsc, oneshot},
+    sync::{broadcast::error::RecvError, mpsc},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -58,9 +58,8 @@ use crate::{
         Invalid,
         otlp::{OtlpConfig, Protocol},
     },
-    control::Control,
     policy::decision::Decision,
-    sinks::SinkContext,
+    sinks::{Gauges, SinkContext},
 };
 
 /// Why the exporter could not start.
@@ -84,7 +83,6 @@ pub enum ExportError {
 pub fn start(otlp: &OtlpConfig, cx: &SinkContext) -> Result<(), ExportError> {
     let SinkContext {
         bus,
-        control,
         shutdown,
         tasks,
         ..
@@ -174,7 +172,7 @@ pub fn start(otlp: &OtlpConfig, cx: &SinkContext) -> Result<(), ExportError> {
             provider: meter_provider.clone(),
             tracked: instruments.tracked.clone(),
             ejected: instruments.ejected.clone(),
-            control: control.clone(),
+            gauges: Arc::clone(&cx.gauges),
             every: otlp.export_interval,
             export_timeout: otlp.export_timeout,
             tally: Arc::clone(&tally),
@@ -451,16 +449,13 @@ struct MetricExport {
     provider: SdkMeterProvider,
     tracked: opentelemetry::metrics::Gauge<u64>,
     ejected: opentelemetry::metrics::Gauge<u64>,
-    control: mpsc::Sender<Control>,
+    gauges: Arc<Gauges>,
     every: Duration,
     export_timeout: Duration,
     tally: Arc<Tally>,
     stop: Arc<Stop>,
     consumer_done: CancellationToken,
 }
-
-/// How long a policy snapshot may take before the gauges keep their last values.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl MetricExport {
     async fn run(self) {
@@ -471,7 +466,7 @@ impl MetricExport {
                 _ = tick.tick() => {}
                 _ = self.stop.token.cancelled() => break,
             }
-            self.refresh_gauges().await;
+            self.refresh_gauges();
             self.export().await;
             self.tally.warn_if_due(std::time::Instant::now());
         }
@@ -486,17 +481,10 @@ impl MetricExport {
             .shutdown_with_timeout(Duration::from_millis(100));
     }
 
-    /// Destination gauges from a policy snapshot, asked without ever waiting on a full
-    /// control queue.
-    async fn refresh_gauges(&self) {
-        let (reply, answer) = oneshot::channel();
-        if self.control.try_send(Control::Snapshot { reply }).is_err() {
-            return;
-        }
-        if let Ok(Ok(snapshot)) = tokio::time::timeout(SNAPSHOT_TIMEOUT, answer).await {
-            self.tracked.record(snapshot.tracked as u64, &[]);
-            self.ejected.record(snapshot.ejected as u64, &[]);
-        }
+    /// Destination gauges, as the pipeline last published them.
+    fn refresh_gauges(&self) {
+        self.tracked.record(self.gauges.tracked(), &[]);
+        self.ejected.record(self.gauges.ejected(), &[]);
     }
 
     async fn export(&self) {

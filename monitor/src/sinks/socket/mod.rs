@@ -37,7 +37,7 @@ use self::{
     peer::{Peer, Permissions},
     session::SessionContext,
 };
-use crate::{config::AgentConfig, sinks::SinkContext};
+use crate::{config::AgentConfig, log_limit::LogLimiter, sinks::SinkContext};
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -102,13 +102,20 @@ pub struct ServerStats {
 }
 
 /// Lag warnings are rate-limited: at most one line a minute, carrying what accumulated.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LagLog {
-    last: Option<Instant>,
+    limit: LogLimiter,
     pending: u64,
 }
 
-const LAG_LOG_EVERY: Duration = Duration::from_secs(60);
+impl Default for LagLog {
+    fn default() -> Self {
+        LagLog {
+            limit: LogLimiter::new(Duration::from_secs(60)),
+            pending: 0,
+        }
+    }
+}
 
 impl ServerStats {
     pub fn count_lagged(&self, missed: u64) {
@@ -118,14 +125,13 @@ impl ServerStats {
             return;
         };
         log.pending += missed;
-        if log.last.is_none_or(|at| at.elapsed() >= LAG_LOG_EVERY) {
+        if log.limit.allow(Instant::now()).is_some() {
             tracing::warn!(
                 missed = log.pending,
                 total = self.lagged_messages.load(Ordering::Relaxed),
                 "socket subscribers read too slowly and missed events (they were sent `lagged`); raise agent.bus_capacity or read faster"
             );
             log.pending = 0;
-            log.last = Some(Instant::now());
         }
     }
 
