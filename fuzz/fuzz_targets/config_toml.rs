@@ -13,7 +13,7 @@ use connmon_fuzz::Engine;
 use libfuzzer_sys::fuzz_target;
 use monitor::{
     config::Config,
-    export::config::{HostIdentity, resolve, resource_attributes},
+    sinks::otlp::env::{HostIdentity, resolve, resource_attributes},
     policy::PoolMembership,
     server::protocol::Request,
 };

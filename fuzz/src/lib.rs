@@ -44,6 +44,7 @@ impl Engine {
     pub fn new(config: PolicyConfig, pool: PoolMembership) -> Option<Self> {
         let wall = WallClock::from_offset_ns(WALL_OFFSET_NS);
         let default_ejection = config.base_ejection;
+        config.validate().ok()?;
         let policy = EjectionPolicy::new(config, pool, HOST_NETNS, wall, 1).ok()?;
         let bus = EventBus::new(1024, wall);
         let rx = bus.subscribe();

@@ -10,32 +10,28 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::mpsc,
-};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     bus::EventBus,
     clock::{WallClock, monotonic_now_ns},
-    config::Config,
+    config::{Config, ValidConfig},
     control::{self, Control},
+    log_limit::LogLimiter,
     persist::StateWriter,
     policy::{
         EjectionPolicy, EvidenceScope, ProbeVerdict,
         checks::{CheckScheduler, ChecksConfig, ProbeEnded, ProbeRequest},
         decision::{Decision, Trigger},
-        pool::{PoolMembership, Role},
+        pool::{PoolEntry, PoolMembership, Role},
     },
-    sinks::{
-        prober::ProbeSender,
-        stdout::{OutputFormat, StdoutSink},
-    },
+    sinks::{Gauges, SinkContext, prober::ProbeSender, stdout::StdoutSink},
     source::{
         cgroup::CgroupResolver,
         event::{KernelEvent, decode},
@@ -57,10 +53,12 @@ pub fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pool: `policy.pool` entries from the config plus the lines of the pool file.
-pub fn load_pool(config: &Config) -> anyhow::Result<PoolMembership> {
-    let mut entries = config.policy.pool_entries()?;
-    if let Some(path) = &config.agent.pool_file {
+/// The pool: `policy.pool` entries (parsed) plus the lines of the pool file.
+pub fn load_pool(
+    mut entries: Vec<PoolEntry>,
+    pool_file: Option<&Path>,
+) -> anyhow::Result<PoolMembership> {
+    if let Some(path) = pool_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read pool file {}", path.display()))?;
         let file_entries = PoolMembership::parse_entries(&text)
@@ -92,6 +90,9 @@ struct Pipeline {
     clock: WallClock,
     state: StateWriter,
     probes: Probes,
+    decode_warn: LogLimiter,
+    /// Published after every tick for the consumers.
+    gauges: Arc<Gauges>,
 }
 
 /// The pipeline's side of the handshake checks: the schedule, the prober's queue, and
@@ -115,7 +116,9 @@ impl Pipeline {
                 Ok(event) => self.on_event(event),
                 Err(err) => {
                     self.counters.decode_errors += 1;
-                    tracing::warn!(%err, "undecodable ring-buffer record");
+                    if let Some(held_back) = self.decode_warn.allow(Instant::now()) {
+                        tracing::warn!(%err, held_back, "undecodable ring-buffer record (counted in decode_errors; this warning repeats at most every 10s)");
+                    }
                 }
             }
         }
@@ -227,6 +230,8 @@ impl Pipeline {
         self.emit_decisions();
         self.poll_checks(now);
         self.persist_if_changed();
+        self.gauges
+            .set(self.policy.table().len(), self.policy.ejected());
     }
 
     /// Hands due verifications to the scheduler, ends lost probes and sends due ones.
@@ -287,13 +292,12 @@ impl Pipeline {
         let reloaded = Config::load(config_path)
             .map_err(anyhow::Error::from)
             .and_then(|file| {
-                let mut config = started_with.clone();
-                config.checks = ChecksConfig {
+                let checks = ChecksConfig {
                     forced_off: started_with.checks.forced_off,
                     ..file.checks
                 };
-                config.validate()?;
-                Ok(config.checks)
+                checks.validate()?;
+                Ok(checks)
             });
         match reloaded {
             Ok(checks) => {
@@ -409,26 +413,17 @@ impl Pipeline {
     }
 }
 
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     preflight()?;
     // Before anything is attached: a SIGTERM that arrives during start-up must still
     // detach cleanly and exit 0, not kill the process by default action.
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    config.validate()?;
     let started = Instant::now();
     let agent = &config.agent;
-    let output = agent.output.unwrap_or_else(|| {
-        use std::io::IsTerminal as _;
-        if std::io::stdout().is_terminal() {
-            OutputFormat::Text
-        } else {
-            OutputFormat::Json
-        }
-    });
     let clock = WallClock::calibrate();
-    let pool = load_pool(&config)?;
+    let pool = load_pool(config.pool_entries().to_vec(), agent.pool_file.as_deref())?;
     let seed = u64::from(std::process::id()) ^ monotonic_now_ns();
     let policy = EjectionPolicy::new(config.policy.clone(), pool, host_netns(), clock, seed)?;
     let cgroups = CgroupResolver::open().unwrap_or_else(|err| {
@@ -436,11 +431,23 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         CgroupResolver::disabled()
     });
     let bus = EventBus::new(agent.bus_capacity, clock);
+    let gauges = Arc::new(Gauges::default());
+    let (control_tx, mut control_rx) = control::channel();
     // Consumers of the bus and the control channel run as their own tasks; each gets a
     // receiver from `bus.subscribe()` and stops when `shutdown` is cancelled.
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let cx = SinkContext {
+        bus: bus.clone(),
+        control: control_tx,
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+        clock,
+        gauges: Arc::clone(&gauges),
+    };
     let checks = config.checks.effective();
+    let inline = crate::sinks::start(&config, &cx).await?;
+    drop(cx);
     let probes = Probes {
         scheduler: CheckScheduler::new(
             checks.clone(),
@@ -448,12 +455,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             seed.rotate_left(17),
             monotonic_now_ns(),
         ),
-        // Sized for the largest `max_in_flight` a reload may set.
-        prober: crate::sinks::prober::spawn(
-            crate::policy::checks::MAX_IN_FLIGHT as usize,
-            &shutdown,
-            &tasks,
-        ),
+        prober: inline.prober,
         own_tgid: std::process::id(),
         requests: Vec::new(),
         ended: Vec::new(),
@@ -461,14 +463,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let mut pipe = Pipeline {
         policy,
         cgroups,
-        sink: StdoutSink::new(output, clock).with_events(agent.events),
-        bus: bus.clone(),
+        sink: inline.stdout,
+        bus,
         counters: Counters::default(),
         decisions: Vec::new(),
         clock,
         state: StateWriter::spawn(agent.state_file.clone())
             .context("starting the state-file writer")?,
         probes,
+        decode_warn: LogLimiter::new(Duration::from_secs(10)),
+        gauges,
     };
     // Before the state file: an ejection that expired while connmon was down is then
     // verified like any other.
@@ -511,9 +515,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             .scheduler
             .set_members(pipe.policy.pool().members(), now);
     }
-    let (control_tx, mut control_rx) = control::channel();
-    spawn_consumers(&config, &bus, &control_tx, &shutdown, &tasks).await?;
-    drop(control_tx);
 
     let mut source = KernelSource::attach(&SourceOptions {
         ring_buffer_bytes: agent.ring_buffer_bytes,
@@ -629,24 +630,6 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 /// How long consumers get to flush (OTLP) and say goodbye (socket clients) at exit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Starts the bus consumers the configuration asks for. Each is spawned on `tasks`,
-/// reads `bus.subscribe()`, may send commands on `control`, and returns when
-/// `shutdown` is cancelled. Errors here (e.g. a socket path in use) stop the agent
-/// before it attaches anything.
-async fn spawn_consumers(
-    config: &Config,
-    bus: &EventBus,
-    control: &mpsc::Sender<Control>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
-) -> anyhow::Result<()> {
-    crate::server::spawn(config, bus, control, shutdown, tasks).await?;
-    crate::sinks::haproxy::spawn(config, bus, control, shutdown, tasks)?;
-    crate::export::spawn(config, bus, control, shutdown, tasks)?;
-    crate::sinks::prometheus::spawn(config, bus, control, shutdown, tasks)?;
-    Ok(())
-}
-
 /// SIGHUP: re-read the pool — the config file's `policy.pool` and the pool file in
 /// effect (a `--pool` flag still wins) — and swap it in, keeping every destination's
 /// history. A bad file keeps the old pool.
@@ -654,9 +637,10 @@ fn reload_pool(policy: &mut EjectionPolicy, config_path: Option<&Path>, started_
     let reloaded = Config::load(config_path)
         .map_err(anyhow::Error::from)
         .and_then(|file| {
-            let mut config = started_with.clone();
-            config.policy.pool = file.policy.pool;
-            load_pool(&config)
+            load_pool(
+                file.policy.pool_entries()?,
+                started_with.agent.pool_file.as_deref(),
+            )
         });
     match reloaded {
         Ok(pool) => {

@@ -14,10 +14,11 @@ use std::{
 
 use tokio::sync::broadcast;
 
+pub mod json;
+
 use crate::{
     clock::WallClock,
     policy::{Decision, Role},
-    sinks::json,
     source::event::{ConnectRecord, KernelEvent, SynRetransmitRecord},
     stats::Stats,
 };

@@ -28,8 +28,13 @@
 //! idle_after = "0s"
 //! ```
 //!
-//! Every value is checked before anything is loaded; an error names the key, the value
-//! and what is allowed.
+//! Every value is checked once, before anything is loaded ([`Config::validate`] makes
+//! the [`ValidConfig`] the agent runs with); an error names the key, the value and what
+//! is allowed ([`Invalid`]). This module owns the sections' plain data; the consumers
+//! import it, never the reverse.
+
+pub mod haproxy;
+pub mod otlp;
 
 use std::{
     net::SocketAddr,
@@ -39,9 +44,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::invalid::Invalid;
 use crate::{
-    policy::config::{PolicyConfig, human_duration},
-    sinks::stdout::OutputFormat,
+    policy::{
+        PoolEntry,
+        checks::ChecksConfig,
+        config::{PolicyConfig, human_duration},
+    },
     source::kernel::validate_ring_buffer_bytes,
 };
 
@@ -58,12 +67,66 @@ pub struct Config {
     pub agent: AgentConfig,
     pub policy: PolicyConfig,
     /// `[checks]`: the agent's own handshake checks (see policy::checks).
-    pub checks: crate::policy::checks::ChecksConfig,
+    pub checks: ChecksConfig,
     /// `[[haproxy]]` tables: HAProxy runtime APIs driven by evict/reinstate.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub haproxy: Vec<crate::sinks::haproxy::HaproxyConfig>,
-    /// `[otlp]`: OpenTelemetry export (see export::config).
-    pub otlp: crate::export::OtlpConfig,
+    pub haproxy: Vec<haproxy::HaproxyConfig>,
+    /// `[otlp]`: OpenTelemetry export (see [`otlp`]).
+    pub otlp: otlp::OtlpConfig,
+}
+
+/// Which records reach stdout (`--events`, `agent.events`); the socket and OTLP
+/// consumers keep their own filters. Stats lines are written whatever this says.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EventsFilter {
+    /// Every kernel event and every decision.
+    #[default]
+    All,
+    /// Failed connects, resets and SYN retransmits (not routine `established`
+    /// outcomes), and decisions.
+    Failures,
+    /// Policy decisions only.
+    Decisions,
+    /// Nothing but stats lines.
+    None,
+}
+
+/// How the agent renders its stdout lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON object per line.
+    Json,
+    /// Aligned columns for a terminal.
+    Text,
+}
+
+/// A [`Config`] whose every value was checked, made once by [`Config::validate`] (in
+/// `main`, from the file and the flags) and handed to the agent, which gives each
+/// consumer its own section. Read it as a `Config` (it derefs to one).
+#[derive(Clone, Debug)]
+pub struct ValidConfig {
+    config: Config,
+    /// `policy.pool`, parsed.
+    pool: Vec<PoolEntry>,
+}
+
+impl ValidConfig {
+    /// The `policy.pool` entries (the pool file is read by the agent).
+    pub fn pool_entries(&self) -> &[PoolEntry] {
+        &self.pool
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.config
+    }
 }
 
 /// The `[agent]` section.
@@ -74,7 +137,7 @@ pub struct AgentConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputFormat>,
     /// Which records reach stdout: all, failures, decisions or none.
-    pub events: crate::sinks::stdout::EventsFilter,
+    pub events: EventsFilter,
     pub ring_buffer_bytes: u32,
     #[serde(with = "human_duration")]
     pub batch_interval: Duration,
@@ -109,7 +172,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             output: None,
-            events: crate::sinks::stdout::EventsFilter::All,
+            events: EventsFilter::All,
             ring_buffer_bytes: 1024 * 1024,
             batch_interval: Duration::from_millis(100),
             stats_interval: Duration::from_secs(10),
@@ -138,14 +201,8 @@ pub enum ConfigFileError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{key} = {value}: {allowed}")]
-    Invalid {
-        key: String,
-        value: String,
-        allowed: String,
-    },
     #[error(transparent)]
-    Policy(#[from] crate::policy::config::ConfigError),
+    Invalid(#[from] Invalid),
 }
 
 impl Config {
@@ -175,60 +232,41 @@ impl Config {
         }
     }
 
-    /// Checks every value.
-    pub fn validate(&self) -> Result<(), ConfigFileError> {
+    /// Checks every value, once: the [`ValidConfig`] the agent runs with.
+    pub fn validate(&self) -> Result<ValidConfig, Invalid> {
         let a = &self.agent;
-        validate_ring_buffer_bytes(a.ring_buffer_bytes).map_err(|allowed| {
-            ConfigFileError::Invalid {
-                key: "agent.ring_buffer_bytes".into(),
-                value: a.ring_buffer_bytes.to_string(),
-                allowed,
-            }
-        })?;
+        validate_ring_buffer_bytes(a.ring_buffer_bytes)
+            .map_err(|allowed| Invalid::new("agent.ring_buffer_bytes", a.ring_buffer_bytes, allowed))?;
         if a.batch_interval.is_zero() || a.batch_interval > Duration::from_secs(10) {
-            return Err(ConfigFileError::Invalid {
-                key: "agent.batch_interval".into(),
-                value: crate::policy::config::format_duration(a.batch_interval),
-                allowed: "must be between 1ms and 10s".into(),
-            });
+            return Err(Invalid::new(
+                "agent.batch_interval",
+                crate::policy::config::format_duration(a.batch_interval),
+                "must be between 1ms and 10s",
+            ));
         }
         if a.bus_capacity == 0 || a.bus_capacity > 1 << 20 {
-            return Err(ConfigFileError::Invalid {
-                key: "agent.bus_capacity".into(),
-                value: a.bus_capacity.to_string(),
-                allowed: "must be between 1 and 1048576".into(),
-            });
+            return Err(Invalid::new(
+                "agent.bus_capacity",
+                a.bus_capacity,
+                "must be between 1 and 1048576",
+            ));
         }
         validate_socket(a)?;
         if a.metrics_destinations > 10_000 {
-            return Err(ConfigFileError::Invalid {
-                key: "agent.metrics_destinations".into(),
-                value: a.metrics_destinations.to_string(),
-                allowed: "must be between 0 and 10000".into(),
-            });
+            return Err(Invalid::new(
+                "agent.metrics_destinations",
+                a.metrics_destinations,
+                "must be between 0 and 10000",
+            ));
         }
-        self.policy.validate()?;
-        self.policy.pool_entries()?;
-        self.checks
-            .validate()
-            .map_err(|e| ConfigFileError::Invalid {
-                key: format!("checks.{}", e.key),
-                value: e.value,
-                allowed: e.allowed.into(),
-            })?;
-        crate::sinks::haproxy::validate(&self.haproxy)?;
-        self.otlp.validate().map_err(
-            |crate::export::OtlpConfigError::Invalid {
-                 key,
-                 value,
-                 allowed,
-             }| ConfigFileError::Invalid {
-                key,
-                value,
-                allowed,
-            },
-        )?;
-        Ok(())
+        let pool = self.policy.check()?;
+        self.checks.validate()?;
+        haproxy::validate(&self.haproxy)?;
+        self.otlp.validate()?;
+        Ok(ValidConfig {
+            config: self.clone(),
+            pool,
+        })
     }
 
     /// The effective configuration as TOML (`connmon run --print-config`).
@@ -239,12 +277,8 @@ impl Config {
 
 /// The socket keys: an absolute path short enough for `sun_path`, a sane client cap,
 /// a plausible group name.
-fn validate_socket(a: &AgentConfig) -> Result<(), ConfigFileError> {
-    let invalid = |key: &str, value: String, allowed: &str| ConfigFileError::Invalid {
-        key: key.into(),
-        value,
-        allowed: allowed.into(),
-    };
+fn validate_socket(a: &AgentConfig) -> Result<(), Invalid> {
+    let invalid = |key: &str, value: String, allowed: &str| Invalid::new(key, value, allowed);
     let path = a.socket.as_os_str();
     // sun_path holds 107 bytes; the socket is bound as `.NAME.new` before its rename.
     if !a.socket.is_absolute() || path.len() > 100 {

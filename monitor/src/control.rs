@@ -6,15 +6,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::policy::pool::PoolOp;
 use crate::policy::{PolicySnapshot, PoolEntry};
-
-/// How a pool command changes the membership.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PoolOp {
-    Add,
-    Remove,
-    Replace,
-}
 
 /// One command, with the channel its answer goes back on.
 #[derive(Debug)]

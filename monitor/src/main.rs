@@ -134,7 +134,7 @@ impl RunArgs {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     args.apply(&mut config);
-    config.validate()?;
+    let config = config.validate()?;
     if args.print_config {
         print!("{}", config.to_toml());
         return Ok(());

@@ -42,7 +42,7 @@ use super::{
     config::{format_duration, human_duration},
     ejection::Jitter,
 };
-use crate::source::event::Outcome;
+use crate::{invalid::Invalid, source::event::Outcome};
 
 /// The `[checks]` section of connmon.toml.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,13 +90,9 @@ pub const MAX_IN_FLIGHT: u32 = 65_536;
 /// How long after `probe_timeout` a probe without a kernel event is declared lost.
 pub const LOST_GRACE: Duration = Duration::from_secs(2);
 
-/// An invalid `[checks]` value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("checks.{key} = {value}: {allowed}")]
-pub struct ChecksConfigError {
-    pub key: &'static str,
-    pub value: String,
-    pub allowed: &'static str,
+/// An invalid `[checks]` value (`key` without the `checks.` prefix).
+fn invalid(key: &str, value: impl std::fmt::Display, allowed: &str) -> Invalid {
+    Invalid::new(format!("checks.{key}"), value, allowed)
 }
 
 impl ChecksConfig {
@@ -130,12 +126,8 @@ impl ChecksConfig {
     }
 
     /// Checks every value; the first bad one is the error.
-    pub fn validate(&self) -> Result<(), ChecksConfigError> {
-        let duration = |key, d: Duration, allowed| ChecksConfigError {
-            key,
-            value: format_duration(d),
-            allowed,
-        };
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let duration = |key, d: Duration, allowed| invalid(key, format_duration(d), allowed);
         if self.probe_timeout < Duration::from_millis(10)
             || self.probe_timeout > Duration::from_secs(60)
         {
@@ -166,18 +158,18 @@ impl ChecksConfig {
             ));
         }
         if self.max_per_second == 0 || self.max_per_second > MAX_RATE {
-            return Err(ChecksConfigError {
-                key: "max_per_second",
-                value: self.max_per_second.to_string(),
-                allowed: "must be between 1 and 100000",
-            });
+            return Err(invalid(
+                "max_per_second",
+                self.max_per_second,
+                "must be between 1 and 100000",
+            ));
         }
         if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {
-            return Err(ChecksConfigError {
-                key: "max_in_flight",
-                value: self.max_in_flight.to_string(),
-                allowed: "must be between 1 and 65536",
-            });
+            return Err(invalid(
+                "max_in_flight",
+                self.max_in_flight,
+                "must be between 1 and 65536",
+            ));
         }
         Ok(())
     }

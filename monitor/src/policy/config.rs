@@ -7,6 +7,8 @@ use std::{fmt::Write as _, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use crate::invalid::Invalid;
+
 use super::{
     evidence::EvidenceConfig,
     pool::{PoolEntry, PoolMembership},
@@ -84,24 +86,12 @@ impl Default for PolicyConfig {
     }
 }
 
-/// An invalid `[policy]` value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("policy.{key} = {value}: {allowed}")]
-pub struct ConfigError {
-    pub key: String,
-    pub value: String,
-    pub allowed: String,
+/// An invalid `[policy]` value (`key` without the `policy.` prefix).
+fn invalid(key: &str, value: impl std::fmt::Display, allowed: impl Into<String>) -> Invalid {
+    Invalid::new(format!("policy.{key}"), value, allowed)
 }
 
-fn invalid(key: &str, value: impl std::fmt::Display, allowed: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_owned(),
-        value: value.to_string(),
-        allowed: allowed.into(),
-    }
-}
-
-fn ratio_in_unit_interval(key: &str, value: f64) -> Result<(), ConfigError> {
+fn ratio_in_unit_interval(key: &str, value: f64) -> Result<(), Invalid> {
     if value > 0.0 && value <= 1.0 {
         Ok(())
     } else {
@@ -113,7 +103,7 @@ fn ratio_in_unit_interval(key: &str, value: f64) -> Result<(), ConfigError> {
     }
 }
 
-fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
+fn positive(key: &str, value: Duration) -> Result<(), Invalid> {
     if value.is_zero() {
         Err(invalid(
             key,
@@ -127,7 +117,11 @@ fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
 
 impl PolicyConfig {
     /// Checks every value; the first bad one is the error.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.check().map(drop)
+    }
+
+    fn validate_without_pool(&self) -> Result<(), Invalid> {
         ratio_in_unit_interval("failure_ratio", self.failure_ratio)?;
         positive("ratio_window", self.ratio_window)?;
         if self.ratio_min_attempts == 0 {
@@ -159,12 +153,17 @@ impl PolicyConfig {
         if self.max_destinations == 0 {
             return Err(invalid("max_destinations", 0, "must be at least 1"));
         }
-        self.evidence.validate()?;
-        self.pool_entries().map(|_| ())
+        self.evidence.validate()
+    }
+
+    /// Checks every value and returns the `pool` entries, parsed (once).
+    pub fn check(&self) -> Result<Vec<PoolEntry>, Invalid> {
+        self.validate_without_pool()?;
+        self.pool_entries()
     }
 
     /// The `pool` entries, parsed.
-    pub fn pool_entries(&self) -> Result<Vec<PoolEntry>, ConfigError> {
+    pub fn pool_entries(&self) -> Result<Vec<PoolEntry>, Invalid> {
         self.pool
             .iter()
             .enumerate()

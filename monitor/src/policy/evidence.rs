@@ -41,7 +41,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::config::ConfigError;
+use crate::invalid::Invalid;
 use crate::source::event::{Attribution, NetnsOwner};
 
 /// Which network namespaces are trusted by who owns them.
@@ -98,11 +98,11 @@ pub struct EvidenceConfig {
 impl EvidenceConfig {
     /// Checks what can be checked without the filesystem (the cgroup prefixes and inode
     /// numbers); paths are checked when the scope is built.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         for (i, prefix) in self.cgroups.iter().enumerate() {
             if !prefix.starts_with('/') || prefix.split('/').any(|c| c == "." || c == "..") {
-                return Err(ConfigError {
-                    key: format!("evidence.cgroups[{i}]"),
+                return Err(Invalid {
+                    key: format!("policy.evidence.cgroups[{i}]"),
                     value: format!("{prefix:?}"),
                     allowed: "must be an absolute cgroup v2 path such as \"/system.slice/scrapyd.service\" or \"/kubepods.slice\" (as in /proc/PID/cgroup, without the mount point)".to_owned(),
                 });
@@ -112,8 +112,8 @@ impl EvidenceConfig {
             if let NetnsRef::Inode(inode) = netns
                 && (*inode == 0 || *inode > u64::from(u32::MAX))
             {
-                return Err(ConfigError {
-                    key: format!("evidence.netns[{i}]"),
+                return Err(Invalid {
+                    key: format!("policy.evidence.netns[{i}]"),
                     value: inode.to_string(),
                     allowed: "must be a network namespace inode number (as in `readlink /proc/PID/ns/net`) or a path such as \"/run/netns/NAME\"".to_owned(),
                 });
@@ -159,7 +159,7 @@ pub struct EvidenceScope {
 impl EvidenceScope {
     /// Builds the scope: resolves namespace paths (an error names the entry).
     /// `host_netns` is the inode of connmon's own network namespace.
-    pub fn from_config(config: &EvidenceConfig, host_netns: u32) -> Result<Self, ConfigError> {
+    pub fn from_config(config: &EvidenceConfig, host_netns: u32) -> Result<Self, Invalid> {
         config.validate()?;
         let mut netns = Vec::new();
         let mut pinned = Vec::new();
@@ -167,8 +167,8 @@ impl EvidenceScope {
             match entry {
                 NetnsRef::Inode(inode) => netns.push(*inode as u32),
                 NetnsRef::Path(path) => {
-                    let (fd, inode) = open_netns(path).map_err(|allowed| ConfigError {
-                        key: format!("evidence.netns[{i}]"),
+                    let (fd, inode) = open_netns(path).map_err(|allowed| Invalid {
+                        key: format!("policy.evidence.netns[{i}]"),
                         value: entry.to_string(),
                         allowed,
                     })?;

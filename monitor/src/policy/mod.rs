@@ -43,7 +43,7 @@ use std::{
     time::Duration,
 };
 
-pub use config::{ConfigError, PolicyConfig};
+pub use config::PolicyConfig;
 pub use decision::{
     Decision, Diagnosis, EjectionTerm, Eviction, Evidence, Finding, Reason, Reinstatement,
     Suspicion, Trigger,
@@ -141,15 +141,15 @@ impl EjectionPolicy {
     /// `pool` is built by the caller from `config.pool_entries()` and/or a `--pool`
     /// file; `host_netns` is the inode of connmon's own network namespace, the host's
     /// (for the localhost trap, the evidence scope and destination keys); `seed` seeds
-    /// the jitter. Fails on an invalid config, `policy.evidence.netns` paths included.
+    /// the jitter. `config` was validated (`Config::validate`); fails when a
+    /// `policy.evidence.netns` path cannot be opened.
     pub fn new(
         config: PolicyConfig,
         pool: PoolMembership,
         host_netns: u32,
         wall: WallClock,
         seed: u64,
-    ) -> Result<Self, ConfigError> {
-        config.validate()?;
+    ) -> Result<Self, crate::invalid::Invalid> {
         let evidence = EvidenceScope::from_config(&config.evidence, host_netns)?;
         Ok(EjectionPolicy {
             evidence,

@@ -24,6 +24,15 @@ use std::{
 
 use serde::Serialize;
 
+
+/// How a pool command changes the membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolOp {
+    Add,
+    Remove,
+    Replace,
+}
+
 /// What a destination is to the pool.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema,
@@ -171,8 +180,7 @@ impl PoolMembership {
 
     /// Applies a pool command: add or remove entries, or replace them all. The result is
     /// always a configured pool.
-    pub fn apply(&self, op: crate::control::PoolOp, entries: &[PoolEntry]) -> Self {
-        use crate::control::PoolOp;
+    pub fn apply(&self, op: PoolOp, entries: &[PoolEntry]) -> Self {
         match op {
             PoolOp::Replace => Self::from_entries(entries.iter().copied()),
             PoolOp::Add => {

@@ -25,6 +25,15 @@ pub type ProbeSender = mpsc::Sender<ProbeRequest>;
 
 /// Starts the prober on `tasks`; it stops when `shutdown` is cancelled (probes in flight
 /// are dropped, which closes their sockets).
+/// The prober, sized for the largest `max_in_flight` a reload may set.
+pub fn start(cx: &super::SinkContext) -> ProbeSender {
+    spawn(
+        crate::policy::checks::MAX_IN_FLIGHT as usize,
+        &cx.shutdown,
+        &cx.tasks,
+    )
+}
+
 pub fn spawn(
     max_in_flight: usize,
     shutdown: &CancellationToken,

@@ -49,13 +49,13 @@ use tokio::sync::{
     mpsc::{self, error::TrySendError},
     oneshot,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    bus::{EventBus, Payload, Published},
-    config::Config,
+    bus::{Payload, Published},
+    config::AgentConfig,
     control::Control,
-    export::metrics::{DURATION_BUCKETS, DropReason, Tally},
+    sinks::otlp::metrics::{DURATION_BUCKETS, DropReason, Tally},
     policy::{PolicySnapshot, Role, decision::Decision},
     source::event::Outcome,
 };
@@ -114,7 +114,7 @@ struct BuildLabels {
 }
 
 fn role_str(role: Role) -> &'static str {
-    crate::export::spans::role_str(role)
+    crate::sinks::otlp::spans::role_str(role)
 }
 
 fn duration_histogram() -> Histogram {
@@ -552,14 +552,15 @@ impl DestinationSeries {
 
 /// Starts the endpoint if `agent.metrics` is set; binds before returning, so an address
 /// in use stops the agent before it attaches anything.
-pub fn spawn(
-    config: &Config,
-    bus: &EventBus,
-    control: &mpsc::Sender<Control>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
-) -> Result<(), PrometheusError> {
-    let Some(addr) = config.agent.metrics else {
+pub fn start(agent: &AgentConfig, cx: &super::SinkContext) -> Result<(), PrometheusError> {
+    let super::SinkContext {
+        bus,
+        control,
+        shutdown,
+        tasks,
+        ..
+    } = cx;
+    let Some(addr) = agent.metrics else {
         return Ok(());
     };
     let listener = std::net::TcpListener::bind(addr)
@@ -589,7 +590,7 @@ pub fn spawn(
     let consumer = Consumer {
         rx: bus.subscribe(),
         metrics,
-        series: DestinationSeries::new(config.agent.metrics_destinations),
+        series: DestinationSeries::new(agent.metrics_destinations),
         control: control.clone(),
         scraped,
         shutdown: shutdown.clone(),

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, io::Write as _, net::SocketAddr};
 
 use serde::Serialize;
 
-use super::json;
+use crate::bus::json;
 use crate::{
     clock::WallClock,
     policy::{decision::Decision, pool::Role},
@@ -14,34 +14,7 @@ use crate::{
     stats::Stats,
 };
 
-/// How lines are rendered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    /// One JSON object per line.
-    Json,
-    /// Aligned columns for a terminal.
-    Text,
-}
-
-/// Which records reach stdout (`--events`, `agent.events`); the socket and OTLP
-/// consumers keep their own filters. Stats lines are written whatever this says.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum EventsFilter {
-    /// Every kernel event and every decision.
-    #[default]
-    All,
-    /// Failed connects, resets and SYN retransmits (not routine `established`
-    /// outcomes), and decisions.
-    Failures,
-    /// Policy decisions only.
-    Decisions,
-    /// Nothing but stats lines.
-    None,
-}
+pub use crate::config::{EventsFilter, OutputFormat};
 
 impl EventsFilter {
     fn kernel_event(self, event: &KernelEvent) -> bool {
@@ -81,6 +54,23 @@ pub struct StdoutSink {
     buf: Vec<u8>,
     out: std::io::Stdout,
     events: EventsFilter,
+}
+
+/// The stdout consumer: `output`, or json unless stdout is a terminal.
+pub fn start(
+    output: Option<OutputFormat>,
+    events: EventsFilter,
+    cx: &super::SinkContext,
+) -> StdoutSink {
+    let output = output.unwrap_or_else(|| {
+        use std::io::IsTerminal as _;
+        if std::io::stdout().is_terminal() {
+            OutputFormat::Text
+        } else {
+            OutputFormat::Json
+        }
+    });
+    StdoutSink::new(output, cx.clock).with_events(events)
 }
 
 impl StdoutSink {

@@ -80,26 +80,7 @@ enum ControlError {
 }
 
 /// Warns at most once per [`WARN_EVERY`], counting what it held back.
-#[derive(Debug, Default)]
-struct WarnLimiter {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl WarnLimiter {
-    /// `Some(suppressed since the last warning)` if a warning may be written now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
+type WarnLimiter = crate::log_limit::LogLimiter;
 
 /// The pool members this adapter manages.
 #[derive(Debug, Default)]
@@ -153,10 +134,10 @@ impl Adapter {
             counters: AdapterCounters::default(),
             resync_wanted: false,
             last_resync: None,
-            action_warn: WarnLimiter::default(),
-            discovery_warn: WarnLimiter::default(),
-            drop_warn: WarnLimiter::default(),
-            lag_warn: WarnLimiter::default(),
+            action_warn: WarnLimiter::new(WARN_EVERY),
+            discovery_warn: WarnLimiter::new(WARN_EVERY),
+            drop_warn: WarnLimiter::new(WARN_EVERY),
+            lag_warn: WarnLimiter::new(WARN_EVERY),
         }
     }
 
@@ -650,7 +631,7 @@ mod tests {
     #[test]
     fn repeated_warnings_are_held_back_and_counted() {
         let t0 = Instant::now();
-        let mut limiter = WarnLimiter::default();
+        let mut limiter = WarnLimiter::new(WARN_EVERY);
         assert_eq!(limiter.allow(t0), Some(0));
         assert_eq!(limiter.allow(t0 + Duration::from_secs(1)), None);
         assert_eq!(limiter.allow(t0 + Duration::from_secs(2)), None);

@@ -8,7 +8,7 @@
 //! restarting, timeouts), which [`ApiError::is_transport`] tells apart so the adapter can
 //! back off from the whole endpoint rather than from one server.
 
-use std::{fmt, io, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{io, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
@@ -16,25 +16,11 @@ use tokio::{
 };
 
 use super::servers_state::{self, ServerState, ServersStateError};
+pub use crate::config::haproxy::{Endpoint, is_valid_name};
 
 /// Largest answer read (a `show servers state` of a few thousand servers is well below).
 pub const MAX_ANSWER_BYTES: u64 = 8 << 20;
 
-/// Where the runtime API listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Unix(PathBuf),
-    Tcp(SocketAddr),
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Unix(path) => write!(f, "{}", path.display()),
-            Endpoint::Tcp(addr) => write!(f, "tcp://{addr}"),
-        }
-    }
-}
 
 /// The administrative state connmon sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -206,18 +192,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
-/// Whether `name` can be put on a runtime-API command line as a backend or server name:
-/// HAProxy's own name characters (letters, digits, `-`, `_`, `.`, `:`), so a name can
-/// never split or inject a command (`;`, spaces, newlines).
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use tokio::net::UnixListener;
 
     use super::*;

@@ -29,15 +29,15 @@ use serde_json::{Value, json};
 use tokio::{
     io::AsyncWriteExt as _,
     net::{UnixListener, UnixStream},
-    sync::{Semaphore, mpsc},
+    sync::Semaphore,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 
 use self::{
     peer::{Peer, Permissions},
     session::SessionContext,
 };
-use crate::{bus::EventBus, config::Config, control::Control};
+use crate::{config::AgentConfig, log_limit::LogLimiter, sinks::SinkContext};
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -102,13 +102,20 @@ pub struct ServerStats {
 }
 
 /// Lag warnings are rate-limited: at most one line a minute, carrying what accumulated.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LagLog {
-    last: Option<Instant>,
+    limit: LogLimiter,
     pending: u64,
 }
 
-const LAG_LOG_EVERY: Duration = Duration::from_secs(60);
+impl Default for LagLog {
+    fn default() -> Self {
+        LagLog {
+            limit: LogLimiter::new(Duration::from_secs(60)),
+            pending: 0,
+        }
+    }
+}
 
 impl ServerStats {
     pub fn count_lagged(&self, missed: u64) {
@@ -118,14 +125,13 @@ impl ServerStats {
             return;
         };
         log.pending += missed;
-        if log.last.is_none_or(|at| at.elapsed() >= LAG_LOG_EVERY) {
+        if log.limit.allow(Instant::now()).is_some() {
             tracing::warn!(
                 missed = log.pending,
                 total = self.lagged_messages.load(Ordering::Relaxed),
                 "socket subscribers read too slowly and missed events (they were sent `lagged`); raise agent.bus_capacity or read faster"
             );
             log.pending = 0;
-            log.last = Some(Instant::now());
         }
     }
 
@@ -152,14 +158,18 @@ impl ServerStats {
 }
 
 /// Binds the socket and starts serving it on `tasks` until `shutdown`.
-pub async fn spawn(
-    config: &Config,
-    bus: &EventBus,
-    control: &mpsc::Sender<Control>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
+pub async fn start(
+    agent: &AgentConfig,
+    default_ejection: Duration,
+    cx: &SinkContext,
 ) -> Result<(), ServerError> {
-    let agent = &config.agent;
+    let SinkContext {
+        bus,
+        control,
+        shutdown,
+        tasks,
+        ..
+    } = cx;
     let socket = bind(&agent.socket, agent.socket_group.as_deref())?;
     tracing::info!(path = %agent.socket.display(), max_clients = agent.max_clients, "listening for pool controllers");
     let ctx = SessionContext {
@@ -169,7 +179,7 @@ pub async fn spawn(
             allowed_uids: agent.allowed_uids.clone(),
             allowed_gids: agent.allowed_gids.clone(),
         }),
-        default_ejection: config.policy.base_ejection,
+        default_ejection,
         stats: Arc::new(ServerStats::default()),
         shutdown: shutdown.clone(),
     };

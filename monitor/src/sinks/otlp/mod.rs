@@ -16,55 +16,48 @@
 //! own when it is back (metrics are cumulative, so nothing is lost for them). At exit the
 //! queue and the last metrics are flushed within `shutdown_timeout`.
 
-pub mod config;
+pub mod env;
+mod exporters;
 pub mod metrics;
+mod send;
 pub mod spans;
 
 use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{Arc, OnceLock, Weak},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use opentelemetry::{
     InstrumentationScope, KeyValue, metrics::MeterProvider as _, trace::TracerProvider as _,
 };
-use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{
     Resource,
-    error::OTelSdkResult,
-    metrics::{
-        InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
-        data::ResourceMetrics, exporter::PushMetricExporter as _, reader::MetricReader,
-    },
-    trace::{SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor},
+    metrics::{ManualReader, SdkMeterProvider, Temporality},
+    trace::{SdkTracerProvider, SpanExporter as _},
 };
-use tokio::{
-    sync::{broadcast::error::RecvError, mpsc, oneshot},
-    time::Instant,
-};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_util::sync::CancellationToken;
 
-pub use self::config::{OtlpConfig, OtlpConfigError, Protocol};
 use self::{
-    config::{ExportTargets, HostIdentity, SignalTarget},
-    metrics::{DropReason, Instruments, Tally},
+    env::{ExportTargets, HostIdentity, SignalTarget},
+    exporters::{metric_exporter, span_exporter},
+    metrics::{Instruments, Tally},
+    send::{MetricExport, QueueProcessor, SharedReader, SpanBatcher, Stop},
     spans::ConnectSpans,
 };
 use crate::{
-    bus::{EventBus, Payload, Published},
+    bus::{Payload, Published},
     clock::{WallClock, monotonic_now_ns},
-    config::Config,
-    control::Control,
+    config::{Invalid, otlp::OtlpConfig},
     policy::decision::Decision,
+    sinks::SinkContext,
 };
 
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error(transparent)]
-    Config(#[from] OtlpConfigError),
+    Config(#[from] Invalid),
     #[error("cannot set up the OTLP {signal} exporter for {endpoint}: {source}")]
     Build {
         signal: &'static str,
@@ -78,19 +71,17 @@ pub enum ExportError {
 
 /// Starts the exporter if an endpoint is configured (config, flag or environment);
 /// does nothing otherwise. Must run inside the agent's Tokio runtime.
-pub fn spawn(
-    config: &Config,
-    bus: &EventBus,
-    control: &mpsc::Sender<Control>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
-) -> Result<(), ExportError> {
-    let otlp = &config.otlp;
-    otlp.validate()?;
-    let Some(targets) = config::resolve(otlp, &config::process_env)? else {
+pub fn start(otlp: &OtlpConfig, cx: &SinkContext) -> Result<(), ExportError> {
+    let SinkContext {
+        bus,
+        shutdown,
+        tasks,
+        ..
+    } = cx;
+    let Some(targets) = env::resolve(otlp, &env::process_env)? else {
         return Ok(());
     };
-    let attrs = config::resource_attributes(&config::process_env, &HostIdentity::detect())?;
+    let attrs = env::resource_attributes(&env::process_env, &HostIdentity::detect())?;
     let resource = Resource::builder_empty()
         .with_attributes(attrs.into_iter().map(|(k, v)| KeyValue::new(k, v)))
         .build();
@@ -172,7 +163,7 @@ pub fn spawn(
             provider: meter_provider.clone(),
             tracked: instruments.tracked.clone(),
             ejected: instruments.ejected.clone(),
-            control: control.clone(),
+            gauges: Arc::clone(&cx.gauges),
             every: otlp.export_interval,
             export_timeout: otlp.export_timeout,
             tally: Arc::clone(&tally),
@@ -200,319 +191,6 @@ fn log_targets(targets: &ExportTargets) {
         None => "off".to_owned(),
     };
     tracing::info!(traces = %describe(&targets.traces), metrics = %describe(&targets.metrics), "OTLP export on");
-}
-
-fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, ExportError> {
-    let mut map = http::HeaderMap::new();
-    for (name, value) in headers {
-        let name = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| ExportError::Header(format!("{name}: {e}")))?;
-        let value = http::HeaderValue::from_str(value)
-            .map_err(|e| ExportError::Header(format!("{name}: {e}")))?;
-        map.insert(name, value);
-    }
-    Ok(map)
-}
-
-fn span_exporter(
-    t: &SignalTarget,
-    timeout: Duration,
-) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
-    let built = match t.protocol {
-        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(t.endpoint.clone())
-            .with_timeout(timeout)
-            .with_metadata(
-                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(header_map(
-                    &t.headers,
-                )?),
-            )
-            .build(),
-        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(t.endpoint.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(timeout)
-            .with_headers(t.headers.iter().cloned().collect::<HashMap<_, _>>())
-            .build(),
-    };
-    built.map_err(|source| ExportError::Build {
-        signal: "traces",
-        endpoint: t.endpoint.clone(),
-        source,
-    })
-}
-
-fn metric_exporter(
-    t: &SignalTarget,
-    timeout: Duration,
-) -> Result<opentelemetry_otlp::MetricExporter, ExportError> {
-    let built = match t.protocol {
-        Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(t.endpoint.clone())
-            .with_timeout(timeout)
-            .with_metadata(
-                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(header_map(
-                    &t.headers,
-                )?),
-            )
-            .with_temporality(Temporality::Cumulative)
-            .build(),
-        Protocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-            .with_http()
-            .with_endpoint(t.endpoint.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(timeout)
-            .with_headers(t.headers.iter().cloned().collect::<HashMap<_, _>>())
-            .with_temporality(Temporality::Cumulative)
-            .build(),
-    };
-    built.map_err(|source| ExportError::Build {
-        signal: "metrics",
-        endpoint: t.endpoint.clone(),
-        source,
-    })
-}
-
-/// The shutdown signal plus the deadline of the final flush, fixed when first observed.
-struct Stop {
-    token: CancellationToken,
-    grace: Duration,
-    deadline: OnceLock<Instant>,
-}
-
-impl Stop {
-    fn deadline(&self) -> Instant {
-        *self.deadline.get_or_init(|| Instant::now() + self.grace)
-    }
-
-    /// Runs `fut` for at most `limit`, and once shutdown has begun, no later than the
-    /// shutdown deadline. `None`: it did not finish in time.
-    async fn bounded<F: Future>(&self, fut: F, limit: Duration) -> Option<F::Output> {
-        let fut = tokio::time::timeout(limit, fut);
-        tokio::pin!(fut);
-        if !self.token.is_cancelled() {
-            tokio::select! {
-                out = &mut fut => return out.ok(),
-                _ = self.token.cancelled() => {}
-            }
-        }
-        tokio::time::timeout_at(self.deadline(), fut)
-            .await
-            .ok()
-            .and_then(Result::ok)
-    }
-}
-
-/// The SDK's span processor: hands finished spans to the bounded export queue without
-/// waiting; a full queue drops the span and counts it.
-#[derive(Debug)]
-struct QueueProcessor {
-    tx: mpsc::Sender<SpanData>,
-    tally: Arc<Tally>,
-}
-
-impl SpanProcessor for QueueProcessor {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        match self.tx.try_send(span) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.tally.dropped(DropReason::QueueFull, 1),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.tally.dropped(DropReason::Shutdown, 1)
-            }
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-/// Sends queued spans in batches.
-struct SpanBatcher {
-    exporter: opentelemetry_otlp::SpanExporter,
-    rx: mpsc::Receiver<SpanData>,
-    batch_size: usize,
-    flush_every: Duration,
-    export_timeout: Duration,
-    tally: Arc<Tally>,
-    stop: Arc<Stop>,
-}
-
-impl SpanBatcher {
-    async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.batch_size);
-        let mut tick =
-            tokio::time::interval_at(Instant::now() + self.flush_every, self.flush_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let stopping = self.stop.token.is_cancelled();
-            // select! evaluates disabled branches too: fix the deadline only once stopping.
-            let deadline = if stopping {
-                self.stop.deadline()
-            } else {
-                Instant::now() + self.flush_every
-            };
-            let room = self.batch_size - batch.len();
-            tokio::select! {
-                n = self.rx.recv_many(&mut batch, room) => {
-                    if n == 0 {
-                        // Every tracer is gone (exit): send the rest and stop.
-                        if !batch.is_empty() {
-                            self.export(&mut batch).await;
-                        }
-                        return;
-                    }
-                    if batch.len() >= self.batch_size {
-                        self.export(&mut batch).await;
-                    }
-                }
-                _ = tick.tick() => {
-                    if !batch.is_empty() {
-                        self.export(&mut batch).await;
-                    }
-                    self.tally.warn_if_due(std::time::Instant::now());
-                }
-                _ = self.stop.token.cancelled(), if !stopping => {}
-                _ = tokio::time::sleep_until(deadline), if stopping => break,
-            }
-        }
-        // Out of time at exit: whatever is still queued is lost, and counted.
-        self.rx.close();
-        let mut left = batch.len() as u64;
-        while self.rx.try_recv().is_ok() {
-            left += 1;
-        }
-        self.tally.dropped(DropReason::Shutdown, left);
-        self.tally.warn_if_due(std::time::Instant::now());
-    }
-
-    async fn export(&mut self, batch: &mut Vec<SpanData>) {
-        let n = batch.len() as u64;
-        let spans = std::mem::take(batch);
-        match self
-            .stop
-            .bounded(self.exporter.export(spans), self.export_timeout)
-            .await
-        {
-            Some(Ok(())) => {}
-            Some(Err(err)) => {
-                self.tally.dropped(DropReason::ExportFailed, n);
-                self.tally.export_failed("traces", &err.to_string());
-            }
-            None => {
-                self.tally.dropped(DropReason::ExportFailed, n);
-                self.tally.export_failed("traces", "timed out");
-            }
-        }
-    }
-}
-
-/// A [`ManualReader`] shared between the meter provider and the export task.
-#[derive(Clone, Debug)]
-struct SharedReader(Arc<ManualReader>);
-
-impl MetricReader for SharedReader {
-    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
-        self.0.register_pipeline(pipeline);
-    }
-
-    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
-        self.0.collect(rm)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
-
-    fn temporality(&self, kind: InstrumentKind) -> Temporality {
-        self.0.temporality(kind)
-    }
-}
-
-/// Collects and sends metrics every `export_interval`, and once more at exit.
-struct MetricExport {
-    exporter: opentelemetry_otlp::MetricExporter,
-    reader: SharedReader,
-    provider: SdkMeterProvider,
-    tracked: opentelemetry::metrics::Gauge<u64>,
-    ejected: opentelemetry::metrics::Gauge<u64>,
-    control: mpsc::Sender<Control>,
-    every: Duration,
-    export_timeout: Duration,
-    tally: Arc<Tally>,
-    stop: Arc<Stop>,
-    consumer_done: CancellationToken,
-}
-
-/// How long a policy snapshot may take before the gauges keep their last values.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(1);
-
-impl MetricExport {
-    async fn run(self) {
-        let mut tick = tokio::time::interval_at(Instant::now() + self.every, self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.stop.token.cancelled() => break,
-            }
-            self.refresh_gauges().await;
-            self.export().await;
-            self.tally.warn_if_due(std::time::Instant::now());
-        }
-        // The consumer records the last messages (the final stats) before the last export.
-        let _ = self
-            .stop
-            .bounded(self.consumer_done.cancelled(), self.stop.grace)
-            .await;
-        self.export().await;
-        let _ = self
-            .provider
-            .shutdown_with_timeout(Duration::from_millis(100));
-    }
-
-    /// Destination gauges from a policy snapshot, asked without ever waiting on a full
-    /// control queue.
-    async fn refresh_gauges(&self) {
-        let (reply, answer) = oneshot::channel();
-        if self.control.try_send(Control::Snapshot { reply }).is_err() {
-            return;
-        }
-        if let Ok(Ok(snapshot)) = tokio::time::timeout(SNAPSHOT_TIMEOUT, answer).await {
-            self.tracked.record(snapshot.tracked as u64, &[]);
-            self.ejected.record(snapshot.ejected as u64, &[]);
-        }
-    }
-
-    async fn export(&self) {
-        let mut rm = ResourceMetrics::default();
-        if let Err(err) = self.reader.collect(&mut rm) {
-            self.tally.export_failed("metrics", &err.to_string());
-            return;
-        }
-        match self
-            .stop
-            .bounded(self.exporter.export(&rm), self.export_timeout)
-            .await
-        {
-            Some(Ok(())) => {}
-            Some(Err(err)) => self.tally.export_failed("metrics", &err.to_string()),
-            None => self.tally.export_failed("metrics", "timed out"),
-        }
-    }
 }
 
 /// Reads the bus and records spans and metrics.
@@ -587,7 +265,9 @@ impl Consumer {
 mod tests {
     use opentelemetry::trace::{SpanKind, Status};
 
-    use super::*;
+    use opentelemetry_sdk::trace::SpanData;
+
+    use super::{metrics::DropReason, *};
     use crate::{
         policy::{
             Role,

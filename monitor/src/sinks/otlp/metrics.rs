@@ -17,6 +17,7 @@ use opentelemetry::{
 
 use super::spans::role_str;
 use crate::{
+    log_limit::LogLimiter,
     policy::{Role, decision::Eviction},
     source::event::ConnectRecord,
 };
@@ -67,12 +68,23 @@ pub struct Tally {
     log: Mutex<LogState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LogState {
-    last: Option<Instant>,
+    limit: LogLimiter,
     reported: [u64; 4],
     reported_failures: u64,
     last_error: Option<String>,
+}
+
+impl Default for LogState {
+    fn default() -> Self {
+        LogState {
+            limit: LogLimiter::new(DROP_LOG_EVERY),
+            reported: [0; 4],
+            reported_failures: 0,
+            last_error: None,
+        }
+    }
 }
 
 /// The process's exporter tally, also read by the Prometheus endpoint
@@ -120,15 +132,11 @@ impl Tally {
     /// Logs what was dropped or failed since the last warning, at most once a minute.
     pub fn warn_if_due(&self, now: Instant) {
         let Ok(mut log) = self.log.lock() else { return };
-        if log
-            .last
-            .is_some_and(|last| now.duration_since(last) < DROP_LOG_EVERY)
-        {
-            return;
-        }
         let totals: [u64; 4] = std::array::from_fn(|i| self.dropped[i].load(Ordering::Relaxed));
         let failures = self.failed_exports.load(Ordering::Relaxed);
-        if totals == log.reported && failures == log.reported_failures {
+        if totals == log.reported && failures == log.reported_failures
+            || log.limit.allow(now).is_none()
+        {
             return;
         }
         let delta = |r: DropReason| totals[r as usize] - log.reported[r as usize];
@@ -143,7 +151,6 @@ impl Tally {
         );
         log.reported = totals;
         log.reported_failures = failures;
-        log.last = Some(now);
     }
 }
 
@@ -305,11 +312,11 @@ mod tests {
         let start = Instant::now();
         t.dropped(DropReason::QueueFull, 1);
         t.warn_if_due(start);
-        assert_eq!(t.log.lock().unwrap().last, Some(start));
+        assert_eq!(t.log.lock().unwrap().limit.last(), Some(start));
         t.dropped(DropReason::QueueFull, 1);
         t.warn_if_due(start + Duration::from_secs(30));
         assert_eq!(
-            t.log.lock().unwrap().last,
+            t.log.lock().unwrap().limit.last(),
             Some(start),
             "not again within a minute"
         );
