@@ -388,6 +388,10 @@ impl Pipeline {
                 let done = self.policy.reinstate_manual(dst, now, &mut self.decisions);
                 let _ = reply.send(done);
             }
+            Control::Fleet { verdict, reply } => {
+                let done = crate::sinks::fleet::apply(&mut self.policy, verdict, now, &mut self.decisions);
+                let _ = reply.send(done);
+            }
         }
         self.emit_decisions();
         self.persist_if_changed();
@@ -645,6 +649,7 @@ async fn spawn_consumers(
     crate::sinks::haproxy::spawn(config, bus, control, shutdown, tasks)?;
     crate::export::spawn(config, bus, control, shutdown, tasks)?;
     crate::sinks::prometheus::spawn(config, bus, control, shutdown, tasks)?;
+    crate::sinks::fleet::spawn(config, bus, control, shutdown, tasks)?;
     Ok(())
 }
 

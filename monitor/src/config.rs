@@ -63,6 +63,9 @@ pub struct Config {
     pub haproxy: Vec<crate::sinks::haproxy::HaproxyConfig>,
     /// `[otlp]`: OpenTelemetry export (see export::config).
     pub otlp: crate::export::OtlpConfig,
+    /// `[fleet]`: verdicts shared over NATS JetStream (see sinks::fleet); off by default.
+    #[serde(skip_serializing_if = "crate::sinks::fleet::FleetConfig::is_default")]
+    pub fleet: crate::sinks::fleet::FleetConfig,
 }
 
 /// The `[agent]` section.
@@ -213,6 +216,7 @@ impl Config {
                 allowed: e.allowed.into(),
             })?;
         crate::sinks::haproxy::validate(&self.haproxy)?;
+        self.fleet.validate()?;
         self.otlp.validate().map_err(
             |crate::export::OtlpConfigError::Invalid {
                  key,

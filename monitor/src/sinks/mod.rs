@@ -1,6 +1,7 @@
 //! Where events and decisions go: stdout (NDJSON or text); subscribers of the
 //! [`crate::bus::EventBus`] render with the same [`json`] functions.
 
+pub mod fleet;
 pub mod haproxy;
 pub mod json;
 pub mod prober;
