@@ -222,7 +222,7 @@ mod tests {
         assert!(
             lines[2].starts_with("127.0.0.1:8080 netns:4026532301")
                 && lines[2].contains("container 0123456789ab")
-                && lines[1].ends_with("TOP CGROUP              EJECTED UNTIL"),
+                && lines[1].ends_with("TOP CGROUP              EJECTED UNTIL  ORIGIN"),
             "{table}"
         );
         assert_eq!(

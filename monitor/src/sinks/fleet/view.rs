@@ -348,7 +348,7 @@ mod tests {
         assert_eq!(v.on_message(&hb(false), 1), Err(Ignored::Heartbeat));
         assert!(v.on_message(&evict("a", 1), 1).is_ok(), "outage over");
         assert_eq!(v.on_message(&evict("b", 0), 40_000), Err(Ignored::Expired));
-        assert_eq!(v.hosts()["a"].evicts, 3);
+        assert_eq!(v.hosts()["a"].evicts, 4);
     }
 
     #[test]
