@@ -498,10 +498,16 @@ async fn resync_once(
 ) -> Result<Vec<RemoteEvict>, String> {
     let kv = match js.get_key_value(bucket.bucket.clone()).await {
         Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(bucket.clone())
-            .await
-            .map_err(|e| format!("cannot create it: {e}"))?,
+        Err(_) => {
+            // The stream a KV bucket is, created directly: `create_key_value` first
+            // reads the account info, whose 2.10 fields Debian's nats-server 2.9 lacks.
+            js.get_or_create_stream(kv_stream_config(bucket))
+                .await
+                .map_err(|e| format!("cannot create it: {e}"))?;
+            js.get_key_value(bucket.bucket.clone())
+                .await
+                .map_err(|e| format!("cannot open it: {e}"))?
+        }
     };
     *store.write().await = Some(kv.clone());
     let mut mine = std::collections::HashSet::new();
@@ -535,4 +541,26 @@ async fn resync_once(
         }
     }
     Ok(current)
+}
+
+/// The JetStream stream of a KV bucket, as async-nats' `create_key_value` builds it
+/// (history as the per-subject limit, rollups allowed, deletes through markers only).
+fn kv_stream_config(bucket: &kv::Config) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("KV_{}", bucket.bucket),
+        description: Some(bucket.description.clone()),
+        subjects: vec![format!("$KV.{}.>", bucket.bucket)],
+        max_messages_per_subject: bucket.history.max(1),
+        max_bytes: bucket.max_bytes,
+        max_age: bucket.max_age,
+        max_message_size: bucket.max_value_size,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..jetstream::stream::Config::default()
+    }
 }
