@@ -389,7 +389,8 @@ impl Pipeline {
                 let _ = reply.send(done);
             }
             Control::Fleet { verdict, reply } => {
-                let done = crate::sinks::fleet::apply(&mut self.policy, verdict, now, &mut self.decisions);
+                let done =
+                    crate::sinks::fleet::apply(&mut self.policy, verdict, now, &mut self.decisions);
                 let _ = reply.send(done);
             }
         }

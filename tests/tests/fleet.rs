@@ -69,7 +69,9 @@ impl Nats {
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting nats-server (`cargo xtask setup` installs it): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("starting nats-server (`cargo xtask setup` installs it): {e}")
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -107,7 +109,14 @@ struct Host {
 
 /// Policy for every host: guards open (other tests' traffic must not hold them back),
 /// long terms (a reinstate is always a propagated one, never an expiry), the pool.
-fn config(name: &str, ns: &Netns, nats: &Nats, fleet: &str, pool: &[SocketAddr], policy: &str) -> String {
+fn config(
+    name: &str,
+    ns: &Netns,
+    nats: &Nats,
+    fleet: &str,
+    pool: &[SocketAddr],
+    policy: &str,
+) -> String {
     let pool: Vec<String> = pool.iter().map(|p| format!("\"{p}\"")).collect();
     format!(
         "[policy]\njitter = 0.0\nmax_ejection_percent = 100\nbase_ejection = \"120s\"\n{policy}\
@@ -122,10 +131,22 @@ fn config(name: &str, ns: &Netns, nats: &Nats, fleet: &str, pool: &[SocketAddr],
 
 impl Host {
     fn start(name: &'static str, nats: &Nats, fleet: &str, pool: &[SocketAddr]) -> Self {
-        Self::start_with(name, nats, fleet, pool, "outage_min_destinations = 100000\n")
+        Self::start_with(
+            name,
+            nats,
+            fleet,
+            pool,
+            "outage_min_destinations = 100000\n",
+        )
     }
 
-    fn start_with(name: &'static str, nats: &Nats, fleet: &str, pool: &[SocketAddr], policy: &str) -> Self {
+    fn start_with(
+        name: &'static str,
+        nats: &Nats,
+        fleet: &str,
+        pool: &[SocketAddr],
+        policy: &str,
+    ) -> Self {
         let ns = Netns::new(&format!("fleet{name}"));
         let dir = scratch_dir(&format!("host-{name}"));
         let path = dir.join("connmon.toml");
@@ -165,14 +186,18 @@ impl Host {
         let d = dst.to_string();
         let name = self.name;
         self.agent
-            .wait_for(&format!("{what} on {name}"), WAIT, |v| v["type"] == "evict" && v["dst"] == d)
+            .wait_for(&format!("{what} on {name}"), WAIT, |v| {
+                v["type"] == "evict" && v["dst"] == d
+            })
     }
 
     fn wait_reinstate(&mut self, dst: SocketAddr, what: &str) -> Value {
         let d = dst.to_string();
         let name = self.name;
         self.agent
-            .wait_for(&format!("{what} on {name}"), WAIT, |v| v["type"] == "reinstate" && v["dst"] == d)
+            .wait_for(&format!("{what} on {name}"), WAIT, |v| {
+                v["type"] == "reinstate" && v["dst"] == d
+            })
     }
 
     /// Whether an evict of `dst` was printed (after watching for [`QUIET`]).
@@ -187,7 +212,9 @@ impl Host {
 
 fn member() -> SocketAddr {
     // The port is free on the host; in every test namespace nothing listens on it either.
-    format!("{LOCAL_V4}:{}", closed_port("127.0.0.1")).parse().expect("addr")
+    format!("{LOCAL_V4}:{}", closed_port("127.0.0.1"))
+        .parse()
+        .expect("addr")
 }
 
 #[test]
@@ -202,19 +229,34 @@ fn share_applies_other_hosts_verdicts_with_their_origin_and_reinstates() {
     a.refuse(dst);
     let own = a.wait_evict(dst, "A's own evict");
     assert_eq!(own["reason"], "refused", "{own}");
-    assert!(own.get("origin").is_none(), "a local decision has no origin: {own}");
+    assert!(
+        own.get("origin").is_none(),
+        "a local decision has no origin: {own}"
+    );
     for host in [&mut b, &mut c] {
         let e = host.wait_evict(dst, "the fleet's evict");
         assert_eq!(e["reason"], "fleet", "{e}");
         assert_eq!(e["origin"], "A", "{e}");
         let term = e["ejection"]["duration_ms"].as_u64().expect("duration_ms");
-        assert!((100_000..=120_000).contains(&term), "A's 120 s term, less the propagation: {e}");
-        assert!(e.get("trigger").is_none(), "no kernel event of its own: {e}");
+        assert!(
+            (100_000..=120_000).contains(&term),
+            "A's 120 s term, less the propagation: {e}"
+        );
+        assert!(
+            e.get("trigger").is_none(),
+            "no kernel event of its own: {e}"
+        );
     }
     // `connmon status` shows where the ejection came from.
     let status = b.cli(&["status"]);
-    let row = status.lines().find(|l| l.starts_with(&dst.to_string())).unwrap_or_else(|| panic!("{status}"));
-    assert!(row.contains("ejected") && row.trim_end().ends_with('A'), "{status}");
+    let row = status
+        .lines()
+        .find(|l| l.starts_with(&dst.to_string()))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        row.contains("ejected") && row.trim_end().ends_with('A'),
+        "{status}"
+    );
 
     a.cli(&["reinstate", &dst.to_string()]);
     a.wait_reinstate(dst, "A's manual reinstate");
@@ -225,8 +267,15 @@ fn share_applies_other_hosts_verdicts_with_their_origin_and_reinstates() {
     // B's reinstate of a fleet ejection is not published again (no echo): A, which
     // reinstated by hand, sees no second evict or reinstate of it.
     let lines = a.agent.collect_for(Duration::from_secs(2));
-    let about: Vec<&Value> = lines.iter().filter(|v| v["dst"] == dst.to_string() && v["type"] != "connect").collect();
-    assert_eq!(about.len(), 2, "A saw only its own evict and reinstate: {about:?}");
+    let about: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["dst"] == dst.to_string() && v["type"] != "connect")
+        .collect();
+    assert_eq!(
+        about.len(),
+        2,
+        "A saw only its own evict and reinstate: {about:?}"
+    );
 }
 
 #[test]
@@ -268,20 +317,28 @@ fn a_host_in_local_outage_does_not_evict_the_fleet() {
     for dst in &others {
         a.refuse(*dst);
     }
-    a.agent.wait_for("A's local outage", WAIT, |v| v["type"] == "diagnosis" && v["kind"] == "local_outage");
+    a.agent.wait_for("A's local outage", WAIT, |v| {
+        v["type"] == "diagnosis" && v["kind"] == "local_outage"
+    });
     // An operator's evict during the outage is applied on A, flagged, and not applied
     // elsewhere.
     a.cli(&["evict", &sick.to_string(), "--for", "120s"]);
     let flagged = a.wait_evict(sick, "A's evict during its outage");
     assert_eq!(flagged["local_outage"], true, "{flagged}");
-    assert!(!b.evicted_after_quiet(sick), "B applied a verdict of a host in local outage");
+    assert!(
+        !b.evicted_after_quiet(sick),
+        "B applied a verdict of a host in local outage"
+    );
     // The fleet itself is live: a healthy host's verdict is applied.
     c.refuse(healthy);
     c.wait_evict(healthy, "C's own evict");
     let e = b.wait_evict(healthy, "C's verdict");
     assert_eq!(e["origin"], "C", "{e}");
     assert!(
-        !b.agent.collect_for(Duration::ZERO).iter().any(|v| v["type"] == "evict" && v["dst"] == sick.to_string()),
+        !b.agent
+            .collect_for(Duration::ZERO)
+            .iter()
+            .any(|v| v["type"] == "evict" && v["dst"] == sick.to_string()),
         "still not applied"
     );
 }
@@ -306,7 +363,10 @@ fn nats_restart_resyncs_and_a_late_joiner_starts_with_the_ejections() {
     a.wait_evict(second, "A's evict while NATS is down");
     a.cli(&["reinstate", &first.to_string()]);
     a.wait_reinstate(first, "A's reinstate while NATS is down");
-    assert!(!b.evicted_after_quiet(second), "nothing reaches B without NATS");
+    assert!(
+        !b.evicted_after_quiet(second),
+        "nothing reaches B without NATS"
+    );
 
     nats.restart();
     // A re-puts its ejections and deletes the reinstated one; B resyncs from the bucket.
@@ -320,7 +380,11 @@ fn nats_restart_resyncs_and_a_late_joiner_starts_with_the_ejections() {
     let e = late.wait_evict(second, "the late joiner's evict");
     assert_eq!(e["origin"], "A", "{e}");
     assert!(
-        !late.agent.collect_for(Duration::from_secs(1)).iter().any(|v| v["type"] == "evict" && v["dst"] == first.to_string()),
+        !late
+            .agent
+            .collect_for(Duration::from_secs(1))
+            .iter()
+            .any(|v| v["type"] == "evict" && v["dst"] == first.to_string()),
         "a reinstated destination is not in the bucket"
     );
 }

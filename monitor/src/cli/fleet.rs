@@ -67,19 +67,27 @@ pub fn fleet(args: &FleetArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let js = async_nats::jetstream::new(client);
-        let kv = js
-            .get_key_value(fleet.bucket())
-            .await
-            .with_context(|| format!("KV bucket {} (no agent of cluster {:?} has connected yet?)", fleet.bucket(), fleet.cluster))?;
+        let kv = js.get_key_value(fleet.bucket()).await.with_context(|| {
+            format!(
+                "KV bucket {} (no agent of cluster {:?} has connected yet?)",
+                fleet.bucket(),
+                fleet.cluster
+            )
+        })?;
         let mut rows: BTreeMap<String, HostRow> = BTreeMap::new();
         let mut keys = kv.keys().await?;
         let mut names = Vec::new();
         while let Some(key) = keys.next().await {
             names.push(key?);
         }
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         for key in names {
-            let Some(bytes) = kv.get(key.clone()).await? else { continue };
+            let Some(bytes) = kv.get(key.clone()).await? else {
+                continue;
+            };
             match message::decode(&bytes) {
                 Ok(FleetMessage::Heartbeat(h)) => {
                     let row = rows.entry(h.host.clone()).or_default();
@@ -105,7 +113,15 @@ pub fn fleet(args: &FleetArgs) -> anyhow::Result<()> {
     }
     println!(
         "{:<20} {:<8} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:<6}",
-        "HOST", "MODE", "HEARTBEAT", "EJECTED", "IN KV", "PUBLISHED", "APPLIED", "DROPPED", "OUTAGE"
+        "HOST",
+        "MODE",
+        "HEARTBEAT",
+        "EJECTED",
+        "IN KV",
+        "PUBLISHED",
+        "APPLIED",
+        "DROPPED",
+        "OUTAGE"
     );
     for row in rows {
         let h = row.heartbeat.as_ref();
@@ -120,7 +136,11 @@ pub fn fleet(args: &FleetArgs) -> anyhow::Result<()> {
             h.map_or_else(dash, |h| h.published.to_string()),
             h.map_or_else(dash, |h| h.applied.to_string()),
             h.map_or_else(dash, |h| h.dropped.to_string()),
-            h.map_or_else(dash, |h| if h.local_outage { "yes".into() } else { "no".into() }),
+            h.map_or_else(dash, |h| if h.local_outage {
+                "yes".into()
+            } else {
+                "no".into()
+            }),
         );
     }
     Ok(())

@@ -117,10 +117,20 @@ impl FleetConfig {
             .unwrap_or_default();
         let token: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .take(64)
             .collect();
-        if token.is_empty() { "localhost".into() } else { token }
+        if token.is_empty() {
+            "localhost".into()
+        } else {
+            token
+        }
     }
 
     /// Checks every value; the key in errors is `fleet.<name>`.
@@ -157,12 +167,21 @@ impl FleetConfig {
             ));
         }
         if self.quorum < 1 || self.quorum > 1000 {
-            return Err(invalid("quorum", self.quorum.to_string(), "must be between 1 and 1000"));
+            return Err(invalid(
+                "quorum",
+                self.quorum.to_string(),
+                "must be between 1 and 1000",
+            ));
         }
         if self.window < Duration::from_secs(1) || self.window > Duration::from_secs(86_400) {
-            return Err(invalid("window", format_duration(self.window), "must be between 1s and 24h"));
+            return Err(invalid(
+                "window",
+                format_duration(self.window),
+                "must be between 1s and 24h",
+            ));
         }
-        if self.heartbeat < Duration::from_millis(100) || self.heartbeat > Duration::from_secs(3600) {
+        if self.heartbeat < Duration::from_millis(100) || self.heartbeat > Duration::from_secs(3600)
+        {
             return Err(invalid(
                 "heartbeat",
                 format_duration(self.heartbeat),
@@ -170,7 +189,11 @@ impl FleetConfig {
             ));
         }
         if self.queue == 0 || self.queue > 1 << 20 {
-            return Err(invalid("queue", self.queue.to_string(), "must be between 1 and 1048576"));
+            return Err(invalid(
+                "queue",
+                self.queue.to_string(),
+                "must be between 1 and 1048576",
+            ));
         }
         if self.max_bytes < 1 << 20 || self.max_bytes > 1 << 34 {
             return Err(invalid(
@@ -194,14 +217,22 @@ impl FleetConfig {
         }
         if self.user.is_some() != self.password.is_some() {
             return Err(invalid(
-                if self.user.is_some() { "password" } else { "user" },
+                if self.user.is_some() {
+                    "password"
+                } else {
+                    "user"
+                },
                 "(not set)".into(),
                 "user and password go together",
             ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(invalid(
-                if self.tls_cert.is_some() { "tls_key" } else { "tls_cert" },
+                if self.tls_cert.is_some() {
+                    "tls_key"
+                } else {
+                    "tls_cert"
+                },
                 "(not set)".into(),
                 "tls_cert and tls_key go together",
             ));

@@ -162,7 +162,9 @@ impl Link {
         let client = match options.connect(fleet.servers.clone()).await {
             Ok(client) => client,
             Err(e) => {
-                tracing::warn!("fleet: cannot use NATS {servers} ({e}); the fleet is off, connmon works locally");
+                tracing::warn!(
+                    "fleet: cannot use NATS {servers} ({e}); the fleet is off, connmon works locally"
+                );
                 return;
             }
         };
@@ -175,7 +177,9 @@ impl Link {
         let mut verdicts = match client.subscribe(fleet.verdict_subject("*")).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!("fleet: cannot subscribe ({e}); the fleet is off, connmon works locally");
+                tracing::warn!(
+                    "fleet: cannot subscribe ({e}); the fleet is off, connmon works locally"
+                );
                 return;
             }
         };
@@ -285,7 +289,10 @@ impl Link {
     fn bucket_config(&self) -> kv::Config {
         kv::Config {
             bucket: self.fleet.bucket(),
-            description: format!("connmon fleet {}: current ejections and heartbeats", self.fleet.cluster),
+            description: format!(
+                "connmon fleet {}: current ejections and heartbeats",
+                self.fleet.cluster
+            ),
             history: 1,
             max_age: self.max_age,
             max_bytes: i64::try_from(self.fleet.max_bytes).unwrap_or(i64::MAX),
@@ -295,7 +302,12 @@ impl Link {
     }
 
     /// A decision of this host's own (never a fleet one: no echo) into the queue.
-    fn on_published(&self, published: &Published, out: &mpsc::Sender<Outbound>, warn: &mut RateLimited) {
+    fn on_published(
+        &self,
+        published: &Published,
+        out: &mpsc::Sender<Outbound>,
+        warn: &mut RateLimited,
+    ) {
         let Payload::Decision(decision) = &published.payload else {
             return;
         };
@@ -309,7 +321,11 @@ impl Link {
                     Some(t) => !self.trust_all_unscoped || t.netns == self.host_netns,
                 };
                 let m = FleetMessage::of_eviction(e, &self.host, trusted, now_ms());
-                Outbound { payload: m.encode().into(), key: message::ejection_key(e.dst, &self.host), put: true }
+                Outbound {
+                    payload: m.encode().into(),
+                    key: message::ejection_key(e.dst, &self.host),
+                    put: true,
+                }
             }
             Decision::Reinstate(r) if r.origin.is_none() => {
                 let m = FleetMessage::Reinstate(RemoteReinstate {
@@ -318,7 +334,11 @@ impl Link {
                     dst: r.dst,
                     ts_ms: now_ms(),
                 });
-                Outbound { payload: m.encode().into(), key: message::ejection_key(r.dst, &self.host), put: false }
+                Outbound {
+                    payload: m.encode().into(),
+                    key: message::ejection_key(r.dst, &self.host),
+                    put: false,
+                }
             }
             _ => return,
         };
@@ -334,11 +354,24 @@ impl Link {
     /// Carries out what the view decided, on the pipeline.
     async fn act(&self, action: Action) {
         let verdict = match action {
-            Action::Apply { dst, duration, origin } => FleetVerdict::Evict { dst, duration, origin },
+            Action::Apply {
+                dst,
+                duration,
+                origin,
+            } => FleetVerdict::Evict {
+                dst,
+                duration,
+                origin,
+            },
             Action::Lift { dst } => FleetVerdict::Reinstate { dst },
         };
         let (reply, answer) = oneshot::channel();
-        if self.control.send(Control::Fleet { verdict, reply }).await.is_err() {
+        if self
+            .control
+            .send(Control::Fleet { verdict, reply })
+            .await
+            .is_err()
+        {
             return;
         }
         match tokio::time::timeout(CONTROL_TIMEOUT, answer).await {
@@ -351,7 +384,10 @@ impl Link {
     async fn snapshot(&self) -> Option<PolicySnapshot> {
         let (reply, answer) = oneshot::channel();
         self.control.send(Control::Snapshot { reply }).await.ok()?;
-        tokio::time::timeout(CONTROL_TIMEOUT, answer).await.ok()?.ok()
+        tokio::time::timeout(CONTROL_TIMEOUT, answer)
+            .await
+            .ok()?
+            .ok()
     }
 
     /// This host's own ejections in force, as messages to re-put after a reconnect.
@@ -372,7 +408,12 @@ struct OwnEjections {
 impl OwnEjections {
     async fn read(&self) -> Vec<FleetMessage> {
         let (reply, answer) = oneshot::channel();
-        if self.control.send(Control::Snapshot { reply }).await.is_err() {
+        if self
+            .control
+            .send(Control::Snapshot { reply })
+            .await
+            .is_err()
+        {
             return Vec::new();
         }
         let Ok(Ok(snapshot)) = tokio::time::timeout(CONTROL_TIMEOUT, answer).await else {
@@ -436,11 +477,17 @@ async fn publisher(
         if client.connection_state() != async_nats::connection::State::Connected {
             if is_verdict {
                 FleetCounters::add(&counters.dropped, 1);
-                warn.warn(format_args!("NATS unreachable: verdicts are dropped (counted) until it is back"));
+                warn.warn(format_args!(
+                    "NATS unreachable: verdicts are dropped (counted) until it is back"
+                ));
             }
             continue;
         }
-        let published = tokio::time::timeout(NATS_TIMEOUT, client.publish(subject.clone(), out.payload.clone())).await;
+        let published = tokio::time::timeout(
+            NATS_TIMEOUT,
+            client.publish(subject.clone(), out.payload.clone()),
+        )
+        .await;
         if !matches!(published, Ok(Ok(()))) {
             if is_verdict {
                 FleetCounters::add(&counters.dropped, 1);
@@ -455,9 +502,13 @@ async fn publisher(
             continue;
         };
         let stored = if out.put {
-            tokio::time::timeout(NATS_TIMEOUT, kv.put(&out.key, out.payload)).await.map(|r| r.map(drop).map_err(|e| e.to_string()))
+            tokio::time::timeout(NATS_TIMEOUT, kv.put(&out.key, out.payload))
+                .await
+                .map(|r| r.map(drop).map_err(|e| e.to_string()))
         } else {
-            tokio::time::timeout(NATS_TIMEOUT, kv.delete(&out.key)).await.map(|r| r.map_err(|e| e.to_string()))
+            tokio::time::timeout(NATS_TIMEOUT, kv.delete(&out.key))
+                .await
+                .map(|r| r.map_err(|e| e.to_string()))
         };
         match stored {
             Ok(Ok(())) => {}
@@ -484,7 +535,10 @@ async fn resync(
                 return;
             }
             Ok(Err(e)) => warn.warn(format_args!("KV bucket {}: {e}; retrying", bucket.bucket)),
-            Err(_) => warn.warn(format_args!("KV bucket {}: timed out; retrying", bucket.bucket)),
+            Err(_) => warn.warn(format_args!(
+                "KV bucket {}: timed out; retrying",
+                bucket.bucket
+            )),
         }
         tokio::time::sleep(RESYNC_RETRY).await;
     }
@@ -514,7 +568,9 @@ async fn resync_once(
     for m in own.read().await {
         let FleetMessage::Evict(e) = &m else { continue };
         let key = message::ejection_key(e.dst, &own.host);
-        kv.put(&key, m.encode().into()).await.map_err(|e| e.to_string())?;
+        kv.put(&key, m.encode().into())
+            .await
+            .map_err(|e| e.to_string())?;
         mine.insert(key);
     }
     let suffix = format!(".{}", own.host);

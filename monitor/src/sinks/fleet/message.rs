@@ -188,7 +188,11 @@ pub fn decode(bytes: &[u8]) -> Result<FleetMessage, DecodeError> {
 
 /// The KV key of `host`'s ejection of `dst`: `e.<ip with '_' for ':'>_<port>.<host>`.
 pub fn ejection_key(dst: SocketAddr, host: &str) -> String {
-    format!("e.{}_{}.{host}", dst.ip().to_string().replace(':', "_"), dst.port())
+    format!(
+        "e.{}_{}.{host}",
+        dst.ip().to_string().replace(':', "_"),
+        dst.port()
+    )
 }
 
 /// The KV key of `host`'s heartbeat.
@@ -227,7 +231,10 @@ mod tests {
         let m = FleetMessage::Evict(evict());
         let bytes = m.encode();
         let text = std::str::from_utf8(&bytes).unwrap();
-        assert!(text.starts_with("{\"type\":\"evict\",\"v\":1,\"host\":\"a\""), "{text}");
+        assert!(
+            text.starts_with("{\"type\":\"evict\",\"v\":1,\"host\":\"a\""),
+            "{text}"
+        );
         assert!(text.contains("\"failure_mode\":\"reject\""), "{text}");
         assert_eq!(decode(&bytes).unwrap(), m);
         let r = FleetMessage::Reinstate(RemoteReinstate {
@@ -247,21 +254,37 @@ mod tests {
             decode(&FleetMessage::Evict(e).encode())
         };
         assert_eq!(with(&|e| e.v = 2), Err(DecodeError::Version(2)));
-        assert_eq!(with(&|e| e.host = "a.b".into()), Err(DecodeError::Host("a.b".into())));
-        assert_eq!(with(&|e| e.host = String::new()), Err(DecodeError::Host(String::new())));
+        assert_eq!(
+            with(&|e| e.host = "a.b".into()),
+            Err(DecodeError::Host("a.b".into()))
+        );
+        assert_eq!(
+            with(&|e| e.host = String::new()),
+            Err(DecodeError::Host(String::new()))
+        );
         assert_eq!(with(&|e| e.duration_ms = 0), Err(DecodeError::Term(0)));
         assert_eq!(with(&|e| e.reason = Reason::Fleet), Err(DecodeError::Echo));
-        assert!(matches!(decode(b"{\"type\":\"evict\"}"), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            decode(b"{\"type\":\"evict\"}"),
+            Err(DecodeError::Json(_))
+        ));
         assert!(matches!(decode(b"\xff"), Err(DecodeError::Json(_))));
         assert_eq!(decode(&[b' '; 9000]), Err(DecodeError::TooLarge(9000)));
-        let extra = br#"{"type":"reinstate","v":1,"host":"a","dst":"1.2.3.4:5","ts_ms":1,"new":true}"#;
+        let extra =
+            br#"{"type":"reinstate","v":1,"host":"a","dst":"1.2.3.4:5","ts_ms":1,"new":true}"#;
         assert!(decode(extra).is_ok(), "unknown fields are ignored");
     }
 
     #[test]
     fn keys_are_valid_kv_keys() {
-        assert_eq!(ejection_key("10.0.0.1:8080".parse().unwrap(), "a"), "e.10.0.0.1_8080.a");
-        assert_eq!(ejection_key("[2001:db8::1]:80".parse().unwrap(), "b"), "e.2001_db8__1_80.b");
+        assert_eq!(
+            ejection_key("10.0.0.1:8080".parse().unwrap(), "a"),
+            "e.10.0.0.1_8080.a"
+        );
+        assert_eq!(
+            ejection_key("[2001:db8::1]:80".parse().unwrap(), "b"),
+            "e.2001_db8__1_80.b"
+        );
         assert_eq!(heartbeat_key("a"), "h.a");
     }
 }

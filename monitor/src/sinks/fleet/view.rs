@@ -312,11 +312,19 @@ mod tests {
                 origin: "a".into()
             })
         );
-        assert_eq!(v.on_message(&evict("b", 12_000), 12_000), Err(Ignored::Recorded));
-        assert_eq!(v.on_message(&reinstate("a"), 13_000), Err(Ignored::Remaining));
+        assert_eq!(
+            v.on_message(&evict("b", 12_000), 12_000),
+            Err(Ignored::Recorded)
+        );
+        assert_eq!(
+            v.on_message(&reinstate("a"), 13_000),
+            Err(Ignored::Remaining)
+        );
         assert_eq!(
             v.on_message(&reinstate("b"), 14_000),
-            Ok(Action::Lift { dst: DST.parse().unwrap() })
+            Ok(Action::Lift {
+                dst: DST.parse().unwrap()
+            })
         );
         assert_eq!(v.applied(), 0);
     }
@@ -325,13 +333,25 @@ mod tests {
     fn own_outage_untrusted_and_expired_verdicts_are_not_applied() {
         let mut v = view(FleetMode::Share);
         assert_eq!(v.on_message(&evict("me", 0), 0), Err(Ignored::Own));
-        let FleetMessage::Evict(mut e) = evict("a", 0) else { unreachable!() };
+        let FleetMessage::Evict(mut e) = evict("a", 0) else {
+            unreachable!()
+        };
         e.trusted = false;
-        assert_eq!(v.on_message(&FleetMessage::Evict(e.clone()), 0), Err(Ignored::Untrusted));
+        assert_eq!(
+            v.on_message(&FleetMessage::Evict(e.clone()), 0),
+            Err(Ignored::Untrusted)
+        );
         e.trusted = true;
         e.local_outage = true;
-        assert_eq!(v.on_message(&FleetMessage::Evict(e), 0), Err(Ignored::LocalOutage));
-        assert_eq!(v.on_message(&evict("a", 0), 0), Err(Ignored::LocalOutage), "still in outage");
+        assert_eq!(
+            v.on_message(&FleetMessage::Evict(e), 0),
+            Err(Ignored::LocalOutage)
+        );
+        assert_eq!(
+            v.on_message(&evict("a", 0), 0),
+            Err(Ignored::LocalOutage),
+            "still in outage"
+        );
         let hb = |outage| {
             FleetMessage::Heartbeat(Heartbeat {
                 v: VERSION,
@@ -355,7 +375,11 @@ mod tests {
     fn quorum_needs_distinct_hosts_within_the_window() {
         let mut v = view(FleetMode::Quorum);
         assert_eq!(v.on_message(&evict("a", 0), 0), Err(Ignored::Recorded));
-        assert_eq!(v.on_message(&evict("a", 1), 1), Err(Ignored::Recorded), "same host twice");
+        assert_eq!(
+            v.on_message(&evict("a", 1), 1),
+            Err(Ignored::Recorded),
+            "same host twice"
+        );
         let Ok(Action::Apply { origin, .. }) = v.on_message(&evict("b", 2), 2) else {
             panic!("two hosts agree")
         };
@@ -366,7 +390,11 @@ mod tests {
         if let FleetMessage::Evict(e) = &mut e {
             e.until_ms = 90_000;
         }
-        assert_eq!(late.on_message(&e, 31_000), Err(Ignored::Recorded), "a's vote is outside the window");
+        assert_eq!(
+            late.on_message(&e, 31_000),
+            Err(Ignored::Recorded),
+            "a's vote is outside the window"
+        );
     }
 
     #[test]
@@ -380,13 +408,23 @@ mod tests {
     #[test]
     fn resync_applies_the_bucket_and_lifts_what_it_no_longer_holds() {
         let mut v = view(FleetMode::Share);
-        let FleetMessage::Evict(a) = evict("a", 0) else { unreachable!() };
+        let FleetMessage::Evict(a) = evict("a", 0) else {
+            unreachable!()
+        };
         let actions = v.resync(std::slice::from_ref(&a), 1_000);
-        assert!(matches!(&actions[..], [Action::Apply { .. }]), "{actions:?}");
-        assert!(v.resync(std::slice::from_ref(&a), 2_000).is_empty(), "nothing new");
+        assert!(
+            matches!(&actions[..], [Action::Apply { .. }]),
+            "{actions:?}"
+        );
+        assert!(
+            v.resync(std::slice::from_ref(&a), 2_000).is_empty(),
+            "nothing new"
+        );
         assert_eq!(
             v.resync(&[], 3_000),
-            vec![Action::Lift { dst: DST.parse().unwrap() }]
+            vec![Action::Lift {
+                dst: DST.parse().unwrap()
+            }]
         );
     }
 }
