@@ -105,6 +105,7 @@ struct Host {
     ns: Netns,
     agent: Agent,
     socket: PathBuf,
+    config: PathBuf,
 }
 
 /// Policy for every host: guards open (other tests' traffic must not hold them back),
@@ -164,6 +165,7 @@ impl Host {
             ns,
             agent,
             socket,
+            config: path,
         }
     }
 
@@ -374,6 +376,29 @@ fn nats_restart_resyncs_and_a_late_joiner_starts_with_the_ejections() {
     assert_eq!(e["origin"], "A", "{e}");
     let r = b.wait_reinstate(first, "the reinstate made while NATS was down");
     assert_eq!(r["origin"], "A", "{r}");
+
+    // `connmon fleet` lists the hosts from their heartbeats in the bucket.
+    let bin = connmon_bin();
+    let listed = sh(&[
+        bin.to_str().expect("utf-8"),
+        "fleet",
+        "--json",
+        "--config",
+        a.config.to_str().expect("utf-8"),
+    ]);
+    let hosts: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let host = |name: &str| {
+        hosts
+            .iter()
+            .find(|h| h["host"] == name)
+            .unwrap_or_else(|| panic!("no host {name} in `connmon fleet`: {listed}"))
+    };
+    assert_eq!(host("A")["ejections"], 1, "A's ejection of the second member: {listed}");
+    assert_eq!(host("B")["heartbeat"]["mode"], "share", "{listed}");
+    assert!(host("B")["age_s"].as_f64().is_some(), "{listed}");
 
     // A late joiner starts with the current ejections.
     let mut late = Host::start("L", &nats, "", &pool);

@@ -395,6 +395,7 @@ impl Link {
         OwnEjections {
             control: self.control.clone(),
             host: self.host.clone(),
+            subject: self.fleet.verdict_subject(&self.host),
         }
     }
 }
@@ -403,6 +404,9 @@ impl Link {
 struct OwnEjections {
     control: mpsc::Sender<Control>,
     host: String,
+    /// This host's verdict subject: hosts that resynced before this one re-put its
+    /// ejections learn them from there.
+    subject: String,
 }
 
 impl OwnEjections {
@@ -571,6 +575,7 @@ async fn resync_once(
         kv.put(&key, m.encode().into())
             .await
             .map_err(|e| e.to_string())?;
+        let _ = js.client().publish(own.subject.clone(), m.encode().into()).await;
         mine.insert(key);
     }
     let suffix = format!(".{}", own.host);
@@ -582,7 +587,18 @@ async fn resync_once(
             continue;
         }
         if key.ends_with(&suffix) && !mine.contains(&key) {
-            // Reinstated here while NATS was away.
+            // Reinstated here while NATS was away: deleted, and said on the subject.
+            if let Some(bytes) = kv.get(key.clone()).await.map_err(|e| e.to_string())?
+                && let Ok(FleetMessage::Evict(e)) = message::decode(&bytes)
+            {
+                let r = FleetMessage::Reinstate(RemoteReinstate {
+                    v: message::VERSION,
+                    host: own.host.clone(),
+                    dst: e.dst,
+                    ts_ms: now_ms(),
+                });
+                let _ = js.client().publish(own.subject.clone(), r.encode().into()).await;
+            }
             kv.delete(&key).await.map_err(|e| e.to_string())?;
         } else {
             names.push(key);
