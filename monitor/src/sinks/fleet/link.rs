@@ -575,7 +575,10 @@ async fn resync_once(
         kv.put(&key, m.encode().into())
             .await
             .map_err(|e| e.to_string())?;
-        let _ = js.client().publish(own.subject.clone(), m.encode().into()).await;
+        let _ = js
+            .client()
+            .publish(own.subject.clone(), m.encode().into())
+            .await;
         mine.insert(key);
     }
     let suffix = format!(".{}", own.host);
@@ -597,7 +600,10 @@ async fn resync_once(
                     dst: e.dst,
                     ts_ms: now_ms(),
                 });
-                let _ = js.client().publish(own.subject.clone(), r.encode().into()).await;
+                let _ = js
+                    .client()
+                    .publish(own.subject.clone(), r.encode().into())
+                    .await;
             }
             kv.delete(&key).await.map_err(|e| e.to_string())?;
         } else {
