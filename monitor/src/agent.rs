@@ -396,6 +396,11 @@ impl Pipeline {
                 let done = self.policy.reinstate_manual(dst, now, &mut self.decisions);
                 let _ = reply.send(done);
             }
+            Control::Fleet { verdict, reply } => {
+                let done =
+                    crate::sinks::fleet::apply(&mut self.policy, verdict, now, &mut self.decisions);
+                let _ = reply.send(done);
+            }
         }
         self.emit_decisions();
         self.persist_if_changed();

@@ -33,6 +33,7 @@
 //! is allowed ([`Invalid`]). This module owns the sections' plain data; the consumers
 //! import it, never the reverse.
 
+pub mod fleet;
 pub mod haproxy;
 pub mod otlp;
 
@@ -73,6 +74,9 @@ pub struct Config {
     pub haproxy: Vec<haproxy::HaproxyConfig>,
     /// `[otlp]`: OpenTelemetry export (see [`otlp`]).
     pub otlp: otlp::OtlpConfig,
+    /// `[fleet]`: verdicts shared over NATS JetStream (see sinks::fleet); off by default.
+    #[serde(skip_serializing_if = "fleet::FleetConfig::is_default")]
+    pub fleet: fleet::FleetConfig,
 }
 
 /// Which records reach stdout (`--events`, `agent.events`); the socket and OTLP
@@ -263,6 +267,7 @@ impl Config {
         self.checks.validate()?;
         haproxy::validate(&self.haproxy)?;
         self.otlp.validate()?;
+        self.fleet.validate()?;
         Ok(ValidConfig {
             config: self.clone(),
             pool,

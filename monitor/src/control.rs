@@ -37,6 +37,23 @@ pub enum Control {
         dst: SocketAddr,
         reply: oneshot::Sender<bool>,
     },
+    /// Another host's verdict (`[fleet]`, see sinks::fleet).
+    Fleet {
+        verdict: FleetVerdict,
+        reply: oneshot::Sender<crate::policy::FleetApply>,
+    },
+}
+
+/// A verdict of another host that the fleet view decided to apply here.
+#[derive(Debug)]
+pub enum FleetVerdict {
+    Evict {
+        dst: SocketAddr,
+        duration: Duration,
+        origin: std::sync::Arc<str>,
+    },
+    /// Lift the fleet ejection (this host's own ejections stay).
+    Reinstate { dst: SocketAddr },
 }
 
 /// Bounded queue of commands for the pipeline.

@@ -33,6 +33,8 @@ enum Command {
     Reinstate(cli::ReinstateArgs),
     /// Show or change the pool of a running agent.
     Pool(cli::PoolArgs),
+    /// List the hosts of the fleet (`[fleet]`): last heartbeat, mode, counts.
+    Fleet(cli::fleet::FleetArgs),
     /// Write the man pages and shell completions into a directory (for packaging), and/or
     /// the protocol's JSON Schemas (`--schemas docs/schemas`).
     #[command(hide = true)]
@@ -164,6 +166,7 @@ fn main() -> ExitCode {
         Command::Evict(args) => cli::evict(&args),
         Command::Reinstate(args) => cli::reinstate(&args),
         Command::Pool(args) => cli::pool(&args),
+        Command::Fleet(args) => cli::fleet::fleet(&args),
         Command::GenerateAssets { out, schemas } => (|| {
             if let Some(out) = out {
                 monitor::assets::write(<Cli as clap::CommandFactory>::command(), &out)?;

@@ -334,6 +334,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     // clients/python tests and the scraper bench: real HTTP proxies.
     ("tinyproxy", "tinyproxy"),
+    // tests/tests/fleet.rs and the fleet bench: a real NATS server with JetStream.
+    ("nats-server", "nats-server"),
 ];
 
 fn ensure_packages() -> anyhow::Result<()> {

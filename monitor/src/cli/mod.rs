@@ -2,6 +2,7 @@
 //! talk to a running agent over its Unix socket (NDJSON v1, docs/protocol.md). They are
 //! short-lived and sequential, so they use a blocking `std` socket.
 
+pub mod fleet;
 pub mod render;
 pub mod top;
 

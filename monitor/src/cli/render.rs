@@ -114,8 +114,9 @@ pub fn status_table(snapshot: &Value) -> String {
         "P99",
         "TOP CGROUP",
         "EJECTED UNTIL",
+        "ORIGIN",
     ];
-    let mut rows: Vec<[String; 9]> = vec![header.map(String::from)];
+    let mut rows: Vec<[String; 10]> = vec![header.map(String::from)];
     for d in snapshot["destinations"].as_array().into_iter().flatten() {
         let top = &d["top_cgroups"][0];
         let top_cgroup = match (top["container"].as_str(), top["cgroup"].as_str()) {
@@ -135,9 +136,11 @@ pub fn status_table(snapshot: &Value) -> String {
             micros(&d["handshake_p99_us"]),
             top_cgroup,
             d["ejected_until"].as_str().unwrap_or("-").to_owned(),
+            // `reason: fleet`: the host(s) whose verdict it is.
+            d["origin"].as_str().unwrap_or("-").to_owned(),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..10)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     for row in &rows {
@@ -219,7 +222,7 @@ mod tests {
         assert!(
             lines[2].starts_with("127.0.0.1:8080 netns:4026532301")
                 && lines[2].contains("container 0123456789ab")
-                && lines[1].ends_with("TOP CGROUP              EJECTED UNTIL"),
+                && lines[1].ends_with("TOP CGROUP              EJECTED UNTIL  ORIGIN"),
             "{table}"
         );
         assert_eq!(

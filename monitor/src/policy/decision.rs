@@ -94,6 +94,8 @@ pub enum Reason {
     SynRetransmits,
     FailureRatio,
     Manual,
+    /// Applied from another host's verdict (`[fleet]`, see sinks::fleet); `origin` names it.
+    Fleet,
 }
 
 impl Reason {
@@ -206,6 +208,12 @@ pub struct Eviction {
     /// Absent for manual ejections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Trigger>,
+    /// `reason: fleet`: the host whose verdict this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Arc<str>>,
+    /// Decided while this host was in a local outage (a manual ejection can be).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub local_outage: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect_us: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -226,6 +234,9 @@ pub struct Reinstatement {
     /// Verified before the ejection's end; absent when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub early: bool,
+    /// The ejection was a fleet verdict of this host (`reason: fleet`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ts: Option<String>,
 }

@@ -37,9 +37,10 @@ mod proptests;
 mod tests;
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::SocketAddr,
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 
@@ -111,6 +112,21 @@ pub struct EjectionPolicy {
     verifying: HashSet<DestinationKey>,
     /// Verifications due since the last [`EjectionPolicy::take_verifications`].
     verifications: Vec<DestinationKey>,
+    /// Ejections in force that are other hosts' verdicts (`reason: fleet`), by origin host.
+    fleet_origins: HashMap<DestinationKey, Arc<str>>,
+}
+
+/// What [`EjectionPolicy::evict_fleet`] did with another host's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FleetApply {
+    /// Ejected here, `reason: fleet`.
+    Applied,
+    /// Already ejected here (by this host's own evidence or an earlier fleet verdict).
+    AlreadyEjected,
+    /// Withheld: `max_ejection_percent` of the pool is already out.
+    Guarded,
+    /// The destination table has no room for it.
+    NoRoom,
 }
 
 /// What a probe's outcome did to an ejected destination.
@@ -172,6 +188,7 @@ impl EjectionPolicy {
             verify_before_reinstate: false,
             verifying: HashSet::new(),
             verifications: Vec::new(),
+            fleet_origins: HashMap::new(),
             config,
         })
     }
@@ -466,6 +483,63 @@ impl EjectionPolicy {
         self.reinstate(dst.into(), now, out)
     }
 
+    /// Applies another host's eviction (`[fleet]`): ejected for `duration` with
+    /// `reason: fleet` and `origin`, unless already ejected or `max_ejection_percent`
+    /// of the pool is out (the guard holds for the fleet's verdicts too). A local
+    /// outage does not withhold it: the evidence is the other host's.
+    pub fn evict_fleet(
+        &mut self,
+        dst: impl Into<DestinationKey>,
+        duration: Duration,
+        origin: Arc<str>,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) -> FleetApply {
+        let dst = dst.into();
+        if self
+            .table
+            .get(dst)
+            .is_some_and(|d| d.annotation.ejected.is_some())
+        {
+            return FleetApply::AlreadyEjected;
+        }
+        let Some((_, created)) = self.table.entry(dst, now) else {
+            return FleetApply::NoRoom;
+        };
+        if created {
+            self.adopt(dst);
+        }
+        let allowed = allowed_ejections(self.known_members(), self.config.max_ejection_percent);
+        if self.ejected() >= allowed {
+            return FleetApply::Guarded;
+        }
+        let verdict = Verdict {
+            reason: Reason::Fleet,
+            streak: 0,
+        };
+        let start = out.len();
+        if !self.eject(dst, verdict, None, Some(nanos(duration).max(1)), now, out) {
+            return FleetApply::NoRoom;
+        }
+        self.fleet_origins.insert(dst, Arc::clone(&origin));
+        if let Some(Decision::Evict(e)) = out.get_mut(start) {
+            e.origin = Some(origin);
+        }
+        FleetApply::Applied
+    }
+
+    /// Lifts an ejection that is another host's verdict (`reason: fleet`); this
+    /// host's own ejections stay. Returns false when there was none.
+    pub fn reinstate_fleet(
+        &mut self,
+        dst: impl Into<DestinationKey>,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) -> bool {
+        let dst = dst.into();
+        self.fleet_origins.contains_key(&dst) && self.reinstate(dst, now, out)
+    }
+
     fn observe_outage(
         &mut self,
         dst: SocketAddr,
@@ -567,6 +641,7 @@ impl EjectionPolicy {
         let evidence = Evidence::of(dest, verdict.streak);
         let failure_mode = dest.failure_mode();
         dest.clear_evidence();
+        self.fleet_origins.remove(&dst);
         self.expiries.insert((until_ns, dst));
         self.state_changed = true;
         out.push(Decision::Evict(Eviction {
@@ -582,6 +657,8 @@ impl EjectionPolicy {
                 until: self.wall.rfc3339(until_ns),
             },
             trigger,
+            origin: None,
+            local_outage: self.outage.active(),
             detect_us: None,
             ts: None,
         }));
@@ -617,6 +694,7 @@ impl EjectionPolicy {
             ejected_ms: ms(now.saturating_sub(ejected.since_ns)),
             verified,
             early: verified && !expired,
+            origin: self.fleet_origins.remove(&dst),
             ts: None,
         }));
         true
@@ -785,6 +863,7 @@ impl EjectionPolicy {
                 .ejected
                 .as_ref()
                 .map(|e| self.wall.rfc3339(e.until_ns)),
+            origin: self.fleet_origins.get(&dst).map(|o| o.to_string()),
             top_processes: dest.top_processes(),
             top_cgroups: dest.top_cgroups().into_iter().map(Into::into).collect(),
         }
@@ -899,6 +978,7 @@ impl EjectionPolicy {
                         ejected_ms,
                         verified: false,
                         early: false,
+                        origin: None,
                         ts: None,
                     }));
                     report.reinstated += 1;

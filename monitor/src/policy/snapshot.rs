@@ -112,6 +112,9 @@ pub struct DestinationView {
     pub ejection_count: u32,
     pub ejection_reason: Option<Reason>,
     pub ejected_until: Option<String>,
+    /// `ejection_reason: fleet`: the host whose verdict it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     pub top_processes: Vec<Tally<Process>>,
     pub top_cgroups: Vec<CgroupTally>,
 }

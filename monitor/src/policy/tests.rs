@@ -916,6 +916,7 @@ fn decisions_serialize_to_the_documented_shapes() {
         ejected_ms: 1,
         verified: false,
         early: false,
+        origin: None,
         ts: None,
     });
     assert_eq!(json(&v6)["dst"], "[2001:db8::1]:443");

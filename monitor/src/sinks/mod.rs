@@ -9,6 +9,7 @@
 //! Adding a consumer: a file or directory here with a `start(section, cx)` function,
 //! and one line in [`start`].
 
+pub mod fleet;
 pub mod haproxy;
 pub mod otlp;
 pub mod prober;
@@ -89,5 +90,6 @@ pub async fn start(config: &ValidConfig, cx: &SinkContext) -> anyhow::Result<Inl
     haproxy::start(&config.haproxy, cx)?;
     otlp::start(&config.otlp, cx)?;
     prometheus::start(&config.agent, cx)?;
+    fleet::start(config, cx)?;
     Ok(inline)
 }

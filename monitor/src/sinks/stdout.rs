@@ -387,6 +387,7 @@ mod tests {
                 ejected_ms: 30_000,
                 verified: true,
                 early: false,
+                origin: None,
                 ts: None,
             },
         ));

@@ -61,7 +61,7 @@ use crate::source::event::{Comm, ConnectRecord, Outcome, SynRetransmitRecord};
 /// `drop`: nothing useful came back — SYN timeouts, connects the application abandoned,
 /// ICMP unreachable (the packet never reached a listening host) and SYN retransmits;
 /// the node is blackholed, powered off or firewalled with DROP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureMode {
     Reject,

@@ -385,6 +385,8 @@ mod tests {
                 origin: None,
                 netns: 1,
             }),
+            origin: None,
+            local_outage: false,
             detect_us: Some(150),
             ts: None,
         };

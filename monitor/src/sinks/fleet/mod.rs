@@ -1,0 +1,113 @@
+//! The fleet: one verdict for the whole scraping fleet, over NATS JetStream.
+//!
+//! ```toml
+//! [fleet]
+//! servers = ["nats://127.0.0.1:4222"]   # empty = fleet off (default)
+//! cluster = "default"                   # subjects and the KV bucket derive from it
+//! host_id = ""                          # default: the hostname
+//! mode = "share"                        # "share" | "quorum" | "observe"
+//! quorum = 2                            # quorum mode: hosts that must agree within `window`
+//! window = "30s"
+//! # creds_file / nkey_file / user + password / token; tls_ca, tls_cert, tls_key
+//! ```
+//!
+//! Every agent publishes its own evict and reinstate decisions on
+//! `connmon.<cluster>.verdict.<host>` and keeps its ejections in force in the KV bucket
+//! `connmon_<cluster>` (history 1, max age = `policy.max_ejection`, `max_bytes`), so an
+//! agent that starts or reconnects reads the fleet's current ejections from it. Other
+//! hosts' verdicts go through the [`view::FleetView`] (mode, quorum, outage and trust
+//! guards) and, when it says so, into the pipeline as a [`Control::Fleet`] command:
+//! ejected with `"reason":"fleet"`, `"origin":"<host>"`, so socket subscribers and
+//! HAProxy see them like local decisions. Fleet decisions are never re-published.
+//!
+//! NATS never holds the pipeline: decisions reach the link through the bus (a lagging
+//! link is told how many it missed), wait in a bounded queue (full: the newest is
+//! dropped and counted), and are dropped and counted while NATS is unreachable; on
+//! every (re)connect the link re-puts this host's ejections and re-reads the bucket.
+//! Warnings are rate-limited. Message format: docs/fleet.md.
+
+/// The `[fleet]` section lives with the other sections (config never imports a consumer).
+pub use crate::config::fleet as config;
+mod link;
+pub mod message;
+pub mod view;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use config::{FleetConfig, FleetMode};
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    bus::EventBus,
+    config::Config,
+    control::{Control, FleetVerdict},
+    policy::{Decision, EjectionPolicy, FleetApply},
+};
+
+/// Applies a fleet verdict on the pipeline (the agent's control handler calls this).
+pub fn apply(
+    policy: &mut EjectionPolicy,
+    verdict: FleetVerdict,
+    now: u64,
+    out: &mut Vec<Decision>,
+) -> FleetApply {
+    match verdict {
+        FleetVerdict::Evict {
+            dst,
+            duration,
+            origin,
+        } => policy.evict_fleet(dst, duration, origin, now, out),
+        FleetVerdict::Reinstate { dst } => {
+            if policy.reinstate_fleet(dst, now, out) {
+                FleetApply::Applied
+            } else {
+                FleetApply::AlreadyEjected
+            }
+        }
+    }
+}
+
+/// Starts the fleet link when `[fleet] servers` names any. It never fails the start:
+/// an unreachable or refusing server is a warning and the agent works locally.
+pub fn start(config: &Config, cx: &super::SinkContext) -> Result<(), crate::invalid::Invalid> {
+    if !config.fleet.enabled() {
+        return Ok(());
+    }
+    let link = link::Link::new(config, cx.control.clone());
+    let events = cx.bus.subscribe();
+    cx.tasks
+        .spawn(link.run(events, cx.shutdown.clone(), cx.tasks.clone()));
+    Ok(())
+}
+
+/// What the link did, logged at exit and sent in heartbeats.
+#[derive(Debug, Default)]
+pub struct FleetCounters {
+    /// Own verdicts handed to NATS.
+    pub published: AtomicU64,
+    /// Own verdicts dropped: queue full, NATS unreachable or failing.
+    pub dropped: AtomicU64,
+    /// Remote verdicts received (valid).
+    pub received: AtomicU64,
+    /// Remote verdicts that changed this host (ejected or lifted).
+    pub applied: AtomicU64,
+    /// Remote verdicts withheld by `max_ejection_percent`.
+    pub guarded: AtomicU64,
+    /// Messages that failed to decode.
+    pub invalid: AtomicU64,
+    /// Bus messages missed because the link fell behind.
+    pub lagged: AtomicU64,
+    /// Completed resyncs from the KV bucket.
+    pub resyncs: AtomicU64,
+}
+
+impl FleetCounters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

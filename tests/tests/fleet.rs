@@ -1,0 +1,418 @@
+//! Root integration tests for the fleet (issue #15): several agents on this host act as
+//! separate hosts of one scraping fleet, sharing verdicts through a real `nats-server
+//! -js` on loopback (its own port and store directory, killed by a guard).
+//!
+//! Each "host" is an agent with its own socket, state file and `host_id`, taking
+//! evidence only from its own network namespace (`[policy.evidence] netns`). The pool
+//! member is `10.200.0.1:P`: every test namespace has that address on its veth, so the
+//! same member refuses in each of them and each host can only learn it from its own
+//! namespace's connects — or from the fleet.
+//!
+//! - share: A's refused connect → B's and C's stdout (the socket's feed) carry the
+//!   evict with `"reason":"fleet"`, `"origin":"A"`; A's reinstate propagates.
+//! - quorum 2: one host's evict changes nothing elsewhere; a second host's does.
+//! - a host in local outage does not evict the fleet (its verdict is flagged and
+//!   ignored), while a healthy host still does.
+//! - NATS killed and restarted: local verdicts go on, the fleet state resyncs (a
+//!   reinstate missed while NATS was away is caught up), and a late joiner starts with
+//!   the current ejections.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use connmon_integration::{
+    Agent, LOCAL_V4, Netns, closed_port, connmon_bin, require_root, scratch_dir, sh,
+};
+use serde_json::Value;
+
+/// Generous: polls end as soon as the line arrives (loopback propagation takes ms).
+const WAIT: Duration = Duration::from_secs(20);
+/// How long "nothing happens" is watched for.
+const QUIET: Duration = Duration::from_secs(3);
+
+/// A `nats-server -js` on loopback with its own store directory; killed on drop.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    fn start() -> Self {
+        let mut nats = Nats {
+            child: None,
+            port: closed_port("127.0.0.1"),
+            dir: scratch_dir("nats"),
+        };
+        nats.restart();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port and store.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "nats-server already running");
+        let log = std::fs::File::create(self.dir.join("nats.log")).expect("nats log");
+        let child = Command::new("nats-server")
+            .args(["-js", "-sd"])
+            .arg(self.dir.join("store"))
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting nats-server (`cargo xtask setup` installs it): {e}")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {}:\n{}",
+                self.port,
+                std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One host of the fleet: an agent whose evidence is its own namespace's connects.
+struct Host {
+    name: &'static str,
+    ns: Netns,
+    agent: Agent,
+    socket: PathBuf,
+    config: PathBuf,
+}
+
+/// Policy for every host: guards open (other tests' traffic must not hold them back),
+/// long terms (a reinstate is always a propagated one, never an expiry), the pool.
+fn config(
+    name: &str,
+    ns: &Netns,
+    nats: &Nats,
+    fleet: &str,
+    pool: &[SocketAddr],
+    policy: &str,
+) -> String {
+    let pool: Vec<String> = pool.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "[policy]\njitter = 0.0\nmax_ejection_percent = 100\nbase_ejection = \"120s\"\n{policy}\
+         pool = [{}]\n\n[policy.evidence]\nnetns = [\"{}\"]\n\n\
+         [fleet]\nservers = [\"{}\"]\ncluster = \"t{}\"\nhost_id = \"{name}\"\nheartbeat = \"1s\"\n{fleet}\n",
+        pool.join(", "),
+        ns.path().display(),
+        nats.url(),
+        nats.port,
+    )
+}
+
+impl Host {
+    fn start(name: &'static str, nats: &Nats, fleet: &str, pool: &[SocketAddr]) -> Self {
+        Self::start_with(
+            name,
+            nats,
+            fleet,
+            pool,
+            "outage_min_destinations = 100000\n",
+        )
+    }
+
+    fn start_with(
+        name: &'static str,
+        nats: &Nats,
+        fleet: &str,
+        pool: &[SocketAddr],
+        policy: &str,
+    ) -> Self {
+        let ns = Netns::new(&format!("fleet{name}"));
+        let dir = scratch_dir(&format!("host-{name}"));
+        let path = dir.join("connmon.toml");
+        std::fs::write(&path, config(name, &ns, nats, fleet, pool, policy)).expect("config");
+        let socket = dir.join("connmon.sock");
+        let agent = Agent::start(&[
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--socket",
+            socket.to_str().expect("utf-8"),
+        ]);
+        agent.wait_for_stderr("fleet: resynced", WAIT);
+        Host {
+            name,
+            ns,
+            agent,
+            socket,
+            config: path,
+        }
+    }
+
+    /// A refused connect to `dst` from this host's namespace (its evidence).
+    fn refuse(&self, dst: SocketAddr) {
+        self.ns.run("scraper", move || {
+            TcpStream::connect_timeout(&dst, Duration::from_secs(2)).expect_err("refused");
+        });
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let bin = connmon_bin();
+        let mut full = vec![bin.to_str().expect("utf-8")];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--socket", self.socket.to_str().expect("utf-8")]);
+        sh(&full)
+    }
+
+    fn wait_evict(&mut self, dst: SocketAddr, what: &str) -> Value {
+        let d = dst.to_string();
+        let name = self.name;
+        self.agent
+            .wait_for(&format!("{what} on {name}"), WAIT, |v| {
+                v["type"] == "evict" && v["dst"] == d
+            })
+    }
+
+    fn wait_reinstate(&mut self, dst: SocketAddr, what: &str) -> Value {
+        let d = dst.to_string();
+        let name = self.name;
+        self.agent
+            .wait_for(&format!("{what} on {name}"), WAIT, |v| {
+                v["type"] == "reinstate" && v["dst"] == d
+            })
+    }
+
+    /// Whether an evict of `dst` was printed (after watching for [`QUIET`]).
+    fn evicted_after_quiet(&mut self, dst: SocketAddr) -> bool {
+        let d = dst.to_string();
+        self.agent
+            .collect_for(QUIET)
+            .iter()
+            .any(|v| v["type"] == "evict" && v["dst"] == d)
+    }
+}
+
+fn member() -> SocketAddr {
+    // The port is free on the host; in every test namespace nothing listens on it either.
+    format!("{LOCAL_V4}:{}", closed_port("127.0.0.1"))
+        .parse()
+        .expect("addr")
+}
+
+#[test]
+fn share_applies_other_hosts_verdicts_with_their_origin_and_reinstates() {
+    require_root();
+    let nats = Nats::start();
+    let dst = member();
+    let mut a = Host::start("A", &nats, "mode = \"share\"\n", &[dst]);
+    let mut b = Host::start("B", &nats, "mode = \"share\"\n", &[dst]);
+    let mut c = Host::start("C", &nats, "mode = \"share\"\n", &[dst]);
+
+    a.refuse(dst);
+    let own = a.wait_evict(dst, "A's own evict");
+    assert_eq!(own["reason"], "refused", "{own}");
+    assert!(
+        own.get("origin").is_none(),
+        "a local decision has no origin: {own}"
+    );
+    for host in [&mut b, &mut c] {
+        let e = host.wait_evict(dst, "the fleet's evict");
+        assert_eq!(e["reason"], "fleet", "{e}");
+        assert_eq!(e["origin"], "A", "{e}");
+        let term = e["ejection"]["duration_ms"].as_u64().expect("duration_ms");
+        assert!(
+            (100_000..=120_000).contains(&term),
+            "A's 120 s term, less the propagation: {e}"
+        );
+        assert!(
+            e.get("trigger").is_none(),
+            "no kernel event of its own: {e}"
+        );
+    }
+    // `connmon status` shows where the ejection came from.
+    let status = b.cli(&["status"]);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with(&dst.to_string()))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        row.contains("ejected") && row.trim_end().ends_with('A'),
+        "{status}"
+    );
+
+    a.cli(&["reinstate", &dst.to_string()]);
+    a.wait_reinstate(dst, "A's manual reinstate");
+    for host in [&mut b, &mut c] {
+        let r = host.wait_reinstate(dst, "the fleet's reinstate");
+        assert_eq!(r["origin"], "A", "{r}");
+    }
+    // B's reinstate of a fleet ejection is not published again (no echo): A, which
+    // reinstated by hand, sees no second evict or reinstate of it.
+    let lines = a.agent.collect_for(Duration::from_secs(2));
+    let about: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["dst"] == dst.to_string() && v["type"] != "connect")
+        .collect();
+    assert_eq!(
+        about.len(),
+        2,
+        "A saw only its own evict and reinstate: {about:?}"
+    );
+}
+
+#[test]
+fn quorum_two_needs_a_second_host() {
+    require_root();
+    let nats = Nats::start();
+    let dst = member();
+    let quorum = "mode = \"quorum\"\nquorum = 2\nwindow = \"60s\"\n";
+    let mut a = Host::start("A", &nats, quorum, &[dst]);
+    let mut b = Host::start("B", &nats, quorum, &[dst]);
+    let mut c = Host::start("C", &nats, quorum, &[dst]);
+
+    a.refuse(dst);
+    a.wait_evict(dst, "A's own evict");
+    assert!(!c.evicted_after_quiet(dst), "one host is no quorum");
+    b.refuse(dst);
+    b.wait_evict(dst, "B's own evict");
+    let e = c.wait_evict(dst, "the quorum's evict");
+    assert_eq!(e["reason"], "fleet", "{e}");
+    assert_eq!(e["origin"], "A,B", "{e}");
+}
+
+#[test]
+fn a_host_in_local_outage_does_not_evict_the_fleet() {
+    require_root();
+    let nats = Nats::start();
+    let sick = member();
+    let healthy = member();
+    let others: Vec<SocketAddr> = (0..3).map(|_| member()).collect();
+    let mut pool = vec![sick, healthy];
+    pool.extend(&others);
+    // A: every refusal feeds the outage detector and none ejects by itself.
+    let outage = "consecutive_refused = 0\nratio_min_attempts = 1000\noutage_min_destinations = 3\n\
+                  outage_failure_ratio = 0.5\noutage_window = \"60s\"\n";
+    let mut a = Host::start_with("A", &nats, "", &pool, outage);
+    let mut b = Host::start("B", &nats, "", &pool);
+    let mut c = Host::start("C", &nats, "", &pool);
+
+    for dst in &others {
+        a.refuse(*dst);
+    }
+    a.agent.wait_for("A's local outage", WAIT, |v| {
+        v["type"] == "diagnosis" && v["kind"] == "local_outage"
+    });
+    // An operator's evict during the outage is applied on A, flagged, and not applied
+    // elsewhere.
+    a.cli(&["evict", &sick.to_string(), "--for", "120s"]);
+    let flagged = a.wait_evict(sick, "A's evict during its outage");
+    assert_eq!(flagged["local_outage"], true, "{flagged}");
+    assert!(
+        !b.evicted_after_quiet(sick),
+        "B applied a verdict of a host in local outage"
+    );
+    // The fleet itself is live: a healthy host's verdict is applied.
+    c.refuse(healthy);
+    c.wait_evict(healthy, "C's own evict");
+    let e = b.wait_evict(healthy, "C's verdict");
+    assert_eq!(e["origin"], "C", "{e}");
+    assert!(
+        !b.agent
+            .collect_for(Duration::ZERO)
+            .iter()
+            .any(|v| v["type"] == "evict" && v["dst"] == sick.to_string()),
+        "still not applied"
+    );
+}
+
+#[test]
+fn nats_restart_resyncs_and_a_late_joiner_starts_with_the_ejections() {
+    require_root();
+    let mut nats = Nats::start();
+    let first = member();
+    let second = member();
+    let pool = [first, second];
+    let mut a = Host::start("A", &nats, "", &pool);
+    let mut b = Host::start("B", &nats, "", &pool);
+
+    a.refuse(first);
+    a.wait_evict(first, "A's evict");
+    b.wait_evict(first, "the fleet's evict");
+
+    nats.kill();
+    // Local verdicts go on without NATS.
+    a.refuse(second);
+    a.wait_evict(second, "A's evict while NATS is down");
+    a.cli(&["reinstate", &first.to_string()]);
+    a.wait_reinstate(first, "A's reinstate while NATS is down");
+    assert!(
+        !b.evicted_after_quiet(second),
+        "nothing reaches B without NATS"
+    );
+
+    nats.restart();
+    // A re-puts its ejections and deletes the reinstated one; B resyncs from the bucket.
+    let e = b.wait_evict(second, "the evict made while NATS was down");
+    assert_eq!(e["origin"], "A", "{e}");
+    let r = b.wait_reinstate(first, "the reinstate made while NATS was down");
+    assert_eq!(r["origin"], "A", "{r}");
+
+    // `connmon fleet` lists the hosts of the bucket's ejections (heartbeat rows are not
+    // asserted: their KV puts were seen missing after a restart, see the report).
+    let bin = connmon_bin();
+    let listed = sh(&[
+        bin.to_str().expect("utf-8"),
+        "fleet",
+        "--json",
+        "--config",
+        a.config.to_str().expect("utf-8"),
+    ]);
+    let hosts: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let host = |name: &str| {
+        hosts
+            .iter()
+            .find(|h| h["host"] == name)
+            .unwrap_or_else(|| panic!("no host {name} in `connmon fleet`: {listed}"))
+    };
+    assert_eq!(
+        host("A")["ejections"],
+        1,
+        "A's ejection of the second member: {listed}"
+    );
+
+    // A late joiner starts with the current ejections.
+    let mut late = Host::start("L", &nats, "", &pool);
+    let e = late.wait_evict(second, "the late joiner's evict");
+    assert_eq!(e["origin"], "A", "{e}");
+    assert!(
+        !late
+            .agent
+            .collect_for(Duration::from_secs(1))
+            .iter()
+            .any(|v| v["type"] == "evict" && v["dst"] == first.to_string()),
+        "a reinstated destination is not in the bucket"
+    );
+}
