@@ -152,8 +152,8 @@ mod tests {
     fn snapshot_of(n: u16) -> PolicySnapshot {
         let pool = PoolMembership::parse("10.1.0.0/16").expect("pool");
         let wall = WallClock::from_offset_ns(1_700_000_000_000_000_000);
-        let mut policy = EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1)
-            .expect("valid config");
+        let mut policy =
+            EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1).expect("valid config");
         let mut now = 1_000 * SEC;
         let mut out = Vec::new();
         for i in 0..n {
@@ -162,7 +162,11 @@ mod tests {
                 panic!("refused_to gives a connect")
             };
             for k in 0..(1 + i % 7) {
-                rec.outcome = if k % 3 == 0 { Outcome::Established } else { Outcome::Refused };
+                rec.outcome = if k % 3 == 0 {
+                    Outcome::Established
+                } else {
+                    Outcome::Refused
+                };
                 rec.ktime_ns = now;
                 rec.start_ns = now - 1_000;
                 policy.on_connect(&rec, now, &mut out);
