@@ -419,10 +419,7 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     SWEEP.call_once(|| sweep_dead_scratch_roots(&temp));
     let dir = temp
         .join(format!("{SCRATCH_PREFIX}{}", std::process::id()))
-        .join(format!(
-            "{tag}-{}",
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
+        .join(format!("{tag}-{}", NEXT_DIR.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
