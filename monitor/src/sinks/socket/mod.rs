@@ -13,6 +13,7 @@
 pub mod peer;
 pub mod protocol;
 pub mod session;
+pub mod snapshot_reply;
 
 use std::{
     io::ErrorKind,

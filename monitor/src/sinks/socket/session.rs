@@ -26,6 +26,7 @@ use super::{
     ServerStats,
     peer::{Peer, Permissions},
     protocol::{self, Action, Filter, ProtocolError},
+    snapshot_reply::{self, SnapshotReply},
 };
 use crate::{
     bus::{EventBus, Published},
@@ -60,6 +61,8 @@ pub struct SessionContext {
 enum Outgoing {
     Line(String),
     Subscribe(Filter, Option<Value>),
+    /// A `snapshot` reply, rendered and written [`snapshot_reply::CHUNK`] bytes at a time.
+    Snapshot(Box<SnapshotReply>),
     /// Write the line, then close the connection.
     Close(String),
 }
@@ -178,12 +181,12 @@ impl Reader {
             Action::Ping => protocol::render(&Pong {}, id),
             Action::Snapshot => {
                 let snapshot = self.ask(|reply| Control::Snapshot { reply }).await?;
-                let mut value = serde_json::to_value(&snapshot).unwrap_or_else(|_| json!({}));
-                if let Value::Object(map) = &mut value {
-                    map.insert("type".into(), "snapshot".into());
-                    map.insert("server".into(), self.ctx.stats.to_json());
-                }
-                protocol::reply(value, id)
+                // Written a chunk at a time by the writer, not rendered whole here.
+                return Ok(Outgoing::Snapshot(Box::new(SnapshotReply::new(
+                    snapshot,
+                    self.ctx.stats.to_json(),
+                    id,
+                ))));
             }
             Action::PoolList => {
                 let pool = self.ask(|reply| Control::PoolList { reply }).await?;
@@ -322,6 +325,7 @@ impl Writer {
                 _ = self.ctx.shutdown.cancelled() => break,
                 out = replies.recv(), if replies_open => match out {
                     Some(Outgoing::Line(line)) => self.send(line.as_bytes()).await,
+                    Some(Outgoing::Snapshot(reply)) => self.send_snapshot(*reply).await,
                     Some(Outgoing::Subscribe(filter, id)) => {
                         let line = protocol::subscribed(&filter, id.as_ref());
                         // Subscribe again: same receiver, new filter; events already
@@ -409,6 +413,17 @@ impl Writer {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line);
         buf.push(b'\n');
+        self.send_raw(&buf).await
+    }
+
+    /// Writes a `snapshot` reply chunk by chunk: its memory is a chunk and the
+    /// destinations not written yet, never the whole rendered line.
+    async fn send_snapshot(&mut self, mut reply: SnapshotReply) -> Result<(), Stop> {
+        let mut buf = Vec::with_capacity(snapshot_reply::CHUNK + 4096);
+        while reply.fill(&mut buf) {
+            self.send_raw(&buf).await?;
+            buf.clear();
+        }
         self.send_raw(&buf).await
     }
 

@@ -1,0 +1,201 @@
+//! The `snapshot` reply, written to the client a chunk at a time.
+//!
+//! A snapshot of a large table is large (hundreds of bytes per destination). Rendering
+//! it whole — as one `serde_json::Value` tree, then one `String` — cost several KiB per
+//! destination at once, and the allocator kept that high-water mark: a soak's RSS
+//! followed the table up (issue #18). Here only the few top-level fields go through a
+//! `Value`; the destinations are rendered one by one (each through its own small
+//! `Value`, so keys come out in the same order as before) into a buffer that the
+//! session's writer sends whenever it holds [`CHUNK`] bytes, and each destination is
+//! dropped once written. The bytes on the wire are exactly those of
+//! `protocol::reply(serde_json::to_value(snapshot) + type + server, id)`.
+
+use serde_json::Value;
+
+use crate::policy::snapshot::{DestinationView, PolicySnapshot};
+
+/// Bytes rendered before the writer sends them.
+pub const CHUNK: usize = 64 * 1024;
+
+/// A `snapshot` reply being written.
+pub struct SnapshotReply {
+    /// Everything up to and including `"destinations":[`.
+    head: String,
+    destinations: std::vec::IntoIter<DestinationView>,
+    /// Whether a destination has been written (a comma precedes the next).
+    first_written: bool,
+    /// From the array's `]` to the line's newline.
+    tail: String,
+    head_done: bool,
+}
+
+impl SnapshotReply {
+    /// The reply to `snapshot` with the socket server's counters and the request's id.
+    pub fn new(mut snapshot: PolicySnapshot, server: Value, id: Option<&Value>) -> Self {
+        let destinations = std::mem::take(&mut snapshot.destinations);
+        let mut value = serde_json::to_value(&snapshot).unwrap_or_else(|_| Value::Null);
+        let map = match &mut value {
+            Value::Object(map) => map,
+            _ => unreachable!("a struct serialises to a JSON object"),
+        };
+        map.remove("id");
+        map.remove("type");
+        map.insert("server".into(), server);
+        // The order `protocol::reply` writes: type, id, then the object's own order.
+        let mut fields: Vec<(&str, Option<&Value>)> = vec![("type", None)];
+        if id.is_some() {
+            fields.push(("id", id));
+        }
+        fields.extend(map.iter().map(|(k, v)| (k.as_str(), Some(v))));
+        let mut head = String::from("{");
+        let mut tail = String::new();
+        let mut in_tail = false;
+        for (i, (key, value)) in fields.into_iter().enumerate() {
+            let out = if in_tail { &mut tail } else { &mut head };
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&Value::String(key.to_owned()).to_string());
+            out.push(':');
+            match (key, value) {
+                ("type", None) => out.push_str("\"snapshot\""),
+                ("destinations", _) => {
+                    out.push('[');
+                    in_tail = true;
+                    tail.push(']');
+                }
+                (_, Some(value)) => out.push_str(&value.to_string()),
+                (_, None) => out.push_str("null"),
+            }
+        }
+        let out = if in_tail { &mut tail } else { &mut head };
+        out.push_str("}\n");
+        SnapshotReply {
+            head,
+            destinations: destinations.into_iter(),
+            first_written: false,
+            tail,
+            head_done: false,
+        }
+    }
+
+    /// Appends the next part of the line to `buf` until it holds at least [`CHUNK`]
+    /// bytes or the line is complete; `false` once the line (newline included) is in.
+    pub fn fill(&mut self, buf: &mut Vec<u8>) -> bool {
+        if !self.head_done {
+            buf.extend_from_slice(self.head.as_bytes());
+            self.head = String::new();
+            self.head_done = true;
+        }
+        while buf.len() < CHUNK {
+            let Some(destination) = self.destinations.next() else {
+                buf.extend_from_slice(self.tail.as_bytes());
+                self.tail = String::new();
+                return false;
+            };
+            if self.first_written {
+                buf.push(b',');
+            }
+            self.first_written = true;
+            let value = serde_json::to_value(&destination).unwrap_or(Value::Null);
+            // Writing a `Value` to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *buf, &value);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        clock::WallClock,
+        policy::{EjectionPolicy, config::PolicyConfig, pool::PoolMembership},
+        server::protocol,
+        source::event::{KernelEvent, Outcome, refused_to},
+    };
+
+    const SEC: u64 = 1_000_000_000;
+
+    /// The line as the session wrote it before it was streamed.
+    fn whole(snapshot: &PolicySnapshot, server: &Value, id: Option<&Value>) -> String {
+        let mut value = serde_json::to_value(snapshot).expect("snapshot serialises");
+        let Value::Object(map) = &mut value else {
+            panic!("a snapshot is an object")
+        };
+        map.insert("type".into(), "snapshot".into());
+        map.insert("server".into(), server.clone());
+        protocol::reply(value, id) + "\n"
+    }
+
+    fn streamed(snapshot: PolicySnapshot, server: Value, id: Option<&Value>) -> (String, usize) {
+        let mut reply = SnapshotReply::new(snapshot, server, id);
+        let mut out = Vec::new();
+        let mut chunks = 0;
+        loop {
+            let mut buf = Vec::new();
+            let more = reply.fill(&mut buf);
+            chunks += 1;
+            out.extend_from_slice(&buf);
+            if !more {
+                break;
+            }
+        }
+        (String::from_utf8(out).expect("UTF-8"), chunks)
+    }
+
+    /// A snapshot of `n` destinations, some failing, some ejected, from the real engine.
+    fn snapshot_of(n: u16) -> PolicySnapshot {
+        let pool = PoolMembership::parse("10.1.0.0/16").expect("pool");
+        let wall = WallClock::from_offset_ns(1_700_000_000_000_000_000);
+        let mut policy =
+            EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1).expect("valid config");
+        let mut now = 1_000 * SEC;
+        let mut out = Vec::new();
+        for i in 0..n {
+            let dst = SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8], 8080));
+            let KernelEvent::Connect(mut rec) = refused_to(dst) else {
+                panic!("refused_to gives a connect")
+            };
+            for k in 0..(1 + i % 7) {
+                rec.outcome = if k % 3 == 0 {
+                    Outcome::Established
+                } else {
+                    Outcome::Refused
+                };
+                rec.ktime_ns = now;
+                rec.start_ns = now - 1_000;
+                policy.on_connect(&rec, now, &mut out);
+                now += 1_000;
+            }
+        }
+        policy.snapshot(now)
+    }
+
+    #[test]
+    fn streamed_bytes_equal_the_whole_line() {
+        let server = json!({"clients": 1, "accepted": 2});
+        for (n, id) in [
+            (0, None),
+            (1, Some(json!(7))),
+            (3, Some(json!("a\"b"))),
+            (2000, None),
+        ] {
+            let snapshot = snapshot_of(n);
+            let expected = whole(&snapshot, &server, id.as_ref());
+            let (got, chunks) = streamed(snapshot, server.clone(), id.as_ref());
+            assert_eq!(got, expected, "{n} destinations, id {id:?}: bytes differ");
+            if n == 2000 {
+                assert!(
+                    chunks > 2,
+                    "2000 destinations ({} bytes) came in {chunks} chunk(s), expected several",
+                    got.len()
+                );
+            }
+        }
+    }
+}
