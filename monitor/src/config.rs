@@ -82,7 +82,15 @@ pub struct Config {
 /// Which records reach stdout (`--events`, `agent.events`); the socket and OTLP
 /// consumers keep their own filters. Stats lines are written whatever this says.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum EventsFilter {
@@ -239,8 +247,9 @@ impl Config {
     /// Checks every value, once: the [`ValidConfig`] the agent runs with.
     pub fn validate(&self) -> Result<ValidConfig, Invalid> {
         let a = &self.agent;
-        validate_ring_buffer_bytes(a.ring_buffer_bytes)
-            .map_err(|allowed| Invalid::new("agent.ring_buffer_bytes", a.ring_buffer_bytes, allowed))?;
+        validate_ring_buffer_bytes(a.ring_buffer_bytes).map_err(|allowed| {
+            Invalid::new("agent.ring_buffer_bytes", a.ring_buffer_bytes, allowed)
+        })?;
         if a.batch_interval.is_zero() || a.batch_interval > Duration::from_secs(10) {
             return Err(Invalid::new(
                 "agent.batch_interval",

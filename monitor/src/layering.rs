@@ -88,6 +88,10 @@ mod tests {
                 }
             }
         }
-        assert!(bad.is_empty(), "imports against the data flow:\n{}", bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "imports against the data flow:\n{}",
+            bad.join("\n")
+        );
     }
 }

@@ -167,8 +167,7 @@ fn sweep_dead_namespaces() {
         let Ok(pid) = pid.parse::<u32>() else {
             continue;
         };
-        if name.starts_with("connmon-") && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
+        if name.starts_with("connmon-") && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
@@ -445,7 +444,10 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     SWEEP.call_once(|| sweep_dead_scratch_roots(&temp));
     let dir = temp
         .join(format!("{SCRATCH_PREFIX}{}", std::process::id()))
-        .join(format!("{tag}-{}", NEXT_DIR.fetch_add(1, Ordering::Relaxed)));
+        .join(format!(
+            "{tag}-{}",
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }

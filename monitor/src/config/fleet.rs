@@ -135,8 +135,9 @@ impl FleetConfig {
 
     /// Checks every value; the key in errors is `fleet.<name>`.
     pub fn validate(&self) -> Result<(), Invalid> {
-        let invalid =
-            |key: &str, value: String, allowed: &str| Invalid::new(format!("fleet.{key}"), value, allowed);
+        let invalid = |key: &str, value: String, allowed: &str| {
+            Invalid::new(format!("fleet.{key}"), value, allowed)
+        };
         for server in &self.servers {
             let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
                 .iter()
@@ -304,29 +305,53 @@ mod tests {
     use crate::config::Config;
 
     fn err(text: &str) -> String {
-        Config::parse(Path::new("x.toml"), text).unwrap().validate().unwrap_err().to_string()
+        Config::parse(Path::new("x.toml"), text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn the_fleet_is_off_by_default_and_invalid_values_are_named() {
         let c = Config::parse(Path::new("x.toml"), "").unwrap();
         assert!(!c.fleet.enabled());
-        assert!(!c.to_toml().contains("[fleet]"), "a default fleet is not printed");
+        assert!(
+            !c.to_toml().contains("[fleet]"),
+            "a default fleet is not printed"
+        );
         let on = Config::parse(
             Path::new("x.toml"),
             "[fleet]\nservers = [\"nats://127.0.0.1:4222\"]\nhost_id = \"a\"\nmode = \"quorum\"\nuser = \"u\"\npassword = \"p\"\n",
         )
         .unwrap();
         on.validate().unwrap();
-        assert_eq!(Config::parse(Path::new("x.toml"), &on.to_toml()).unwrap(), on);
+        assert_eq!(
+            Config::parse(Path::new("x.toml"), &on.to_toml()).unwrap(),
+            on
+        );
         assert_eq!(
             err("[fleet]\nservers = [\"127.0.0.1:4222\"]\n"),
             "fleet.servers = \"127.0.0.1:4222\": a NATS URL: nats://HOST:PORT or tls://HOST:PORT"
         );
-        assert!(err("[fleet]\ncluster = \"a.b\"\n").starts_with("fleet.cluster = \"a.b\": 1 to 64"));
-        assert_eq!(err("[fleet]\nquorum = 0\n"), "fleet.quorum = 0: must be between 1 and 1000");
-        assert_eq!(err("[fleet]\nuser = \"u\"\n"), "fleet.password = (not set): user and password go together");
-        assert!(err("[fleet]\ntoken = \"t\"\nuser = \"u\"\npassword = \"p\"\n").contains("at most one of"));
-        assert_eq!(err("[fleet]\ntls_ca = \"ca.pem\"\n"), "fleet.tls_ca = \"ca.pem\": must be an absolute path");
+        assert!(
+            err("[fleet]\ncluster = \"a.b\"\n").starts_with("fleet.cluster = \"a.b\": 1 to 64")
+        );
+        assert_eq!(
+            err("[fleet]\nquorum = 0\n"),
+            "fleet.quorum = 0: must be between 1 and 1000"
+        );
+        assert_eq!(
+            err("[fleet]\nuser = \"u\"\n"),
+            "fleet.password = (not set): user and password go together"
+        );
+        assert!(
+            err("[fleet]\ntoken = \"t\"\nuser = \"u\"\npassword = \"p\"\n")
+                .contains("at most one of")
+        );
+        assert_eq!(
+            err("[fleet]\ntls_ca = \"ca.pem\"\n"),
+            "fleet.tls_ca = \"ca.pem\": must be an absolute path"
+        );
     }
 }

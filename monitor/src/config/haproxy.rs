@@ -84,11 +84,7 @@ impl HaproxyConfig {
                 allowed: "must name at least one backend".into(),
             });
         }
-        if let Some(bad) = self
-            .backends
-            .iter()
-            .find(|b| !is_valid_name(b))
-        {
+        if let Some(bad) = self.backends.iter().find(|b| !is_valid_name(b)) {
             return Err(Invalid {
                 key: key("backends"),
                 value: format!("{bad:?}"),

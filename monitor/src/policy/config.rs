@@ -7,12 +7,11 @@ use std::{fmt::Write as _, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::invalid::Invalid;
-
 use super::{
     evidence::EvidenceConfig,
     pool::{PoolEntry, PoolMembership},
 };
+use crate::invalid::Invalid;
 
 /// Detector thresholds, ejection timing and guards.
 ///

@@ -41,8 +41,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::invalid::Invalid;
-use crate::source::event::{Attribution, NetnsOwner};
+use crate::{
+    invalid::Invalid,
+    source::event::{Attribution, NetnsOwner},
+};
 
 /// Which network namespaces are trusted by who owns them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

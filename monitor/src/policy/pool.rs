@@ -24,7 +24,6 @@ use std::{
 
 use serde::Serialize;
 
-
 /// How a pool command changes the membership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolOp {

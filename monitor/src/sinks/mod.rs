@@ -18,9 +18,6 @@ pub mod socket;
 pub mod stdout;
 pub mod text;
 
-/// The JSON lines, rendered by the bus for every subscriber (and by stdout).
-pub use crate::bus::json;
-
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
@@ -29,6 +26,8 @@ use std::sync::{
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+/// The JSON lines, rendered by the bus for every subscriber (and by stdout).
+pub use crate::bus::json;
 use crate::{bus::EventBus, clock::WallClock, config::ValidConfig, control::Control};
 
 /// What every consumer is built from.

@@ -55,8 +55,8 @@ use crate::{
     bus::{Payload, Published},
     config::AgentConfig,
     control::Control,
-    sinks::otlp::metrics::{DURATION_BUCKETS, DropReason, Tally},
     policy::{PolicySnapshot, Role, decision::Decision},
+    sinks::otlp::metrics::{DURATION_BUCKETS, DropReason, Tally},
     source::event::Outcome,
 };
 

@@ -6,15 +6,14 @@ use std::{fmt::Write as _, io::Write as _, net::SocketAddr};
 
 use serde::Serialize;
 
-use crate::bus::json;
+pub use crate::config::{EventsFilter, OutputFormat};
 use crate::{
+    bus::json,
     clock::WallClock,
     policy::{decision::Decision, pool::Role},
     source::event::{Attribution, Comm, ConnectRecord, KernelEvent, SynRetransmitRecord},
     stats::Stats,
 };
-
-pub use crate::config::{EventsFilter, OutputFormat};
 
 impl EventsFilter {
     fn kernel_event(self, event: &KernelEvent) -> bool {
@@ -310,6 +309,7 @@ mod tests {
                     verified: false,
                     early: false,
                     ts: None,
+                    origin: None,
                 },
             ));
             std::str::from_utf8(sink.pending())

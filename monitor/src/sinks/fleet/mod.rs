@@ -35,13 +35,10 @@ pub mod view;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use config::{FleetConfig, FleetMode};
-use tokio::sync::mpsc;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    bus::EventBus,
     config::Config,
-    control::{Control, FleetVerdict},
+    control::FleetVerdict,
     policy::{Decision, EjectionPolicy, FleetApply},
 };
 

@@ -34,7 +34,8 @@ use crate::{
 pub fn start(tables: &[HaproxyConfig], cx: &SinkContext) -> Result<(), Invalid> {
     for (index, table) in tables.iter().enumerate() {
         let task = adapter::Adapter::new(table.clone(), table.endpoint(index)?, cx.control.clone());
-        cx.tasks.spawn(task.run(cx.bus.subscribe(), cx.shutdown.clone()));
+        cx.tasks
+            .spawn(task.run(cx.bus.subscribe(), cx.shutdown.clone()));
     }
     Ok(())
 }

@@ -21,7 +21,6 @@ pub use crate::config::haproxy::{Endpoint, is_valid_name};
 /// Largest answer read (a `show servers state` of a few thousand servers is well below).
 pub const MAX_ANSWER_BYTES: u64 = 8 << 20;
 
-
 /// The administrative state connmon sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AdminAction {
@@ -191,7 +190,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
-
 
 #[cfg(test)]
 mod tests {

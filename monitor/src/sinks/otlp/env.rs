@@ -74,10 +74,7 @@ pub fn process_env(name: &str) -> Option<String> {
 
 /// Resolves the export plan from the config (flags already applied) and the environment.
 /// `Ok(None)`: export is off (no endpoint anywhere, or `OTEL_SDK_DISABLED=true`).
-pub fn resolve(
-    config: &OtlpConfig,
-    env: Env<'_>,
-) -> Result<Option<ExportTargets>, Invalid> {
+pub fn resolve(config: &OtlpConfig, env: Env<'_>) -> Result<Option<ExportTargets>, Invalid> {
     if var(env, "OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         return Ok(None);
     }

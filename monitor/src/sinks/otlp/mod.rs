@@ -264,7 +264,6 @@ impl Consumer {
 #[cfg(test)]
 mod tests {
     use opentelemetry::trace::{SpanKind, Status};
-
     use opentelemetry_sdk::trace::SpanData;
 
     use super::{metrics::DropReason, *};
