@@ -336,6 +336,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tinyproxy", "tinyproxy"),
     // tests/tests/fleet.rs and the fleet bench: a real NATS server with JetStream.
     ("nats-server", "nats-server"),
+    // The static musl build of the image (`cargo xtask image`): async-nats' TLS brings
+    // `ring`, whose C part needs a musl C compiler.
+    ("x86_64-linux-musl-gcc", "musl-tools"),
 ];
 
 fn ensure_packages() -> anyhow::Result<()> {
