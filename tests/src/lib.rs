@@ -181,6 +181,17 @@ impl Drop for Netns {
     }
 }
 
+/// How many eBPF programs the agent loads on this kernel: `inet_sk_error_report` is
+/// attached only where the kernel raises the socket error before the CLOSE transition
+/// (no `tcp_done_with_error()`; see the probe table, monitor/src/source/probes.rs).
+pub fn expected_programs() -> usize {
+    let error_before_close = !std::fs::read_to_string("/proc/kallsyms")
+        .expect("read /proc/kallsyms")
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("tcp_done_with_error"));
+    if error_before_close { 4 } else { 3 }
+}
+
 /// The `connmon` binary under test: `CONNMON_BIN` (set by `cargo xtask test`) or the
 /// workspace's debug build.
 pub fn connmon_bin() -> PathBuf {

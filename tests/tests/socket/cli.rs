@@ -20,7 +20,8 @@ fn cli_subcommands_talk_to_the_agent() {
     assert!(
         header.starts_with("DESTINATION")
             && header.contains("FAIL%")
-            && header.ends_with("EJECTED UNTIL"),
+            && header.contains("EJECTED UNTIL")
+            && header.ends_with("ORIGIN"),
         "{table}"
     );
     let row = table
