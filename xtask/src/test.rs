@@ -129,7 +129,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             Err(bench.context("the benchmark smoke run failed (the tests passed)"))
         }
         (Ok(()), Err(fuzz), Ok(()), Ok(())) => {
-            Err(fuzz.context("fuzzing found a crash (the tests passed)"))
+            Err(fuzz.context("the bounded fuzzing run failed (the tests passed)"))
         }
     };
     // The plain `total:` line must close the output (CI reads the closing lines), so any
