@@ -13,9 +13,9 @@ use connmon_fuzz::Engine;
 use libfuzzer_sys::fuzz_target;
 use monitor::{
     config::Config,
-    sinks::otlp::env::{HostIdentity, resolve, resource_attributes},
     policy::PoolMembership,
-    server::protocol::Request,
+    server::protocol::Action,
+    sinks::otlp::env::{HostIdentity, resolve, resource_attributes},
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     let dst = SocketAddr::from(([198, 51, 100, 7], 8080));
     for _ in 0..4 {
         engine.request(
-            Request::Evict {
+            Action::Evict {
                 dst,
                 duration: None,
             },

@@ -13,7 +13,7 @@ use monitor::{
     clock::WallClock,
     control::{Control, PoolOp},
     policy::{Decision, EjectionPolicy, PolicyConfig, PoolMembership},
-    server::protocol::{self, PoolCommand, Request},
+    server::protocol::{self, Action},
     source::event::KernelEvent,
 };
 use serde_json::{Value, json};
@@ -92,22 +92,19 @@ impl Engine {
 
     /// One socket command from a privileged client, handled as the session and the
     /// pipeline handle it; returns the reply line.
-    pub fn request(&mut self, request: Request, id: Option<&Value>) -> String {
+    pub fn request(&mut self, request: Action, id: Option<&Value>) -> String {
         let now = self.now;
         let out = &mut self.decisions;
         let line = match request {
-            Request::Subscribe(filter) => protocol::subscribed(&filter, id),
-            Request::Ping => protocol::reply(json!({"type": "pong"}), id),
-            Request::Snapshot => {
+            Action::Subscribe(filter) => protocol::subscribed(&filter, id),
+            Action::Ping => protocol::reply(json!({"type": "pong"}), id),
+            Action::Snapshot => {
                 let snapshot = self.policy.snapshot(now);
                 let value = serde_json::to_value(&snapshot).expect("a snapshot serializes");
                 protocol::reply(value, id)
             }
-            Request::Pool { op, members } => {
-                let (op, members) = match op {
-                    PoolCommand::Change(op) => (op, members),
-                    PoolCommand::List => (PoolOp::Add, Vec::new()),
-                };
+            Action::PoolList => Self::pool_reply(&self.policy.pool().entries(), id),
+            Action::Pool { op, members } => {
                 let entries = if members.is_empty() && op != PoolOp::Replace {
                     self.policy.pool().entries()
                 } else {
@@ -116,15 +113,14 @@ impl Engine {
                     self.policy.set_pool(pool);
                     entries
                 };
-                let pool: Vec<String> = entries.iter().map(ToString::to_string).collect();
-                protocol::reply(json!({"type": "ok", "cmd": "pool", "pool": pool}), id)
+                Self::pool_reply(&entries, id)
             }
-            Request::Evict { dst, duration } => {
+            Action::Evict { dst, duration } => {
                 let duration = duration.unwrap_or(self.default_ejection);
                 let done = self.policy.evict_manual(dst, duration, now, out);
                 reply_or_reject(done, "evict", dst, id)
             }
-            Request::Reinstate { dst } => {
+            Action::Reinstate { dst } => {
                 let done = self.policy.reinstate_manual(dst, now, out);
                 reply_or_reject(done, "reinstate", dst, id)
             }
@@ -170,8 +166,25 @@ impl Engine {
             Control::Reinstate { dst, reply } => {
                 let _ = reply.send(self.policy.reinstate_manual(dst, now, out));
             }
+            Control::PoolList { reply } => {
+                let _ = reply.send(self.policy.pool().entries());
+            }
+            Control::Fleet { verdict, reply } => {
+                let _ = reply.send(monitor::sinks::fleet::apply(
+                    &mut self.policy,
+                    verdict,
+                    now,
+                    out,
+                ));
+            }
         }
         self.emit();
+    }
+
+    /// The reply to a `pool` command: the pool after the change.
+    fn pool_reply(entries: &[monitor::policy::PoolEntry], id: Option<&Value>) -> String {
+        let pool: Vec<String> = entries.iter().map(ToString::to_string).collect();
+        protocol::reply(json!({"type": "ok", "cmd": "pool", "pool": pool}), id)
     }
 
     /// The state file the agent would write now.
