@@ -93,6 +93,8 @@ struct Pipeline {
     decode_warn: LogLimiter,
     /// Published after every tick for the consumers.
     gauges: Arc<Gauges>,
+    /// The fleet link's counters, for the `stats` line (`[fleet]` on).
+    fleet: Option<Arc<crate::stats::fleet::FleetCounters>>,
 }
 
 /// The pipeline's side of the handshake checks: the schedule, the prober's queue, and
@@ -437,6 +439,10 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
     });
     let bus = EventBus::new(agent.bus_capacity, clock);
     let gauges = Arc::new(Gauges::default());
+    let fleet = config
+        .fleet
+        .enabled()
+        .then(|| Arc::new(crate::stats::fleet::FleetCounters::default()));
     let (control_tx, mut control_rx) = control::channel();
     // Consumers of the bus and the control channel run as their own tasks; each gets a
     // receiver from `bus.subscribe()` and stops when `shutdown` is cancelled.
@@ -449,6 +455,7 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         tasks: tasks.clone(),
         clock,
         gauges: Arc::clone(&gauges),
+        fleet: fleet.clone(),
     };
     let checks = config.checks.effective();
     let inline = crate::sinks::start(&config, &cx).await?;
@@ -478,6 +485,7 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         probes,
         decode_warn: LogLimiter::new(Duration::from_secs(10)),
         gauges,
+        fleet,
     };
     // Before the state file: an ejection that expired while connmon was down is then
     // verified like any other.
@@ -716,6 +724,7 @@ fn snapshot(
         untracked: kernel.untracked,
         decode_errors: counters.decode_errors,
         probes: checks_used.then_some(probes),
+        fleet: pipe.fleet.as_ref().map(|f| f.snapshot()),
         is_final,
     })
 }
