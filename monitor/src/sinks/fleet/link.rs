@@ -202,11 +202,19 @@ impl Link {
         let js = jetstream::new(client.clone());
         let store: Arc<tokio::sync::RwLock<Option<kv::Store>>> = Arc::default();
         let (out_tx, out_rx) = mpsc::channel::<Outbound>(fleet.queue);
+        let (kv_tx, kv_rx) = mpsc::channel::<Outbound>(fleet.queue);
         tasks.spawn(publisher(
             client.clone(),
             fleet.verdict_subject(&host),
-            Arc::clone(&store),
             out_rx,
+            kv_tx,
+            Arc::clone(&counters),
+            shutdown.clone(),
+        ));
+        tasks.spawn(kv_writer(
+            client.clone(),
+            Arc::clone(&store),
+            kv_rx,
             Arc::clone(&counters),
             shutdown.clone(),
             fleet.queue,
@@ -511,50 +519,26 @@ async fn kv_apply(kv: &kv::Store, out: &Outbound) -> Result<(), String> {
     }
 }
 
-/// Drains the outbound queue into NATS: the verdict subject first (what other hosts
-/// act on), then the KV bucket. A failed KV operation is counted and kept for a retry
-/// every [`KV_RETRY`] — only the newest per key, at most `max_pending` keys (the next
-/// resync re-puts this host's ejections in any case).
+fn connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Drains the outbound queue onto the verdict subject (what other hosts act on, so it
+/// never waits for the bucket) and hands each message on to the [`kv_writer`].
 async fn publisher(
     client: async_nats::Client,
     subject: String,
-    store: Arc<tokio::sync::RwLock<Option<kv::Store>>>,
     mut queue: mpsc::Receiver<Outbound>,
+    kv: mpsc::Sender<Outbound>,
     counters: Arc<FleetCounters>,
     shutdown: CancellationToken,
-    max_pending: usize,
 ) {
     let mut warn = RateLimited::default();
-    let mut warn_kv = RateLimited::default();
-    let mut pending: std::collections::HashMap<String, Outbound> = std::collections::HashMap::new();
-    let mut retry = tokio::time::interval(KV_RETRY);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let connected = |client: &async_nats::Client| {
-        client.connection_state() == async_nats::connection::State::Connected
-    };
     loop {
         let out = tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = retry.tick(), if !pending.is_empty() => {
-                let Some(kv) = store.read().await.clone() else { continue };
-                if !connected(&client) {
-                    continue;
-                }
-                let due: Vec<Outbound> = pending.drain().map(|(_, out)| out).collect();
-                for out in due {
-                    counters.kv_put_retried();
-                    if let Err(e) = kv_apply(&kv, &out).await {
-                        counters.kv_put_failed();
-                        warn_kv.warn(format_args!("KV {} {}: {e} (retrying)", kv.name, out.key));
-                        pending.insert(out.key.clone(), out);
-                    }
-                }
-                continue;
-            }
             out = queue.recv() => match out { Some(out) => out, None => break },
         };
-        // A newer operation on the key supersedes a pending retry.
-        pending.remove(&out.key);
         let is_verdict = !out.key.starts_with("h.");
         if !connected(&client) {
             if is_verdict {
@@ -580,16 +564,91 @@ async fn publisher(
         if is_verdict {
             counters.published();
         }
-        let kv = store.read().await.clone();
-        let result = match &kv {
-            Some(kv) => kv_apply(kv, &out).await,
-            None => Err("the bucket is not open yet".into()),
-        };
-        if let Err(e) = result {
+        if kv.try_send(out).is_err() {
+            // The bucket lags far behind: this host's ejections are re-put at the next
+            // resync; the message itself went out on the subject.
             counters.kv_put_failed();
-            warn_kv.warn(format_args!("KV {}: {e} (retrying)", out.key));
-            if pending.len() < max_pending {
-                pending.insert(out.key.clone(), out);
+        }
+    }
+}
+
+/// KV operations in flight at most.
+const KV_IN_FLIGHT: usize = 256;
+
+/// Writes the messages into the KV bucket: whatever is queued is taken as one batch
+/// (the newest operation per key wins) and written concurrently, so the bucket keeps up
+/// with a burst of verdicts instead of paying one round trip each. A failed put or
+/// delete is counted and kept for a retry every [`KV_RETRY`] (the newest per key, at
+/// most `max_pending` keys; the next resync re-puts this host's ejections anyway).
+async fn kv_writer(
+    client: async_nats::Client,
+    store: Arc<tokio::sync::RwLock<Option<kv::Store>>>,
+    mut queue: mpsc::Receiver<Outbound>,
+    counters: Arc<FleetCounters>,
+    shutdown: CancellationToken,
+    max_pending: usize,
+) {
+    let mut warn = RateLimited::default();
+    let mut pending: std::collections::HashMap<String, Outbound> = std::collections::HashMap::new();
+    let mut retry = tokio::time::interval(KV_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch: std::collections::HashMap<String, Outbound> =
+            std::collections::HashMap::new();
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = retry.tick(), if !pending.is_empty() => {
+                if !connected(&client) || store.read().await.is_none() {
+                    continue;
+                }
+                for (key, out) in pending.drain() {
+                    counters.kv_put_retried();
+                    batch.insert(key, out);
+                }
+            }
+            out = queue.recv() => match out {
+                Some(out) => {
+                    pending.remove(&out.key);
+                    batch.insert(out.key.clone(), out);
+                }
+                None => break,
+            },
+        }
+        while batch.len() < 4 * KV_IN_FLIGHT {
+            let Ok(out) = queue.try_recv() else { break };
+            // A newer operation on the key supersedes a pending retry.
+            pending.remove(&out.key);
+            batch.insert(out.key.clone(), out);
+        }
+        let kv = store.read().await.clone();
+        let Some(kv) = kv.filter(|_| connected(&client)) else {
+            for (key, out) in batch {
+                if pending.len() < max_pending || pending.contains_key(&key) {
+                    pending.insert(key, out);
+                }
+            }
+            continue;
+        };
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        let mut ops = batch.into_values();
+        loop {
+            while in_flight.len() < KV_IN_FLIGHT {
+                let Some(out) = ops.next() else { break };
+                let kv = kv.clone();
+                in_flight.push(async move {
+                    let result = kv_apply(&kv, &out).await;
+                    (out, result)
+                });
+            }
+            let Some((out, result)) = in_flight.next().await else {
+                break;
+            };
+            if let Err(e) = result {
+                counters.kv_put_failed();
+                warn.warn(format_args!("KV {} {}: {e} (retrying)", kv.name, out.key));
+                if pending.len() < max_pending {
+                    pending.insert(out.key.clone(), out);
+                }
             }
         }
     }
