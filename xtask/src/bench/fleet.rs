@@ -343,10 +343,11 @@ pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result
          Every agent also sees (and drops as untrusted) A's connects — the kernel programs are global — so \
          the receivers' CPU includes that. Latency: kernel event on A (the evict's `trigger.ktime_ns`) → a \
          socket subscriber of host C (the last host) reads the fleet's `evict`, {samples} members refused at \
-         {} /s. Then A refuses {} new members a second for {:.1} s: NATS messages in/out per second \
-         (`/varz`), CPU of A, C, the median other host and nats-server (% of one core), and the latency \
-         under that load. Last, a late joiner's resync of the bucket the run left.\n\n\
-         | agents | latency p50 / p99 / max (ms) | read by C | at {} verdicts/s: achieved | NATS msgs in/s · out/s | CPU A · C · other (median) · nats | latency under load p50 / p99 (ms) | read by C | dropped (A) | late joiner resync |\n\
+         {} /s. Then A refuses {} new members a second for {:.1} s: NATS messages in and out per verdict \
+         (`/varz`; × the rate = messages/s) and CPU (user + system) of A, C, the median other host and \
+         nats-server per verdict, both counted until C has read every verdict (or 20 s after the load), \
+         and the latency under that load. Last, a late joiner's resync of the bucket the run left.\n\n\
+         | agents | latency p50 / p99 / max (ms) | read by C | at {} verdicts/s: achieved | NATS msgs in · out per verdict | CPU µs per verdict: A · C · other (median) · nats | latency under load p50 / p99 (ms) | read by C | dropped (A) | late joiner resync |\n\
          |---:|---|---:|---:|---|---|---|---:|---:|---|",
         plan.fleet_sample_rate,
         plan.fleet_verdict_rate,
@@ -417,6 +418,10 @@ fn one_fleet(
     let varz0 = nats.varz()?;
     let t0 = Instant::now();
     let load = refuse(env, &ns, samples, rate_count, plan.fleet_verdict_rate)?;
+    let load_secs = t0.elapsed().as_secs_f64();
+    // Until C has read them all (or 20 s more): the work a verdict causes, not only
+    // what fits in the load's window.
+    c.wait_for(samples + rate_count, Duration::from_secs(20));
     let secs = t0.elapsed().as_secs_f64();
     let cpu1: Vec<f64> = pids
         .iter()
@@ -424,10 +429,11 @@ fn one_fleet(
         .collect();
     let nats_cpu1 = cpu_seconds(nats_pid).unwrap_or(0.0);
     let varz1 = nats.varz()?;
-    c.wait_for(samples + rate_count, Duration::from_secs(20));
     let loaded_read = c.count() - paced_read;
-    let pct = |d: f64| d / secs * 100.0;
-    let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| pct(b - a)).collect();
+    let verdicts = load["connects"].as_f64().unwrap_or(0.0).max(1.0);
+    // CPU (user + system) per verdict, µs.
+    let per = |d: f64| d / verdicts * 1e6;
+    let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| per(b - a)).collect();
     let mut others: Vec<f64> = cpu[1..n - 1].to_vec();
     others.sort_by(f64::total_cmp);
     let other = if others.is_empty() {
@@ -435,8 +441,9 @@ fn one_fleet(
     } else {
         others[others.len() / 2]
     };
-    let msgs_in = (varz_u64(&varz1, "in_msgs") - varz_u64(&varz0, "in_msgs")) as f64 / secs;
-    let msgs_out = (varz_u64(&varz1, "out_msgs") - varz_u64(&varz0, "out_msgs")) as f64 / secs;
+    // Messages per verdict (× 1 000 = the rate at 1 000 verdicts/s).
+    let msgs_in = (varz_u64(&varz1, "in_msgs") - varz_u64(&varz0, "in_msgs")) as f64 / verdicts;
+    let msgs_out = (varz_u64(&varz1, "out_msgs") - varz_u64(&varz0, "out_msgs")) as f64 / verdicts;
 
     // A late joiner reads the bucket.
     let mut late = vec![spawn_host(env, &nats, &tag, n, "trust = \"host\"", pool)?];
@@ -462,7 +469,7 @@ fn one_fleet(
         .unwrap_or(Value::Null);
     let dropped = &a_stats["fleet"]["dropped"];
     Ok(format!(
-        "| {n} | {:.1} / {:.1} / {:.1} | {}/{samples} | {:.0} /s ({} connects) | {:.0} · {:.0} | {:.0} % · {:.0} % · {:.0} % · {:.0} % | {:.1} / {:.1} | {loaded_read}/{rate_count} | {} (queue full {}, unreachable {}) | {} keys in {} ms ({:.1} s from exec) |",
+        "| {n} | {:.1} / {:.1} / {:.1} | {}/{samples} | {:.0} /s ({} connects in {load_secs:.1} s; C had read them after {secs:.1} s) | {:.2} · {:.2} | {:.0} · {:.0} · {:.0} · {:.0} | {:.1} / {:.1} | {loaded_read}/{rate_count} | {} (queue full {}, unreachable {}) | {} keys in {} ms ({:.1} s from exec) |",
         percentile(&paced, 50.0),
         percentile(&paced, 99.0),
         paced.last().copied().unwrap_or(f64::NAN),
@@ -474,7 +481,7 @@ fn one_fleet(
         cpu[0],
         cpu[n - 1],
         other,
-        pct(nats_cpu1 - nats_cpu0),
+        per(nats_cpu1 - nats_cpu0),
         percentile(&loaded, 50.0),
         percentile(&loaded, 99.0),
         dropped["queue_full"].as_u64().unwrap_or(0)
