@@ -405,7 +405,6 @@ impl Pipeline {
             }
         }
         self.emit_decisions();
-        self.persist_if_changed();
     }
 
     fn persist_if_changed(&mut self) {
@@ -600,7 +599,16 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
                 pipe.poll_checks(monotonic_now_ns());
                 pipe.persist_if_changed();
             }
-            Some(command) = control_rx.recv() => pipe.control(command),
+            Some(command) = control_rx.recv() => {
+                // Commands already queued (a burst of fleet verdicts) are taken together,
+                // then the state is saved once: a save walks the whole table.
+                pipe.control(command);
+                for _ in 0..CONTROL_BATCH {
+                    let Ok(command) = control_rx.try_recv() else { break };
+                    pipe.control(command);
+                }
+                pipe.persist_if_changed();
+            }
             _ = sighup.recv() => {
                 reload_pool(&mut pipe.policy, config_path.as_deref(), &config);
                 reload_evidence(&mut pipe.policy, config_path.as_deref());
@@ -636,6 +644,9 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
     tracing::info!("detached; exiting");
     Ok(())
 }
+
+/// Control commands handled between two saves of the state at most.
+const CONTROL_BATCH: usize = 256;
 
 /// A sleep that does not end (no probe is scheduled).
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);

@@ -1,14 +1,15 @@
 //! The fleet link task: bus decisions out to NATS, other hosts' verdicts in.
 //!
-//! Three parts, none of which the pipeline waits for:
+//! Four parts, none of which the pipeline waits for:
 //! - the **main loop** reads the bus (own decisions → the bounded outbound queue),
-//!   the verdict subscription (→ [`FleetView`] → [`Control::Fleet`]), the heartbeat
-//!   timer, and resync results;
-//! - the **publisher** drains the outbound queue into NATS (core publish, then the KV
-//!   put or delete), each operation under a timeout; while disconnected it drops and
-//!   counts;
+//!   the verdict subscription (→ [`FleetView`] → [`Control::Fleet`], a burst of
+//!   verdicts handed over together), the heartbeat timer, and resync results;
+//! - the **publisher** drains the outbound queue onto the verdict subject (core
+//!   publish, under a timeout; while disconnected it drops and counts);
+//! - the **KV writer** puts or deletes each message's key in the bucket, batched and
+//!   concurrent, and retries the failed ones;
 //! - a **resync** runs after every (re)connect: bucket created if missing, this host's
-//!   ejections re-put (from a policy snapshot), the bucket's ejections read back.
+//!   ejections re-put (from a policy snapshot), the bucket read back.
 
 use std::{
     sync::Arc,
@@ -17,7 +18,7 @@ use std::{
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use tokio::sync::{
     broadcast::{self, error::RecvError},
     mpsc, oneshot,
@@ -49,6 +50,8 @@ const RESYNC_TIMEOUT: Duration = Duration::from_secs(20);
 const RESYNC_RETRY: Duration = Duration::from_secs(2);
 /// How often failed KV puts and deletes are tried again.
 const KV_RETRY: Duration = Duration::from_secs(1);
+/// Verdicts taken together from the subject (see the verdict branch of the main loop).
+const VERDICT_BATCH: usize = 255;
 /// Own ejections re-put concurrently during a resync.
 const RESYNC_PUTS_IN_FLIGHT: usize = 64;
 
@@ -237,33 +240,15 @@ impl Link {
                     Err(RecvError::Closed) => break,
                 },
                 Some(message) = verdicts.next() => {
-                    match message::decode(&message.payload) {
-                        Ok(m) if m.host() == host => {
-                            // Our own message back from the subject.
-                            if !matches!(m, FleetMessage::Heartbeat(_)) {
-                                counters.ignored(IgnoredReason::Echo);
-                            }
-                        }
-                        Ok(m) => {
-                            counters.received();
-                            match view.on_message(&m, now_ms()) {
-                                Ok(action) => self.act(action).await,
-                                Err(ignored) => {
-                                    if let Some(reason) = ignored.reason() {
-                                        counters.ignored(reason);
-                                    }
-                                }
-                            }
-                            for action in view.take_retractions() {
-                                self.act(action).await;
-                            }
-                        }
-                        Err(message::DecodeError::Echo) => counters.ignored(IgnoredReason::Echo),
-                        Err(e) => {
-                            counters.invalid();
-                            warn_conn.warn(format_args!("ignored a message on {}: {e}", message.subject));
-                        }
+                    // What else has arrived is taken with it: the pipeline then applies
+                    // the burst together (and saves its state once).
+                    let mut actions = Vec::new();
+                    self.on_verdict(&message, &mut view, &mut warn_conn, &mut actions);
+                    for _ in 0..VERDICT_BATCH {
+                        let Some(Some(message)) = verdicts.next().now_or_never() else { break };
+                        self.on_verdict(&message, &mut view, &mut warn_conn, &mut actions);
                     }
+                    self.act_all(actions).await;
                 }
                 Some(()) = connected_rx.recv() => {
                     if let Some(task) = resync_task.take() {
@@ -288,9 +273,7 @@ impl Link {
                         actions = actions.len(),
                         "fleet: resynced from the KV bucket"
                     );
-                    for action in actions {
-                        self.act(action).await;
-                    }
+                    self.act_all(actions).await;
                 }
                 _ = heartbeat.tick() => {
                     view.prune(now_ms());
@@ -385,31 +368,74 @@ impl Link {
         }
     }
 
-    /// Carries out what the view decided, on the pipeline.
-    async fn act(&self, action: Action) {
-        let lift = matches!(action, Action::Lift { .. });
-        let verdict = match action {
-            Action::Apply {
-                dst,
-                duration,
-                origin,
-            } => FleetVerdict::Evict {
-                dst,
-                duration,
-                origin,
-            },
-            Action::Lift { dst } => FleetVerdict::Reinstate { dst },
-        };
-        let (reply, answer) = oneshot::channel();
-        if self
-            .control
-            .send(Control::Fleet { verdict, reply })
-            .await
-            .is_err()
-        {
-            return;
+    /// One message from the verdict subject: counted, through the view, its actions
+    /// (and any retraction it caused) added to `actions`.
+    fn on_verdict(
+        &self,
+        message: &async_nats::Message,
+        view: &mut FleetView,
+        warn: &mut RateLimited,
+        actions: &mut Vec<Action>,
+    ) {
+        let counters = &self.counters;
+        match message::decode(&message.payload) {
+            Ok(m) if m.host() == self.host => {
+                // Our own message back from the subject.
+                if !matches!(m, FleetMessage::Heartbeat(_)) {
+                    counters.ignored(IgnoredReason::Echo);
+                }
+            }
+            Ok(m) => {
+                counters.received();
+                match view.on_message(&m, now_ms()) {
+                    Ok(action) => actions.push(action),
+                    Err(ignored) => {
+                        if let Some(reason) = ignored.reason() {
+                            counters.ignored(reason);
+                        }
+                    }
+                }
+                actions.extend(view.take_retractions());
+            }
+            Err(message::DecodeError::Echo) => counters.ignored(IgnoredReason::Echo),
+            Err(e) => {
+                counters.invalid();
+                warn.warn(format_args!(
+                    "ignored a message on {}: {e}",
+                    message.subject
+                ));
+            }
         }
-        match tokio::time::timeout(CONTROL_TIMEOUT, answer).await {
+    }
+
+    /// Carries out several actions: all handed to the pipeline first, then the answers
+    /// counted (the pipeline takes queued commands together).
+    async fn act_all(&self, actions: Vec<Action>) {
+        let mut answers = Vec::with_capacity(actions.len());
+        for action in actions {
+            let lift = matches!(action, Action::Lift { .. });
+            let (reply, answer) = oneshot::channel();
+            let command = Control::Fleet {
+                verdict: verdict_of(action),
+                reply,
+            };
+            if self.control.send(command).await.is_err() {
+                return;
+            }
+            answers.push((lift, answer));
+        }
+        for (lift, answer) in answers {
+            let answer = tokio::time::timeout(CONTROL_TIMEOUT, answer).await;
+            self.count_answer(lift, answer);
+        }
+    }
+
+    fn count_answer(
+        &self,
+        lift: bool,
+        answer: Result<Result<FleetApply, oneshot::error::RecvError>, tokio::time::error::Elapsed>,
+    ) {
+        match answer {
             Ok(Ok(FleetApply::Applied)) if lift => self.counters.lifted(),
             Ok(Ok(FleetApply::Applied)) => self.counters.applied(),
             Ok(Ok(FleetApply::AlreadyEjected)) if !lift => {
@@ -436,6 +462,22 @@ impl Link {
             host: self.host.clone(),
             subject: self.fleet.verdict_subject(&self.host),
         }
+    }
+}
+
+/// The pipeline command of a view's action.
+fn verdict_of(action: Action) -> FleetVerdict {
+    match action {
+        Action::Apply {
+            dst,
+            duration,
+            origin,
+        } => FleetVerdict::Evict {
+            dst,
+            duration,
+            origin,
+        },
+        Action::Lift { dst } => FleetVerdict::Reinstate { dst },
     }
 }
 
