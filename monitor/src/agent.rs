@@ -93,6 +93,8 @@ struct Pipeline {
     decode_warn: LogLimiter,
     /// Published after every tick for the consumers.
     gauges: Arc<Gauges>,
+    /// The fleet link's counters, for the `stats` line (`[fleet]` on).
+    fleet: Option<Arc<crate::stats::fleet::FleetCounters>>,
 }
 
 /// The pipeline's side of the handshake checks: the schedule, the prober's queue, and
@@ -403,7 +405,6 @@ impl Pipeline {
             }
         }
         self.emit_decisions();
-        self.persist_if_changed();
     }
 
     fn persist_if_changed(&mut self) {
@@ -437,6 +438,10 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
     });
     let bus = EventBus::new(agent.bus_capacity, clock);
     let gauges = Arc::new(Gauges::default());
+    let fleet = config
+        .fleet
+        .enabled()
+        .then(|| Arc::new(crate::stats::fleet::FleetCounters::default()));
     let (control_tx, mut control_rx) = control::channel();
     // Consumers of the bus and the control channel run as their own tasks; each gets a
     // receiver from `bus.subscribe()` and stops when `shutdown` is cancelled.
@@ -449,6 +454,7 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         tasks: tasks.clone(),
         clock,
         gauges: Arc::clone(&gauges),
+        fleet: fleet.clone(),
     };
     let checks = config.checks.effective();
     let inline = crate::sinks::start(&config, &cx).await?;
@@ -478,6 +484,7 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         probes,
         decode_warn: LogLimiter::new(Duration::from_secs(10)),
         gauges,
+        fleet,
     };
     // Before the state file: an ejection that expired while connmon was down is then
     // verified like any other.
@@ -592,7 +599,16 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
                 pipe.poll_checks(monotonic_now_ns());
                 pipe.persist_if_changed();
             }
-            Some(command) = control_rx.recv() => pipe.control(command),
+            Some(command) = control_rx.recv() => {
+                // Commands already queued (a burst of fleet verdicts) are taken together,
+                // then the state is saved once: a save walks the whole table.
+                pipe.control(command);
+                for _ in 0..CONTROL_BATCH {
+                    let Ok(command) = control_rx.try_recv() else { break };
+                    pipe.control(command);
+                }
+                pipe.persist_if_changed();
+            }
             _ = sighup.recv() => {
                 reload_pool(&mut pipe.policy, config_path.as_deref(), &config);
                 reload_evidence(&mut pipe.policy, config_path.as_deref());
@@ -628,6 +644,9 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
     tracing::info!("detached; exiting");
     Ok(())
 }
+
+/// Control commands handled between two saves of the state at most.
+const CONTROL_BATCH: usize = 256;
 
 /// A sleep that does not end (no probe is scheduled).
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
@@ -716,6 +735,7 @@ fn snapshot(
         untracked: kernel.untracked,
         decode_errors: counters.decode_errors,
         probes: checks_used.then_some(probes),
+        fleet: pipe.fleet.as_ref().map(|f| f.snapshot()),
         is_final,
     })
 }

@@ -1,6 +1,8 @@
 //! The agent's own counters, reported as periodic `{"type":"stats",...}` lines and at exit.
 //! Nothing is dropped without being counted here.
 
+pub mod fleet;
+
 use serde::Serialize;
 
 use crate::source::event::{KernelEvent, Outcome, OutcomeCounts};
@@ -47,6 +49,9 @@ pub struct Stats {
     /// The agent's own handshake checks (not in `outcomes`); absent when checks are off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probes: Option<crate::policy::checks::ProbeCounts>,
+    /// The fleet link's counters (`[fleet]`); absent when the fleet is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<fleet::FleetStats>,
     /// True on the last line, written at exit.
     #[serde(rename = "final")]
     pub is_final: bool,
@@ -61,8 +66,9 @@ impl Stats {
                 p.sent, p.established, p.failed, p.lost, p.dropped
             )
         });
+        let fleet = self.fleet.map_or_else(String::new, |f| f.to_text());
         format!(
-            "stats{}: events={} established={} refused={} reset={} timeout={} abandoned={} unreachable={} syn_retransmits={} lost_events={} untracked={} decode_errors={}{probes}",
+            "stats{}: events={} established={} refused={} reset={} timeout={} abandoned={} unreachable={} syn_retransmits={} lost_events={} untracked={} decode_errors={}{probes}{fleet}",
             if self.is_final { " (final)" } else { "" },
             self.events,
             o.established,

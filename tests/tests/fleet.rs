@@ -59,11 +59,19 @@ impl Nats {
 
     /// (Re)starts the server on the same port and store.
     fn restart(&mut self) {
+        self.start_server(true);
+    }
+
+    /// Starts the server with or without JetStream (without: core publishes work, KV
+    /// puts fail).
+    fn start_server(&mut self, jetstream: bool) {
         assert!(self.child.is_none(), "nats-server already running");
         let log = std::fs::File::create(self.dir.join("nats.log")).expect("nats log");
-        let child = Command::new("nats-server")
-            .args(["-js", "-sd"])
-            .arg(self.dir.join("store"))
+        let mut cmd = Command::new("nats-server");
+        if jetstream {
+            cmd.args(["-js", "-sd"]).arg(self.dir.join("store"));
+        }
+        let child = cmd
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -176,6 +184,18 @@ impl Host {
         });
     }
 
+    /// The `fleet` counters of the agent's final `stats` line (the agent is stopped).
+    fn final_fleet_stats(self) -> Value {
+        let name = self.name;
+        let (_, lines) = self.agent.stop();
+        let stats = lines
+            .iter()
+            .rev()
+            .find(|v| v["type"] == "stats" && v["final"] == true)
+            .unwrap_or_else(|| panic!("no final stats line from {name}"));
+        stats["fleet"].clone()
+    }
+
     fn cli(&self, args: &[&str]) -> String {
         let bin = connmon_bin();
         let mut full = vec![bin.to_str().expect("utf-8")];
@@ -210,6 +230,34 @@ impl Host {
             .iter()
             .any(|v| v["type"] == "evict" && v["dst"] == d)
     }
+}
+
+/// `connmon fleet --json`: one object per host.
+fn fleet_rows(config: &std::path::Path) -> Vec<Value> {
+    let bin = connmon_bin();
+    let listed = sh(&[
+        bin.to_str().expect("utf-8"),
+        "fleet",
+        "--json",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// `GET /metrics` of an agent's Prometheus endpoint.
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = TcpStream::connect(addr).expect("connect to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    text
 }
 
 fn member() -> SocketAddr {
@@ -286,9 +334,18 @@ fn quorum_two_needs_a_second_host() {
     let nats = Nats::start();
     let dst = member();
     let quorum = "mode = \"quorum\"\nquorum = 2\nwindow = \"60s\"\n";
+    let metrics: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+        .parse()
+        .expect("addr");
     let mut a = Host::start("A", &nats, quorum, &[dst]);
     let mut b = Host::start("B", &nats, quorum, &[dst]);
-    let mut c = Host::start("C", &nats, quorum, &[dst]);
+    // C serves Prometheus metrics (`[agent]` follows the `[fleet]` lines).
+    let mut c = Host::start(
+        "C",
+        &nats,
+        &format!("{quorum}\n[agent]\nmetrics = \"{metrics}\"\n"),
+        &[dst],
+    );
 
     a.refuse(dst);
     a.wait_evict(dst, "A's own evict");
@@ -298,16 +355,37 @@ fn quorum_two_needs_a_second_host() {
     let e = c.wait_evict(dst, "the quorum's evict");
     assert_eq!(e["reason"], "fleet", "{e}");
     assert_eq!(e["origin"], "A,B", "{e}");
+
+    // The counters: on the Prometheus endpoint and in the final stats line.
+    let text = scrape(metrics);
+    for line in [
+        "connmon_fleet_verdicts_ignored_total{reason=\"quorum_pending\"} 1",
+        "connmon_fleet_verdicts_applied_total 1",
+        "connmon_fleet_verdicts_published_total 0",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let fleet = c.final_fleet_stats();
+    assert_eq!(fleet["applied"], 1, "{fleet}");
+    assert_eq!(fleet["ignored"]["quorum_pending"], 1, "{fleet}");
+    assert_eq!(fleet["dropped"]["queue_full"], 0, "{fleet}");
+    let fleet = a.final_fleet_stats();
+    assert_eq!(fleet["published"], 1, "A's evict: {fleet}");
+    assert_eq!(
+        fleet["ignored"]["echo"], 1,
+        "A's own evict came back: {fleet}"
+    );
 }
 
 #[test]
-fn a_host_in_local_outage_does_not_evict_the_fleet() {
+fn a_host_in_local_outage_does_not_evict_the_fleet_and_its_earlier_verdicts_are_retracted() {
     require_root();
     let nats = Nats::start();
+    let early = member();
     let sick = member();
     let healthy = member();
     let others: Vec<SocketAddr> = (0..3).map(|_| member()).collect();
-    let mut pool = vec![sick, healthy];
+    let mut pool = vec![early, sick, healthy];
     pool.extend(&others);
     // A: every refusal feeds the outage detector and none ejects by itself.
     let outage = "consecutive_refused = 0\nratio_min_attempts = 1000\noutage_min_destinations = 3\n\
@@ -316,12 +394,22 @@ fn a_host_in_local_outage_does_not_evict_the_fleet() {
     let mut b = Host::start("B", &nats, "", &pool);
     let mut c = Host::start("C", &nats, "", &pool);
 
+    // Before its outage, A's verdict is the fleet's.
+    a.cli(&["evict", &early.to_string(), "--for", "120s"]);
+    a.wait_evict(early, "A's evict before its outage");
+    let e = b.wait_evict(early, "A's verdict before its outage");
+    assert_eq!(e["origin"], "A", "{e}");
+
     for dst in &others {
         a.refuse(*dst);
     }
     a.agent.wait_for("A's local outage", WAIT, |v| {
         v["type"] == "diagnosis" && v["kind"] == "local_outage"
     });
+    // A's heartbeat says so: its earlier verdict stops counting fleet-wide (A keeps
+    // its own ejection).
+    let r = b.wait_reinstate(early, "the retraction of A's verdict");
+    assert_eq!(r["origin"], "A", "{r}");
     // An operator's evict during the outage is applied on A, flagged, and not applied
     // elsewhere.
     a.cli(&["evict", &sick.to_string(), "--for", "120s"]);
@@ -343,6 +431,13 @@ fn a_host_in_local_outage_does_not_evict_the_fleet() {
             .any(|v| v["type"] == "evict" && v["dst"] == sick.to_string()),
         "still not applied"
     );
+    let fleet = b.final_fleet_stats();
+    assert_eq!(
+        fleet["ignored"]["local_outage"], 1,
+        "A's flagged evict: {fleet}"
+    );
+    assert_eq!(fleet["lifted"], 1, "the retraction: {fleet}");
+    assert_eq!(fleet["applied"], 2, "A's early verdict and C's: {fleet}");
 }
 
 #[test]
@@ -351,7 +446,8 @@ fn nats_restart_resyncs_and_a_late_joiner_starts_with_the_ejections() {
     let mut nats = Nats::start();
     let first = member();
     let second = member();
-    let pool = [first, second];
+    let third = member();
+    let pool = [first, second, third];
     let mut a = Host::start("A", &nats, "", &pool);
     let mut b = Host::start("B", &nats, "", &pool);
 
@@ -370,6 +466,29 @@ fn nats_restart_resyncs_and_a_late_joiner_starts_with_the_ejections() {
         "nothing reaches B without NATS"
     );
 
+    // NATS back without JetStream: verdicts flow on the subject, KV puts fail (counted,
+    // kept for a retry).
+    nats.start_server(false);
+    let deadline = Instant::now() + WAIT;
+    for host in [&a, &b] {
+        while host.agent.stderr().matches("fleet: connected").count() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not reconnect: {}",
+                host.name,
+                host.agent.stderr()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    thread::sleep(Duration::from_secs(1));
+    a.refuse(third);
+    a.wait_evict(third, "A's evict while JetStream is off");
+    let e = b.wait_evict(third, "the live evict while JetStream is off");
+    assert_eq!(e["origin"], "A", "{e}");
+    thread::sleep(Duration::from_secs(2));
+    nats.kill();
+
     nats.restart();
     // A re-puts its ejections and deletes the reinstated one; B resyncs from the bucket.
     let e = b.wait_evict(second, "the evict made while NATS was down");
@@ -377,36 +496,38 @@ fn nats_restart_resyncs_and_a_late_joiner_starts_with_the_ejections() {
     let r = b.wait_reinstate(first, "the reinstate made while NATS was down");
     assert_eq!(r["origin"], "A", "{r}");
 
-    // `connmon fleet` lists the hosts of the bucket's ejections (heartbeat rows are not
-    // asserted: their KV puts were seen missing after a restart, see the report).
-    let bin = connmon_bin();
-    let listed = sh(&[
-        bin.to_str().expect("utf-8"),
-        "fleet",
-        "--json",
-        "--config",
-        a.config.to_str().expect("utf-8"),
-    ]);
-    let hosts: Vec<Value> = listed
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
-    let host = |name: &str| {
-        hosts
+    // `connmon fleet` lists both hosts with fresh heartbeats again (not the ones from
+    // before the restart) and A's two ejections in force.
+    let deadline = Instant::now() + WAIT;
+    let rows = loop {
+        let rows = fleet_rows(&a.config);
+        let fresh = |name: &str| {
+            rows.iter().any(|h| {
+                h["host"] == name
+                    && h["age_s"].as_f64().is_some_and(|age| age < 3.0)
+                    && h["heartbeat"]["ts_ms"].is_u64()
+            })
+        };
+        let a_ejections = rows
             .iter()
-            .find(|h| h["host"] == name)
-            .unwrap_or_else(|| panic!("no host {name} in `connmon fleet`: {listed}"))
+            .find(|h| h["host"] == "A")
+            .map(|h| h["ejections"].clone());
+        if fresh("A") && fresh("B") && a_ejections == Some(Value::from(2)) {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fresh heartbeats of A and B, or not A's 2 ejections, in `connmon fleet` after the restart: {rows:?}"
+        );
+        thread::sleep(Duration::from_millis(500));
     };
-    assert_eq!(
-        host("A")["ejections"],
-        1,
-        "A's ejection of the second member: {listed}"
-    );
+    assert!(rows.iter().all(|h| h["host"] != "L"), "{rows:?}");
 
     // A late joiner starts with the current ejections.
     let mut late = Host::start("L", &nats, "", &pool);
     let e = late.wait_evict(second, "the late joiner's evict");
     assert_eq!(e["origin"], "A", "{e}");
+    late.wait_evict(third, "the late joiner's evict of the JetStream-less one");
     assert!(
         !late
             .agent
@@ -414,5 +535,20 @@ fn nats_restart_resyncs_and_a_late_joiner_starts_with_the_ejections() {
             .iter()
             .any(|v| v["type"] == "evict" && v["dst"] == first.to_string()),
         "a reinstated destination is not in the bucket"
+    );
+
+    let fleet = a.final_fleet_stats();
+    assert!(
+        fleet["reconnects"].as_u64() >= Some(2),
+        "two restarts: {fleet}"
+    );
+    assert!(fleet["resyncs"].as_u64() >= Some(2), "{fleet}");
+    assert!(
+        fleet["dropped"]["unreachable"].as_u64() >= Some(2),
+        "the evict and reinstate while NATS was down: {fleet}"
+    );
+    assert!(
+        fleet["kv_put_failures"].as_u64() >= Some(1) && fleet["kv_put_retries"].as_u64() >= Some(1),
+        "the KV put of the JetStream-less evict failed and was retried: {fleet}"
     );
 }

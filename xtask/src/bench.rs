@@ -19,6 +19,9 @@
 //! 8. Scraper: Scrapy crawl time and connects to dead proxies with 30 % dead proxies,
 //!    connmon.scrapy vs scrapy-rotating-proxies vs all-healthy (`bench_scraper`).
 //! 9. Soak (`--soak DURATION`, or 20 s in `--quick`): see `soak.rs`.
+//! 10. Fleet: propagation latency between agents over NATS JetStream with 3 and 50
+//!     agents, NATS message rate and agent CPU at 1 000 verdicts/s, a late joiner's
+//!     resync (module [`fleet`]; `CONNMON_BENCH_ONLY=fleet`).
 //!
 //! Only loopback and a namespace this command creates are used; every load is bounded in
 //! time and count. `--quick` runs each scenario once, briefly (< 60 s), so that
@@ -39,6 +42,7 @@ use serde_json::Value;
 use crate::{build, setup};
 
 mod checks;
+mod fleet;
 mod kernel_cost;
 
 #[derive(clap::Args, Default)]
@@ -72,6 +76,14 @@ struct Plan {
     cpu_secs: f64,
     /// Members scheduled in `checks_bench`.
     memory_members: u32,
+    /// Fleet: agent counts, pool size, paced latency samples and their rate, the
+    /// verdict rate and how long it is held.
+    fleet_agents: &'static [usize],
+    fleet_members: usize,
+    fleet_samples: usize,
+    fleet_sample_rate: u64,
+    fleet_verdict_rate: u64,
+    fleet_rate_secs: f64,
 }
 
 impl Plan {
@@ -91,6 +103,12 @@ impl Plan {
                 cpu_members: 2_000,
                 cpu_secs: 1.0,
                 memory_members: 100_000,
+                fleet_agents: &[3],
+                fleet_members: 1_000,
+                fleet_samples: 20,
+                fleet_sample_rate: 40,
+                fleet_verdict_rate: 1_000,
+                fleet_rate_secs: 0.5,
             }
         } else {
             Plan {
@@ -117,6 +135,12 @@ impl Plan {
                 cpu_members: 2_000,
                 cpu_secs: 5.0,
                 memory_members: 1_000_000,
+                fleet_agents: &[3, 50],
+                fleet_members: 10_000,
+                fleet_samples: 300,
+                fleet_sample_rate: 20,
+                fleet_verdict_rate: 1_000,
+                fleet_rate_secs: 9.0,
             }
         }
     }
@@ -196,7 +220,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     );
     type Section = fn(&Env, &Plan, &mut String) -> anyhow::Result<()>;
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 9] = [
         (kernel_cost::SECTION, kernel_cost::run),
         (
             "connect overhead vs untraced, tcpstates, bpftrace",
@@ -208,10 +232,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ("memory", memory),
         ("start-up", startup),
         (CHECKS_SECTION, checks::run),
+        (fleet::SECTION, fleet::run),
     ];
-    // `CONNMON_BENCH_ONLY=checks` / `=kernel-cost` / `=latency`: that section alone.
+    // `CONNMON_BENCH_ONLY=checks` / `=kernel-cost` / `=latency` / `=fleet`: that section alone.
     let only = match std::env::var("CONNMON_BENCH_ONLY").as_deref() {
         Ok("checks") => Some(CHECKS_SECTION),
+        Ok(fleet::SECTION) => Some(fleet::SECTION),
         Ok(kernel_cost::SECTION) => Some(kernel_cost::SECTION),
         Ok("latency") => Some(LATENCY_SECTION),
         _ => None,

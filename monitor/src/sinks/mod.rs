@@ -45,6 +45,9 @@ pub struct SinkContext {
     pub clock: WallClock,
     /// The policy's gauges, kept current by the pipeline (no snapshot needed).
     pub gauges: Arc<Gauges>,
+    /// The fleet link's counters when `[fleet]` is on: the link writes them, the
+    /// pipeline's `stats` line and the Prometheus endpoint read them.
+    pub fleet: Option<Arc<crate::stats::fleet::FleetCounters>>,
 }
 
 /// Gauges the pipeline publishes after every tick, for consumers that only need a
@@ -87,7 +90,7 @@ pub async fn start(config: &ValidConfig, cx: &SinkContext) -> anyhow::Result<Inl
     };
     socket::start(&config.agent, config.policy.base_ejection, cx).await?;
     haproxy::start(&config.haproxy, cx)?;
-    otlp::start(&config.otlp, cx)?;
+    otlp::start(&config.otlp, &config.fleet.host(), cx)?;
     prometheus::start(&config.agent, cx)?;
     fleet::start(config, cx)?;
     Ok(inline)

@@ -568,7 +568,12 @@ pub fn start(agent: &AgentConfig, cx: &super::SinkContext) -> Result<(), Prometh
         .and_then(tokio::net::TcpListener::from_std)
         .map_err(|source| PrometheusError::Bind { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
-    let (metrics, registry) = Metrics::register();
+    let (metrics, mut registry) = Metrics::register();
+    if let Some(fleet) = &cx.fleet {
+        registry.register_collector(Box::new(super::fleet::prometheus::FleetCollector(
+            Arc::clone(fleet),
+        )));
+    }
     let scraped = Arc::new(AtomicBool::new(false));
     let endpoint = Endpoint {
         registry: Arc::new(registry),

@@ -23,16 +23,17 @@
 //! NATS never holds the pipeline: decisions reach the link through the bus (a lagging
 //! link is told how many it missed), wait in a bounded queue (full: the newest is
 //! dropped and counted), and are dropped and counted while NATS is unreachable; on
-//! every (re)connect the link re-puts this host's ejections and re-reads the bucket.
-//! Warnings are rate-limited. Message format: docs/fleet.md.
+//! every (re)connect the link re-puts this host's ejections and re-reads the bucket. A
+//! failed KV put is counted and retried (the newest operation per key wins). Warnings
+//! are rate-limited. The counters (`crate::stats::fleet`) reach the `stats` line and
+//! the Prometheus endpoint. Message format: docs/fleet.md.
 
 /// The `[fleet]` section lives with the other sections (config never imports a consumer).
 pub use crate::config::fleet as config;
 mod link;
 pub mod message;
+pub mod prometheus;
 pub mod view;
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use config::{FleetConfig, FleetMode};
 
@@ -71,40 +72,10 @@ pub fn start(config: &Config, cx: &super::SinkContext) -> Result<(), crate::inva
     if !config.fleet.enabled() {
         return Ok(());
     }
-    let link = link::Link::new(config, cx.control.clone());
+    let counters = cx.fleet.clone().unwrap_or_default();
+    let link = link::Link::new(config, cx.control.clone(), counters);
     let events = cx.bus.subscribe();
     cx.tasks
         .spawn(link.run(events, cx.shutdown.clone(), cx.tasks.clone()));
     Ok(())
-}
-
-/// What the link did, logged at exit and sent in heartbeats.
-#[derive(Debug, Default)]
-pub struct FleetCounters {
-    /// Own verdicts handed to NATS.
-    pub published: AtomicU64,
-    /// Own verdicts dropped: queue full, NATS unreachable or failing.
-    pub dropped: AtomicU64,
-    /// Remote verdicts received (valid).
-    pub received: AtomicU64,
-    /// Remote verdicts that changed this host (ejected or lifted).
-    pub applied: AtomicU64,
-    /// Remote verdicts withheld by `max_ejection_percent`.
-    pub guarded: AtomicU64,
-    /// Messages that failed to decode.
-    pub invalid: AtomicU64,
-    /// Bus messages missed because the link fell behind.
-    pub lagged: AtomicU64,
-    /// Completed resyncs from the KV bucket.
-    pub resyncs: AtomicU64,
-}
-
-impl FleetCounters {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
 }

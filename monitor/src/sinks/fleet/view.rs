@@ -20,8 +20,9 @@ use std::{
 
 use super::{
     config::FleetMode,
-    message::{FleetMessage, RemoteEvict},
+    message::{FleetMessage, Heartbeat, RemoteEvict},
 };
+use crate::stats::fleet::IgnoredReason;
 
 /// Destinations with votes at most; more are ignored (counted in `ignored_full`).
 pub const MAX_DESTINATIONS: usize = 100_000;
@@ -46,12 +47,33 @@ pub enum Ignored {
     LocalOutage,
     Untrusted,
     Expired,
-    /// Recorded; the destination is already applied, or below quorum, or observe mode.
-    Recorded,
+    /// `quorum`: recorded; fewer than `quorum` hosts agree within `window` yet.
+    QuorumPending,
+    /// Recorded; the destination is already applied here by an earlier vote.
+    AlreadyApplied,
+    /// `observe`: recorded, never applied.
+    Observe,
     Full,
     Heartbeat,
     /// A reinstate that ended a vote while other votes remain (or none was applied).
     Remaining,
+}
+
+impl Ignored {
+    /// The counter of an ignored verdict (`None`: not a verdict, or nothing to count).
+    pub fn reason(self) -> Option<IgnoredReason> {
+        Some(match self {
+            Ignored::Own => IgnoredReason::Echo,
+            Ignored::LocalOutage => IgnoredReason::LocalOutage,
+            Ignored::Untrusted => IgnoredReason::Untrusted,
+            Ignored::Expired => IgnoredReason::Expired,
+            Ignored::QuorumPending => IgnoredReason::QuorumPending,
+            Ignored::AlreadyApplied => IgnoredReason::AlreadyEjected,
+            Ignored::Observe => IgnoredReason::Observe,
+            Ignored::Full => IgnoredReason::Full,
+            Ignored::Heartbeat | Ignored::Remaining => return None,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,6 +106,9 @@ pub struct FleetView {
     hosts: HashMap<Arc<str>, HostSeen>,
     votes: HashMap<SocketAddr, Votes>,
     pub ignored_full: u64,
+    /// Lifts owed to a host's retraction (it reported a local outage), taken by
+    /// [`FleetView::take_retractions`].
+    retracted: Vec<Action>,
 }
 
 impl FleetView {
@@ -96,6 +121,7 @@ impl FleetView {
             hosts: HashMap::new(),
             votes: HashMap::new(),
             ignored_full: 0,
+            retracted: Vec::new(),
         }
     }
 
@@ -125,9 +151,13 @@ impl FleetView {
         }
         match message {
             FleetMessage::Heartbeat(h) => {
-                let (_, seen) = self.host_entry(&h.host);
+                let (host, seen) = self.host_entry(&h.host);
                 seen.last_ms = now_ms;
+                let entered = h.local_outage && !seen.local_outage;
                 seen.local_outage = h.local_outage;
+                if entered {
+                    self.retract(&host, now_ms);
+                }
                 Err(Ignored::Heartbeat)
             }
             FleetMessage::Evict(e) => self.on_evict(e, now_ms),
@@ -145,7 +175,11 @@ impl FleetView {
         seen.last_ms = now_ms;
         seen.evicts += 1;
         if e.local_outage {
+            let entered = !seen.local_outage;
             seen.local_outage = true;
+            if entered {
+                self.retract(&host, now_ms);
+            }
             return Err(Ignored::LocalOutage);
         }
         if seen.local_outage {
@@ -174,11 +208,11 @@ impl FleetView {
             },
         );
         if votes.applied {
-            return Err(Ignored::Recorded);
+            return Err(Ignored::AlreadyApplied);
         }
         let since = now_ms.saturating_sub(self.window_ms);
         let origin: Arc<str> = match self.mode {
-            FleetMode::Observe => return Err(Ignored::Recorded),
+            FleetMode::Observe => return Err(Ignored::Observe),
             FleetMode::Share => host,
             FleetMode::Quorum => {
                 let agreeing: Vec<&str> = votes
@@ -188,7 +222,7 @@ impl FleetView {
                     .map(|(h, _)| &**h)
                     .collect();
                 if agreeing.len() < self.quorum {
-                    return Err(Ignored::Recorded);
+                    return Err(Ignored::QuorumPending);
                 }
                 Arc::from(agreeing.join(","))
             }
@@ -220,6 +254,29 @@ impl FleetView {
         }
     }
 
+    /// `host` reported a local outage: every vote it cast stops counting (its verdicts
+    /// may be the outage's first symptoms), and destinations left without a vote are
+    /// lifted. Its own ejections on its own host are its business; a vote it casts
+    /// after the outage counts again.
+    fn retract(&mut self, host: &str, now_ms: u64) {
+        let dsts: Vec<SocketAddr> = self
+            .votes
+            .iter()
+            .filter(|(_, v)| v.by_host.contains_key(host))
+            .map(|(dst, _)| *dst)
+            .collect();
+        for dst in dsts {
+            if let Ok(action) = self.end_vote(dst, host, now_ms) {
+                self.retracted.push(action);
+            }
+        }
+    }
+
+    /// The lifts owed to retractions since the last call.
+    pub fn take_retractions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.retracted)
+    }
+
     /// Forgets votes past their term (the policy ends the applied ejections itself).
     pub fn prune(&mut self, now_ms: u64) {
         self.votes.retain(|_, votes| {
@@ -228,11 +285,20 @@ impl FleetView {
         });
     }
 
-    /// The fleet's current ejections as read from the KV bucket after a (re)connect:
-    /// votes the bucket no longer holds end (reinstates missed while disconnected),
-    /// then every entry counts as a live evict.
-    pub fn resync(&mut self, current: &[RemoteEvict], now_ms: u64) -> Vec<Action> {
-        let mut actions = Vec::new();
+    /// The fleet's current state as read from the KV bucket after a (re)connect: the
+    /// hosts' last heartbeats first (a host in local outage casts no vote), then votes
+    /// the bucket no longer holds end (reinstates missed while disconnected), then every
+    /// entry counts as a live evict.
+    pub fn resync(
+        &mut self,
+        heartbeats: &[Heartbeat],
+        current: &[RemoteEvict],
+        now_ms: u64,
+    ) -> Vec<Action> {
+        for h in heartbeats {
+            let _ = self.on_message(&FleetMessage::Heartbeat(h.clone()), now_ms);
+        }
+        let mut actions = self.take_retractions();
         let still: std::collections::HashSet<(SocketAddr, &str)> =
             current.iter().map(|e| (e.dst, e.host.as_str())).collect();
         let gone: Vec<(SocketAddr, Arc<str>)> = self
@@ -266,7 +332,7 @@ mod tests {
     use super::*;
     use crate::{
         policy::Reason,
-        sinks::fleet::message::{EvidenceSummary, Heartbeat, RemoteReinstate, VERSION},
+        sinks::fleet::message::{EvidenceSummary, RemoteReinstate, VERSION},
     };
 
     const DST: &str = "10.0.0.1:80";
@@ -314,7 +380,7 @@ mod tests {
         );
         assert_eq!(
             v.on_message(&evict("b", 12_000), 12_000),
-            Err(Ignored::Recorded)
+            Err(Ignored::AlreadyApplied)
         );
         assert_eq!(
             v.on_message(&reinstate("a"), 13_000),
@@ -374,10 +440,10 @@ mod tests {
     #[test]
     fn quorum_needs_distinct_hosts_within_the_window() {
         let mut v = view(FleetMode::Quorum);
-        assert_eq!(v.on_message(&evict("a", 0), 0), Err(Ignored::Recorded));
+        assert_eq!(v.on_message(&evict("a", 0), 0), Err(Ignored::QuorumPending));
         assert_eq!(
             v.on_message(&evict("a", 1), 1),
-            Err(Ignored::Recorded),
+            Err(Ignored::QuorumPending),
             "same host twice"
         );
         let Ok(Action::Apply { origin, .. }) = v.on_message(&evict("b", 2), 2) else {
@@ -392,7 +458,7 @@ mod tests {
         }
         assert_eq!(
             late.on_message(&e, 31_000),
-            Err(Ignored::Recorded),
+            Err(Ignored::QuorumPending),
             "a's vote is outside the window"
         );
     }
@@ -400,7 +466,7 @@ mod tests {
     #[test]
     fn observe_records_and_applies_nothing() {
         let mut v = view(FleetMode::Observe);
-        assert_eq!(v.on_message(&evict("a", 0), 0), Err(Ignored::Recorded));
+        assert_eq!(v.on_message(&evict("a", 0), 0), Err(Ignored::Observe));
         assert_eq!(v.on_message(&reinstate("a"), 1), Err(Ignored::Remaining));
         assert_eq!(v.hosts().len(), 1);
     }
@@ -411,20 +477,99 @@ mod tests {
         let FleetMessage::Evict(a) = evict("a", 0) else {
             unreachable!()
         };
-        let actions = v.resync(std::slice::from_ref(&a), 1_000);
+        let actions = v.resync(&[], std::slice::from_ref(&a), 1_000);
         assert!(
             matches!(&actions[..], [Action::Apply { .. }]),
             "{actions:?}"
         );
         assert!(
-            v.resync(std::slice::from_ref(&a), 2_000).is_empty(),
+            v.resync(&[], std::slice::from_ref(&a), 2_000).is_empty(),
             "nothing new"
         );
         assert_eq!(
-            v.resync(&[], 3_000),
+            v.resync(&[], &[], 3_000),
             vec![Action::Lift {
                 dst: DST.parse().unwrap()
             }]
         );
+    }
+
+    fn heartbeat(host: &str, outage: bool) -> Heartbeat {
+        Heartbeat {
+            v: VERSION,
+            host: host.into(),
+            mode: FleetMode::Share,
+            ejected: 0,
+            local_outage: outage,
+            published: 0,
+            applied: 0,
+            dropped: 0,
+            ts_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_host_entering_a_local_outage_retracts_its_votes() {
+        let mut v = view(FleetMode::Share);
+        assert!(v.on_message(&evict("a", 0), 0).is_ok(), "applied from a");
+        let other: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let mut both = evict("a", 0);
+        if let FleetMessage::Evict(e) = &mut both {
+            e.dst = other;
+        }
+        assert!(v.on_message(&both, 0).is_ok());
+        let mut from_b = both.clone();
+        if let FleetMessage::Evict(e) = &mut from_b {
+            e.host = "b".into();
+        }
+        assert_eq!(v.on_message(&from_b, 0), Err(Ignored::AlreadyApplied));
+        assert_eq!(
+            v.on_message(&FleetMessage::Heartbeat(heartbeat("a", true)), 1),
+            Err(Ignored::Heartbeat)
+        );
+        assert_eq!(
+            v.take_retractions(),
+            vec![Action::Lift {
+                dst: DST.parse().unwrap()
+            }],
+            "only the destination no other host voted for is lifted"
+        );
+        assert_eq!(v.applied(), 1, "b's vote keeps the other one");
+        assert!(v.take_retractions().is_empty(), "taken once");
+        assert_eq!(
+            v.on_message(&FleetMessage::Heartbeat(heartbeat("a", true)), 2),
+            Err(Ignored::Heartbeat)
+        );
+        assert!(v.take_retractions().is_empty(), "no second retraction");
+        assert_eq!(v.on_message(&evict("a", 3), 3), Err(Ignored::LocalOutage));
+        let _ = v.on_message(&FleetMessage::Heartbeat(heartbeat("a", false)), 4);
+        assert!(
+            v.on_message(&evict("a", 5), 5).is_ok(),
+            "outage over: counts again"
+        );
+    }
+
+    #[test]
+    fn resync_reads_heartbeats_first_so_a_host_in_outage_casts_no_vote() {
+        let mut v = view(FleetMode::Share);
+        let FleetMessage::Evict(a) = evict("a", 0) else {
+            unreachable!()
+        };
+        assert!(
+            v.resync(&[heartbeat("a", true)], std::slice::from_ref(&a), 1_000)
+                .is_empty()
+        );
+        assert!(v.hosts()["a"].local_outage);
+    }
+
+    #[test]
+    fn ignored_reasons_map_to_counters() {
+        assert_eq!(Ignored::Own.reason(), Some(IgnoredReason::Echo));
+        assert_eq!(
+            Ignored::QuorumPending.reason(),
+            Some(IgnoredReason::QuorumPending)
+        );
+        assert_eq!(Ignored::Heartbeat.reason(), None);
+        assert_eq!(Ignored::Remaining.reason(), None);
     }
 }

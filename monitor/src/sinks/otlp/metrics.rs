@@ -18,7 +18,10 @@ use opentelemetry::{
 use super::spans::role_str;
 use crate::{
     log_limit::LogLimiter,
-    policy::{Role, decision::Eviction},
+    policy::{
+        Role,
+        decision::{Eviction, Reinstatement},
+    },
     source::event::ConnectRecord,
 };
 
@@ -164,6 +167,19 @@ pub struct Instruments {
     pub tracked: Gauge<u64>,
     pub ejected: Gauge<u64>,
     _observed: [ObservableCounter<u64>; 3],
+    /// `origin` of this host's own decisions: its fleet host id.
+    local_origin: KeyValue,
+}
+
+/// The `origin` attribute of an ejection metric: the host whose verdict it is — this
+/// host's id for its own decisions, the remote host for a `reason: fleet` one, and
+/// `quorum` for a quorum of hosts (their list would multiply the series).
+pub fn origin_attribute(local: &KeyValue, origin: Option<&str>) -> KeyValue {
+    match origin {
+        None => local.clone(),
+        Some(hosts) if hosts.contains(',') => KeyValue::new("origin", "quorum"),
+        Some(host) => KeyValue::new("origin", host.to_owned()),
+    }
 }
 
 /// Handshake-time buckets, seconds: 100 µs (loopback) to 10 s (retransmitted SYNs).
@@ -173,7 +189,7 @@ pub(crate) const DURATION_BUCKETS: [f64; 15] = [
 ];
 
 impl Instruments {
-    pub fn new(meter: &Meter, tally: &Arc<Tally>) -> Self {
+    pub fn new(meter: &Meter, tally: &Arc<Tally>, host_id: &str) -> Self {
         let t = Arc::clone(tally);
         let dropped = meter
             .u64_observable_counter("connmon.export.dropped")
@@ -246,6 +262,7 @@ impl Instruments {
                 .with_description("Destinations currently ejected")
                 .build(),
             _observed: [dropped, lagged, lost],
+            local_origin: KeyValue::new("origin", host_id.to_owned()),
         }
     }
 
@@ -277,17 +294,40 @@ impl Instruments {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        self.evictions.add(1, &[KeyValue::new("reason", reason)]);
+        self.evictions.add(
+            1,
+            &[
+                KeyValue::new("reason", reason),
+                origin_attribute(&self.local_origin, e.origin.as_deref()),
+            ],
+        );
     }
 
-    pub fn on_reinstate(&self) {
-        self.reinstatements.add(1, &[]);
+    pub fn on_reinstate(&self, r: &Reinstatement) {
+        self.reinstatements.add(
+            1,
+            &[origin_attribute(&self.local_origin, r.origin.as_deref())],
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_origin_is_this_host_the_remote_one_or_a_quorum() {
+        let local = KeyValue::new("origin", "me");
+        assert_eq!(origin_attribute(&local, None), local);
+        assert_eq!(
+            origin_attribute(&local, Some("a")),
+            KeyValue::new("origin", "a")
+        );
+        assert_eq!(
+            origin_attribute(&local, Some("a,b")),
+            KeyValue::new("origin", "quorum")
+        );
+    }
 
     #[test]
     fn drops_are_counted_by_reason_and_lag_counts_twice() {

@@ -70,8 +70,9 @@ pub enum ExportError {
 }
 
 /// Starts the exporter if an endpoint is configured (config, flag or environment);
-/// does nothing otherwise. Must run inside the agent's Tokio runtime.
-pub fn start(otlp: &OtlpConfig, cx: &SinkContext) -> Result<(), ExportError> {
+/// does nothing otherwise. Must run inside the agent's Tokio runtime. `host_id` is
+/// the `origin` of this host's own decisions on the ejection metrics (`[fleet]`).
+pub fn start(otlp: &OtlpConfig, host_id: &str, cx: &SinkContext) -> Result<(), ExportError> {
     let SinkContext {
         bus,
         shutdown,
@@ -122,7 +123,11 @@ pub fn start(otlp: &OtlpConfig, cx: &SinkContext) -> Result<(), ExportError> {
         meters = meters.with_reader(reader.clone());
     }
     let meter_provider = meters.build();
-    let instruments = Instruments::new(&meter_provider.meter_with_scope(scope.clone()), &tally);
+    let instruments = Instruments::new(
+        &meter_provider.meter_with_scope(scope.clone()),
+        &tally,
+        host_id,
+    );
 
     let spans = span_exporter.map(|exporter| {
         let (tx, rx) = mpsc::channel(otlp.span_queue_size);
@@ -250,7 +255,7 @@ impl Consumer {
                 }
             }
             Payload::Decision(Decision::Reinstate(r)) => {
-                self.instruments.on_reinstate();
+                self.instruments.on_reinstate(r);
                 if let Some((spans, _)) = &mut self.spans {
                     spans.on_reinstate(r, msg.role);
                 }
