@@ -140,8 +140,16 @@ impl Engine {
         let now = self.now;
         let out = &mut self.decisions;
         match control {
+            // As the agent answers it: a copy of the table, made into the snapshot
+            // afterwards; it must be the snapshot the policy makes directly.
             Control::Snapshot { reply } => {
-                let _ = reply.send(self.policy.snapshot(now));
+                let snapshot = self.policy.snapshot_copy(now, |_| None).into_snapshot();
+                assert_eq!(
+                    snapshot,
+                    self.policy.snapshot(now),
+                    "the snapshot made from the copy differs"
+                );
+                let _ = reply.send(snapshot);
             }
             Control::Pool {
                 op: PoolOp::Add | PoolOp::Remove,

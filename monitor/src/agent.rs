@@ -348,16 +348,14 @@ impl Pipeline {
     fn control(&mut self, command: Control) {
         let now = monotonic_now_ns();
         match command {
+            // The pipeline only copies the table; the views are made and sorted on a
+            // blocking thread (a large table's snapshot would otherwise hold up decisions).
             Control::Snapshot { reply } => {
-                let mut snapshot = self.policy.snapshot(now);
-                for tally in snapshot
-                    .destinations
-                    .iter_mut()
-                    .flat_map(|d| d.top_cgroups.iter_mut())
-                {
-                    tally.origin = self.cgroups.resolve(tally.cgroup_id);
-                }
-                let _ = reply.send(snapshot);
+                let cgroups = &mut self.cgroups;
+                let copy = self.policy.snapshot_copy(now, |id| cgroups.resolve(id));
+                tokio::task::spawn_blocking(move || {
+                    let _ = reply.send(copy.into_snapshot());
+                });
             }
             // Adding or removing nothing is a read too (the encoding of `pool list` before
             // `PoolList`, still used by the HAProxy adapter): an unconfigured pool must

@@ -1,17 +1,21 @@
 //! Hostile local clients (issue #18): while the socket is abused — connections opened
 //! and dropped in a loop, half lines left hanging, 64 KiB lines, subscribers that never
-//! read or read slowly, bursts of pipelined commands from an allowed (non-root) uid —
-//! the pipeline keeps deciding: refused connects from a test namespace are evicted with
-//! a `detect_us` within a generous bound, and the agent's memory and file descriptors
-//! stay bounded and come back when the clients leave.
+//! read or read slowly, bursts of pipelined commands from an allowed (non-root) uid,
+//! snapshots of a 12 000-destination table among them — the pipeline keeps deciding:
+//! refused connects from a test namespace are evicted with a `detect_us` within a
+//! generous bound, a well-behaved subscriber still gets every one of those evictions,
+//! and the agent's memory and file descriptors stay bounded and come back when the
+//! clients leave.
 
 use std::{
-    io::{Read as _, Write as _},
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     sync::{
         Arc,
+        Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
@@ -33,11 +37,16 @@ const PROBES: usize = 16;
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// Probes before the abuse starts: the quiet figure the abuse is compared with.
 const QUIET_PROBES: usize = 8;
-/// Kernel event → evict decision, asserted for every probe. Generous: the same test runs
-/// under QEMU TCG emulation; the measured figures are in BENCHMARKS.md.
-const DETECT_BOUND_US: u64 = 500_000;
+/// Kernel event → evict decision, asserted for every probe. Generous (a debug build on a
+/// loaded 2-core host): measured maxima are ~12 ms with the socket server on its own
+/// thread, and were 64–86 ms before it (1.1 s with the 12 000-destination table); the
+/// figures are in BENCHMARKS.md.
+const DETECT_BOUND_US: u64 = 100_000;
 /// Agent RSS growth allowed over the abuse.
 const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
+/// Destinations put in the table (manual ejections) before the probes: every snapshot
+/// of the bursts is then a large one.
+const TABLE_FILL: usize = 12_000;
 
 /// Makes the calling thread (only it: the raw syscalls act per thread) uid/gid `NOBODY`.
 fn become_nobody() {
@@ -98,11 +107,13 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     let path: PathBuf = dir.join("sock").join("connmon.sock");
     // Every port of the namespace's address is a pool member; the guards that would
     // (rightly) stop a run of evictions are opened up, so each probe must be evicted.
+    // 256 client slots: with the churners' thousands of short sessions a second, 64 are
+    // often all taken and the allowed uid's bursts would mostly be refused.
     let cfg = dir.join("connmon.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nsocket_group = \"nogroup\"\nallowed_uids = [{NOBODY}]\nmax_clients = 64\n\n[policy]\npool = [\"{LOCAL_V4}/32\"]\nmax_ejection_percent = 100\noutage_min_destinations = 1000000\n"
+            "[agent]\nsocket_group = \"nogroup\"\nallowed_uids = [{NOBODY}]\nmax_clients = 256\n\n[policy]\npool = [\"{LOCAL_V4}/32\"]\nmax_ejection_percent = 100\noutage_min_destinations = 1000000\n"
         ),
     )
     .expect("config");
@@ -120,6 +131,15 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
         v["type"] == "evict" && v["dst"] == warm.to_string()
     });
     thread::sleep(Duration::from_millis(300));
+    fill_table(&ns, &path);
+    let (snapshot_ms, tracked) = timed_snapshot(&path);
+    assert!(
+        tracked >= TABLE_FILL as u64,
+        "the table holds the {TABLE_FILL} ejections ({tracked} tracked)"
+    );
+    // A subscriber that reads: when each eviction reached it.
+    let seen_by_subscriber: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let subscriber = subscribe_evictions(&path, Arc::clone(&seen_by_subscriber));
     // The same probes without abuse, for comparison (reported, not asserted).
     let mut quiet = Vec::new();
     for _ in 0..QUIET_PROBES {
@@ -205,27 +225,39 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     let mut round = 0u32;
     threads.push(abuser("bursts", true, &stop, &rounds[4], move || {
         let Some(mut s) = connect(&p) else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
         round += 1;
         let mut burst = String::new();
+        // A snapshot of the 12 000-destination table takes ~2 s in a debug build: one
+        // command in 40 is one.
         for i in 0..200u32 {
             let dst = format!("10.251.{}.{}:80", (round + i) % 200, i % 250);
-            let cmd = match i % 6 {
+            let cmd = match i % 5 {
+                _ if i % 40 == 39 => json!({"cmd": "snapshot"}),
                 0 => json!({"cmd": "pool", "op": "add", "members": [dst]}),
                 1 => json!({"cmd": "evict", "dst": dst, "for_ms": 2000}),
                 2 => json!({"cmd": "reinstate", "dst": dst}),
                 3 => json!({"cmd": "pool", "op": "remove", "members": [dst]}),
-                4 => json!({"cmd": "snapshot"}),
                 _ => json!({"cmd": "ping"}),
             };
             burst.push_str(&cmd.to_string());
             burst.push('\n');
         }
+        // The churners may hold every one of the `max_clients` slots: a refused client
+        // (`too_many_clients`, or the connection closed before the burst went) tries
+        // again, as a controller would.
+        let refused = |all: &[u8]| all.starts_with(br#"{"type":"error","code":"too_many_clients""#);
         if s.write_all(burst.as_bytes()).is_err() {
+            thread::sleep(Duration::from_millis(50));
             return;
         }
         let _ = s.shutdown(std::net::Shutdown::Write);
         let mut all = Vec::new();
         let _ = s.read_to_end(&mut all);
+        if refused(&all) {
+            thread::sleep(Duration::from_millis(50));
+            return;
+        }
         let lines = all.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
         replies.fetch_add(lines as u64, Ordering::Relaxed);
     }));
@@ -234,14 +266,17 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     // promptly.
     let started = Instant::now();
     let mut detect = Vec::new();
+    let mut probed = Vec::new();
     let mut peak_rss = rss_before;
     for _ in 0..PROBES {
         let dst = refuse(&ns);
+        let refused_at = Instant::now();
         let evict = agent.wait_for("evict during the abuse", Duration::from_secs(20), |v| {
             v["type"] == "evict" && v["dst"] == dst.to_string() && v["trigger"]["comm"] == "prober"
         });
         let us = evict["detect_us"].as_u64().expect("detect_us");
         detect.push(us);
+        probed.push((dst.to_string(), refused_at));
         peak_rss = peak_rss.max(rss_kib(pid));
         thread::sleep(PROBE_EVERY);
     }
@@ -256,15 +291,35 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     let counts: Vec<u64> = rounds.iter().map(|r| r.load(Ordering::Relaxed)).collect();
     let burst_lines = burst_replies.load(Ordering::Relaxed);
 
+    // Every probe's eviction reached the reading subscriber; how long after the refused
+    // connect returned (reported, not asserted).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut delivered_ms = Vec::new();
+    for (dst, refused_at) in &probed {
+        let at = loop {
+            if let Some(at) = seen_by_subscriber.lock().expect("lock").get(dst) {
+                break *at;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the subscriber never got the eviction of {dst}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        };
+        delivered_ms.push(at.saturating_duration_since(*refused_at).as_secs_f64() * 1e3);
+    }
+    delivered_ms.sort_by(f64::total_cmp);
     detect.sort_unstable();
     let max = *detect.last().expect("probes");
     eprintln!(
-        "hostile clients: detect_us of {QUIET_PROBES} evictions before the abuse: min {} p50 {} max {}; of {PROBES} during the abuse: min {} p50 {} max {max}; RSS {rss_before} KiB before, peak {peak_rss} KiB; rounds churn/partial/long/slow/burst = {:?}; burst reply lines {burst_lines}",
+        "hostile clients ({tracked} destinations, a snapshot of them in {snapshot_ms:.0} ms): detect_us of {QUIET_PROBES} evictions before the abuse: min {} p50 {} max {}; of {PROBES} during the abuse: min {} p50 {} max {max}; at a reading subscriber after the refused connect: p50 {:.1} ms max {:.1} ms; RSS {rss_before} KiB before, peak {peak_rss} KiB; rounds churn/partial/long/slow/burst = {:?}; burst reply lines {burst_lines}",
         quiet[0],
         quiet[quiet.len() / 2],
         quiet[quiet.len() - 1],
         detect[0],
         detect[detect.len() / 2],
+        delivered_ms[delivered_ms.len() / 2],
+        delivered_ms[delivered_ms.len() - 1],
         &counts[..5],
     );
     assert!(
@@ -276,7 +331,7 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
         "every kind of abuse ran: {counts:?}"
     );
     assert!(
-        burst_lines > 200,
+        burst_lines > 100,
         "the allowed uid's bursts were answered ({burst_lines} lines)"
     );
     assert!(
@@ -305,6 +360,79 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     drop(client);
     let (ok, _) = agent.stop();
     assert!(ok, "clean exit after the abuse");
+    subscriber.join().expect("the subscriber thread panicked");
+}
+
+/// Where the table is filled: an address of the namespace outside the pool (its
+/// destinations are targets, never ejected), added for this.
+const FILL_V4: &str = "10.200.1.1";
+
+/// Puts [`TABLE_FILL`] destinations in the table: refused connects to as many ports of
+/// [`FILL_V4`], paced so that the ring buffer keeps them all; waits until the agent
+/// tracks them.
+fn fill_table(ns: &Netns, path: &Path) {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "addr", "add", &format!("{FILL_V4}/32"), "dev", "lo"])
+        .output()
+        .expect("ip");
+    assert!(out.status.success(), "ip addr add: {out:?}");
+    ns.run("filler", || {
+        for i in 0..TABLE_FILL {
+            let dst: SocketAddr = format!("{FILL_V4}:{}", 20_000 + i).parse().expect("addr");
+            TcpStream::connect(dst).expect_err("refused");
+            if i % 500 == 499 {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut client = Client::connect(path, Duration::from_secs(5));
+    loop {
+        let snapshot = client.request(json!({"cmd": "snapshot"}));
+        let tracked = snapshot["tracked"].as_u64().expect("tracked");
+        if tracked >= TABLE_FILL as u64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent tracks {tracked} destinations, not the {TABLE_FILL} of the fill"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// How long a `snapshot` takes end to end, and how many destinations it has.
+fn timed_snapshot(path: &Path) -> (f64, u64) {
+    let mut client = Client::connect(path, Duration::from_secs(5));
+    let started = Instant::now();
+    let snapshot = client.request(json!({"cmd": "snapshot"}));
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    (ms, snapshot["tracked"].as_u64().expect("tracked"))
+}
+
+/// A subscriber to evictions that reads everything until the agent says `bye`: when
+/// each eviction arrived, by `dst`.
+fn subscribe_evictions(
+    path: &Path,
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+) -> thread::JoinHandle<()> {
+    let mut stream = connect(path).expect("connect");
+    stream.set_read_timeout(None).expect("no read timeout");
+    stream
+        .write_all(b"{\"cmd\":\"subscribe\",\"types\":[\"evict\"]}\n")
+        .expect("subscribe");
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("the subscriber got non-JSON ({e}): {line:.200}"));
+            if v["type"] == "evict"
+                && let Some(dst) = v["dst"].as_str()
+            {
+                seen.lock().expect("lock").insert(dst.to_owned(), Instant::now());
+            }
+        }
+    })
 }
 
 /// One refused connect from the namespace to a fresh closed port of its own address.

@@ -57,13 +57,14 @@ use guard::{OutageChange, OutageDetector, allowed_ejections};
 pub use pool::{PoolEntry, PoolError, PoolMembership, Role};
 pub use snapshot::{
     CgroupTally, DestinationState, DestinationView, EvidenceView, OutcomeCounts, PolicySnapshot,
+    SnapshotCopy,
 };
 pub use state::StateError;
 
 use crate::{
     clock::WallClock,
     source::event::{ConnectRecord, Outcome, SynRetransmitRecord},
-    table::{Destination, DestinationKey, DestinationTable, FailureMode, StreakKind},
+    table::{DestinationKey, DestinationTable, FailureMode, StreakKind},
 };
 
 /// What [`EjectionPolicy::load_state`] restored.
@@ -799,14 +800,62 @@ impl EjectionPolicy {
 
     /// Every tracked destination with its statistics and standing.
     pub fn snapshot(&mut self, now: u64) -> PolicySnapshot {
-        let known = self.known_members();
         let slot_ns = self.table.slot_ns();
         let mut destinations: Vec<DestinationView> = self
             .table
             .iter()
-            .map(|(dst, dest)| self.view(dst, dest, now, slot_ns))
+            .map(|(dst, dest)| {
+                snapshot::view(
+                    dst,
+                    dest,
+                    now,
+                    slot_ns,
+                    &self.wall,
+                    self.fleet_origins.get(&dst),
+                )
+            })
             .collect();
         destinations.sort_by_key(|d| (d.dst, d.netns));
+        PolicySnapshot {
+            destinations,
+            ..self.snapshot_head(now)
+        }
+    }
+
+    /// What [`EjectionPolicy::snapshot`] is made of, copied — one clone per destination,
+    /// nothing rendered — for [`SnapshotCopy::into_snapshot`] to finish elsewhere: the
+    /// pipeline pays for the copy only. `resolve` gives the origin of each cgroup among
+    /// the destinations' top cgroups (asked once per cgroup).
+    pub fn snapshot_copy(
+        &mut self,
+        now: u64,
+        mut resolve: impl FnMut(u64) -> Option<Arc<crate::source::cgroup::CgroupOrigin>>,
+    ) -> SnapshotCopy {
+        let mut cgroups = HashMap::new();
+        let entries = self
+            .table
+            .iter()
+            .map(|(dst, dest)| {
+                for id in dest.cgroup_ids() {
+                    cgroups.entry(id).or_insert_with(|| resolve(id));
+                }
+                (dst, dest.clone())
+            })
+            .collect();
+        SnapshotCopy {
+            head: self.snapshot_head(now),
+            now,
+            slot_ns: self.table.slot_ns(),
+            wall: self.wall,
+            entries,
+            origins: self.fleet_origins.clone(),
+            cgroups,
+        }
+    }
+
+    /// A snapshot without its destinations.
+    fn snapshot_head(&mut self, now: u64) -> PolicySnapshot {
+        let known = self.known_members();
         PolicySnapshot {
             ts: self.wall.rfc3339(now),
             local_outage: self.outage.active(),
@@ -818,54 +867,7 @@ impl EjectionPolicy {
             untracked_events: self.table.untracked(),
             untrusted_events: self.untrusted,
             evidence: snapshot::EvidenceView::of(&self.evidence),
-            destinations,
-        }
-    }
-
-    fn view(
-        &self,
-        dst: DestinationKey,
-        dest: &Destination<Standing>,
-        now: u64,
-        slot_ns: u64,
-    ) -> DestinationView {
-        let standing = &dest.annotation;
-        let state = if standing.ejected.is_some() {
-            DestinationState::Ejected
-        } else if standing.probation {
-            DestinationState::Probation
-        } else if standing.suspect {
-            DestinationState::Suspect
-        } else {
-            DestinationState::Healthy
-        };
-        let (window_attempts, window_failures) = dest.window_totals(now, slot_ns);
-        let handshake = dest.handshake();
-        DestinationView {
-            dst: dst.addr,
-            netns: dst.netns,
-            role: standing.role,
-            state,
-            attempts: dest.attempts(),
-            outcomes: OutcomeCounts::from_fn(|outcome| dest.count(outcome)),
-            syn_retransmits: dest.syn_retransmits(),
-            failure_ratio: (window_attempts > 0)
-                .then(|| f64::from(window_failures) / f64::from(window_attempts)),
-            window_attempts,
-            handshake_p50_us: handshake.quantile(0.50),
-            handshake_p99_us: handshake.quantile(0.99),
-            last_outcome: dest.last_outcome().map(|(o, _)| o),
-            last_outcome_at: dest.last_outcome().map(|(_, at)| self.wall.rfc3339(at)),
-            failure_mode: dest.failure_mode(),
-            ejection_count: standing.ejection_count,
-            ejection_reason: standing.ejected.as_ref().map(|e| e.reason),
-            ejected_until: standing
-                .ejected
-                .as_ref()
-                .map(|e| self.wall.rfc3339(e.until_ns)),
-            origin: self.fleet_origins.get(&dst).map(|o| o.to_string()),
-            top_processes: dest.top_processes(),
-            top_cgroups: dest.top_cgroups().into_iter().map(Into::into).collect(),
+            destinations: Vec::new(),
         }
     }
 

@@ -1,18 +1,25 @@
 //! A serializable view of the policy's state — every tracked destination with its
 //! statistics, role, state and ejection — for `connmon status` and the Unix socket.
+//!
+//! The agent does not build it on the pipeline: there it takes a [`SnapshotCopy`] (a
+//! clone of each table entry, a few hundred nanoseconds a destination) and the views —
+//! percentiles, times, top lists, the sort — are made from the copy on another thread,
+//! so a snapshot of a large table does not hold up decisions (issue #18).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 
 use super::{
     decision::Reason,
+    ejection::Standing,
     evidence::{EvidenceScope, Trust},
     pool::Role,
 };
 use crate::{
+    clock::WallClock,
     source::{cgroup::CgroupOrigin, event::Outcome},
-    table::{Cgroup, FailureMode, Process, Tally},
+    table::{Cgroup, Destination, DestinationKey, FailureMode, Process, Tally},
 };
 
 /// The policy at one moment.
@@ -117,4 +124,181 @@ pub struct DestinationView {
     pub origin: Option<String>,
     pub top_processes: Vec<Tally<Process>>,
     pub top_cgroups: Vec<CgroupTally>,
+}
+
+/// What a [`PolicySnapshot`] is made of, copied from the policy
+/// ([`super::EjectionPolicy::snapshot_copy`]); [`SnapshotCopy::into_snapshot`] makes
+/// the snapshot from it, wherever that is cheap.
+#[derive(Debug)]
+pub struct SnapshotCopy {
+    /// Everything but the destinations.
+    pub(super) head: PolicySnapshot,
+    pub(super) now: u64,
+    pub(super) slot_ns: u64,
+    pub(super) wall: WallClock,
+    pub(super) entries: Vec<(DestinationKey, Destination<Standing>)>,
+    /// Fleet ejections' origin hosts.
+    pub(super) origins: HashMap<DestinationKey, Arc<str>>,
+    /// The origin of every cgroup among the entries' top cgroups.
+    pub(super) cgroups: HashMap<u64, Option<Arc<CgroupOrigin>>>,
+}
+
+impl SnapshotCopy {
+    /// Destinations copied.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The snapshot, exactly as [`super::EjectionPolicy::snapshot`] would have made it at
+    /// the copy's time, with each top cgroup's origin filled in.
+    pub fn into_snapshot(self) -> PolicySnapshot {
+        let SnapshotCopy {
+            head,
+            now,
+            slot_ns,
+            wall,
+            entries,
+            origins,
+            cgroups,
+        } = self;
+        let mut destinations: Vec<DestinationView> = entries
+            .into_iter()
+            .map(|(dst, dest)| {
+                let mut view = view(dst, &dest, now, slot_ns, &wall, origins.get(&dst));
+                for tally in &mut view.top_cgroups {
+                    tally.origin = cgroups.get(&tally.cgroup_id).cloned().flatten();
+                }
+                view
+            })
+            .collect();
+        destinations.sort_by_key(|d| (d.dst, d.netns));
+        PolicySnapshot {
+            destinations,
+            ..head
+        }
+    }
+}
+
+/// One destination's view at `now`.
+pub(super) fn view(
+    dst: DestinationKey,
+    dest: &Destination<Standing>,
+    now: u64,
+    slot_ns: u64,
+    wall: &WallClock,
+    origin: Option<&Arc<str>>,
+) -> DestinationView {
+    let standing = &dest.annotation;
+    let state = if standing.ejected.is_some() {
+        DestinationState::Ejected
+    } else if standing.probation {
+        DestinationState::Probation
+    } else if standing.suspect {
+        DestinationState::Suspect
+    } else {
+        DestinationState::Healthy
+    };
+    let (window_attempts, window_failures) = dest.window_totals(now, slot_ns);
+    let handshake = dest.handshake();
+    DestinationView {
+        dst: dst.addr,
+        netns: dst.netns,
+        role: standing.role,
+        state,
+        attempts: dest.attempts(),
+        outcomes: OutcomeCounts::from_fn(|outcome| dest.count(outcome)),
+        syn_retransmits: dest.syn_retransmits(),
+        failure_ratio: (window_attempts > 0)
+            .then(|| f64::from(window_failures) / f64::from(window_attempts)),
+        window_attempts,
+        handshake_p50_us: handshake.quantile(0.50),
+        handshake_p99_us: handshake.quantile(0.99),
+        last_outcome: dest.last_outcome().map(|(o, _)| o),
+        last_outcome_at: dest.last_outcome().map(|(_, at)| wall.rfc3339(at)),
+        failure_mode: dest.failure_mode(),
+        ejection_count: standing.ejection_count,
+        ejection_reason: standing.ejected.as_ref().map(|e| e.reason),
+        ejected_until: standing
+            .ejected
+            .as_ref()
+            .map(|e| wall.rfc3339(e.until_ns)),
+        origin: origin.map(|o| o.to_string()),
+        top_processes: dest.top_processes(),
+        top_cgroups: dest.top_cgroups().into_iter().map(Into::into).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::{
+        policy::{EjectionPolicy, config::PolicyConfig, pool::PoolMembership},
+        source::event::{KernelEvent, refused_to},
+    };
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn the_copy_makes_the_snapshot_the_policy_makes_and_resolves_each_cgroup_once() {
+        let pool = PoolMembership::parse("10.1.0.0/16").expect("pool");
+        let wall = WallClock::from_offset_ns(1_700_000_000_000_000_000);
+        let mut policy =
+            EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1).expect("valid config");
+        let mut now = 1_000 * SEC;
+        let mut out = Vec::new();
+        for i in 0..600u16 {
+            let dst = SocketAddr::from(([10, 1, (i / 200) as u8, (i % 200) as u8], 8080));
+            let KernelEvent::Connect(mut rec) = refused_to(dst) else {
+                panic!("refused_to gives a connect")
+            };
+            // Successes only (inline summaries), mixed outcomes (details), and runs of
+            // refusals long enough to eject; three cgroups among them.
+            for k in 0..(1 + u32::from(i % 9)) {
+                rec.outcome = match i % 3 {
+                    0 => Outcome::Established,
+                    1 if k % 2 == 0 => Outcome::Established,
+                    _ => Outcome::Refused,
+                };
+                rec.who.cgroup_id = u64::from(i % 3) + u64::from(k % 2);
+                rec.ktime_ns = now;
+                rec.start_ns = now - 1_000;
+                policy.on_connect(&rec, now, &mut out);
+                now += 1_000;
+            }
+        }
+        let manual = SocketAddr::from(([10, 1, 9, 9], 80));
+        assert!(policy.evict_manual(manual, std::time::Duration::from_secs(60), now, &mut out));
+        assert!(
+            out.iter().filter(|d| matches!(d, super::super::Decision::Evict(_))).count() > 1,
+            "some destinations were ejected"
+        );
+        let direct = policy.snapshot(now);
+        let mut asked = Vec::new();
+        let copy = policy.snapshot_copy(now, |id| {
+            asked.push(id);
+            Some(Arc::new(CgroupOrigin::from_path(&format!("/test/{id}"))))
+        });
+        assert_eq!(copy.len(), direct.destinations.len());
+        let mut made = copy.into_snapshot();
+        for tally in made
+            .destinations
+            .iter_mut()
+            .flat_map(|d| d.top_cgroups.iter_mut())
+        {
+            let origin = tally.origin.take().expect("every top cgroup has its origin");
+            assert_eq!(&*origin.path, format!("/test/{}", tally.cgroup_id));
+        }
+        assert_eq!(made, direct, "the copy's snapshot differs from the policy's");
+        let mut distinct = asked.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(asked.len(), distinct.len(), "a cgroup was resolved twice: {asked:?}");
+        assert_eq!(distinct, vec![0, 1, 2, 3]);
+    }
 }

@@ -475,6 +475,17 @@ impl<A> Destination<A> {
         }
     }
 
+    /// The cgroup ids [`Destination::top_cgroups`] ranks, unranked (nothing allocated).
+    pub fn cgroup_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        let detail = self.detail.iter().flat_map(|d| d.cgroups.keys());
+        let inline = self
+            .who
+            .as_deref()
+            .filter(|_| self.detail.is_none() && self.attempts > 0)
+            .map(|who| who.cgroup);
+        detail.chain(inline).map(|c| c.cgroup_id)
+    }
+
     pub fn top_cgroups(&self) -> Vec<Tally<Cgroup>> {
         match (&self.detail, self.who.as_deref()) {
             (Some(d), _) => d.cgroups.ranked(),

@@ -44,6 +44,11 @@ impl<K: Copy + PartialEq, const N: usize> TopN<K, N> {
         }
     }
 
+    /// The kept keys, in no order (nothing allocated).
+    pub fn keys(&self) -> impl Iterator<Item = K> + '_ {
+        self.slots.iter().flatten().map(|t| t.key)
+    }
+
     /// The kept keys, most frequent first.
     pub fn ranked(&self) -> Vec<Tally<K>> {
         let mut v: Vec<Tally<K>> = self.slots.iter().flatten().copied().collect();

@@ -8,8 +8,13 @@
 //! next receive reports how many were lost (`RecvError::Lagged`) and the client gets
 //! `{"type":"lagged","missed":N}` in their place. Nothing else waits on a slow client:
 //! its writer is blocked in its own task, other sessions and the pipeline go on.
+//!
+//! The client only ever gets whole lines. At shutdown a subscriber is given what is
+//! still queued for it (the final stats included) for as long as it reads, within
+//! [`FLUSH_AT_SHUTDOWN`]; what it did not take is counted in one last `lagged` notice,
+//! and `bye` ends the stream.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tokio::{
@@ -40,6 +45,10 @@ pub const MAX_CONSECUTIVE_ERRORS: u32 = 10;
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the goodbye may take to a client that does not read.
 const BYE_TIMEOUT: Duration = Duration::from_millis(500);
+/// At shutdown, how long a subscriber gets to take what is still queued for it.
+const FLUSH_AT_SHUTDOWN: Duration = Duration::from_millis(500);
+/// Bytes given to one write at most, cut at a line end (see [`Outbox`]).
+const WRITE_CHUNK: usize = 32 * 1024;
 /// Replies queued for the writer; the reader waits when it is full (a client that
 /// sends commands but never reads only stalls itself).
 const REPLY_QUEUE: usize = 16;
@@ -82,10 +91,10 @@ pub async fn serve(stream: UnixStream, peer: Peer, ctx: SessionContext) {
     let mut writer = Writer {
         ctx,
         write,
-        interrupted: false,
+        out: Outbox::default(),
     };
     if writer
-        .send(protocol::hello(may_change_state).as_bytes())
+        .send(&protocol::hello(may_change_state))
         .await
         .is_err()
     {
@@ -307,24 +316,33 @@ async fn read_line(
 struct Writer {
     ctx: SessionContext,
     write: OwnedWriteHalf,
-    /// A write was cut short by shutdown: the socket may hold half a line.
-    interrupted: bool,
+    out: Outbox,
 }
 
-/// The writer stops.
-struct Stop;
+/// Why the writer stops writing.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// The client is gone (or a write failed).
+    Gone,
+    /// The agent is shutting down.
+    Shutdown,
+    /// The time for the goodbye ran out.
+    Deadline,
+}
+
+/// A subscription: this client's receiver on the bus and its filter.
+type Subscription = (broadcast::Receiver<Arc<Published>>, Filter);
 
 impl Writer {
     async fn run(&mut self, mut replies: mpsc::Receiver<Outgoing>) {
-        let mut events: Option<(broadcast::Receiver<Arc<Published>>, Filter)> = None;
+        let mut events: Option<Subscription> = None;
         let mut replies_open = true;
-        let mut batch = Vec::with_capacity(64 * 1024);
-        loop {
+        let stop = loop {
             let step = tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled() => break,
+                _ = self.ctx.shutdown.cancelled() => Err(Stop::Shutdown),
                 out = replies.recv(), if replies_open => match out {
-                    Some(Outgoing::Line(line)) => self.send(line.as_bytes()).await,
+                    Some(Outgoing::Line(line)) => self.send(&line).await,
                     Some(Outgoing::Snapshot(reply)) => self.send_snapshot(*reply).await,
                     Some(Outgoing::Subscribe(filter, id)) => {
                         let line = protocol::subscribed(&filter, id.as_ref());
@@ -334,10 +352,10 @@ impl Writer {
                             Some((_, current)) => *current = filter,
                             None => events = Some((self.ctx.bus.subscribe(), filter)),
                         }
-                        self.send(line.as_bytes()).await
+                        self.send(&line).await
                     }
                     Some(Outgoing::Close(line)) => {
-                        let _ = self.send(line.as_bytes()).await;
+                        let _ = self.send(&line).await;
                         return;
                     }
                     None => {
@@ -351,95 +369,298 @@ impl Writer {
                 },
                 received = recv(&mut events) => {
                     let Some((rx, filter)) = &mut events else { continue };
-                    batch.clear();
-                    let mut closed = false;
-                    let mut next = Some(received);
-                    let mut taken = 0;
-                    while let Some(message) = next.take() {
-                        match message {
-                            Ok(msg) => {
-                                if filter.matches(msg.topic, msg.role) {
-                                    batch.extend_from_slice(msg.json().as_bytes());
-                                    batch.push(b'\n');
-                                }
-                            }
-                            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                                self.ctx.stats.count_lagged(missed);
-                                batch.extend_from_slice(protocol::lagged(missed).as_bytes());
-                                batch.push(b'\n');
-                            }
-                            Err(broadcast::error::RecvError::Closed) => {
-                                closed = true;
-                                break;
-                            }
-                        }
-                        taken += 1;
-                        if taken == WRITE_BATCH {
-                            break;
-                        }
-                        next = match rx.try_recv() {
-                            Ok(msg) => Some(Ok(msg)),
-                            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(broadcast::error::RecvError::Lagged(n))),
-                            Err(broadcast::error::TryRecvError::Closed) => Some(Err(broadcast::error::RecvError::Closed)),
-                            Err(broadcast::error::TryRecvError::Empty) => None,
-                        };
-                    }
-                    let sent = self.send_raw(&batch).await;
+                    let closed = self.out.take_events(Some(received), rx, filter, &self.ctx.stats);
                     if closed {
                         // The pipeline is gone; shutdown follows.
                         events = None;
                     }
-                    sent
+                    self.flush(None).await
                 }
             };
-            if step.is_err() {
-                break;
+            if let Err(stop) = step {
+                break stop;
             }
-        }
-        if self.ctx.shutdown.is_cancelled() {
-            let mut bye = Vec::new();
-            if self.interrupted {
-                bye.push(b'\n');
-            }
-            bye.extend_from_slice(protocol::bye().as_bytes());
-            bye.push(b'\n');
-            let _ = tokio::time::timeout(BYE_TIMEOUT, self.write.write_all(&bye)).await;
+        };
+        if stop == Stop::Shutdown {
+            self.goodbye(events).await;
         }
         let _ = tokio::time::timeout(BYE_TIMEOUT, self.write.shutdown()).await;
     }
 
+    /// At shutdown: what is queued for the client and what the bus still holds for it
+    /// (the final stats among it), for as long as the client takes it within
+    /// [`FLUSH_AT_SHUTDOWN`]; then a `lagged` notice counting the messages that did not
+    /// go, and `bye`. The client gets whole lines only: writes end at line ends, and a
+    /// line the socket took part of (only a `snapshot` reply longer than a write) is
+    /// finished first — if even that runs out of time, the connection is closed without
+    /// a goodbye rather than with a line cut short inside the stream.
+    async fn goodbye(&mut self, mut events: Option<Subscription>) {
+        let deadline = tokio::time::Instant::now() + FLUSH_AT_SHUTDOWN;
+        let mut flushed = self.flush(Some(deadline)).await;
+        if let Some((rx, filter)) = &mut events {
+            while flushed.is_ok() {
+                let closed = self.out.take_events(None, rx, filter, &self.ctx.stats);
+                if self.out.is_empty() {
+                    break;
+                }
+                flushed = self.flush(Some(deadline)).await;
+                if closed {
+                    break;
+                }
+            }
+        }
+        if flushed == Err(Stop::Gone) {
+            return;
+        }
+        if self.out.mid_line() {
+            let _ = self.out.finish_line_within(&mut self.write, BYE_TIMEOUT).await;
+            if self.out.mid_line() {
+                return;
+            }
+        }
+        let mut missed = self.out.drop_unsent();
+        if let Some((rx, filter)) = &mut events {
+            missed += left_in(rx, filter);
+        }
+        if missed > 0 {
+            self.ctx.stats.count_lagged(missed);
+            self.out.push_line(protocol::lagged(missed).as_bytes(), 0);
+        }
+        self.out.push_line(protocol::bye().as_bytes(), 0);
+        let _ = self
+            .flush(Some(tokio::time::Instant::now() + BYE_TIMEOUT))
+            .await;
+    }
+
     /// Writes one line and its newline.
-    async fn send(&mut self, line: &[u8]) -> Result<(), Stop> {
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line);
-        buf.push(b'\n');
-        self.send_raw(&buf).await
+    async fn send(&mut self, line: &str) -> Result<(), Stop> {
+        self.out.push_line(line.as_bytes(), 0);
+        self.flush(None).await
     }
 
     /// Writes a `snapshot` reply chunk by chunk: its memory is a chunk and the
-    /// destinations not written yet, never the whole rendered line.
+    /// destinations not written yet, never the whole rendered line. Once begun the line
+    /// is finished, at shutdown too (within [`FLUSH_AT_SHUTDOWN`]).
     async fn send_snapshot(&mut self, mut reply: SnapshotReply) -> Result<(), Stop> {
         let mut buf = Vec::with_capacity(snapshot_reply::CHUNK + 4096);
-        while reply.fill(&mut buf) {
-            self.send_raw(&buf).await?;
+        let mut until = None;
+        loop {
+            let more = reply.fill(&mut buf);
+            self.out.push_part(&buf, !more);
             buf.clear();
-        }
-        self.send_raw(&buf).await
-    }
-
-    /// Writes whole lines, giving up at shutdown (a client that does not read must not
-    /// hold the agent's exit).
-    async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Stop> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        tokio::select! {
-            written = self.write.write_all(bytes) => written.map_err(|_| Stop),
-            _ = self.ctx.shutdown.cancelled() => {
-                self.interrupted = true;
-                Err(Stop)
+            match self.flush(until).await {
+                Ok(()) => {}
+                Err(Stop::Shutdown) => {
+                    until = Some(tokio::time::Instant::now() + FLUSH_AT_SHUTDOWN);
+                    self.flush(until).await?;
+                }
+                Err(stop) => return Err(stop),
+            }
+            if !more {
+                return match until {
+                    Some(_) => Err(Stop::Shutdown),
+                    None => Ok(()),
+                };
             }
         }
+    }
+
+    /// Writes the outbox. Without `until` it gives up at shutdown (a client that does not
+    /// read must not hold the agent's exit; what is not written stays in the outbox);
+    /// with it, it goes on until that instant.
+    async fn flush(&mut self, until: Option<tokio::time::Instant>) -> Result<(), Stop> {
+        while let Some(chunk) = self.out.next_chunk() {
+            let written = match until {
+                None => tokio::select! {
+                    biased;
+                    _ = self.ctx.shutdown.cancelled() => return Err(Stop::Shutdown),
+                    written = self.write.write(chunk) => written,
+                },
+                Some(at) => tokio::time::timeout_at(at, self.write.write(chunk))
+                    .await
+                    .map_err(|_| Stop::Deadline)?,
+            };
+            match written {
+                Ok(n) if n > 0 => self.out.sent(n),
+                _ => return Err(Stop::Gone),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bus messages still queued for a subscriber that its filter would have let through
+/// (what it misses when the agent stops).
+fn left_in(rx: &mut broadcast::Receiver<Arc<Published>>, filter: &Filter) -> u64 {
+    let mut left = 0;
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => left += u64::from(filter.matches(msg.topic, msg.role)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => left += n,
+            Err(_) => return left,
+        }
+    }
+}
+
+/// Lines on their way to the socket, written [`WRITE_CHUNK`] bytes at most at a time and
+/// cut at line ends: a Unix stream socket takes a write that fits one of its buffers
+/// (`unix_stream_sendmsg` builds up to SKB_MAX_HEAD + 32 KiB per skb) whole or not at
+/// all, so the client never holds part of a line that was not finished — except for a
+/// line longer than a chunk (a large `snapshot` reply), which [`Outbox::mid_line`]
+/// tells.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    /// How much of `bytes` the socket has taken.
+    sent: usize,
+    /// Where each complete line ends in `bytes` and how many bus messages it carries
+    /// (an event 1, a `lagged` notice its count, a reply 0): what the subscriber misses
+    /// if it is dropped.
+    lines: VecDeque<(usize, u64)>,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.sent == self.bytes.len()
+    }
+
+    /// Appends a line (a newline is added) carrying `weight` bus messages.
+    fn push_line(&mut self, line: &[u8], weight: u64) {
+        self.bytes.extend_from_slice(line);
+        self.bytes.push(b'\n');
+        self.lines.push_back((self.bytes.len(), weight));
+    }
+
+    /// Appends part of a long line; `last`: the part ends it (its newline included).
+    fn push_part(&mut self, part: &[u8], last: bool) {
+        self.bytes.extend_from_slice(part);
+        if last {
+            self.lines.push_back((self.bytes.len(), 0));
+        }
+    }
+
+    /// Renders what the subscription holds (`first`, then up to [`WRITE_BATCH`] more
+    /// without waiting) into the outbox; true when the bus has closed.
+    fn take_events(
+        &mut self,
+        first: Option<Result<Arc<Published>, broadcast::error::RecvError>>,
+        rx: &mut broadcast::Receiver<Arc<Published>>,
+        filter: &Filter,
+        stats: &ServerStats,
+    ) -> bool {
+        let mut next = first.or_else(|| try_recv(rx));
+        let mut taken = 0;
+        while let Some(message) = next.take() {
+            match message {
+                Ok(msg) => {
+                    if filter.matches(msg.topic, msg.role) {
+                        self.push_line(msg.json().as_bytes(), 1);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    stats.count_lagged(missed);
+                    self.push_line(protocol::lagged(missed).as_bytes(), missed);
+                }
+                Err(broadcast::error::RecvError::Closed) => return true,
+            }
+            taken += 1;
+            if taken == WRITE_BATCH {
+                break;
+            }
+            next = try_recv(rx);
+        }
+        false
+    }
+
+    /// The next bytes to write: up to the last line end within [`WRITE_CHUNK`] (or a
+    /// chunk of a longer line).
+    fn next_chunk(&self) -> Option<&[u8]> {
+        if self.is_empty() {
+            return None;
+        }
+        let limit = (self.sent + WRITE_CHUNK).min(self.bytes.len());
+        let end = self
+            .lines
+            .iter()
+            .map(|&(end, _)| end)
+            .take_while(|&end| end <= limit)
+            .last()
+            .unwrap_or(limit);
+        Some(&self.bytes[self.sent..end])
+    }
+
+    /// The socket took `n` more bytes.
+    fn sent(&mut self, n: usize) {
+        self.sent += n;
+        while self.lines.front().is_some_and(|&(end, _)| end <= self.sent) {
+            self.lines.pop_front();
+        }
+        if self.is_empty() {
+            self.clear();
+        }
+    }
+
+    /// Whether the socket holds the beginning of a line whose end it has not taken.
+    fn mid_line(&self) -> bool {
+        !self.at_line_end()
+    }
+
+    /// Whether everything sent ends at a line end.
+    fn at_line_end(&self) -> bool {
+        self.sent == 0 || self.bytes.get(self.sent - 1) == Some(&b'\n')
+    }
+
+    /// Writes the rest of the line the socket took part of, within `limit`.
+    async fn finish_line_within(
+        &mut self,
+        write: &mut OwnedWriteHalf,
+        limit: Duration,
+    ) -> Result<(), Stop> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.mid_line() {
+            let end = self.bytes[self.sent..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.bytes.len(), |i| self.sent + i + 1);
+            let written =
+                tokio::time::timeout_at(deadline, write.write(&self.bytes[self.sent..end]))
+                    .await
+                    .map_err(|_| Stop::Deadline)?;
+            match written {
+                Ok(n) if n > 0 => self.sent(n),
+                _ => return Err(Stop::Gone),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every line not written yet; returns the bus messages they carried.
+    fn drop_unsent(&mut self) -> u64 {
+        let missed = self.lines.iter().map(|&(_, weight)| weight).sum();
+        self.clear();
+        missed
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.sent = 0;
+        self.lines.clear();
+    }
+}
+
+/// `try_recv` as a `recv` result; None when nothing is queued.
+fn try_recv(
+    rx: &mut broadcast::Receiver<Arc<Published>>,
+) -> Option<Result<Arc<Published>, broadcast::error::RecvError>> {
+    match rx.try_recv() {
+        Ok(msg) => Some(Ok(msg)),
+        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+            Some(Err(broadcast::error::RecvError::Lagged(n)))
+        }
+        Err(broadcast::error::TryRecvError::Closed) => {
+            Some(Err(broadcast::error::RecvError::Closed))
+        }
+        Err(broadcast::error::TryRecvError::Empty) => None,
     }
 }
 
@@ -554,6 +775,47 @@ mod tests {
         );
         assert_eq!(lines.next_line().await.unwrap(), None);
         task.await.unwrap();
+    }
+
+    /// A subscriber that does not read while 20 000 events are published, then reads
+    /// after the agent began to stop: whole lines only, in order, then a `lagged` notice
+    /// for what did not go (if anything), then `bye` — every event accounted for.
+    #[tokio::test]
+    async fn at_shutdown_a_flooded_subscriber_gets_whole_lines_then_lagged_then_bye() {
+        const N: u16 = 20_000;
+        let bus = EventBus::new(usize::from(N), WallClock::from_offset_ns(0));
+        let (ctx, task, mut lines, _write) = subscribed(&bus).await;
+        for port in 1..=N {
+            bus.event(&refused(port), Role::Proxy);
+        }
+        // The writer fills the socket and waits on it in the middle of a batch.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ctx.shutdown.cancel();
+        let (mut delivered, mut missed, mut tail) = (0u16, 0u64, Vec::new());
+        while let Some(line) = lines.next_line().await.expect("read") {
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|err| {
+                panic!("line {} is not whole JSON ({err}): {line:.200}", delivered + 1)
+            });
+            match v["type"].as_str() {
+                Some("connect") if tail.is_empty() => {
+                    delivered += 1;
+                    assert_eq!(port_of(&line), delivered, "events in order, none skipped");
+                }
+                Some("lagged") if tail.is_empty() => {
+                    missed = v["missed"].as_u64().expect("missed");
+                    tail.push("lagged");
+                }
+                Some("bye") => tail.push("bye"),
+                _ => panic!("unexpected line after {delivered} events: {line:.200}"),
+            }
+        }
+        assert_eq!(tail.last(), Some(&"bye"), "the stream ends with bye: {tail:?}");
+        assert_eq!(
+            u64::from(delivered) + missed,
+            u64::from(N),
+            "{delivered} delivered + {missed} counted as lagged = every event"
+        );
+        task.await.expect("session");
     }
 
     #[tokio::test]
