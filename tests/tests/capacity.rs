@@ -87,18 +87,16 @@ fn more_than_65536_pending_connects_are_all_attributed() {
         let (go_r, go_w) = nix::unistd::pipe().expect("pipe");
         let pids: Vec<libc::pid_t> = (0..CHILDREN)
             .map(|_| {
-                fork_pending_connects(
-                    PER_CHILD,
-                    &targets,
-                    ready_w.as_raw_fd(),
-                    go_r.as_raw_fd(),
-                )
+                fork_pending_connects(PER_CHILD, &targets, ready_w.as_raw_fd(), go_r.as_raw_fd())
             })
             .collect();
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut ready = 0;
         while ready < CHILDREN {
-            assert!(Instant::now() < deadline, "only {ready} children ready in 120 s");
+            assert!(
+                Instant::now() < deadline,
+                "only {ready} children ready in 120 s"
+            );
             let mut buf = [0u8; 8];
             let n = nix::unistd::read(&ready_r, &mut buf).expect("read ready pipe");
             ready += n;
@@ -119,9 +117,7 @@ fn more_than_65536_pending_connects_are_all_attributed() {
     let until = Instant::now() + Duration::from_secs(120);
     let mut got: HashMap<u32, HashSet<String>> = HashMap::new();
     let mut scanned = 0;
-    let total = |got: &HashMap<u32, HashSet<String>>| {
-        got.values().map(HashSet::len).sum::<usize>()
-    };
+    let total = |got: &HashMap<u32, HashSet<String>>| got.values().map(HashSet::len).sum::<usize>();
     while total(&got) < CHILDREN * PER_CHILD && Instant::now() < until {
         let lines = agent.collect_for(Duration::from_millis(500));
         for v in &lines[scanned..] {

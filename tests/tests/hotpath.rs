@@ -258,7 +258,9 @@ fn unreachable_is_classified_when_the_application_busy_polls_so_error() {
         let pollers: Vec<_> = (0..POLLERS)
             .map(|p| {
                 let dsts: Vec<String> = (0..PER_ROUND / POLLERS)
-                    .map(|i| dsts[(round * PER_ROUND + p * PER_ROUND / POLLERS + i) % dsts.len()].clone())
+                    .map(|i| {
+                        dsts[(round * PER_ROUND + p * PER_ROUND / POLLERS + i) % dsts.len()].clone()
+                    })
                     .collect();
                 let path = ns.path();
                 thread::Builder::new()
