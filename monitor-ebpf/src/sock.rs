@@ -22,9 +22,21 @@ use crate::maps::{Attempt, SOCKETS, TupleKey, conf};
 pub struct Sock(pub *mut c_void);
 
 impl Sock {
-    /// Reads a `T` at byte offset `off` of the socket.
+    /// Reads a `T` at byte offset `off` of the socket: a direct load through the BTF
+    /// pointer, which the verifier checks against `struct sock`'s BTF (the offset is a
+    /// known constant: `CONFIG` is a frozen read-only map) and turns into an
+    /// exception-handled load — no helper call.
     #[inline(always)]
-    fn read<T>(self, off: u32) -> Result<T, i32> {
+    fn read<T: Copy>(self, off: u32) -> Result<T, i32> {
+        // SAFETY: see above; the fields read are naturally aligned in `struct sock`.
+        Ok(unsafe { core::ptr::read(self.0.cast::<u8>().add(off as usize).cast::<T>()) })
+    }
+
+    /// Reads a `T` at byte offset `off` with `bpf_probe_read_kernel`: for fields past
+    /// `struct sock` (in `struct inet_sock`), which the verifier does not let a direct
+    /// load through a `struct sock *` reach.
+    #[inline(always)]
+    fn read_outside<T>(self, off: u32) -> Result<T, i32> {
         let at = (self.0 as u64 + u64::from(off)) as *const T;
         // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
         unsafe { bpf_probe_read_kernel(at) }.map_err(|e| e as i32)
@@ -74,7 +86,7 @@ impl Sock {
         let mut key = TupleKey {
             saddr: [0; 16],
             daddr: [0; 16],
-            sport: u16::from_be(self.read::<u16>(conf!(inet_sport))?),
+            sport: u16::from_be(self.read_outside::<u16>(conf!(inet_sport))?),
             dport: u16::from_be(self.read::<u16>(conf!(skc_dport))?),
             family: self.read::<u16>(conf!(skc_family))?,
             _pad: 0,
