@@ -36,8 +36,9 @@ pub mod errno {
     pub const ECONNREFUSED: u32 = 111;
 }
 
-/// The outcome of a connect that left SYN_SENT for CLOSE, from `sk->sk_err` at that
-/// moment (`errno`) and whether `tcp:tcp_receive_reset` fired while it was pending.
+/// The outcome of a connect that left SYN_SENT for CLOSE, from the socket error
+/// (`errno`: captured where the kernel raised it, else `sk->sk_err` at that moment) and
+/// whether `tcp_receive_reset` fired while it was pending.
 ///
 /// ECONNREFUSED comes from a RST (`tcp_reset()`) or an ICMP port unreachable; ETIMEDOUT
 /// from `tcp_write_err()` after the last SYN retransmit; no error means the application
@@ -54,7 +55,7 @@ pub const fn classify_close(errno: u32, rst_seen: bool) -> u32 {
     }
 }
 
-/// Linux TCP states as they appear in `sock:inet_sock_set_state` (include/net/tcp_states.h).
+/// Linux TCP states as they appear in `inet_sock_set_state` (include/net/tcp_states.h).
 pub mod tcp_state {
     pub const ESTABLISHED: i32 = 1;
     pub const SYN_SENT: i32 = 2;
@@ -124,45 +125,34 @@ pub struct ConnectEvent {
 
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 112);
 
-/// Byte offsets of the fields the programs read from one tracepoint's record, taken
-/// from `/sys/kernel/tracing/events/<category>/<name>/format` at start-up.
-///
-/// Every tracepoint used here carries the TCP 4-tuple in the same field names.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TupleOffsets {
-    pub sport: u32,
-    pub dport: u32,
-    pub family: u32,
-    pub saddr: u32,
-    pub daddr: u32,
-    pub saddr_v6: u32,
-    pub daddr_v6: u32,
-}
-
-/// Offsets and settings handed to the programs as the read-only global `CONFIG`.
+/// Kernel struct offsets (from the running kernel's BTF) and settings, handed to the
+/// programs as the read-only global `CONFIG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeConfig {
-    /// `sock:inet_sock_set_state`.
-    pub set_state: TupleOffsets,
-    pub set_state_skaddr: u32,
-    pub set_state_oldstate: u32,
-    pub set_state_newstate: u32,
-    pub set_state_protocol: u32,
-    /// `tcp:tcp_receive_reset`.
-    pub receive_reset: TupleOffsets,
-    pub receive_reset_skaddr: u32,
-    /// `tcp:tcp_retransmit_skb`.
-    pub retransmit: TupleOffsets,
-    pub retransmit_skaddr: u32,
-    pub retransmit_state: u32,
-    /// `sock:inet_sk_error_report`.
-    pub error_report: TupleOffsets,
-    pub error_report_error: u32,
-    pub error_report_protocol: u32,
-    /// Kernel struct offsets from BTF; `has_netns == 0` when they could not be resolved.
-    pub sock_sk_err: u32,
+    /// `offsetof(struct sock, sk_err)`.
+    pub sk_err: u32,
+    /// `offsetof(struct sock, sk_protocol)`.
+    pub sk_protocol: u32,
+    /// `struct sock_common` members (at offset 0 of `struct sock`).
+    pub skc_state: u32,
+    pub skc_family: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// 0 when the kernel has no IPv6 socket fields (CONFIG_IPV6=n).
+    pub has_ipv6: u32,
+    /// `offsetof(struct inet_sock, inet_sport)`.
+    pub inet_sport: u32,
+    /// `offsetof(struct sock, sk_shutdown)` (byte-aligned); `has_shutdown == 0` when
+    /// BTF does not place it on a byte boundary.
+    pub sk_shutdown: u32,
+    pub has_shutdown: u32,
+    /// `offsetof(struct sock_common, skc_net) + offsetof(possible_net_t, net)` and
+    /// `offsetof(struct net, ns) + offsetof(struct ns_common, inum)`; `has_netns == 0`
+    /// when they could not be resolved.
     pub sock_common_skc_net: u32,
     pub net_ns_inum: u32,
     pub has_netns: u32,
@@ -174,24 +164,26 @@ pub struct ProbeConfig {
     /// 1: wake the reader for every event; 0: routine `established` outcomes are
     /// submitted with BPF_RB_NO_WAKEUP and picked up by the reader's periodic drain.
     pub wakeup_established: u32,
-    /// 1: remember `inet_sk_error_report` errors by 4-tuple for the CLOSE transition.
-    /// Only kernels before 6.10 report the error before closing the socket; on later
-    /// ones (`tcp_done_with_error()`) the report always comes after, so the agent leaves
-    /// this 0 and the program returns at once.
-    pub error_fallback: u32,
 }
 
-const _: () =
-    assert!(core::mem::size_of::<ProbeConfig>() == 4 * (7 * 4 + 4 + 1 + 2 + 2 + 4 + 3 + 2));
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 4 * 20);
 
 /// Index of the counters in the per-CPU `COUNTERS` array.
 pub mod counter {
     /// Ring-buffer reserve failed: the event was lost.
     pub const LOST_EVENTS: u32 = 0;
-    /// An outcome was seen for a socket whose SYN_SENT entry was missing (started before
-    /// the agent, or evicted from the in-flight LRU map).
+    /// An outcome was seen for a socket with no pending attempt in its storage (its
+    /// connect started before the agent).
     pub const UNTRACKED: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// The kernel could not allocate socket storage when a connect started: that
+    /// attempt's outcome is lost (attribution lost, counted).
+    pub const STORAGE_FAILED: u32 = 2;
+    /// A pending connect closed by the kernel (not by the application) with no error
+    /// left in `sk_err` and none captured: the application consumed it first
+    /// (`SO_ERROR`), and no hook ran before it could (no fentry on this kernel).
+    /// Reported as `unreachable` with errno 0.
+    pub const ERROR_CONSUMED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 #[cfg(test)]

@@ -1,23 +1,25 @@
-//! connmon's kernel side: classic tracepoints that turn every outgoing TCP connect into
-//! one outcome record in the `EVENTS` ring buffer.
+//! connmon's kernel side: BTF-enabled tracepoints (`tp_btf`) and two `fentry` hooks that
+//! turn every outgoing TCP connect into one outcome record in the `EVENTS` ring buffer.
+//! Per-connect state lives in the socket's own storage (`SOCKETS`).
 //!
-//! - `sock:inet_sock_set_state` (probes/set_state.rs): CLOSE→SYN_SENT starts an attempt
+//! - `inet_sock_set_state` (probes/set_state.rs): CLOSE→SYN_SENT starts an attempt
 //!   (in the connecting task's context); SYN_SENT→ESTABLISHED / →CLOSE ends it.
-//! - `tcp:tcp_receive_reset` (probes/receive_reset.rs): RST on a pending or established
+//! - `tcp_receive_reset` (probes/receive_reset.rs): RST on a pending or established
 //!   connection this host opened.
-//! - `tcp:tcp_retransmit_skb` (probes/retransmit.rs): SYN retransmits, the early warning
+//! - `tcp_retransmit_skb` (probes/retransmit.rs): SYN retransmits, the early warning
 //!   for blackholed destinations.
-//! - `sock:inet_sk_error_report` (probes/error_report.rs): the socket error, as a
-//!   fallback for when `sk_err` was already consumed at the CLOSE transition.
+//! - `fentry/tcp_done_with_error`, `fentry/sk_error_report` (probes/socket_error.rs):
+//!   the socket error, captured before the application can be woken and consume it.
 //!
-//! Field offsets are not compiled in: the agent reads them from the tracepoint format
-//! files and BTF and writes them into the read-only global `CONFIG` before loading.
+//! Kernel struct offsets are not compiled in: the agent reads them from the running
+//! kernel's BTF and writes them into the read-only global `CONFIG` before loading.
 #![no_std]
 #![no_main]
 
 mod maps;
 mod probes;
 mod record;
+mod sock;
 
 #[cfg(not(test))]
 #[panic_handler]

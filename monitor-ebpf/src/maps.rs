@@ -1,8 +1,9 @@
 //! Maps shared by the probes, and the read-only configuration global.
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use monitor_common::{ProbeConfig, counter};
 
@@ -47,7 +48,8 @@ pub static READER: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// A connect attempt as recorded when the socket entered SYN_SENT.
+/// A connect attempt, kept in the socket's own storage ([`SOCKETS`]) from the moment the
+/// socket entered SYN_SENT.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Attempt {
@@ -62,9 +64,26 @@ pub struct Attempt {
     pub rst: u32,
     /// One of `monitor_common::netns_owner`.
     pub netns_owner: u32,
+    /// One of [`phase`].
+    pub phase: u32,
+    /// The socket error captured where the kernel raised it (`tcp_done_with_error()`'s
+    /// argument, or `sk_err` on entry to `sk_error_report()`), before the application
+    /// could be woken and consume it with `SO_ERROR`; 0 if none.
+    pub captured_errno: u32,
 }
 
-/// The TCP 4-tuple, for hooks that carry no socket address.
+/// Where a tracked socket is ([`Attempt::phase`]).
+pub mod phase {
+    /// In SYN_SENT: the outcome is pending.
+    pub const PENDING: u32 = 1;
+    /// Established by this host's connect: a RST now ends it as `reset`.
+    pub const ESTABLISHED: u32 = 2;
+    /// Outcome reported; nothing more to say about this socket. (The storage is not
+    /// deleted: the kernel frees it with the socket, and a delete costs more than a store.)
+    pub const DONE: u32 = 3;
+}
+
+/// The TCP 4-tuple of a socket, as written into records.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TupleKey {
@@ -76,31 +95,15 @@ pub struct TupleKey {
     pub _pad: u16,
 }
 
-/// Pending connects, keyed by socket address (`skaddr`). LRU so that sockets whose end
-/// we never see cannot fill it.
-#[map]
-pub static INFLIGHT: LruHashMap<u64, Attempt> = LruHashMap::with_max_entries(65536, 0);
-
-/// Established connections this host opened, keyed by socket address, so that a later
-/// RST is reported as `reset` with the attribution of the connect.
-#[map]
-pub static ESTABLISHED: LruHashMap<u64, Attempt> = LruHashMap::with_max_entries(65536, 0);
-
-/// A socket error reported by `sock:inet_sk_error_report`, with when it happened.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ReportedError {
-    pub ktime_ns: u64,
-    pub errno: u32,
-    pub _pad: u32,
-}
-
-/// Errors from `sock:inet_sk_error_report` by 4-tuple; consulted when `sk_err` reads 0 at
-/// the CLOSE transition (older kernels report the error before closing, and the woken
-/// application may already have consumed `sk_err`).
-#[map]
-pub static REPORTED_ERRORS: LruHashMap<TupleKey, ReportedError> =
-    LruHashMap::with_max_entries(4096, 0);
+/// Per-connect state in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`, usable from
+/// `tp_btf`/`fentry` programs since Linux 5.11): no capacity limit and no hash insert or
+/// delete per connect; the kernel frees it with the socket. A BTF map: the kernel
+/// requires BTF key/value types for socket storage.
+///
+/// aya-ebpf's `SkStorage` wrapper only takes a `SockAddrContext`; the helpers are called
+/// directly with the BTF `struct sock *` of the hook instead (`sock.rs`).
+#[btf_map]
+pub static SOCKETS: SkStorage<Attempt> = SkStorage::new();
 
 #[inline(always)]
 pub fn count(index: u32) {

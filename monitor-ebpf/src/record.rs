@@ -1,44 +1,12 @@
-//! Reading the 4-tuple out of a tracepoint record and writing `ConnectEvent`s.
+//! Writing `ConnectEvent`s into the ring buffer, and the socket's network namespace.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    programs::TracePointContext,
 };
-use monitor_common::{AF_INET, AF_INET6, ConnectEvent, TupleOffsets, counter, netns_owner};
+use monitor_common::{ConnectEvent, counter, netns_owner};
 
 use crate::maps::{Attempt, EVENTS, READER, TupleKey, UNWOKEN, conf, count};
-
-/// Reads family, ports and addresses at the given offsets of the record.
-#[inline(always)]
-pub fn read_tuple(ctx: &TracePointContext, off: &TupleOffsets) -> Result<TupleKey, i32> {
-    let mut key = TupleKey {
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        family: 0,
-        _pad: 0,
-    };
-    // SAFETY: read_at uses bpf_probe_read_kernel; the offsets come from the format file.
-    unsafe {
-        key.family = ctx.read_at::<u16>(off.family as usize)?;
-        key.sport = ctx.read_at::<u16>(off.sport as usize)?;
-        key.dport = ctx.read_at::<u16>(off.dport as usize)?;
-        if key.family == AF_INET {
-            let s = ctx.read_at::<[u8; 4]>(off.saddr as usize)?;
-            let d = ctx.read_at::<[u8; 4]>(off.daddr as usize)?;
-            key.saddr[..4].copy_from_slice(&s);
-            key.daddr[..4].copy_from_slice(&d);
-        } else if key.family == AF_INET6 {
-            key.saddr = ctx.read_at::<[u8; 16]>(off.saddr_v6 as usize)?;
-            key.daddr = ctx.read_at::<[u8; 16]>(off.daddr_v6 as usize)?;
-        } else {
-            return Err(-1);
-        }
-    }
-    Ok(key)
-}
 
 /// The socket's network namespace: the inode number `sk->__sk_common.skc_net.net->ns.inum`
 /// (0 if unknown) and who owns it (`monitor_common::netns_owner`), from
@@ -90,16 +58,6 @@ fn owner_of(net: u64) -> u16 {
         Ok(_) => netns_owner::CHILD,
         Err(_) => netns_owner::UNKNOWN,
     }
-}
-
-/// `sk->sk_err` (a positive errno, or 0).
-#[inline(always)]
-pub fn sk_err_of(skaddr: u64) -> u32 {
-    // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
-    let err =
-        unsafe { bpf_probe_read_kernel((skaddr + u64::from(conf!(sock_sk_err))) as *const i32) }
-            .unwrap_or(0);
-    err.unsigned_abs()
 }
 
 /// How urgently the reader must see a record.

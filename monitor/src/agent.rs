@@ -530,9 +530,6 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         ring_buffer_bytes: agent.ring_buffer_bytes,
         wakeup_every_event: agent.wakeup_every_event,
     })?;
-    if source.info.mounted_tracefs {
-        tracing::info!(path = %source.info.tracefs.display(), "mounted tracefs");
-    }
     tracing::info!(
         ring_buffer_bytes = agent.ring_buffer_bytes,
         netns = source.info.netns_resolved,
@@ -540,8 +537,6 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         trust = %pipe.policy.evidence().trust(),
         cgroup_v2 = %pipe.cgroups.mount().map_or_else(|| "-".into(), |m| m.display().to_string()),
         pool_members = pipe.policy.pool().len(),
-        tracefs = %source.info.tracefs.display(),
-        error_fallback = source.info.error_fallback,
         "attached to {}",
         source.info.attached.join(", ")
     );
@@ -731,6 +726,7 @@ fn snapshot(
         syn_retransmits: counters.syn_retransmits,
         lost_events: kernel.lost_events,
         untracked: kernel.untracked,
+        storage_failed: kernel.storage_failed,
         decode_errors: counters.decode_errors,
         probes: checks_used.then_some(probes),
         fleet: pipe.fleet.as_ref().map(|f| f.snapshot()),

@@ -44,6 +44,9 @@ pub struct Stats {
     pub lost_events: u64,
     /// Outcomes of connects that started before the agent (not attributed, not reported).
     pub untracked: u64,
+    /// Connects whose socket storage the kernel could not allocate: their outcome is
+    /// lost (attribution lost, counted).
+    pub storage_failed: u64,
     /// Records that failed to decode.
     pub decode_errors: u64,
     /// The agent's own handshake checks (not in `outcomes`); absent when checks are off.
@@ -68,7 +71,7 @@ impl Stats {
         });
         let fleet = self.fleet.map_or_else(String::new, |f| f.to_text());
         format!(
-            "stats{}: events={} established={} refused={} reset={} timeout={} abandoned={} unreachable={} syn_retransmits={} lost_events={} untracked={} decode_errors={}{probes}{fleet}",
+            "stats{}: events={} established={} refused={} reset={} timeout={} abandoned={} unreachable={} syn_retransmits={} lost_events={} untracked={} storage_failed={} decode_errors={}{probes}{fleet}",
             if self.is_final { " (final)" } else { "" },
             self.events,
             o.established,
@@ -80,6 +83,7 @@ impl Stats {
             self.syn_retransmits,
             self.lost_events,
             self.untracked,
+            self.storage_failed,
             self.decode_errors
         )
     }

@@ -181,15 +181,29 @@ impl Drop for Netns {
     }
 }
 
-/// How many eBPF programs the agent loads on this kernel: `inet_sk_error_report` is
-/// attached only where the kernel raises the socket error before the CLOSE transition
-/// (no `tcp_done_with_error()`; see the probe table, monitor/src/source/probes.rs).
-pub fn expected_programs() -> usize {
-    let error_before_close = !std::fs::read_to_string("/proc/kallsyms")
-        .expect("read /proc/kallsyms")
+/// How many eBPF programs a running agent holds: the hooks its start-up line says it
+/// attached (`attached to tp_btf/..., fentry/...`). The three required hooks must be
+/// among them; the optional `fentry` ones depend on the kernel (BTF) and on whether it
+/// lets BPF trampolines attach (see the probe table, monitor/src/source/probes.rs).
+pub fn expected_programs(agent: &Agent) -> usize {
+    let stderr = agent.wait_for_stderr("attached to ", Duration::from_secs(30));
+    let line = stderr
         .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("tcp_done_with_error"));
-    if error_before_close { 4 } else { 3 }
+        .find_map(|l| l.split_once("attached to ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no start-up line in:\n{stderr}"));
+    // "tp_btf/a, tp_btf/b, fentry/c ring_buffer_bytes=..."
+    let hooks: Vec<&str> = line
+        .split(", ")
+        .filter_map(|h| h.split_whitespace().next())
+        .collect();
+    for required in [
+        "tp_btf/inet_sock_set_state",
+        "tp_btf/tcp_receive_reset",
+        "tp_btf/tcp_retransmit_skb",
+    ] {
+        assert!(hooks.contains(&required), "{required} not attached: {line}");
+    }
+    hooks.len()
 }
 
 /// The `connmon` binary under test: `CONNMON_BIN` (set by `cargo xtask test`) or the

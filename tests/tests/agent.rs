@@ -1,5 +1,5 @@
 //! Root integration tests of the agent's own behaviour: losses are counted and reported,
-//! tracefs is found or mounted in both usual layouts, and bad conditions give one clear error line.
+//! the agent starts without tracefs (BTF hooks) in both usual layouts, and bad conditions give one clear error line.
 
 use std::{net::TcpStream, os::unix::process::CommandExt as _, process::Command, time::Duration};
 
@@ -109,6 +109,7 @@ fn agent_in_layout(layout: TracefsLayout) -> Agent {
     })
 }
 
+/// The hooks are BTF-based (tp_btf, fentry): no tracefs is needed, none is mounted.
 #[test]
 fn starts_with_tracefs_unmounted() {
     require_root();
@@ -116,17 +117,10 @@ fn starts_with_tracefs_unmounted() {
         let ns = Netns::new("tfs");
         let mut agent = agent_in_layout(layout);
         let stderr = agent.stderr();
-        match layout {
-            TracefsLayout::Bare => assert!(
-                stderr.contains("mounted tracefs") && stderr.contains("/sys/kernel/tracing"),
-                "{layout:?}: the agent should mount tracefs on /sys/kernel/tracing:\n{stderr}"
-            ),
-            TracefsLayout::DebugfsOnly => assert!(
-                !stderr.contains("mounted tracefs")
-                    && stderr.contains("tracefs=/sys/kernel/debug/tracing"),
-                "{layout:?}: the agent should use debugfs's tracing automount:\n{stderr}"
-            ),
-        }
+        assert!(
+            !stderr.contains("mounted tracefs") && stderr.contains("attached to tp_btf/"),
+            "{layout:?}: the agent should attach without tracefs:\n{stderr}"
+        );
         let (port, _) = ns.run("tracefs", || {
             let port = closed_port("127.0.0.1");
             let _ = TcpStream::connect(("127.0.0.1", port));
@@ -178,11 +172,12 @@ fn bad_ring_buffer_size_is_rejected_before_loading() {
 
 /// Names (as the kernel truncates them, 15 bytes) of connmon's loaded tracepoint programs.
 fn connmon_programs() -> Vec<String> {
-    const OURS: [&str; 4] = [
+    const OURS: [&str; 5] = [
         "inet_sock_set_s",
         "tcp_receive_res",
         "tcp_retransmit_",
-        "inet_sk_error_r",
+        "tcp_done_with_e",
+        "sk_error_report",
     ];
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
@@ -199,8 +194,8 @@ fn sigterm_detaches_every_program() {
         "another connmon is running: {:?}",
         connmon_programs()
     );
-    let want = connmon_integration::expected_programs();
     let agent = Agent::start(&[]);
+    let want = connmon_integration::expected_programs(&agent);
     assert_eq!(
         connmon_programs().len(),
         want,

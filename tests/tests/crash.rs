@@ -134,7 +134,7 @@ fn kill_9_while_ejections_are_written_leaves_the_previous_or_the_new_state() {
         let (programs, maps) = bpf_object_ids(agent.pid());
         assert_eq!(
             programs.len(),
-            connmon_integration::expected_programs(),
+            connmon_integration::expected_programs(&agent),
             "the agent holds every program this kernel needs: {programs:?}"
         );
         assert!(!maps.is_empty(), "the agent holds its maps");

@@ -48,7 +48,7 @@ pub const DEFAULT_KERNELS: &[&str] = &["6.1.0-57-amd64", "6.12.117+deb12-amd64"]
 /// (HAProxy, OTLP collectors, Python clients, ...) or only exercise user-space code
 /// (`config`, `socket`) are left to the host run, so the matrix's CI cost does not grow
 /// with the suite. Add a binary here only if it tests kernel behaviour.
-pub const MATRIX_BINARIES: &[&str] = &["outcomes", "agent", "eviction", "evidence"];
+pub const MATRIX_BINARIES: &[&str] = &["outcomes", "agent", "eviction", "evidence", "hotpath"];
 
 /// The `--smoke` subset: (binary, test name). Attach, and refused (which also fires
 /// `tcp_receive_reset` and `inet_sk_error_report`) and established over IPv4 and IPv6.

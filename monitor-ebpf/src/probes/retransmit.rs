@@ -1,46 +1,39 @@
-//! `tcp:tcp_retransmit_skb`, fired by `__tcp_retransmit_skb()` (timer context, pid 0).
+//! `tcp_retransmit_skb` as a BTF tracepoint, fired by `__tcp_retransmit_skb()` with
+//! `(sk, skb, ...)` (timer context, pid 0).
 //!
 //! A retransmission while the socket is in SYN_SENT means the SYN went unanswered: the
 //! first sign of a blackholed destination, long before the kernel or the application
 //! gives up. Each one is counted on the attempt and reported as `syn_retransmit`.
+//! Retransmits on other sockets cost one read of the socket's state.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use monitor_common::{kind, tcp_state};
 
 use crate::{
-    maps::{INFLIGHT, conf},
-    record::{Wakeup, emit, read_tuple},
+    maps::phase,
+    record::{Wakeup, emit},
+    sock::Sock,
 };
 
-#[tracepoint]
-pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> u32 {
     match try_tcp_retransmit_skb(&ctx) {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
 
-fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: bpf_probe_read_kernel at offsets from the format file.
-    let (state, skaddr) = unsafe {
-        (
-            ctx.read_at::<i32>(conf!(retransmit_state) as usize)?,
-            ctx.read_at::<u64>(conf!(retransmit_skaddr) as usize)?,
-        )
-    };
-    if state != tcp_state::SYN_SENT {
+fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let sk = Sock(ctx.arg(0));
+    if i32::from(sk.state()?) != tcp_state::SYN_SENT {
         return Ok(());
     }
-    let Some(pending) = INFLIGHT.get_ptr_mut(&skaddr) else {
+    let Some(slot) = sk.attempt().filter(|a| a.phase == phase::PENDING) else {
         return Ok(());
     };
-    // SAFETY: the pointer comes from a successful map lookup; the copy is taken after the
-    // increment so the record carries the new count.
-    let attempt = unsafe {
-        (*pending).syn_retransmits += 1;
-        *pending
-    };
-    let tuple = read_tuple(ctx, &conf!(retransmit))?;
+    slot.syn_retransmits += 1;
+    let attempt = *slot;
+    let tuple = sk.tuple()?;
     emit(kind::SYN_RETRANSMIT, 0, 0, &tuple, &attempt, Wakeup::Now);
     Ok(())
 }

@@ -1,63 +1,61 @@
-//! `sock:inet_sock_set_state`, fired by `inet_sk_state_store()`/`tcp_set_state()`.
+//! `inet_sock_set_state` as a BTF tracepoint (`tp_btf`), fired by
+//! `inet_sk_state_store()`/`inet_sk_set_state()` with `(sk, oldstate, newstate)`.
 //!
-//! - CLOSE→SYN_SENT (`tcp_v4_connect`/`tcp_v6_connect`, in the connecting task): record
-//!   who connects, and when.
+//! - CLOSE→SYN_SENT (`tcp_v4_connect`/`tcp_v6_connect`, in the connecting task): create
+//!   the socket's storage and record who connects, and when.
 //! - SYN_SENT→ESTABLISHED (`tcp_finish_connect`): outcome `established`.
 //! - SYN_SENT→CLOSE (`tcp_done`, or `tcp_close` of a pending socket): `refused`,
-//!   `timeout`, `unreachable` or `abandoned`, from the RST flag and `sk_err`.
-//! - ESTABLISHED→anything: the connection this host opened is over; forget it.
+//!   `timeout`, `unreachable` or `abandoned`, from the RST flag and the socket error.
+//! - Every other transition (server-side sockets, closing established ones — most of
+//!   the runs) returns at once, before any memory read or map access.
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
-use monitor_common::{IPPROTO_TCP, classify_close, kind, outcome, tcp_state};
+use monitor_common::{IPPROTO_TCP, classify_close, counter, kind, outcome, tcp_state};
 
 use crate::{
-    maps::{Attempt, ESTABLISHED, INFLIGHT, REPORTED_ERRORS, conf, count},
-    record::{Wakeup, emit, netns_of, read_tuple, sk_err_of},
+    maps::{Attempt, count, phase},
+    record::{Wakeup, emit, netns_of},
+    sock::Sock,
 };
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     match try_inet_sock_set_state(&ctx) {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
 
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: read_at is bpf_probe_read_kernel at offsets from the format file.
-    let (protocol, oldstate, newstate, skaddr) = unsafe {
-        (
-            ctx.read_at::<u16>(conf!(set_state_protocol) as usize)?,
-            ctx.read_at::<i32>(conf!(set_state_oldstate) as usize)?,
-            ctx.read_at::<i32>(conf!(set_state_newstate) as usize)?,
-            ctx.read_at::<u64>(conf!(set_state_skaddr) as usize)?,
-        )
-    };
-    if protocol != IPPROTO_TCP {
-        return Ok(());
-    }
+fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
     match (oldstate, newstate) {
-        (tcp_state::CLOSE, tcp_state::SYN_SENT) => start_attempt(skaddr),
-        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => finish_attempt(ctx, skaddr, true),
-        (tcp_state::SYN_SENT, tcp_state::CLOSE) => finish_attempt(ctx, skaddr, false),
-        (tcp_state::ESTABLISHED, _) => {
-            let _ = ESTABLISHED.remove(&skaddr);
-            Ok(())
-        }
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => start_attempt(Sock(ctx.arg(0))),
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => finish_attempt(Sock(ctx.arg(0)), true),
+        (tcp_state::SYN_SENT, tcp_state::CLOSE) => finish_attempt(Sock(ctx.arg(0)), false),
         _ => Ok(()),
     }
 }
 
-fn start_attempt(skaddr: u64) -> Result<(), i32> {
+fn start_attempt(sk: Sock) -> Result<(), i32> {
+    if sk.protocol()? != IPPROTO_TCP {
+        return Ok(());
+    }
+    let Some(slot) = sk.attempt_or_create() else {
+        // The kernel could not allocate the storage (memory, or the socket's
+        // optmem limit): this attempt's outcome will be lost — counted, never silent.
+        count(counter::STORAGE_FAILED);
+        return Ok(());
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let (netns, netns_owner) = netns_of(skaddr);
-    let attempt = Attempt {
+    let (netns, netns_owner) = netns_of(sk.addr());
+    *slot = Attempt {
         // SAFETY: no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
         // SAFETY: no preconditions.
@@ -69,19 +67,21 @@ fn start_attempt(skaddr: u64) -> Result<(), i32> {
         syn_retransmits: 0,
         rst: 0,
         netns_owner,
+        phase: phase::PENDING,
+        captured_errno: 0,
     };
-    INFLIGHT.insert(&skaddr, &attempt, 0)
+    Ok(())
 }
 
-fn finish_attempt(ctx: &TracePointContext, skaddr: u64, established: bool) -> Result<(), i32> {
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(attempt) = (unsafe { INFLIGHT.get(&skaddr) }).copied() else {
-        count(monitor_common::counter::UNTRACKED);
+fn finish_attempt(sk: Sock, established: bool) -> Result<(), i32> {
+    let Some(slot) = sk.attempt().filter(|a| a.phase == phase::PENDING) else {
+        count(counter::UNTRACKED);
         return Ok(());
     };
-    let _ = INFLIGHT.remove(&skaddr);
-    let tuple = read_tuple(ctx, &conf!(set_state))?;
+    let tuple = sk.tuple()?;
     if established {
+        slot.phase = phase::ESTABLISHED;
+        let attempt = *slot;
         emit(
             kind::OUTCOME,
             outcome::ESTABLISHED,
@@ -90,19 +90,24 @@ fn finish_attempt(ctx: &TracePointContext, skaddr: u64, established: bool) -> Re
             &attempt,
             Wakeup::Batched,
         );
-        return ESTABLISHED.insert(&skaddr, &attempt, 0);
+        return Ok(());
     }
-    let mut errno = sk_err_of(skaddr);
-    if errno == 0 && conf!(error_fallback) != 0 {
-        // SAFETY: the value is copied out before the entry is removed.
-        if let Some(reported) = unsafe { REPORTED_ERRORS.get(&tuple) }.copied() {
-            let _ = REPORTED_ERRORS.remove(&tuple);
-            if reported.ktime_ns >= attempt.start_ns {
-                errno = reported.errno;
-            }
-        }
+    slot.phase = phase::DONE;
+    let attempt = *slot;
+    // The error captured where the kernel raised it comes first: `sk_err` may already
+    // have been consumed by an application woken before this transition.
+    let errno = if attempt.captured_errno != 0 {
+        attempt.captured_errno
+    } else {
+        sk.err()
+    };
+    let mut result = classify_close(errno, attempt.rst != 0);
+    if result == outcome::ABANDONED && sk.closed_by_application() == Some(false) {
+        // The kernel closed it on an error that the application consumed before any
+        // hook could read it: a failure, not an abandoned connect.
+        count(counter::ERROR_CONSUMED);
+        result = outcome::UNREACHABLE;
     }
-    let result = classify_close(errno, attempt.rst != 0);
     emit(kind::OUTCOME, result, errno, &tuple, &attempt, Wakeup::Now);
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! Kernel struct offsets from BTF (`/sys/kernel/btf/vmlinux`).
 //!
-//! Rust eBPF through aya has no CO-RE field relocations, so the two kernel struct reads
-//! the programs make — `sk->sk_err`, `sk->__sk_common.skc_net.net->ns.inum` and
-//! `net->user_ns->level` (who owns the namespace) — use offsets resolved here at
-//! start-up and handed over in `ProbeConfig`.
+//! Rust eBPF through aya has no CO-RE field relocations, so every kernel struct read the
+//! programs make — the socket's state, error, protocol and 4-tuple,
+//! `sk->__sk_common.skc_net.net->ns.inum` and `net->user_ns->level` (who owns the
+//! namespace) — uses offsets resolved here at start-up and handed over in `ProbeConfig`.
+//! The same BTF decides which optional hooks the running kernel has.
 
 use std::path::Path;
 
@@ -32,6 +33,22 @@ pub enum BtfError {
 pub struct KernelOffsets {
     /// `offsetof(struct sock, sk_err)`.
     pub sock_sk_err: u32,
+    /// `offsetof(struct sock, sk_protocol)`.
+    pub sock_sk_protocol: u32,
+    /// `struct sock_common`: `skc_state`, `skc_family`, `skc_daddr`, `skc_rcv_saddr`,
+    /// `skc_dport` (offsets inside `struct sock`, which starts with it).
+    pub skc_state: u32,
+    pub skc_family: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    /// `skc_v6_daddr`, `skc_v6_rcv_saddr`: absent without CONFIG_IPV6.
+    pub skc_v6: Option<(u32, u32)>,
+    /// `offsetof(struct inet_sock, inet_sport)`.
+    pub inet_sport: u32,
+    /// `offsetof(struct sock, sk_shutdown)` if it starts on a byte boundary (a plain
+    /// `u8`, or a bitfield at bit 0 of its byte).
+    pub sock_sk_shutdown: Option<u32>,
     /// `offsetof(struct sock_common, skc_net) + offsetof(possible_net_t, net)`.
     pub sock_common_skc_net: Option<u32>,
     /// `offsetof(struct net, ns) + offsetof(struct ns_common, inum)`.
@@ -80,6 +97,24 @@ impl KernelBtf {
         Ok(total_bits / 8)
     }
 
+    /// Like [`offset_of`](Self::offset_of), but None unless the member starts on a byte
+    /// boundary.
+    pub fn byte_offset_of(&self, strukt: &str, path: &[&str]) -> Option<u32> {
+        let mut ty = self
+            .btf
+            .resolve_types_by_name(strukt)
+            .ok()?
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(_)))?;
+        let mut total_bits = 0u32;
+        for member in path {
+            let (bits, member_ty) = self.find_member(&ty, member)?;
+            total_bits += bits;
+            ty = member_ty;
+        }
+        (total_bits % 8 == 0).then_some(total_bits / 8)
+    }
+
     /// Finds `name` in a struct/union (after typedefs), recursing into anonymous members.
     fn find_member(&self, ty: &Type, name: &str) -> Option<(u32, Type)> {
         let ty = self.strip_typedefs(ty.clone())?;
@@ -122,11 +157,26 @@ impl KernelBtf {
             .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
     }
 
-    /// Resolves everything the programs need. `sk_err` is required; the network
-    /// namespace is optional (a kernel without CONFIG_NET_NS has no `skc_net.net`).
+    /// Resolves everything the programs need. The socket fields are required; IPv6
+    /// addresses and the network namespace are optional (a kernel without CONFIG_IPV6
+    /// or CONFIG_NET_NS lacks them).
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        let common = |member: &str| self.offset_of("sock_common", &[member]);
+        let skc_v6 = match (common("skc_v6_daddr"), common("skc_v6_rcv_saddr")) {
+            (Ok(d), Ok(s)) => Some((d, s)),
+            _ => None,
+        };
         Ok(KernelOffsets {
             sock_sk_err: self.offset_of("sock", &["sk_err"])?,
+            sock_sk_protocol: self.offset_of("sock", &["sk_protocol"])?,
+            skc_state: common("skc_state")?,
+            skc_family: common("skc_family")?,
+            skc_daddr: common("skc_daddr")?,
+            skc_rcv_saddr: common("skc_rcv_saddr")?,
+            skc_dport: common("skc_dport")?,
+            skc_v6,
+            inet_sport: self.offset_of("inet_sock", &["inet_sport"])?,
+            sock_sk_shutdown: self.byte_offset_of("sock", &["sk_shutdown"]),
             sock_common_skc_net: self.offset_of("sock_common", &["skc_net", "net"]).ok(),
             net_ns_inum: self.offset_of("net", &["ns", "inum"]).ok(),
             net_user_ns: self.offset_of("net", &["user_ns"]).ok(),
@@ -153,6 +203,16 @@ mod tests {
         let common_at = btf.offset_of("sock", &["__sk_common"]).unwrap();
         assert_eq!(common_at, 0);
         assert!(offsets.sock_sk_err > 100, "{offsets:?}");
+        // sock_common's fixed layout (include/net/sock.h): addresses first, then ports,
+        // then family and state.
+        assert_eq!(offsets.skc_daddr, 0, "{offsets:?}");
+        assert_eq!(offsets.skc_rcv_saddr, 4, "{offsets:?}");
+        assert_eq!(offsets.skc_dport, 12, "{offsets:?}");
+        assert_eq!(offsets.skc_family, 16, "{offsets:?}");
+        assert_eq!(offsets.skc_state, 18, "{offsets:?}");
+        assert!(offsets.skc_v6.is_some(), "{offsets:?}");
+        assert!(offsets.inet_sport > offsets.sock_sk_err, "{offsets:?}");
+        assert!(offsets.sock_sk_shutdown.is_some(), "{offsets:?}");
         assert!(offsets.sock_common_skc_net.is_some(), "{offsets:?}");
         assert!(offsets.net_ns_inum.is_some(), "{offsets:?}");
         assert!(offsets.net_user_ns.is_some(), "{offsets:?}");

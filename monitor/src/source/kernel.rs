@@ -3,13 +3,13 @@
 //!
 //! Dropping a [`KernelSource`] detaches every program and frees the maps.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, FEntry, Program},
 };
 use monitor_common::{ProbeConfig, counter};
 use tokio::io::{Interest, unix::AsyncFd};
@@ -17,8 +17,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use super::{
     btf, features,
     poll::ReaderPoll,
-    probes::{self, Hook, KernelFacts},
-    tracefs,
+    probes::{self, Hook, KernelFacts, Need},
 };
 
 /// The eBPF object built by `build.rs` (empty when built with AYA_BUILD_SKIP=1).
@@ -36,16 +35,13 @@ pub struct SourceOptions {
 /// What was found or done while setting up, for the start-up log line.
 #[derive(Debug)]
 pub struct SourceInfo {
-    pub tracefs: PathBuf,
-    pub mounted_tracefs: bool,
     pub netns_resolved: bool,
-    /// Whether `inet_sk_error_report` errors are remembered for the CLOSE transition
-    /// (kernels without `tcp_done_with_error()`).
-    pub error_fallback: bool,
     /// The owner of each socket's network namespace is read (`net->user_ns->level`).
     pub netns_owner_resolved: bool,
-    /// The hooks attached, from the probe table (`category:name`).
+    /// The hooks attached, from the probe table (`tp_btf/name`, `fentry/function`).
     pub attached: Vec<String>,
+    /// Optional hooks the kernel has but that failed to attach (with why).
+    pub skipped: Vec<String>,
 }
 
 /// The attached programs and the maps the agent reads.
@@ -66,30 +62,17 @@ pub struct KernelCounters {
     pub lost_events: u64,
     /// Outcomes for sockets whose connect was not seen (opened before the agent started).
     pub untracked: u64,
+    /// Connects whose socket storage could not be allocated: their outcome is lost.
+    pub storage_failed: u64,
 }
 
 /// The kernel function that, since 6.10 (and in distribution kernels that backported
-/// it, such as Debian's 6.1.0-57), sets `sk_err` before the CLOSE transition and raises
-/// `inet_sk_error_report` only after it.
+/// it, such as Debian's 6.1.0-57), raises a socket error and closes the socket; its
+/// `err` argument is captured before anything can consume `sk_err`.
 pub const TCP_DONE_WITH_ERROR: &str = "tcp_done_with_error";
 
-/// Whether the kernel raises the socket error before the CLOSE transition, so that the
-/// error must be remembered from `inet_sk_error_report` (the fallback). Decided by
-/// whether `tcp_done_with_error()` exists (BTF, else `/proc/kallsyms`), not by the
-/// version number: backports make versions a poor feature test. When neither source
-/// knows it, the fallback is on: it costs a map update per error, never an outcome.
-pub fn reports_error_before_close(in_btf: bool, kallsyms: Option<&str>) -> bool {
-    if in_btf {
-        return false;
-    }
-    !kallsyms.is_some_and(|text| kallsyms_has(text, TCP_DONE_WITH_ERROR))
-}
-
-/// Whether `/proc/kallsyms` text names the function `name` (`addr type name [module]`).
-fn kallsyms_has(text: &str, name: &str) -> bool {
-    text.lines()
-        .any(|l| l.split_whitespace().nth(2) == Some(name))
-}
+/// The kernel function that wakes the application for a socket error (5.12+).
+pub const SK_ERROR_REPORT: &str = "sk_error_report";
 
 /// Checks the ring buffer size the kernel will accept.
 pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<(), String> {
@@ -103,7 +86,7 @@ pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<(), String> {
 }
 
 impl KernelSource {
-    /// Mounts tracefs if needed, resolves offsets, loads and attaches all four programs.
+    /// Resolves offsets from BTF, loads and attaches the programs of the probe table.
     pub fn attach(opts: &SourceOptions) -> anyhow::Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!(
@@ -113,23 +96,32 @@ impl KernelSource {
         validate_ring_buffer_bytes(opts.ring_buffer_bytes).map_err(anyhow::Error::msg)?;
         features::check()?;
         let kernel_btf = btf::KernelBtf::open(Path::new(btf::VMLINUX))?;
-        let done_with_error_in_btf = kernel_btf.has_function(TCP_DONE_WITH_ERROR);
-        let kallsyms = if done_with_error_in_btf {
-            None
-        } else {
-            std::fs::read_to_string("/proc/kallsyms").ok()
-        };
-        let error_fallback =
-            reports_error_before_close(done_with_error_in_btf, kallsyms.as_deref());
         let facts = KernelFacts {
-            error_before_close: error_fallback,
+            tcp_done_with_error: kernel_btf.has_function(TCP_DONE_WITH_ERROR),
+            sk_error_report: kernel_btf.has_function(SK_ERROR_REPORT),
         };
-        let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
-        let mut config: ProbeConfig =
-            tracefs::read_probe_offsets(&tracefs_path, probes::wanted(&facts))?;
-
         let kernel = kernel_btf.kernel_offsets()?;
-        config.sock_sk_err = kernel.sock_sk_err;
+        let mut config = ProbeConfig {
+            sk_err: kernel.sock_sk_err,
+            sk_protocol: kernel.sock_sk_protocol,
+            skc_state: kernel.skc_state,
+            skc_family: kernel.skc_family,
+            skc_daddr: kernel.skc_daddr,
+            skc_rcv_saddr: kernel.skc_rcv_saddr,
+            skc_dport: kernel.skc_dport,
+            inet_sport: kernel.inet_sport,
+            wakeup_established: u32::from(opts.wakeup_every_event),
+            ..ProbeConfig::default()
+        };
+        if let Some(shutdown) = kernel.sock_sk_shutdown {
+            config.sk_shutdown = shutdown;
+            config.has_shutdown = 1;
+        }
+        if let Some((daddr, saddr)) = kernel.skc_v6 {
+            config.skc_v6_daddr = daddr;
+            config.skc_v6_rcv_saddr = saddr;
+            config.has_ipv6 = 1;
+        }
         let netns_resolved = match (kernel.sock_common_skc_net, kernel.net_ns_inum) {
             (Some(net), Some(inum)) => {
                 config.sock_common_skc_net = net;
@@ -159,31 +151,33 @@ impl KernelSource {
                 false
             }
         };
-        config.wakeup_established = u32::from(opts.wakeup_every_event);
-        config.error_fallback = u32::from(error_fallback);
 
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (is this run as root?)")?;
+        // aya's own parse of the kernel BTF, for the programs' attach points.
+        let aya_btf = Btf::from_sys_fs().context("reading kernel BTF for the attach points")?;
 
         let mut attached = Vec::new();
+        let mut skipped = Vec::new();
         for probe in probes::wanted(&facts) {
             let program = probe.program;
             let program_mut = ebpf
                 .program_mut(program)
                 .with_context(|| format!("program {program} missing from the eBPF object"))?;
-            match probe.hook {
-                Hook::TracePoint { category, name } => {
-                    let tp: &mut TracePoint = program_mut.try_into()?;
-                    tp.load()
-                        .with_context(|| format!("loading program {program}"))?;
-                    tp.attach(category, name)
-                        .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+            match (attach_one(program_mut, probe.hook, &aya_btf), probe.need) {
+                (Ok(()), _) => attached.push(probe.hook.to_string()),
+                (Err(e), Need::Required) => return Err(e),
+                (Err(e), Need::Optional(_)) => {
+                    tracing::warn!(
+                        hook = %probe.hook,
+                        "optional hook not attached ({e:#}): socket errors are read at the CLOSE transition only"
+                    );
+                    skipped.push(format!("{} ({e:#})", probe.hook));
                 }
             }
-            attached.push(probe.hook.to_string());
         }
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
@@ -202,12 +196,10 @@ impl KernelSource {
             poll,
             counters,
             info: SourceInfo {
-                tracefs: tracefs_path,
-                mounted_tracefs: mounted,
                 netns_resolved,
-                error_fallback,
                 netns_owner_resolved,
                 attached,
+                skipped,
             },
         })
     }
@@ -219,22 +211,40 @@ impl KernelSource {
         Ok(KernelCounters {
             lost_events: sum(counter::LOST_EVENTS)?,
             untracked: sum(counter::UNTRACKED)?,
+            storage_failed: sum(counter::STORAGE_FAILED)?,
         })
     }
+}
+
+/// Loads and attaches one program of the probe table at its hook.
+fn attach_one(program: &mut Program, hook: Hook, btf: &Btf) -> anyhow::Result<()> {
+    match hook {
+        Hook::BtfTracePoint { name } => {
+            let tp: &mut BtfTracePoint = program.try_into()?;
+            tp.load(name, btf)
+                .with_context(|| format!("loading the tp_btf program for {name}"))?;
+            tp.attach()
+                .with_context(|| format!("attaching to tp_btf/{name}"))?;
+        }
+        Hook::FEntry { function } => {
+            let f: &mut FEntry = program.try_into()?;
+            f.load(function, btf)
+                .with_context(|| format!("loading the fentry program for {function}"))?;
+            f.attach()
+                .with_context(|| format!("attaching to fentry/{function}"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn error_report_fallback_only_without_tcp_done_with_error() {
-        let with = "ffffffff8201d360 T tcp_done_with_error\nffffffff8201d400 t tcp_done\n";
-        let without = "ffffffff8201d400 T tcp_done\nffffffff8201d500 t tcp_done_with_error_x\n";
-        assert!(!reports_error_before_close(true, None));
-        assert!(!reports_error_before_close(false, Some(with)));
-        assert!(reports_error_before_close(false, Some(without)));
-        assert!(reports_error_before_close(false, None));
+    /// Whether `/proc/kallsyms` text names the function `name` (`addr type name [module]`).
+    fn kallsyms_has(text: &str, name: &str) -> bool {
+        text.lines()
+            .any(|l| l.split_whitespace().nth(2) == Some(name))
     }
 
     #[test]
@@ -242,17 +252,18 @@ mod tests {
         let Ok(btf) = btf::KernelBtf::open(Path::new(btf::VMLINUX)) else {
             panic!("{} unreadable: the agent needs kernel BTF", btf::VMLINUX);
         };
-        let in_btf = btf.has_function(TCP_DONE_WITH_ERROR);
         assert!(btf.has_function("tcp_connect"), "BTF lacks tcp_connect");
         assert!(!btf.has_function("connmon_no_such_function"));
         if let Ok(kallsyms) = std::fs::read_to_string("/proc/kallsyms")
             && kallsyms.lines().any(|l| !l.starts_with("0000000000000000"))
         {
-            assert_eq!(
-                in_btf,
-                kallsyms_has(&kallsyms, TCP_DONE_WITH_ERROR),
-                "BTF and /proc/kallsyms disagree on {TCP_DONE_WITH_ERROR}"
-            );
+            for function in [TCP_DONE_WITH_ERROR, SK_ERROR_REPORT] {
+                assert_eq!(
+                    btf.has_function(function),
+                    kallsyms_has(&kallsyms, function),
+                    "BTF and /proc/kallsyms disagree on {function}"
+                );
+            }
         }
     }
 }

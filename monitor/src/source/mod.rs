@@ -8,4 +8,3 @@ pub mod features;
 pub mod kernel;
 pub mod poll;
 pub mod probes;
-pub mod tracefs;

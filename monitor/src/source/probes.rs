@@ -1,54 +1,41 @@
 //! The probe table: every kernel hook connmon uses, in one list that set-up iterates
-//! (feature check, tracepoint offsets, load and attach, the start-up log line).
+//! (feature check, load and attach, the start-up log line).
 //!
-//! Adding a probe = one file under `monitor-ebpf/src/probes/` + one entry in [`PROBES`]
-//! (and, if it reads a new tracepoint's fields, their slots in
-//! `monitor_common::ProbeConfig`). Detaching is dropping the loaded object: every
-//! program attached from this table goes with it.
-
-use monitor_common::ProbeConfig;
-
-use super::tracefs::{Format, TracefsError};
+//! Every hook is BTF-based — `tp_btf` (BTF-enabled tracepoints: the program gets the
+//! kernel's `struct sock *` directly, no trace record is assembled, no tracefs needed)
+//! or `fentry` — so that the programs can use socket-local storage, which the kernel
+//! allows from these program types only (since Linux 5.11).
+//!
+//! Adding a probe = one file under `monitor-ebpf/src/probes/` + one entry in [`PROBES`].
+//! Detaching is dropping the loaded object: every program attached from this table goes
+//! with it.
 
 /// Where a program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hook {
-    /// A classic tracepoint (`<tracefs>/events/<category>/<name>`): needs tracefs for its
-    /// record layout.
-    TracePoint {
-        category: &'static str,
-        name: &'static str,
-    },
-}
-
-impl Hook {
-    /// The BPF program type this hook needs, how to name it, and since when Linux has it
-    /// (for the feature check's error message).
-    pub const fn program_type(&self) -> (aya::programs::ProgramType, &'static str, &'static str) {
-        match self {
-            Hook::TracePoint { .. } => (
-                aya::programs::ProgramType::TracePoint,
-                "BPF tracepoint programs (BPF_PROG_TYPE_TRACEPOINT)",
-                "Linux 4.7, CONFIG_BPF_EVENTS",
-            ),
-        }
-    }
+    /// A BTF-enabled tracepoint (`tp_btf/<name>`, typedef `btf_trace_<name>` in BTF).
+    BtfTracePoint { name: &'static str },
+    /// The entry of a kernel function (`fentry/<function>`, a BPF trampoline).
+    FEntry { function: &'static str },
 }
 
 impl std::fmt::Display for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Hook::TracePoint { category, name } => write!(f, "{category}:{name}"),
+            Hook::BtfTracePoint { name } => write!(f, "tp_btf/{name}"),
+            Hook::FEntry { function } => write!(f, "fentry/{function}"),
         }
     }
 }
 
-/// What the running kernel does, as far as the choice of probes is concerned.
+/// What the running kernel has, as far as the choice of probes is concerned: read from
+/// its BTF, never from its version number (distributions backport).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelFacts {
-    /// The kernel raises the socket error before the CLOSE transition (no
-    /// `tcp_done_with_error()`): the error must be remembered from the error report.
-    pub error_before_close: bool,
+    /// `tcp_done_with_error()` exists (6.10+, Debian 6.1.0-57).
+    pub tcp_done_with_error: bool,
+    /// `sk_error_report()` exists (5.12+).
+    pub sk_error_report: bool,
 }
 
 /// Whether a probe is attached on the running kernel.
@@ -56,9 +43,10 @@ pub struct KernelFacts {
 pub enum Need {
     /// Always: connmon cannot work without it (a missing hook is a start-up error).
     Required,
-    /// Only where it contributes: programs that cannot are not attached (their runs
-    /// would cost every connect for nothing).
-    When(fn(&KernelFacts) -> bool),
+    /// Only where the kernel has what it hooks. It improves classification but is not
+    /// essential: if attaching fails (e.g. no BPF trampolines on this architecture),
+    /// the agent warns and goes on without it.
+    Optional(fn(&KernelFacts) -> bool),
 }
 
 /// One kernel hook.
@@ -66,8 +54,6 @@ pub struct Probe {
     /// The eBPF program's function name in `monitor-ebpf/src/probes/`.
     pub program: &'static str,
     pub hook: Hook,
-    /// Writes the offsets of this hook's record fields into the programs' configuration.
-    pub offsets: fn(&Format, &mut ProbeConfig) -> Result<(), TracefsError>,
     pub need: Need,
 }
 
@@ -76,7 +62,7 @@ impl Probe {
     pub fn wanted(&self, facts: &KernelFacts) -> bool {
         match self.need {
             Need::Required => true,
-            Need::When(f) => f(facts),
+            Need::Optional(f) => f(facts),
         }
     }
 }
@@ -85,60 +71,38 @@ impl Probe {
 pub const PROBES: &[Probe] = &[
     Probe {
         program: "inet_sock_set_state",
-        hook: Hook::TracePoint {
-            category: "sock",
+        hook: Hook::BtfTracePoint {
             name: "inet_sock_set_state",
-        },
-        offsets: |f, c| {
-            c.set_state = f.tuple()?;
-            c.set_state_skaddr = f.offset("skaddr", 8)?;
-            c.set_state_oldstate = f.offset("oldstate", 4)?;
-            c.set_state_newstate = f.offset("newstate", 4)?;
-            c.set_state_protocol = f.offset("protocol", 2)?;
-            Ok(())
         },
         need: Need::Required,
     },
     Probe {
         program: "tcp_receive_reset",
-        hook: Hook::TracePoint {
-            category: "tcp",
+        hook: Hook::BtfTracePoint {
             name: "tcp_receive_reset",
-        },
-        offsets: |f, c| {
-            c.receive_reset = f.tuple()?;
-            c.receive_reset_skaddr = f.offset("skaddr", 8)?;
-            Ok(())
         },
         need: Need::Required,
     },
     Probe {
         program: "tcp_retransmit_skb",
-        hook: Hook::TracePoint {
-            category: "tcp",
+        hook: Hook::BtfTracePoint {
             name: "tcp_retransmit_skb",
-        },
-        offsets: |f, c| {
-            c.retransmit = f.tuple()?;
-            c.retransmit_skaddr = f.offset("skaddr", 8)?;
-            c.retransmit_state = f.offset("state", 4)?;
-            Ok(())
         },
         need: Need::Required,
     },
     Probe {
-        program: "inet_sk_error_report",
-        hook: Hook::TracePoint {
-            category: "sock",
-            name: "inet_sk_error_report",
+        program: "tcp_done_with_error",
+        hook: Hook::FEntry {
+            function: "tcp_done_with_error",
         },
-        offsets: |f, c| {
-            c.error_report = f.tuple()?;
-            c.error_report_error = f.offset("error", 4)?;
-            c.error_report_protocol = f.offset("protocol", 2)?;
-            Ok(())
+        need: Need::Optional(|k| k.tcp_done_with_error),
+    },
+    Probe {
+        program: "sk_error_report",
+        hook: Hook::FEntry {
+            function: "sk_error_report",
         },
-        need: Need::When(|k| k.error_before_close),
+        need: Need::Optional(|k| k.sk_error_report),
     },
 ];
 
@@ -162,16 +126,22 @@ mod tests {
     }
 
     #[test]
-    fn error_report_is_attached_only_where_it_contributes() {
+    fn error_capture_hooks_follow_what_the_kernel_has() {
         let names = |facts| wanted(&facts).map(|p| p.program).collect::<Vec<_>>();
-        let modern = names(KernelFacts {
-            error_before_close: false,
+        let none = names(KernelFacts::default());
+        assert_eq!(
+            none,
+            [
+                "inet_sock_set_state",
+                "tcp_receive_reset",
+                "tcp_retransmit_skb"
+            ]
+        );
+        let both = names(KernelFacts {
+            tcp_done_with_error: true,
+            sk_error_report: true,
         });
-        let old = names(KernelFacts {
-            error_before_close: true,
-        });
-        assert!(!modern.contains(&"inet_sk_error_report"), "{modern:?}");
-        assert!(old.contains(&"inet_sk_error_report"), "{old:?}");
-        assert!(modern.contains(&"inet_sock_set_state"), "{modern:?}");
+        assert!(both.contains(&"tcp_done_with_error"), "{both:?}");
+        assert!(both.contains(&"sk_error_report"), "{both:?}");
     }
 }
