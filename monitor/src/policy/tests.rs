@@ -15,19 +15,19 @@ use crate::{
     table::Destination,
 };
 
-const SEC: u64 = 1_000_000_000;
+pub(super) const SEC: u64 = 1_000_000_000;
 const HOST_NETNS: u32 = 4_026_531_840;
-const BOOT: u64 = 1_000 * SEC;
+pub(super) const BOOT: u64 = 1_000 * SEC;
 
 fn wall() -> WallClock {
     WallClock::from_offset_ns(1_700_000_000_000_000_000)
 }
 
-fn dst(last: u8) -> SocketAddr {
+pub(super) fn dst(last: u8) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, last)), 8080)
 }
 
-fn engine(config: PolicyConfig) -> EjectionPolicy {
+pub(super) fn engine(config: PolicyConfig) -> EjectionPolicy {
     engine_with_pool(config, PoolMembership::unconfigured())
 }
 
@@ -48,7 +48,7 @@ fn who(netns: u32) -> Attribution {
     }
 }
 
-fn connect(to: SocketAddr, outcome: Outcome, at: u64) -> ConnectRecord {
+pub(super) fn connect(to: SocketAddr, outcome: Outcome, at: u64) -> ConnectRecord {
     ConnectRecord {
         outcome,
         ktime_ns: at,

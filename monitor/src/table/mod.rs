@@ -8,7 +8,7 @@
 //! non-ejected destinations) are dropped in a batch of 1 % of the capacity, so the cost
 //! of finding them is amortised over many inserts. Recency is kept to the second, so
 //! entries last used within the same second are an arbitrary tie. If every entry is
-//! pinned, the new destination is not tracked and [`DestinationTable::untracked`]
+//! pinned, the new destination is not tracked and [`DestinationTable::refused_when_full`]
 //! counts it.
 //!
 //! Memory: the common destination is contacted a few times, successfully, by one
@@ -513,6 +513,48 @@ impl WhoCache {
     }
 }
 
+/// `$table.<part>.$method(key, args…)` on the part that holds `$dst` (namespace-local,
+/// IPv4 or IPv6), with that part's key: the parts' key types differ.
+macro_rules! in_part {
+    ($table:ident, $dst:expr, $method:ident $(, $arg:expr)*) => {
+        match $dst {
+            DestinationKey { addr, netns: Some(netns) } => {
+                $table.local.$method((addr, netns) $(, $arg)*)
+            }
+            DestinationKey { addr: SocketAddr::V4(a), netns: None } => {
+                $table.v4.$method(a $(, $arg)*)
+            }
+            DestinationKey { addr: SocketAddr::V6(a), netns: None } => {
+                $table.v6.$method(a $(, $arg)*)
+            }
+        }
+    };
+}
+
+/// Every entry of the three parts through `$iter` (`iter` or `iter_mut`), with its key.
+macro_rules! all_parts {
+    ($table:ident, $iter:ident) => {{
+        let v4 = $table
+            .v4
+            .$iter()
+            .map(|(k, d)| (DestinationKey::host(SocketAddr::V4(k)), d));
+        let v6 = $table
+            .v6
+            .$iter()
+            .map(|(k, d)| (DestinationKey::host(SocketAddr::V6(k)), d));
+        let local = $table.local.$iter().map(|((addr, netns), d)| {
+            (
+                DestinationKey {
+                    addr,
+                    netns: Some(netns),
+                },
+                d,
+            )
+        });
+        v4.chain(v6).chain(local)
+    }};
+}
+
 /// Per-destination observations, bounded by a capacity with LRU eviction of unpinned
 /// entries.
 #[derive(Debug)]
@@ -526,8 +568,8 @@ pub struct DestinationTable<A> {
     capacity: usize,
     /// Length of one ratio-window slot.
     slot_ns: u64,
-    evicted: u64,
-    untracked: u64,
+    dropped: u64,
+    refused_when_full: u64,
 }
 
 impl<A: Annotation> DestinationTable<A> {
@@ -543,8 +585,8 @@ impl<A: Annotation> DestinationTable<A> {
             whos: WhoCache::default(),
             capacity,
             slot_ns: (window_ns / window::SLOTS).max(1),
-            evicted: 0,
-            untracked: 0,
+            dropped: 0,
+            refused_when_full: 0,
         }
     }
 
@@ -562,24 +604,11 @@ impl<A: Annotation> DestinationTable<A> {
                 self.evict_least_recently_used();
             }
             if self.len() >= self.capacity {
-                self.untracked = self.untracked.saturating_add(1);
+                self.refused_when_full = self.refused_when_full.saturating_add(1);
                 return None;
             }
             let dest = Destination::new(now);
-            match dst {
-                DestinationKey {
-                    addr,
-                    netns: Some(netns),
-                } => self.local.insert((addr, netns), dest),
-                DestinationKey {
-                    addr: SocketAddr::V4(a),
-                    netns: None,
-                } => self.v4.insert(a, dest),
-                DestinationKey {
-                    addr: SocketAddr::V6(a),
-                    netns: None,
-                } => self.v6.insert(a, dest),
-            }
+            in_part!(self, dst, insert, dest);
         }
         let entry = self.get_mut(dst)?;
         entry.last_used_s = entry.last_used_s.max(seconds(now));
@@ -598,20 +627,7 @@ impl<A: Annotation> DestinationTable<A> {
         let slot_ns = self.slot_ns;
         let created = self.entry(dst, now)?.1;
         let whos = &mut self.whos;
-        let entry = match dst {
-            DestinationKey {
-                addr,
-                netns: Some(netns),
-            } => self.local.get_mut(&(addr, netns)),
-            DestinationKey {
-                addr: SocketAddr::V4(a),
-                netns: None,
-            } => self.v4.get_mut(&a),
-            DestinationKey {
-                addr: SocketAddr::V6(a),
-                netns: None,
-            } => self.v6.get_mut(&a),
-        }?;
+        let entry = in_part!(self, dst, get_mut)?;
         entry.record_connect(rec, now, slot_ns, whos);
         Some((entry, created))
     }
@@ -633,79 +649,19 @@ impl<A: Annotation> DestinationTable<A> {
     }
 
     pub fn get(&self, dst: impl Into<DestinationKey>) -> Option<&Destination<A>> {
-        match dst.into() {
-            DestinationKey {
-                addr,
-                netns: Some(netns),
-            } => self.local.get(&(addr, netns)),
-            DestinationKey {
-                addr: SocketAddr::V4(a),
-                netns: None,
-            } => self.v4.get(&a),
-            DestinationKey {
-                addr: SocketAddr::V6(a),
-                netns: None,
-            } => self.v6.get(&a),
-        }
+        in_part!(self, dst.into(), get)
     }
 
     pub fn get_mut(&mut self, dst: impl Into<DestinationKey>) -> Option<&mut Destination<A>> {
-        match dst.into() {
-            DestinationKey {
-                addr,
-                netns: Some(netns),
-            } => self.local.get_mut(&(addr, netns)),
-            DestinationKey {
-                addr: SocketAddr::V4(a),
-                netns: None,
-            } => self.v4.get_mut(&a),
-            DestinationKey {
-                addr: SocketAddr::V6(a),
-                netns: None,
-            } => self.v6.get_mut(&a),
-        }
+        in_part!(self, dst.into(), get_mut)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (DestinationKey, &Destination<A>)> {
-        let v4 = self
-            .v4
-            .iter()
-            .map(|(k, d)| (DestinationKey::host(SocketAddr::V4(k)), d));
-        let v6 = self
-            .v6
-            .iter()
-            .map(|(k, d)| (DestinationKey::host(SocketAddr::V6(k)), d));
-        let local = self.local.iter().map(|((addr, netns), d)| {
-            (
-                DestinationKey {
-                    addr,
-                    netns: Some(netns),
-                },
-                d,
-            )
-        });
-        v4.chain(v6).chain(local)
+        all_parts!(self, iter)
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (DestinationKey, &mut Destination<A>)> {
-        let v4 = self
-            .v4
-            .iter_mut()
-            .map(|(k, d)| (DestinationKey::host(SocketAddr::V4(k)), d));
-        let v6 = self
-            .v6
-            .iter_mut()
-            .map(|(k, d)| (DestinationKey::host(SocketAddr::V6(k)), d));
-        let local = self.local.iter_mut().map(|((addr, netns), d)| {
-            (
-                DestinationKey {
-                    addr,
-                    netns: Some(netns),
-                },
-                d,
-            )
-        });
-        v4.chain(v6).chain(local)
+        all_parts!(self, iter_mut)
     }
 
     pub fn len(&self) -> usize {
@@ -726,13 +682,13 @@ impl<A: Annotation> DestinationTable<A> {
     }
 
     /// Entries dropped to make room since the table was created.
-    pub fn evicted(&self) -> u64 {
-        self.evicted
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Events for new destinations that found the table full of pinned entries.
-    pub fn untracked(&self) -> u64 {
-        self.untracked
+    pub fn refused_when_full(&self) -> u64 {
+        self.refused_when_full
     }
 
     /// Drops the least recently used 1 % (at least one) of the unpinned entries. Each
@@ -788,7 +744,7 @@ impl<A: Annotation> DestinationTable<A> {
         self.local.remove_descending(&local);
         self.v6.remove_descending(&v6);
         self.v4.remove_descending(&v4);
-        self.evicted = self.evicted.saturating_add(evicted);
+        self.dropped = self.dropped.saturating_add(evicted);
     }
 }
 
@@ -1010,7 +966,7 @@ mod tests {
             }
         }
         assert!(t.len() <= 300);
-        assert_eq!(t.len() as u64 + t.evicted(), 2_000);
+        assert_eq!(t.len() as u64 + t.dropped(), 2_000);
         let mut seen = 0;
         for (a, d) in t.iter() {
             let got = t.get(a).expect("iterated entry is found by address");
@@ -1073,7 +1029,7 @@ mod tests {
             "least recently used unpinned entry goes"
         );
         assert!(t.get(addr(2, 80)).is_some());
-        assert_eq!(t.evicted(), 1);
+        assert_eq!(t.dropped(), 1);
 
         for e in [1, 2, 4] {
             t.entry(addr(e, 80), 6 * SEC)
@@ -1083,7 +1039,7 @@ mod tests {
                 .0 = true;
         }
         assert!(t.entry(addr(5, 80), 7 * SEC).is_none());
-        assert_eq!(t.untracked(), 1);
+        assert_eq!(t.refused_when_full(), 1);
         assert_eq!(t.len(), 3);
     }
 }
