@@ -475,6 +475,13 @@ fn sweep_dead_scratch_roots(temp: &std::path::Path) {
     }
 }
 
+/// Writes `text` as `dir/connmon.toml` and returns its path.
+pub fn write_config(dir: &std::path::Path, text: impl AsRef<str>) -> PathBuf {
+    let path = dir.join("connmon.toml");
+    std::fs::write(&path, text.as_ref()).expect("write connmon.toml");
+    path
+}
+
 /// A copy of `file` that an unprivileged user can execute or read: the build tree (a
 /// fresh clone in CI may live in a 0700 directory) is not reachable for uid 65534.
 pub fn world_readable_copy(file: &std::path::Path) -> PathBuf {

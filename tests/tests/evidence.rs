@@ -23,6 +23,7 @@ use std::{
 
 use connmon_integration::{
     Agent, LOCAL_V4, Netns, closed_port, haproxy::Haproxy, require_root, scratch_dir, sh,
+    write_config,
 };
 use serde_json::Value;
 
@@ -113,17 +114,15 @@ fn an_unprivileged_users_namespace_evicts_nothing_and_leaves_haproxy_alone() {
         sections.push_str(&format!("    server {name} {addr}\n"));
     }
     let haproxy = Haproxy::start(&ns, &dir, &sections);
-    let config = dir.join("connmon.toml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         format!(
             "[agent]\nsocket = \"{}\"\n\n[policy]\n{OPEN_GUARDS}\n\
              [[haproxy]]\nsocket = \"{}\"\nbackends = [\"proxies\"]\nrefresh = \"1s\"\npool_from_haproxy = true\n",
             dir.join("connmon.sock").display(),
             haproxy.socket.display()
         ),
-    )
-    .expect("write connmon.toml");
+    );
     let mut agent = Agent::start(&["--config", config.to_str().expect("utf-8")]);
     agent.wait_for_stderr("pool updated from haproxy", Duration::from_secs(10));
 
@@ -191,8 +190,7 @@ fn a_namespace_refusing_its_own_loopback_never_evicts_the_hosts_member() {
     let dir = scratch_dir("lo");
     let pool = dir.join("pool.txt");
     std::fs::write(&pool, format!("{member}\n")).expect("pool");
-    let config = dir.join("connmon.toml");
-    std::fs::write(&config, format!("[policy]\n{OPEN_GUARDS}")).expect("config");
+    let config = write_config(&dir, format!("[policy]\n{OPEN_GUARDS}"));
     let mut agent = Agent::start(&[
         "--config",
         config.to_str().expect("utf-8"),
@@ -401,12 +399,10 @@ fn allow_lists_cgroup_attribution_and_a_reloaded_scope() {
 fn an_invalid_evidence_section_stops_the_agent_with_a_clear_error() {
     require_root();
     let dir = scratch_dir("badscope");
-    let config = dir.join("connmon.toml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         "[policy.evidence]\nnetns = [\"/run/netns/connmon-no-such-namespace\"]\n",
-    )
-    .expect("config");
+    );
     let out = Command::new(connmon_integration::connmon_bin())
         .args(["run", "--config"])
         .arg(&config)
