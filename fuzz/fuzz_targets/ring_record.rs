@@ -30,8 +30,8 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut line = Vec::new();
         match &event {
-            KernelEvent::Connect(c) => json::connect(&mut line, c, role, &wall),
-            KernelEvent::SynRetransmit(r) => json::syn_retransmit(&mut line, r, role, &wall),
+            KernelEvent::Connect(c) => json::connect(&mut line, c, role, false, &wall),
+            KernelEvent::SynRetransmit(r) => json::syn_retransmit(&mut line, r, role, false, &wall),
         }
         assert_one_json_object(std::str::from_utf8(&line).expect("NDJSON is UTF-8"));
         engine.kernel_event(&event);

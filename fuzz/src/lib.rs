@@ -151,13 +151,6 @@ impl Engine {
                 );
                 let _ = reply.send(snapshot);
             }
-            Control::Pool {
-                op: PoolOp::Add | PoolOp::Remove,
-                members,
-                reply,
-            } if members.is_empty() => {
-                let _ = reply.send(self.policy.pool().entries());
-            }
             Control::Pool { op, members, reply } => {
                 let pool = self.policy.pool().apply(op, &members);
                 let entries = pool.entries();

@@ -357,17 +357,7 @@ impl Pipeline {
                     let _ = reply.send(copy.into_snapshot());
                 });
             }
-            // Adding or removing nothing is a read too (the encoding of `pool list` before
-            // `PoolList`, still used by the HAProxy adapter): an unconfigured pool must
-            // stay unconfigured.
             Control::PoolList { reply } => {
-                let _ = reply.send(self.policy.pool().entries());
-            }
-            Control::Pool {
-                op: control::PoolOp::Add | control::PoolOp::Remove,
-                members,
-                reply,
-            } if members.is_empty() => {
                 let _ = reply.send(self.policy.pool().entries());
             }
             Control::Pool { op, members, reply } => {

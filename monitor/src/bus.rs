@@ -34,8 +34,11 @@ use crate::{
     serde::Serialize,
     serde::Deserialize,
     schemars::JsonSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
 )]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Topic {
     Connect,
     SynRetransmit,
@@ -49,28 +52,11 @@ pub enum Topic {
 impl Topic {
     /// The `type` field of the JSON line.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Topic::Connect => "connect",
-            Topic::SynRetransmit => "syn_retransmit",
-            Topic::Evict => "evict",
-            Topic::Reinstate => "reinstate",
-            Topic::Suspect => "suspect",
-            Topic::Diagnosis => "diagnosis",
-            Topic::Stats => "stats",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Topic> {
-        Some(match s {
-            "connect" => Topic::Connect,
-            "syn_retransmit" => Topic::SynRetransmit,
-            "evict" => Topic::Evict,
-            "reinstate" => Topic::Reinstate,
-            "suspect" => Topic::Suspect,
-            "diagnosis" => Topic::Diagnosis,
-            "stats" => Topic::Stats,
-            _ => return None,
-        })
+        s.parse().ok()
     }
 }
 
@@ -105,14 +91,14 @@ impl Published {
         Arc::clone(self.json.get_or_init(|| {
             let mut buf = Vec::with_capacity(512);
             match &self.payload {
-                Payload::Connect(c) => json::connect_line(
+                Payload::Connect(c) => json::connect(
                     &mut buf,
                     c,
                     self.role.unwrap_or(Role::Target),
                     self.probe,
                     &self.clock,
                 ),
-                Payload::SynRetransmit(r) => json::syn_retransmit_line(
+                Payload::SynRetransmit(r) => json::syn_retransmit(
                     &mut buf,
                     r,
                     self.role.unwrap_or(Role::Target),
@@ -269,7 +255,7 @@ mod tests {
         let KernelEvent::Connect(c) = refused() else {
             unreachable!()
         };
-        json::connect(&mut stdout, &c, Role::Proxy, &clock);
+        json::connect(&mut stdout, &c, Role::Proxy, false, &clock);
         assert_eq!(msg.json().as_bytes(), stdout.as_slice());
     }
 

@@ -10,18 +10,18 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod invalid;
+mod invalid;
 mod layering;
-pub mod log_limit;
-pub mod persist;
+mod log_limit;
+mod persist;
 pub mod policy;
-pub mod privileges;
+mod privileges;
 pub mod protocol;
-pub mod service;
+mod service;
 pub mod sinks;
 pub mod source;
-pub mod stats;
-pub mod table;
+mod stats;
+mod table;
 
 /// The socket server's old path (`crate::server`), kept for code written against it.
 pub use sinks::socket as server;

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 /// Allows one line per `every`.
 #[derive(Clone, Copy, Debug)]
-pub struct LogLimiter {
+pub(crate) struct LogLimiter {
     every: Duration,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl LogLimiter {
-    pub const fn new(every: Duration) -> Self {
+    pub(crate) const fn new(every: Duration) -> Self {
         LogLimiter {
             every,
             last: None,
@@ -22,7 +22,7 @@ impl LogLimiter {
     }
 
     /// `Some(lines held back since the last one)` if a line may be written now.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
         if self
             .last
             .is_some_and(|last| now.duration_since(last) < self.every)
@@ -35,7 +35,8 @@ impl LogLimiter {
     }
 
     /// When the last line was allowed.
-    pub fn last(&self) -> Option<Instant> {
+    #[cfg(test)]
+    pub(crate) fn last(&self) -> Option<Instant> {
         self.last
     }
 }

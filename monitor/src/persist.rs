@@ -21,13 +21,13 @@ struct Mailbox {
 }
 
 /// The writer thread and its mailbox.
-pub struct StateWriter {
+pub(crate) struct StateWriter {
     shared: Arc<(Mutex<Mailbox>, Condvar)>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl StateWriter {
-    pub fn spawn(path: PathBuf) -> std::io::Result<Self> {
+    pub(crate) fn spawn(path: PathBuf) -> std::io::Result<Self> {
         let shared = Arc::new((Mutex::new(Mailbox::default()), Condvar::new()));
         let theirs = Arc::clone(&shared);
         let thread = thread::Builder::new().name("connmon-state".into()).spawn(move || {
@@ -55,14 +55,14 @@ impl StateWriter {
     }
 
     /// Queues `file` for writing, replacing any state not yet written.
-    pub fn submit(&self, file: StateFile) {
+    pub(crate) fn submit(&self, file: StateFile) {
         let (lock, ready) = &*self.shared;
         lock.lock().unwrap_or_else(|e| e.into_inner()).latest = Some(file);
         ready.notify_one();
     }
 
     /// Writes what is pending and stops the thread.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.close();
     }
 

@@ -27,16 +27,16 @@ use std::{
 
 /// A Linux capability, by its number in `<linux/capability.h>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capability(u8);
+pub(crate) struct Capability(u8);
 
 impl Capability {
-    pub const DAC_OVERRIDE: Self = Self(1);
-    pub const DAC_READ_SEARCH: Self = Self(2);
-    pub const SYS_ADMIN: Self = Self(21);
-    pub const PERFMON: Self = Self(38);
-    pub const BPF: Self = Self(39);
+    pub(crate) const DAC_OVERRIDE: Self = Self(1);
+    pub(crate) const DAC_READ_SEARCH: Self = Self(2);
+    pub(crate) const SYS_ADMIN: Self = Self(21);
+    pub(crate) const PERFMON: Self = Self(38);
+    pub(crate) const BPF: Self = Self(39);
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self.0 {
             1 => "CAP_DAC_OVERRIDE",
             2 => "CAP_DAC_READ_SEARCH",
@@ -56,29 +56,31 @@ impl fmt::Display for Capability {
 
 /// A capability set as the kernel shows it (`CapEff:` in `/proc/self/status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CapSet(u64);
+pub(crate) struct CapSet(u64);
 
 impl CapSet {
-    pub fn from_bits(bits: u64) -> Self {
+    #[cfg(test)]
+    pub(crate) fn from_bits(bits: u64) -> Self {
         Self(bits)
     }
 
-    pub fn of(caps: &[Capability]) -> Self {
+    #[cfg(test)]
+    pub(crate) fn of(caps: &[Capability]) -> Self {
         Self(caps.iter().fold(0, |bits, c| bits | 1 << c.0))
     }
 
-    pub fn has(self, cap: Capability) -> bool {
+    pub(crate) fn has(self, cap: Capability) -> bool {
         self.0 & (1 << cap.0) != 0
     }
 
     /// The effective set of the calling process.
-    pub fn effective() -> Result<Self, PrivilegeError> {
+    pub(crate) fn effective() -> Result<Self, PrivilegeError> {
         let status = std::fs::read_to_string("/proc/self/status").map_err(PrivilegeError::Proc)?;
         Self::parse_status(&status).ok_or(PrivilegeError::NoCapEff)
     }
 
     /// The `CapEff:` line of a `/proc/PID/status` text.
-    pub fn parse_status(status: &str) -> Option<Self> {
+    pub(crate) fn parse_status(status: &str) -> Option<Self> {
         status
             .lines()
             .find_map(|l| l.strip_prefix("CapEff:"))
@@ -89,7 +91,7 @@ impl CapSet {
 
 /// What start-up finds at tracefs, which decides the tracefs-related capabilities.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TracefsAccess {
+pub(crate) enum TracefsAccess {
     /// Mounted, and the tracepoint format files can be read.
     Readable(PathBuf),
     /// Mounted, but reading `events/` was refused (tracefs is 0700 root).
@@ -100,7 +102,7 @@ pub enum TracefsAccess {
 
 impl TracefsAccess {
     /// Looks at `/sys/kernel/tracing` and `/sys/kernel/debug/tracing` as this process.
-    pub fn probe() -> Self {
+    pub(crate) fn probe() -> Self {
         for mount in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
             let format = Path::new(mount).join("events/sock/inet_sock_set_state/format");
             match File::open(&format) {
@@ -116,7 +118,7 @@ impl TracefsAccess {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PrivilegeError {
+pub(crate) enum PrivilegeError {
     #[error("cannot read /proc/self/status: {0}")]
     Proc(#[source] std::io::Error),
     #[error("/proc/self/status has no CapEff line")]
@@ -131,7 +133,7 @@ pub enum PrivilegeError {
 
 /// One capability connmon lacks, and what it is needed for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missing {
+pub(crate) struct Missing {
     pub cap: Capability,
     pub why: String,
 }
@@ -139,7 +141,7 @@ pub struct Missing {
 /// Decides which capabilities are missing for `connmon run`. `bpf_caps_known` is false
 /// on kernels older than 5.8 (`/proc/sys/kernel/cap_last_cap` < 39), where only
 /// `CAP_SYS_ADMIN` permits BPF and perf.
-pub fn check(
+pub(crate) fn check(
     effective: CapSet,
     bpf_caps_known: bool,
     tracefs: &TracefsAccess,
@@ -199,7 +201,7 @@ pub fn check(
 }
 
 /// Whether the running kernel knows `CAP_BPF` (added in 5.8, number 39).
-pub fn kernel_knows_cap_bpf() -> bool {
+pub(crate) fn kernel_knows_cap_bpf() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u8>().ok())
@@ -207,7 +209,7 @@ pub fn kernel_knows_cap_bpf() -> bool {
 }
 
 /// [`check`] for this process on this host.
-pub fn check_current() -> Result<(), PrivilegeError> {
+pub(crate) fn check_current() -> Result<(), PrivilegeError> {
     check(
         CapSet::effective()?,
         kernel_knows_cap_bpf(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 /// The service manager connmon runs under, if any.
-pub struct ServiceManager {
+pub(crate) struct ServiceManager {
     /// Half the manager's `WATCHDOG_USEC`, as `sd_watchdog_enabled(3)` recommends.
     watchdog_every: Option<Duration>,
 }
@@ -17,7 +17,7 @@ pub struct ServiceManager {
 impl ServiceManager {
     /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` (the latter must be
     /// this process, as systemd sets it for the main process).
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         let mut usec = 0;
         let watchdog_every = sd_notify::watchdog_enabled(false, &mut usec)
             .then(|| Duration::from_micros(usec / 2))
@@ -26,22 +26,22 @@ impl ServiceManager {
     }
 
     /// How often [`Self::watchdog`] must be called, when a watchdog is armed.
-    pub fn watchdog_every(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_every(&self) -> Option<Duration> {
         self.watchdog_every
     }
 
     /// `READY=1` with a status line.
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
     /// `WATCHDOG=1`: the pipeline loop is alive.
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
     }
 
     /// `STOPPING=1`: shutting down on request.
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send(&[NotifyState::Stopping]);
     }
 

@@ -9,7 +9,7 @@ use crate::source::event::{KernelEvent, Outcome, OutcomeCounts};
 
 /// Running totals kept by the reader.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub events: u64,
     pub outcomes: [u64; Outcome::ALL.len()],
     pub syn_retransmits: u64,
@@ -17,11 +17,11 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn outcome_counts(&self) -> OutcomeCounts {
+    pub(crate) fn outcome_counts(&self) -> OutcomeCounts {
         OutcomeCounts::from_fn(|o| self.outcomes[o as usize])
     }
 
-    pub fn count(&mut self, event: &KernelEvent) {
+    pub(crate) fn count(&mut self, event: &KernelEvent) {
         self.events += 1;
         match event {
             KernelEvent::Connect(c) => self.outcomes[c.outcome as usize] += 1,

@@ -23,14 +23,13 @@ use std::{
 use serde_json::Value;
 
 pub mod client;
+pub mod haproxy;
 pub mod otlp_receiver;
 
 /// Panics unless running as root: these tests must run, never skip.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
+    assert!(
+        nix::unistd::geteuid().is_root(),
         "connmon's integration tests load eBPF and create network namespaces: run them as root (`sudo -E cargo xtask test`)"
     );
 }
@@ -83,24 +82,16 @@ impl Netns {
             full.extend_from_slice(args);
             sh(&full);
         };
-        ip(&["link", "set", "lo", "up"]);
-        ip(&[
-            "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-        ]);
-        ip(&["addr", "add", &format!("{LOCAL_V4}/24"), "dev", "veth0"]);
-        ip(&["link", "set", "veth0", "up"]);
-        ip(&["link", "set", "veth1", "up"]);
-        ip(&[
-            "neigh",
-            "add",
-            BLACKHOLE_V4,
-            "lladdr",
-            "02:00:00:00:00:99",
-            "dev",
-            "veth0",
-            "nud",
-            "permanent",
-        ]);
+        for command in [
+            "link set lo up".to_owned(),
+            "link add veth0 type veth peer name veth1".to_owned(),
+            format!("addr add {LOCAL_V4}/24 dev veth0"),
+            "link set veth0 up".to_owned(),
+            "link set veth1 up".to_owned(),
+            format!("neigh add {BLACKHOLE_V4} lladdr 02:00:00:00:00:99 dev veth0 nud permanent"),
+        ] {
+            ip(&command.split(' ').collect::<Vec<_>>());
+        }
         ns.sysctl("net.ipv4.tcp_syn_retries", "1");
         ns.sysctl("net.ipv4.neigh.veth0.mcast_solicit", "1");
         ns.sysctl("net.ipv4.neigh.veth0.retrans_time_ms", "300");
@@ -139,8 +130,7 @@ impl Netns {
             .spawn(move || {
                 let file = File::open(&path).expect("open netns");
                 nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                // SAFETY: gettid has no preconditions.
-                let tid = unsafe { libc::gettid() } as u32;
+                let tid = nix::unistd::gettid().as_raw() as u32;
                 (f(), tid)
             })
             .expect("spawn")
@@ -343,12 +333,13 @@ impl Agent {
         agent
     }
 
-    /// Polls the agent's stderr until it contains `needle`; returns the stderr.
+    /// Polls the agent's stderr until it contains `needle` (colour codes do not split
+    /// it); returns the stderr.
     pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let stderr = self.stderr();
-            if stderr.contains(needle) {
+            if strip_ansi(&stderr).contains(needle) {
                 return stderr;
             }
             assert!(
@@ -423,8 +414,8 @@ impl Agent {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let signal = nix::sys::signal::Signal::try_from(sig).expect("a signal number");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
     }
 }
 
@@ -498,6 +489,13 @@ fn sweep_dead_scratch_roots(temp: &std::path::Path) {
     }
 }
 
+/// Writes `text` as `dir/connmon.toml` and returns its path.
+pub fn write_config(dir: &std::path::Path, text: impl AsRef<str>) -> PathBuf {
+    let path = dir.join("connmon.toml");
+    std::fs::write(&path, text.as_ref()).expect("write connmon.toml");
+    path
+}
+
 /// A copy of `file` that an unprivileged user can execute or read: the build tree (a
 /// fresh clone in CI may live in a 0700 directory) is not reachable for uid 65534.
 pub fn world_readable_copy(file: &std::path::Path) -> PathBuf {
@@ -521,4 +519,22 @@ pub fn is_connect(v: &Value, outcome: &str, dst: &str, netns: u32) -> bool {
 pub fn closed_port(addr: &str) -> u16 {
     let l = std::net::TcpListener::bind((addr, 0)).expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// `text` without terminal colour sequences (`ESC [ … m`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

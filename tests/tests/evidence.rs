@@ -15,24 +15,21 @@
 //! their inode, addresses and ports.
 
 use std::{
-    fs::File,
-    io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::unix::net::UnixStream,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
 };
 
-use connmon_integration::{Agent, LOCAL_V4, Netns, closed_port, require_root, scratch_dir, sh};
+use connmon_integration::{
+    Agent, LOCAL_V4, Netns, closed_port, haproxy::Haproxy, require_root, scratch_dir, sh,
+    write_config,
+};
 use serde_json::Value;
 
 /// How long to wait for an expected line: generous, because the kernel matrix runs these
 /// tests on an emulated CPU (waiting ends as soon as the line arrives).
 const WAIT: Duration = Duration::from_secs(30);
-/// How long haproxy may take to answer on its stats socket after it starts.
-const HAPROXY_START: Duration = Duration::from_secs(60);
 
 /// Guards, opened wide: the agent sees every connect on the host, and failures of
 /// anything else running at the same time must not hold back this test's evictions.
@@ -44,114 +41,6 @@ fn evictions_of<'a>(lines: &'a [Value], dst: &str) -> Vec<&'a Value> {
         .iter()
         .filter(|l| l["type"] == "evict" && l["dst"] == dst)
         .collect()
-}
-
-/// HAProxy in a namespace, TCP mode, no health checks, backend `proxies` with the given
-/// servers; only its runtime API is used here.
-struct Haproxy {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Haproxy {
-    fn start(ns: &Netns, dir: &Path, servers: &[(&str, SocketAddr)]) -> Self {
-        let socket = dir.join("admin.sock");
-        let frontend = closed_port("127.0.0.1");
-        let mut config = format!(
-            "global\n    stats socket {} mode 600 level admin\n\
-             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n\
-             frontend front\n    bind 127.0.0.1:{frontend}\n    default_backend proxies\n\
-             backend proxies\n",
-            socket.display()
-        );
-        for (name, addr) in servers {
-            config.push_str(&format!("    server {name} {addr}\n"));
-        }
-        let config_path = dir.join("haproxy.cfg");
-        std::fs::write(&config_path, config).expect("write haproxy.cfg");
-        let log = dir.join("haproxy.log");
-        let out = File::create(&log).expect("haproxy log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "haproxy", "-db", "-f"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup log"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting haproxy (`cargo xtask setup` installs it): {e}"));
-        let mut haproxy = Haproxy { child, socket, log };
-        // Generous: under the kernel matrix's emulated CPU haproxy takes seconds to start.
-        let deadline = Instant::now() + HAPROXY_START;
-        while haproxy.command("show info").is_none() {
-            if let Ok(Some(status)) = haproxy.child.try_wait() {
-                panic!("haproxy exited ({status}):\n{}", haproxy.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "haproxy's stats socket did not answer within {HAPROXY_START:?}:\n{}",
-                haproxy.log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        haproxy
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn command(&self, line: &str) -> Option<String> {
-        let mut stream = UnixStream::connect(&self.socket).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        stream.write_all(format!("{line}\n").as_bytes()).ok()?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).ok()?;
-        Some(answer)
-    }
-
-    /// `(server, srv_admin_state)` of backend `proxies`, by the header's column names.
-    fn admin_states(&self) -> Vec<(String, u32)> {
-        let answer = self
-            .command("show servers state proxies")
-            .expect("haproxy answers show servers state");
-        let mut lines = answer.lines().skip(1);
-        let header: Vec<&str> = lines
-            .next()
-            .and_then(|h| h.strip_prefix("# "))
-            .expect("header")
-            .split(' ')
-            .collect();
-        let col = |name: &str| header.iter().position(|c| *c == name).expect("column");
-        let (name, admin) = (col("srv_name"), col("srv_admin_state"));
-        lines
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                (f[name].to_owned(), f[admin].parse().expect("admin state"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until the agent's stderr contains `needle` (colour codes do not split it).
-fn wait_for_log(agent: &Agent, needle: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !agent.stderr().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the agent's log within {timeout:?}:\n{}",
-            agent.stderr()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The attack of issue #10, as uid 65534: a private user + network namespace with the
@@ -217,21 +106,25 @@ fn an_unprivileged_users_namespace_evicts_nothing_and_leaves_haproxy_alone() {
         .enumerate()
         .map(|(i, m)| (format!("s{i}"), *m))
         .collect();
-    let named: Vec<(&str, SocketAddr)> = servers.iter().map(|(n, a)| (n.as_str(), *a)).collect();
-    let haproxy = Haproxy::start(&ns, &dir, &named);
-    let config = dir.join("connmon.toml");
-    std::fs::write(
-        &config,
+    let mut sections = format!(
+        "frontend front\n    bind 127.0.0.1:{}\n    default_backend proxies\nbackend proxies\n",
+        closed_port("127.0.0.1")
+    );
+    for (name, addr) in &servers {
+        sections.push_str(&format!("    server {name} {addr}\n"));
+    }
+    let haproxy = Haproxy::start(&ns, &dir, &sections);
+    let config = write_config(
+        &dir,
         format!(
             "[agent]\nsocket = \"{}\"\n\n[policy]\n{OPEN_GUARDS}\n\
              [[haproxy]]\nsocket = \"{}\"\nbackends = [\"proxies\"]\nrefresh = \"1s\"\npool_from_haproxy = true\n",
             dir.join("connmon.sock").display(),
             haproxy.socket.display()
         ),
-    )
-    .expect("write connmon.toml");
+    );
     let mut agent = Agent::start(&["--config", config.to_str().expect("utf-8")]);
-    wait_for_log(&agent, "pool updated from haproxy", Duration::from_secs(10));
+    agent.wait_for_stderr("pool updated from haproxy", Duration::from_secs(10));
 
     let private = attack_as_nobody(&members);
     let refused = agent.wait_for("the attacker's refused connect", WAIT, |v| {
@@ -276,20 +169,7 @@ fn an_unprivileged_users_namespace_evicts_nothing_and_leaves_haproxy_alone() {
         v["type"] == "evict" && v["dst"] == member.to_string()
     });
     assert_eq!(evict["trigger"]["netns"], ns.inode, "{evict}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !haproxy
-        .admin_states()
-        .iter()
-        .any(|(n, s)| n == "s0" && s & 1 != 0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "s0 not in MAINT: {:?}\n{}",
-            haproxy.admin_states(),
-            agent.stderr()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    haproxy.wait_for_maint("s0", true, WAIT, &agent, &[]);
     let (ok, lines) = agent.stop();
     assert!(ok);
     let trusted = lines
@@ -310,8 +190,7 @@ fn a_namespace_refusing_its_own_loopback_never_evicts_the_hosts_member() {
     let dir = scratch_dir("lo");
     let pool = dir.join("pool.txt");
     std::fs::write(&pool, format!("{member}\n")).expect("pool");
-    let config = dir.join("connmon.toml");
-    std::fs::write(&config, format!("[policy]\n{OPEN_GUARDS}")).expect("config");
+    let config = write_config(&dir, format!("[policy]\n{OPEN_GUARDS}"));
     let mut agent = Agent::start(&[
         "--config",
         config.to_str().expect("utf-8"),
@@ -485,7 +364,7 @@ fn allow_lists_cgroup_attribution_and_a_reloaded_scope() {
     // SIGHUP: now only the other namespace is listed.
     write_scope(&format!("netns = [\"{}\"]\n", other.path().display()));
     agent.signal(libc::SIGHUP);
-    wait_for_log(&agent, "evidence scope reloaded", Duration::from_secs(5));
+    agent.wait_for_stderr("evidence scope reloaded", Duration::from_secs(5));
     let d = port(&other);
     refuse_from(&other, d);
     agent.wait_for("evict after the reload", WAIT, |v| {
@@ -500,11 +379,7 @@ fn allow_lists_cgroup_attribution_and_a_reloaded_scope() {
     // A reload naming a namespace that does not exist keeps the scope in force.
     write_scope("netns = [\"/run/netns/connmon-no-such-namespace\"]\n");
     agent.signal(libc::SIGHUP);
-    wait_for_log(
-        &agent,
-        "keeping the current evidence scope",
-        Duration::from_secs(5),
-    );
+    agent.wait_for_stderr("keeping the current evidence scope", Duration::from_secs(5));
     let f = port(&other);
     refuse_from(&other, f);
     agent.wait_for("evict under the kept scope", WAIT, |v| {
@@ -524,12 +399,10 @@ fn allow_lists_cgroup_attribution_and_a_reloaded_scope() {
 fn an_invalid_evidence_section_stops_the_agent_with_a_clear_error() {
     require_root();
     let dir = scratch_dir("badscope");
-    let config = dir.join("connmon.toml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         "[policy.evidence]\nnetns = [\"/run/netns/connmon-no-such-namespace\"]\n",
-    )
-    .expect("config");
+    );
     let out = Command::new(connmon_integration::connmon_bin())
         .args(["run", "--config"])
         .arg(&config)

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use connmon_integration::{Agent, closed_port, require_root, scratch_dir};
+use connmon_integration::{Agent, closed_port, require_root, scratch_dir, write_config};
 use serde_json::Value;
 
 /// A free TCP port on loopback (bound, then released).
@@ -145,13 +145,11 @@ fn prometheus_scrapes_the_endpoint_and_counts_the_refused_connects() {
     require_root();
     let metrics_port = free_port();
     let dir = scratch_dir("prom-agent");
-    let config = dir.join("connmon.toml");
     // Room for every destination other tests on the host may be failing meanwhile.
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         "[agent]\nmetrics_destinations = 5000\n[policy]\nmax_ejection_percent = 100\noutage_min_destinations = 0\n",
-    )
-    .expect("config");
+    );
     let mut agent = Agent::start(&[
         "--config",
         config.to_str().unwrap(),

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use connmon_integration::{Agent, closed_port, require_root, scratch_dir};
+use connmon_integration::{Agent, closed_port, require_root, scratch_dir, write_config};
 
 fn python_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients/python")
@@ -25,14 +25,12 @@ fn python_dir() -> PathBuf {
 /// the ejections these tests wait for, so it is off.
 fn start_agent(tag: &str, extra_policy: &str) -> (Agent, PathBuf) {
     let dir = scratch_dir(tag);
-    let config = dir.join("connmon.toml");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         format!(
             "[agent]\nsocket_group = \"nogroup\"\n[policy]\nmax_ejection_percent = 100\noutage_min_destinations = 100000\n{extra_policy}"
         ),
-    )
-    .expect("config");
+    );
     let socket = dir.join("sock").join("connmon.sock");
     let agent = Agent::start(&[
         "--config",

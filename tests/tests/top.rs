@@ -10,7 +10,7 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, BLACKHOLE_V4, Netns, closed_port, connmon_bin, require_root, scratch_dir,
+    Agent, BLACKHOLE_V4, Netns, closed_port, connmon_bin, require_root, scratch_dir, write_config,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -135,12 +135,12 @@ fn top_shows_failing_pool_members_and_answers_its_keys() {
     let bh_port = 20_000 + (std::process::id() % 20_000) as u16;
     let blackholed = format!("{BLACKHOLE_V4}:{bh_port}");
     let dir = scratch_dir("top");
-    let config = dir.join("connmon.toml");
-    std::fs::write(
-        &config,
-        format!("[policy]\npool = [\"{refused}\", \"{blackholed}\"]\nmax_ejection_percent = 100\noutage_min_destinations = 0\n"),
-    )
-    .expect("config");
+    let config = write_config(
+        &dir,
+        format!(
+            "[policy]\npool = [\"{refused}\", \"{blackholed}\"]\nmax_ejection_percent = 100\noutage_min_destinations = 0\n"
+        ),
+    );
     let socket = dir.join("connmon.sock");
     let _agent = Agent::start(&[
         "--config",
@@ -253,13 +253,11 @@ fn top_says_when_no_agent_is_running() {
 fn watch_on_a_terminal_prints_decisions_as_columns_and_honours_no_color() {
     require_root();
     let dir = scratch_dir("watch-tty");
-    let config = dir.join("connmon.toml");
     // Other tests' failures on the host must not look like a local outage here.
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         "[policy]\nmax_ejection_percent = 100\noutage_min_destinations = 0\n",
-    )
-    .expect("config");
+    );
     let socket = dir.join("connmon.sock");
     let _agent = Agent::start(&[
         "--config",

@@ -297,8 +297,10 @@ impl Tracer {
 
     /// SIGTERM (connmon writes its final stats) and wait.
     fn stop(mut self) -> anyhow::Result<String> {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if self.child.try_wait()?.is_some() {
@@ -360,9 +362,28 @@ fn spawn_traced(
 }
 
 fn start_connmon(env: &Env, tag: &str, extra: &[&str]) -> anyhow::Result<(Tracer, Duration)> {
+    launch_connmon(env, tag, &env.dir.join("bench.toml"), None, extra)
+}
+
+/// `connmon run` with `config` (inside the namespace at `netns`, if given), a state file
+/// and a socket of its own; returns once it has attached.
+fn launch_connmon(
+    env: &Env,
+    tag: &str,
+    config: &Path,
+    netns: Option<&Path>,
+    extra: &[&str],
+) -> anyhow::Result<(Tracer, Duration)> {
     let state = env.dir.join(format!("state-{tag}.json"));
     let _ = fs::remove_file(&state);
-    let mut cmd = Command::new(&env.connmon);
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", ns.display())).arg(&env.connmon);
+            cmd
+        }
+        None => Command::new(&env.connmon),
+    };
     cmd.args([
         "run",
         "--output",
@@ -371,7 +392,7 @@ fn start_connmon(env: &Env, tag: &str, extra: &[&str]) -> anyhow::Result<(Tracer
         "0s",
         "--config",
     ])
-    .arg(env.dir.join("bench.toml"))
+    .arg(config)
     .arg("--state-file")
     .arg(&state)
     .arg("--socket")
@@ -392,17 +413,8 @@ fn write_config(env: &Env, text: &str) -> anyhow::Result<()> {
 }
 
 fn loadgen(env: &Env, args: &[&str]) -> anyhow::Result<Value> {
-    let out = Command::new(&env.loadgen)
-        .args(args)
-        .output()
-        .context("running loadgen")?;
-    if !out.status.success() {
-        bail!(
-            "loadgen {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("loadgen output")
+    let out = setup::stdout(Command::new(&env.loadgen).args(args))?;
+    serde_json::from_slice(&out).context("loadgen output")
 }
 
 fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -745,13 +757,9 @@ fn quantiles(sorted: &[f64]) -> String {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always there");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 /// A pool controller on the agent's Unix socket, subscribed to `evict`: records, per
@@ -794,52 +802,9 @@ impl Subscriber {
     }
 }
 
-/// A namespace with a neighbour whose SYNs vanish; deleted on drop.
-struct BenchNetns(String);
-
-impl BenchNetns {
-    fn new() -> anyhow::Result<Self> {
-        let name = format!("connmon-bench-{}", std::process::id());
-        let ns = BenchNetns(name.clone());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        for args in [
-            vec!["netns", "add", &name],
-            vec!["-n", &name, "link", "set", "lo", "up"],
-            vec![
-                "-n", &name, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-            ],
-            vec!["-n", &name, "addr", "add", "10.200.0.1/24", "dev", "veth0"],
-            vec!["-n", &name, "link", "set", "veth0", "up"],
-            vec!["-n", &name, "link", "set", "veth1", "up"],
-            vec![
-                "-n",
-                &name,
-                "neigh",
-                "add",
-                "10.200.0.2",
-                "lladdr",
-                "02:00:00:00:00:99",
-                "dev",
-                "veth0",
-                "nud",
-                "permanent",
-            ],
-        ] {
-            setup::run_cmd(Command::new("ip").args(&args).stdout(Stdio::null()))?;
-        }
-        Ok(ns)
-    }
-}
-
-impl Drop for BenchNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 fn blackhole(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
     write_config(env, "[policy]\npool = [\"10.200.0.2:80\"]\n")?;
-    let ns = BenchNetns::new()?;
+    let ns = crate::netns::BlackholeNetns::new("bench")?;
     let mut suspect_ms = Vec::new();
     let mut evict_ms = Vec::new();
     for _ in 0..plan.blackhole_trials {
@@ -848,7 +813,7 @@ fn blackhole(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> 
             env,
             &[
                 "--netns",
-                &ns.0,
+                &ns.name,
                 "--mode",
                 "refused",
                 "--addr",
@@ -910,22 +875,13 @@ fn memory(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
         idle as f64 / 1024.0
     );
     for &(destinations, events) in plan.engine_sizes {
-        let out = Command::new(&env.engine)
-            .args([
-                "--destinations",
-                &destinations.to_string(),
-                "--events",
-                &events.to_string(),
-            ])
-            .output()
-            .context("running engine_bench")?;
-        if !out.status.success() {
-            bail!(
-                "engine_bench failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let v: Value = serde_json::from_slice(&out.stdout)?;
+        let out = setup::stdout(Command::new(&env.engine).args([
+            "--destinations",
+            &destinations.to_string(),
+            "--events",
+            &events.to_string(),
+        ]))?;
+        let v: Value = serde_json::from_slice(&out)?;
         let _ = writeln!(
             report,
             "| {destinations} | {:.0} | {:.0} | {:.1} |",

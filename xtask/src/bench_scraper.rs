@@ -39,53 +39,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A namespace with a neighbour whose SYNs vanish; deleted on drop.
-struct ScraperNetns(String);
-
-impl ScraperNetns {
-    fn new() -> anyhow::Result<Self> {
-        let name = format!("connmon-bench-scraper-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let ns = ScraperNetns(name.clone());
-        let ip = |args: &[&str]| setup::run_cmd(Command::new("ip").arg("-n").arg(&name).args(args));
-        setup::run_cmd(Command::new("ip").args(["netns", "add", &name]))?;
-        ip(&["link", "set", "lo", "up"])?;
-        ip(&[
-            "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-        ])?;
-        ip(&["addr", "add", "10.200.0.1/24", "dev", "veth0"])?;
-        ip(&["link", "set", "veth0", "up"])?;
-        ip(&["link", "set", "veth1", "up"])?;
-        ip(&[
-            "neigh",
-            "add",
-            "10.200.0.2",
-            "lladdr",
-            "02:00:00:00:00:99",
-            "dev",
-            "veth0",
-            "nud",
-            "permanent",
-        ])?;
-        Ok(ns)
-    }
-}
-
-impl Drop for ScraperNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// Runs the scenario and appends its section to `report`.
 pub fn scraper(connmon: &Path, dir: &Path, quick: bool, report: &mut String) -> anyhow::Result<()> {
     let python = pyenv::ensure_test_venv()?;
     let script_dir = build::workspace_root().join("clients/python/tests");
     let out = dir.join("scraper.json");
     let _ = fs::remove_file(&out);
-    let ns = ScraperNetns::new()?;
+    let ns = crate::netns::BlackholeNetns::new("bench-scraper")?;
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.0])
+    cmd.args(["netns", "exec", &ns.name])
         .arg(&python)
         .arg("bench_scraper.py")
         .arg("--out")

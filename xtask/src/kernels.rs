@@ -550,8 +550,11 @@ fn kill_tree(pid: u32) {
         for &(child, _) in parents.iter().filter(|(_, pp)| *pp == pid) {
             visit(child, parents);
         }
-        // SAFETY: kill has no memory-safety preconditions; pid is our own descendant.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // pid is our own descendant.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     visit(pid, &parents);
 }

@@ -7,6 +7,7 @@ mod build;
 mod fuzz;
 mod image;
 mod kernels;
+mod netns;
 mod package;
 mod pyenv;
 mod pytools;

@@ -222,17 +222,9 @@ pub fn build_deb(bin: &Path) -> anyhow::Result<PathBuf> {
 /// and an upgrade's new defaults apply unless the operator set one. The one active line
 /// points the pool at `/etc/connmon/pool.txt`.
 fn default_config(bin: &Path) -> anyhow::Result<String> {
-    let out = Command::new(bin)
-        .args(["run", "--config", "/dev/null", "--print-config"])
-        .output()
-        .with_context(|| format!("running {} run --print-config", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "connmon run --print-config failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let defaults = String::from_utf8(out.stdout).context("--print-config is not UTF-8")?;
+    let out =
+        setup::stdout(Command::new(bin).args(["run", "--config", "/dev/null", "--print-config"]))?;
+    let defaults = String::from_utf8(out).context("--print-config is not UTF-8")?;
     let mut text = String::from(CONFIG_HEADER);
     for line in defaults.lines() {
         if line.starts_with('[') {
@@ -271,19 +263,13 @@ fn shlib_depends(stage: &Path, bin: &Path) -> anyhow::Result<String> {
         work.join("debian/control"),
         "Source: connmon\n\nPackage: connmon\nArchitecture: any\n",
     )?;
-    let out = Command::new("dpkg-shlibdeps")
-        .arg("-O")
-        .arg(bin)
-        .current_dir(&work)
-        .output()
-        .context("running dpkg-shlibdeps")?;
-    if !out.status.success() {
-        bail!(
-            "dpkg-shlibdeps failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = setup::stdout(
+        Command::new("dpkg-shlibdeps")
+            .arg("-O")
+            .arg(bin)
+            .current_dir(&work),
+    )?;
+    let text = String::from_utf8_lossy(&out);
     text.lines()
         .find_map(|l| l.strip_prefix("shlibs:Depends="))
         .map(str::to_owned)

@@ -32,6 +32,5 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }

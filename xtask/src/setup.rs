@@ -58,6 +58,11 @@ pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&stdout(cmd)?).into_owned())
+}
+
+/// Runs `cmd` and returns its stdout; an error (with its stderr) if it fails.
+pub fn stdout(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -65,7 +70,7 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {

@@ -20,8 +20,8 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::{fd::AsRawFd as _, unix::net::UnixStream},
-    path::{Path, PathBuf},
+    os::unix::net::UnixStream,
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -32,13 +32,22 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use nix::{
+    sys::{
+        signal::{Signal, kill},
+        socket::{setsockopt, sockopt},
+    },
+    unistd::Pid,
+};
 use serde_json::{Value, json};
 
-use crate::setup;
+use crate::{
+    netns::{BLACKHOLE, BlackholeNetns},
+    setup,
+};
 
-/// The namespace's own address, a neighbour whose SYNs vanish, and the ports used.
+/// The namespace's own address and the ports used.
 const LOCAL: &str = "10.200.0.1";
-const BLACKHOLE: &str = "10.200.0.2";
 const ESTABLISHED_PORT: u16 = 7000;
 const RESET_PORT: u16 = 7001;
 const REFUSED_PORTS: std::ops::Range<u16> = 7100..7140;
@@ -81,7 +90,9 @@ pub fn run(
     report: &mut String,
 ) -> anyhow::Result<()> {
     let interval = sample_interval(duration);
-    let ns = SoakNetns::new()?;
+    // One SYN retransmission before the kernel gives up.
+    let ns = BlackholeNetns::new("soak")?;
+    ns.sysctl("net.ipv4.tcp_syn_retries=1")?;
     let socket = dir.join("connmon-soak.sock");
     let state = dir.join("state-soak.json");
     let _ = fs::remove_file(&state);
@@ -139,8 +150,7 @@ pub fn run(
         let wake = (samples.len() as u32 + 1) * interval;
         while started.elapsed() < wake.min(duration) {
             if started.elapsed() >= next_hup {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGHUP);
                 counters.sighups.fetch_add(1, Ordering::Relaxed);
                 next_hup += Duration::from_secs(10);
             }
@@ -158,8 +168,7 @@ pub fn run(
     for w in workers {
         let _ = w.join();
     }
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = guard.0.try_wait()? {
@@ -343,79 +352,16 @@ struct Counters {
     sighups: AtomicU64,
 }
 
-/// A namespace with loopback, a veth whose neighbour 10.200.0.2 swallows SYNs, and one
-/// SYN retransmission before the kernel gives up; deleted on drop.
-struct SoakNetns {
-    name: String,
-}
-
-impl SoakNetns {
-    fn new() -> anyhow::Result<Self> {
-        let name = format!("connmon-soak-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let ns = SoakNetns { name };
-        let n = ns.name.as_str();
-        for args in [
-            vec!["netns", "add", n],
-            vec!["-n", n, "link", "set", "lo", "up"],
-            vec![
-                "-n", n, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-            ],
-            vec!["-n", n, "addr", "add", "10.200.0.1/24", "dev", "veth0"],
-            vec!["-n", n, "link", "set", "veth0", "up"],
-            vec!["-n", n, "link", "set", "veth1", "up"],
-            vec![
-                "-n",
-                n,
-                "neigh",
-                "add",
-                BLACKHOLE,
-                "lladdr",
-                "02:00:00:00:00:99",
-                "dev",
-                "veth0",
-                "nud",
-                "permanent",
-            ],
-        ] {
-            setup::run_cmd(Command::new("ip").args(&args).stdout(Stdio::null()))?;
-        }
-        setup::run_cmd(Command::new("ip").args([
-            "netns",
-            "exec",
-            n,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.tcp_syn_retries=1",
-        ]))?;
-        Ok(ns)
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for SoakNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 /// Moves the calling thread into the namespace at `path`.
 fn enter(path: &Path) {
     let file = fs::File::open(path).expect("open the soak namespace");
-    // SAFETY: setns on a valid namespace fd affects only the calling thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns into the soak namespace");
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("setns into the soak namespace");
 }
 
 /// Spawns `f` in the namespace, looping until `stop` with `pause` between rounds.
 fn in_ns(
-    ns: &SoakNetns,
+    ns: &BlackholeNetns,
     name: &str,
     stop: &Arc<AtomicBool>,
     pause: Duration,
@@ -435,7 +381,7 @@ fn in_ns(
 }
 
 fn traffic(
-    ns: &SoakNetns,
+    ns: &BlackholeNetns,
     stop: &Arc<AtomicBool>,
     counters: &Arc<Counters>,
 ) -> anyhow::Result<Vec<thread::JoinHandle<()>>> {
@@ -467,16 +413,7 @@ fn traffic(
                     l_onoff: 1,
                     l_linger: 0,
                 };
-                // SAFETY: a valid socket fd and a properly sized linger struct.
-                unsafe {
-                    libc::setsockopt(
-                        conn.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&raw const linger).cast(),
-                        size_of::<libc::linger>() as libc::socklen_t,
-                    )
-                };
+                let _ = setsockopt(&conn, sockopt::Linger, &linger);
                 thread::sleep(Duration::from_millis(2));
                 drop(conn);
                 idle = false;
@@ -689,75 +626,40 @@ fn write_report(
         stream.reinstatements,
         if clean_exit { "yes" } else { "no" },
     );
-    let xs: Vec<f64> = samples.iter().map(|s| s.at_s).collect();
     // Decision latency is only meaningful in samples that had evictions.
     let with_evictions: Vec<&Sample> = samples.iter().filter(|s| s.detect_max_us > 0).collect();
-    let dx: Vec<f64> = with_evictions.iter().map(|s| s.at_s).collect();
-    let rows: Vec<(&str, Vec<f64>, &[f64])> = vec![
-        (
-            "agent RSS (KiB)",
-            samples.iter().map(|s| s.rss_kib as f64).collect(),
-            &xs,
-        ),
-        (
-            "open fds",
-            samples.iter().map(|s| s.fds as f64).collect(),
-            &xs,
-        ),
-        (
-            "INFLIGHT entries",
-            samples.iter().map(|s| s.map_entries[0] as f64).collect(),
-            &xs,
-        ),
-        (
-            "ESTABLISHED entries",
-            samples.iter().map(|s| s.map_entries[1] as f64).collect(),
-            &xs,
-        ),
-        (
-            "destinations tracked (whole host)",
-            samples.iter().map(|s| s.tracked as f64).collect(),
-            &xs,
-        ),
-        (
-            "REPORTED_ERRORS entries",
-            samples.iter().map(|s| s.map_entries[2] as f64).collect(),
-            &xs,
-        ),
-        (
-            "lost events (cumulative)",
-            samples.iter().map(|s| s.lost_events as f64).collect(),
-            &xs,
-        ),
-        (
-            "detect_us p50 per sample",
-            with_evictions
-                .iter()
-                .map(|s| s.detect_p50_us as f64)
-                .collect(),
-            &dx,
-        ),
-        (
-            "detect_us max per sample",
-            with_evictions
-                .iter()
-                .map(|s| s.detect_max_us as f64)
-                .collect(),
-            &dx,
-        ),
+    let series = |of: &[&Sample], y: fn(&Sample) -> u64| -> (Vec<f64>, Vec<f64>) {
+        of.iter().map(|s| (s.at_s, y(s) as f64)).unzip()
+    };
+    let all: Vec<&Sample> = samples.iter().collect();
+    let rows: [(&str, &[&Sample], fn(&Sample) -> u64); 9] = [
+        ("agent RSS (KiB)", &all, |s| s.rss_kib),
+        ("open fds", &all, |s| s.fds),
+        ("INFLIGHT entries", &all, |s| s.map_entries[0]),
+        ("ESTABLISHED entries", &all, |s| s.map_entries[1]),
+        ("destinations tracked (whole host)", &all, |s| s.tracked),
+        ("REPORTED_ERRORS entries", &all, |s| s.map_entries[2]),
+        ("lost events (cumulative)", &all, |s| s.lost_events),
+        ("detect_us p50 per sample", &with_evictions, |s| {
+            s.detect_p50_us
+        }),
+        ("detect_us max per sample", &with_evictions, |s| {
+            s.detect_max_us
+        }),
     ];
     let _ = writeln!(
         report,
         "| metric | first quarter (mean) | last quarter (mean) | min | max | slope per hour |\n|---|---:|---:|---:|---:|---:|"
     );
-    for (name, ys, xs) in &rows {
-        let (first, last) = quarter_means(ys);
+    for (name, of, y) in rows {
+        let (xs, ys) = series(of, y);
+        let (first, last) = quarter_means(&ys);
         let min = ys.iter().copied().fold(f64::INFINITY, f64::min);
         let max = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let _ = writeln!(
             report,
             "| {name} | {first:.0} | {last:.0} | {min:.0} | {max:.0} | {:+.0} |",
-            slope_per_hour(xs, ys)
+            slope_per_hour(&xs, &ys)
         );
     }
     let events = samples.last().map(|s| s.events).unwrap_or(0);

@@ -6,12 +6,10 @@
 //! `--seconds`, answering every probe at once, and prints
 //! `{"members":N,"rss_base_kib":..,"rss_pool_kib":..,"rss_scheduled_kib":..,"rss_peak_kib":..,"probes":N,"polls":N,"cpu_us_per_poll":..}`.
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::time::Duration;
 
 use clap::Parser;
+use connmon_bench::{cpu_seconds, dst, status_kib as kib};
 use monitor::{
     policy::{
         PoolEntry, PoolMembership,
@@ -31,36 +29,10 @@ struct Args {
     rate: u32,
 }
 
-fn kib(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn cpu_seconds() -> f64 {
-    use nix::sys::resource::{UsageWho, getrusage};
-    getrusage(UsageWho::RUSAGE_SELF)
-        .map(|u| {
-            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-            t(u.user_time()) + t(u.system_time())
-        })
-        .unwrap_or(0.0)
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let base = kib("VmRSS:");
-    let pool = PoolMembership::from_entries((0..args.members).map(|i| {
-        PoolEntry::Member(SocketAddr::new(
-            Ipv4Addr::from(0x0a00_0000 + i).into(),
-            8080,
-        ))
-    }));
+    let pool = PoolMembership::from_entries((0..args.members).map(|i| PoolEntry::Member(dst(i))));
     let with_pool = kib("VmRSS:");
     let config = ChecksConfig {
         idle_after: Duration::from_secs(60),

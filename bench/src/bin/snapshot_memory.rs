@@ -9,16 +9,14 @@
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    net::{Ipv4Addr, SocketAddr},
     sync::atomic::{AtomicUsize, Ordering},
 };
 
 use clap::Parser;
+use connmon_bench::{connect, dst, engine};
 use monitor::{
-    clock::WallClock,
-    policy::{EjectionPolicy, PolicyConfig, PoolMembership},
     server::{protocol, snapshot_reply::SnapshotReply},
-    source::event::{Attribution, Comm, ConnectRecord, Family, NetnsOwner, Outcome},
+    source::event::Outcome,
 };
 use serde_json::{Value, json};
 
@@ -74,32 +72,10 @@ fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = PolicyConfig {
-        max_destinations: args.destinations as usize + 16,
-        outage_min_destinations: 0,
-        ..PolicyConfig::default()
-    };
-    let mut policy = EjectionPolicy::new(
-        config,
-        PoolMembership::unconfigured(),
-        1,
-        WallClock::from_offset_ns(1_700_000_000_000_000_000),
-        7,
-    )?;
-    let who = Attribution {
-        pid: 1,
-        tgid: 1,
-        comm: Comm::from("bench"),
-        cgroup_id: 1,
-        netns: 1,
-        netns_owner: NetnsOwner::Initial,
-        cgroup: None,
-        trusted: true,
-    };
+    let mut policy = engine(args.destinations, 1_700_000_000_000_000_000)?;
     let mut out = Vec::new();
     let mut now = 1_000_000_000u64;
     for i in 0..args.destinations {
-        let dst = SocketAddr::new(Ipv4Addr::from(0x0a00_0000 + i).into(), 8080);
         let outcomes: &[Outcome] = if i % 4 == 0 {
             &[Outcome::Established, Outcome::Refused]
         } else {
@@ -107,17 +83,7 @@ fn main() -> anyhow::Result<()> {
         };
         for &outcome in outcomes {
             now += 1_000;
-            let record = ConnectRecord {
-                outcome,
-                ktime_ns: now,
-                start_ns: now - 50_000,
-                family: Family::Ipv4,
-                src: "10.255.0.1:40000".parse().expect("literal"),
-                dst,
-                who: who.clone(),
-                syn_retransmits: 0,
-                errno: 0,
-            };
+            let record = connect(dst(i), outcome, now);
             policy.on_connect(&record, now, &mut out);
             out.clear();
         }

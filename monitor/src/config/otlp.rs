@@ -26,28 +26,33 @@ use crate::{
 };
 
 /// How spans and metrics travel to the collector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 pub enum Protocol {
     #[serde(rename = "grpc")]
+    #[strum(serialize = "grpc")]
     Grpc,
     #[serde(rename = "http/protobuf")]
+    #[strum(serialize = "http/protobuf")]
     HttpProtobuf,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::HttpProtobuf => "http/protobuf",
-        }
+        self.into()
     }
 
     pub(crate) fn parse(s: &str) -> Option<Self> {
-        match s.trim() {
-            "grpc" => Some(Protocol::Grpc),
-            "http/protobuf" => Some(Protocol::HttpProtobuf),
-            _ => None,
-        }
+        s.trim().parse().ok()
     }
 }
 

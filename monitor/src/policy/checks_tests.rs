@@ -1,23 +1,13 @@
 //! The policy's side of the handshake checks, replayed on an injected clock: verified
 //! reinstatement, early reinstatement, re-ejection, and the guards.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::{
     checks::{ProbeEnded, Purpose},
+    tests::{self, BOOT, SEC, connect as record, dst},
     *,
 };
-use crate::{
-    clock::WallClock,
-    source::event::{Attribution, Comm, Family, NetnsOwner},
-};
-
-const SEC: u64 = 1_000_000_000;
-const BOOT: u64 = 1_000 * SEC;
-
-fn dst(last: u8) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, last)), 8080)
-}
 
 fn engine(verify: bool) -> EjectionPolicy {
     let config = PolicyConfig {
@@ -25,41 +15,11 @@ fn engine(verify: bool) -> EjectionPolicy {
         max_ejection_percent: 100,
         ..PolicyConfig::default()
     };
-    let mut policy = EjectionPolicy::new(
-        config,
-        PoolMembership::unconfigured(),
-        1,
-        WallClock::from_offset_ns(1_700_000_000_000_000_000),
-        1,
-    )
-    .expect("valid config");
+    let mut policy = tests::engine(config);
     let mut out = Vec::new();
     policy.set_verify_before_reinstate(verify, BOOT, &mut out);
     assert!(out.is_empty());
     policy
-}
-
-fn record(to: SocketAddr, outcome: Outcome, at: u64) -> ConnectRecord {
-    ConnectRecord {
-        outcome,
-        ktime_ns: at,
-        start_ns: at.saturating_sub(300_000),
-        family: Family::Ipv4,
-        src: SocketAddr::from(([10, 0, 0, 1], 40000)),
-        dst: to,
-        who: Attribution {
-            pid: 4242,
-            tgid: 4242,
-            comm: Comm::from("connmon"),
-            cgroup_id: 1,
-            netns: 1,
-            netns_owner: NetnsOwner::Initial,
-            cgroup: None,
-            trusted: true,
-        },
-        syn_retransmits: 0,
-        errno: 0,
-    }
 }
 
 fn probe(

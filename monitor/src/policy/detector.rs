@@ -29,7 +29,9 @@ pub enum SynVerdict {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Detectors {
     consecutive_refused: u32,
-    consecutive_unanswered: u32,
+    /// The `Unanswered` streak's threshold (timeouts, abandoned and unreachable
+    /// connects), named as its config key.
+    consecutive_timeouts: u32,
     consecutive_resets: u32,
     syn_retransmits: u32,
     failure_ratio: f64,
@@ -40,7 +42,7 @@ impl Detectors {
     pub fn from_config(config: &PolicyConfig) -> Self {
         Detectors {
             consecutive_refused: config.consecutive_refused,
-            consecutive_unanswered: config.consecutive_timeouts,
+            consecutive_timeouts: config.consecutive_timeouts,
             consecutive_resets: config.consecutive_resets,
             syn_retransmits: config.syn_retransmits,
             failure_ratio: config.failure_ratio,
@@ -51,7 +53,7 @@ impl Detectors {
     fn threshold(&self, kind: StreakKind) -> u32 {
         match kind {
             StreakKind::Refused => self.consecutive_refused,
-            StreakKind::Unanswered => self.consecutive_unanswered,
+            StreakKind::Unanswered => self.consecutive_timeouts,
             StreakKind::Reset => self.consecutive_resets,
         }
     }

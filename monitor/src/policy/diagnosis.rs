@@ -25,7 +25,8 @@ pub struct LocalhostTraps {
 }
 
 impl LocalhostTraps {
-    /// `host_netns` is the inode of the host's network namespace (`/proc/1/ns/net`).
+    /// `host_netns` is the inode of connmon's own network namespace (`/proc/self/ns/net`:
+    /// the host's, where connmon runs).
     pub fn new(host_netns: u32, interval_ns: u64) -> Self {
         LocalhostTraps {
             host_netns,

@@ -273,12 +273,12 @@ impl EjectionPolicy {
                 Self::candidate(evict_targets, d.annotation.role) && !is_member(pool, dst)
             })
             .count();
-        self.seen_counted_at = self.table.evicted();
+        self.seen_counted_at = self.table.dropped();
     }
 
     /// Pool members known to the percentage guard.
     pub fn known_members(&mut self) -> usize {
-        if self.table.evicted() != self.seen_counted_at {
+        if self.table.dropped() != self.seen_counted_at {
             self.recount_seen_candidates();
         }
         self.pool.members().len() + self.seen_candidates
@@ -863,8 +863,8 @@ impl EjectionPolicy {
             ejected: self.ejected(),
             max_ejected: allowed_ejections(known, self.config.max_ejection_percent),
             tracked: self.table.len(),
-            dropped_from_table: self.table.evicted(),
-            untracked_events: self.table.untracked(),
+            dropped_from_table: self.table.dropped(),
+            untracked_events: self.table.refused_when_full(),
             untrusted_events: self.untrusted,
             evidence: snapshot::EvidenceView::of(&self.evidence),
             destinations: Vec::new(),

@@ -22,6 +22,7 @@ use std::{
     str::FromStr,
 };
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 /// How a pool command changes the membership.
@@ -50,19 +51,15 @@ pub enum PoolEntry {
     /// One address and port.
     Member(SocketAddr),
     /// Every address of a network, on one port or (`None`) any port.
-    Network {
-        addr: IpAddr,
-        prefix: u8,
-        port: Option<u16>,
-    },
+    Network { net: IpNet, port: Option<u16> },
 }
 
 impl PoolEntry {
     fn contains(&self, dst: &SocketAddr) -> bool {
         match *self {
             PoolEntry::Member(member) => member == *dst,
-            PoolEntry::Network { addr, prefix, port } => {
-                port.is_none_or(|p| p == dst.port()) && mask(dst.ip(), prefix) == Some(addr)
+            PoolEntry::Network { net, port } => {
+                port.is_none_or(|p| p == dst.port()) && net.contains(&dst.ip())
             }
         }
     }
@@ -73,20 +70,11 @@ impl fmt::Display for PoolEntry {
         match *self {
             PoolEntry::Member(member) => write!(f, "{member}"),
             PoolEntry::Network {
-                addr: IpAddr::V6(a),
-                prefix,
+                net: IpNet::V6(net),
                 port: Some(p),
-            } => write!(f, "[{a}/{prefix}]:{p}"),
-            PoolEntry::Network {
-                addr,
-                prefix,
-                port: Some(p),
-            } => write!(f, "{addr}/{prefix}:{p}"),
-            PoolEntry::Network {
-                addr,
-                prefix,
-                port: None,
-            } => write!(f, "{addr}/{prefix}"),
+            } => write!(f, "[{net}]:{p}"),
+            PoolEntry::Network { net, port: Some(p) } => write!(f, "{net}:{p}"),
+            PoolEntry::Network { net, port: None } => write!(f, "{net}"),
         }
     }
 }
@@ -316,33 +304,17 @@ fn build(ip: IpAddr, prefix: Option<u8>, port: Option<u16>) -> Result<PoolEntry,
         },
         IpAddr::V4(_) => (ip, prefix),
     };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let prefix = prefix.unwrap_or(max);
-    if prefix > max {
-        return Err(PoolEntryError::Prefix(prefix.to_string()));
-    }
+    let net = match prefix {
+        Some(prefix) => IpNet::new(ip, prefix)
+            .map_err(|_| PoolEntryError::Prefix(prefix.to_string()))?
+            .trunc(),
+        None => IpNet::from(ip),
+    };
     match port {
-        Some(port) if prefix == max => Ok(PoolEntry::Member(SocketAddr::new(ip, port))),
-        _ => Ok(PoolEntry::Network {
-            addr: mask(ip, prefix).ok_or(PoolEntryError::Syntax)?,
-            prefix,
-            port,
-        }),
-    }
-}
-
-/// `ip` with all but the first `prefix` bits cleared.
-fn mask(ip: IpAddr, prefix: u8) -> Option<IpAddr> {
-    match ip {
-        IpAddr::V4(v4) if prefix <= 32 => {
-            let keep = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            Some(IpAddr::V4((u32::from(v4) & keep).into()))
+        Some(port) if net.prefix_len() == net.max_prefix_len() => {
+            Ok(PoolEntry::Member(SocketAddr::new(ip, port)))
         }
-        IpAddr::V6(v6) if prefix <= 128 => {
-            let keep = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            Some(IpAddr::V6((u128::from(v6) & keep).into()))
-        }
-        _ => None,
+        _ => Ok(PoolEntry::Network { net, port }),
     }
 }
 

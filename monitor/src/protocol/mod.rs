@@ -52,8 +52,20 @@ pub const COMMANDS: [Command; 6] = [
 ];
 
 /// A command's name (`"cmd"`), as listed in `hello`'s `capabilities`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Command {
     Subscribe,
     Snapshot,
@@ -65,18 +77,11 @@ pub enum Command {
 
 impl Command {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Command::Subscribe => "subscribe",
-            Command::Snapshot => "snapshot",
-            Command::Ping => "ping",
-            Command::Pool => "pool",
-            Command::Evict => "evict",
-            Command::Reinstate => "reinstate",
-        }
+        self.into()
     }
 
     pub fn parse(name: &str) -> Option<Command> {
-        COMMANDS.into_iter().find(|c| c.as_str() == name)
+        name.parse().ok()
     }
 
     /// Whether every use of the command changes the engine's state (`pool` only does

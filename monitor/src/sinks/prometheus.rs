@@ -56,7 +56,7 @@ use crate::{
     config::AgentConfig,
     control::Control,
     policy::{PolicySnapshot, Role, decision::Decision},
-    sinks::otlp::metrics::{DURATION_BUCKETS, DropReason, Tally},
+    sinks::otlp::metrics::{DURATION_BUCKETS, DropReason, ExportCounts},
     source::event::Outcome,
 };
 
@@ -238,7 +238,7 @@ impl Metrics {
             m.dst_dropped.clone(),
         );
         registry.register_collector(Box::new(ExporterTally {
-            tally: Tally::shared(),
+            tally: ExportCounts::shared(),
             prometheus_lagged: m.lagged.clone(),
         }));
         (m, registry)
@@ -384,10 +384,10 @@ impl Metrics {
 }
 
 /// The exporters' own losses, read at scrape time: the OTLP exporter's drops and lag
-/// (shared [`Tally`]) and this endpoint's bus lag.
+/// (shared [`ExportCounts`]) and this endpoint's bus lag.
 #[derive(Debug)]
 struct ExporterTally {
-    tally: Arc<Tally>,
+    tally: Arc<ExportCounts>,
     prometheus_lagged: Counter,
 }
 
@@ -400,7 +400,7 @@ impl Collector for ExporterTally {
                 None,
                 MetricType::Counter,
             )?;
-            for reason in DropReason::ALL {
+            for &reason in DropReason::ALL {
                 let labels = [("reason", reason.as_str())];
                 ConstCounter::new(self.tally.dropped_total(reason))
                     .encode(family.encode_family(&labels)?)?;

@@ -130,7 +130,7 @@ impl StdoutSink {
     fn connect(&mut self, c: &ConnectRecord, role: Role, probe: bool) {
         match self.format {
             OutputFormat::Json => {
-                json::connect_line(&mut self.buf, c, role, probe, &self.clock);
+                json::connect(&mut self.buf, c, role, probe, &self.clock);
                 self.buf.push(b'\n');
             }
             OutputFormat::Text => {
@@ -158,7 +158,7 @@ impl StdoutSink {
         let since_syn_us = r.ktime_ns.saturating_sub(r.start_ns) / 1_000;
         match self.format {
             OutputFormat::Json => {
-                json::syn_retransmit_line(&mut self.buf, r, role, probe, &self.clock);
+                json::syn_retransmit(&mut self.buf, r, role, probe, &self.clock);
                 self.buf.push(b'\n');
             }
             OutputFormat::Text => {

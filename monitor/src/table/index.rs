@@ -51,12 +51,12 @@ impl<K: Copy + Eq + Hash, V> Part<K, V> {
             .map(|&i| i as usize)
     }
 
-    pub(super) fn get(&self, key: &K) -> Option<&V> {
-        self.dests.get(self.position(key)?)
+    pub(super) fn get(&self, key: K) -> Option<&V> {
+        self.dests.get(self.position(&key)?)
     }
 
-    pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let i = self.position(key)?;
+    pub(super) fn get_mut(&mut self, key: K) -> Option<&mut V> {
+        let i = self.position(&key)?;
         self.dests.get_mut(i)
     }
 
@@ -141,17 +141,17 @@ mod tests {
     fn check(p: &Part<u32, String>, present: &[u32]) {
         assert_eq!(p.len(), present.len());
         for &k in present {
-            assert_eq!(p.get(&(k * 7)), Some(&format!("v{k}")), "key {k}");
+            assert_eq!(p.get(k * 7), Some(&format!("v{k}")), "key {k}");
         }
         assert_eq!(p.iter().count(), present.len());
-        assert!(p.get(&1).is_none(), "a key never inserted");
+        assert!(p.get(1).is_none(), "a key never inserted");
     }
 
     #[test]
     fn inserted_keys_are_found() {
         let mut p = part(100);
         check(&p, &(0..100).collect::<Vec<_>>());
-        *p.get_mut(&70).expect("key 10") = "v10".into();
+        *p.get_mut(70).expect("key 10") = "v10".into();
         assert_eq!(p.position(&70), Some(10));
     }
 

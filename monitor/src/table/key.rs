@@ -52,7 +52,7 @@ impl DestinationKey {
 }
 
 /// Whether connecting to `ip` stays inside the connecting task's network namespace.
-pub fn is_namespace_local(ip: IpAddr) -> bool {
+pub(crate) fn is_namespace_local(ip: IpAddr) -> bool {
     ip.is_loopback() || ip.is_unspecified()
 }
 

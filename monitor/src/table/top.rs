@@ -15,7 +15,7 @@ pub struct Tally<K> {
 
 /// The `N` most frequent keys seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopN<K: Copy, const N: usize> {
+pub(crate) struct TopN<K: Copy, const N: usize> {
     slots: [Option<Tally<K>>; N],
 }
 
@@ -27,7 +27,7 @@ impl<K: Copy, const N: usize> Default for TopN<K, N> {
 
 impl<K: Copy + PartialEq, const N: usize> TopN<K, N> {
     /// Counts one occurrence of `key`.
-    pub fn observe(&mut self, key: K) {
+    pub(crate) fn observe(&mut self, key: K) {
         if let Some(t) = self.slots.iter_mut().flatten().find(|t| t.key == key) {
             t.connects = t.connects.saturating_add(1);
             return;
@@ -50,7 +50,7 @@ impl<K: Copy + PartialEq, const N: usize> TopN<K, N> {
     }
 
     /// The kept keys, most frequent first.
-    pub fn ranked(&self) -> Vec<Tally<K>> {
+    pub(crate) fn ranked(&self) -> Vec<Tally<K>> {
         let mut v: Vec<Tally<K>> = self.slots.iter().flatten().copied().collect();
         v.sort_by_key(|t| std::cmp::Reverse(t.connects));
         v

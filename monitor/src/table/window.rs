@@ -4,7 +4,7 @@
 //! the oldest slot is dropped whole rather than decayed.
 
 /// Number of slots in the ring.
-pub const SLOTS: u64 = 10;
+pub(crate) const SLOTS: u64 = 10;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Slot {
@@ -16,18 +16,19 @@ struct Slot {
 
 /// Attempts and failures over a sliding window of `SLOTS` slots.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RatioWindow {
+pub(crate) struct RatioWindow {
     slots: [Slot; SLOTS as usize],
 }
 
 impl RatioWindow {
     /// Counts one attempt at `now`; `slot_ns` is the window length divided by `SLOTS`.
-    pub fn record(&mut self, now: u64, failed: bool, slot_ns: u64) {
+    #[cfg(test)]
+    pub(crate) fn record(&mut self, now: u64, failed: bool, slot_ns: u64) {
         self.record_slot(now / slot_ns.max(1), failed);
     }
 
     /// Counts one attempt in absolute slot `index` (`now / slot_ns`).
-    pub fn record_slot(&mut self, index: u64, failed: bool) {
+    pub(crate) fn record_slot(&mut self, index: u64, failed: bool) {
         let slot = &mut self.slots[(index % SLOTS) as usize];
         if slot.index != index {
             *slot = Slot {
@@ -43,7 +44,7 @@ impl RatioWindow {
     }
 
     /// `(attempts, failures)` in the window ending at `now`.
-    pub fn totals(&self, now: u64, slot_ns: u64) -> (u32, u32) {
+    pub(crate) fn totals(&self, now: u64, slot_ns: u64) -> (u32, u32) {
         let current = now / slot_ns.max(1);
         self.slots
             .iter()
@@ -54,7 +55,7 @@ impl RatioWindow {
     }
 
     /// Forgets everything (after an ejection the evidence has been used).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         *self = RatioWindow::default();
     }
 }

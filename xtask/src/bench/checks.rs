@@ -18,10 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde_json::Value;
 
-use super::{BenchNetns, Env, Plan, Tracer, lines, median, monotonic_ns, spawn_traced};
+use super::{Env, Plan, Tracer, launch_connmon, lines, median, monotonic_ns};
+use crate::{netns::BlackholeNetns, setup};
 
 /// Listeners on 127.0.0.1 inside the namespace, accepting and closing every
 /// connection; `close PORT` on stdin closes one (a member dies).
@@ -56,9 +57,9 @@ struct Members {
 }
 
 impl Members {
-    fn start(ns: &BenchNetns, n: usize) -> anyhow::Result<Self> {
+    fn start(ns: &BlackholeNetns, n: usize) -> anyhow::Result<Self> {
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.0))
+            .arg(format!("--net={}", ns.path().display()))
             .args(["python3", "-c", MEMBERS_PY, &n.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -90,35 +91,10 @@ impl Drop for Members {
 }
 
 /// `connmon run` inside `ns` with `config`.
-fn start_in(env: &Env, ns: &BenchNetns, tag: &str, config: &str) -> anyhow::Result<Tracer> {
+fn start_in(env: &Env, ns: &BlackholeNetns, tag: &str, config: &str) -> anyhow::Result<Tracer> {
     let path = env.dir.join(format!("checks-{tag}.toml"));
     std::fs::write(&path, config)?;
-    let state = env.dir.join(format!("state-checks-{tag}.json"));
-    let _ = std::fs::remove_file(&state);
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", ns.0))
-        .arg(&env.connmon)
-        .args([
-            "run",
-            "--output",
-            "json",
-            "--stats-interval",
-            "0s",
-            "--config",
-        ])
-        .arg(&path)
-        .arg("--state-file")
-        .arg(&state)
-        .arg("--socket")
-        .arg(env.dir.join(format!("connmon-checks-{tag}.sock")));
-    let (tracer, _) = spawn_traced(
-        "connmon",
-        &format!("connmon-checks-{tag}"),
-        &mut cmd,
-        &env.dir,
-        "attached to",
-        Duration::from_secs(20),
-    )?;
+    let (tracer, _) = launch_connmon(env, &format!("checks-{tag}"), &path, Some(&ns.path()), &[])?;
     Ok(tracer)
 }
 
@@ -136,7 +112,7 @@ fn wait_evict(tracer: &Tracer, dst: &str, timeout: Duration) -> Option<u64> {
 }
 
 pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
-    let ns = BenchNetns::new()?;
+    let ns = BlackholeNetns::new("bench")?;
     let _ = writeln!(
         report,
         "## 7. Handshake checks\n\n\
@@ -237,27 +213,21 @@ pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result
         stats["probes"]["lost"].as_u64().unwrap_or(0),
     );
 
-    let out = Command::new(
-        env.dir
-            .parent()
-            .context("target dir")?
-            .join("release/checks_bench"),
-    )
-    .args([
-        "--members",
-        &plan.memory_members.to_string(),
-        "--seconds",
-        "150",
-    ])
-    .output()
-    .context("running checks_bench")?;
-    if !out.status.success() {
-        bail!(
-            "checks_bench failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let out = setup::stdout(
+        Command::new(
+            env.dir
+                .parent()
+                .context("target dir")?
+                .join("release/checks_bench"),
+        )
+        .args([
+            "--members",
+            &plan.memory_members.to_string(),
+            "--seconds",
+            "150",
+        ]),
+    )?;
+    let v: Value = serde_json::from_slice(&out)?;
     let kib = |k: &str| v[k].as_f64().unwrap_or(0.0);
     let _ = writeln!(
         report,

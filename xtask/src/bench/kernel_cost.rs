@@ -10,10 +10,11 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, fs, process::Command, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde_json::Value;
 
 use super::{BPFTRACE_COUNT, Env, Plan, Tracer, loadgen, spawn_traced, start_connmon};
+use crate::setup;
 
 /// Name of this section for `CONNMON_BENCH_ONLY`.
 pub const SECTION: &str = "kernel-cost";
@@ -27,17 +28,8 @@ type Stats = BTreeMap<String, (u64, u64)>;
 /// `/proc/PID/fdinfo` of its program fds (`prog_id`, `run_time_ns`, `run_cnt`); names
 /// from `bpftool prog show --json`.
 fn prog_stats(pid: u32) -> anyhow::Result<Stats> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .context("running bpftool (Debian package bpftool)")?;
-    if !out.status.success() {
-        bail!(
-            "bpftool prog show failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool output")?;
+    let out = setup::stdout(Command::new("bpftool").args(["prog", "show", "--json"]))?;
+    let progs: Value = serde_json::from_slice(&out).context("bpftool output")?;
     let names: BTreeMap<u64, String> = progs
         .as_array()
         .into_iter()

@@ -576,8 +576,8 @@ impl Adapter {
             self.pool.synced = Some(discovered);
             return Ok(());
         }
-        // An empty Add answers the current entries.
-        let current = self.pool_command(PoolOp::Add, Vec::new()).await?;
+        let (reply, answer) = oneshot::channel();
+        let current = self.command(Control::PoolList { reply }, answer).await?;
         let in_pool: HashSet<SocketAddr> = current
             .iter()
             .filter_map(|e| match e {

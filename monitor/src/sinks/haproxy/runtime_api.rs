@@ -22,7 +22,8 @@ pub use crate::config::haproxy::{Endpoint, is_valid_name};
 pub const MAX_ANSWER_BYTES: u64 = 8 << 20;
 
 /// The administrative state connmon sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum AdminAction {
     /// `set server B/S state maint`: HAProxy stops sending it traffic.
     Maint,
@@ -32,10 +33,7 @@ pub enum AdminAction {
 
 impl AdminAction {
     pub fn as_str(self) -> &'static str {
-        match self {
-            AdminAction::Maint => "maint",
-            AdminAction::Ready => "ready",
-        }
+        self.into()
     }
 }
 

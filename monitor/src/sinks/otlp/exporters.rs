@@ -21,64 +21,64 @@ fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, ExportErr
     Ok(map)
 }
 
+/// `$builder` (a span or metric exporter builder) for `$t`'s protocol, endpoint,
+/// headers and `$timeout`, then `$finish` (e.g. the temporality) on either transport.
+/// A macro: the two builders and their transport stages share methods, not traits.
+macro_rules! exporter {
+    ($builder:expr, $t:expr, $timeout:expr, $signal:literal, |$b:ident| $finish:expr) => {{
+        let built = match $t.protocol {
+            Protocol::Grpc => {
+                let $b = $builder
+                    .with_tonic()
+                    .with_endpoint($t.endpoint.clone())
+                    .with_timeout($timeout)
+                    .with_metadata(
+                        opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                            header_map(&$t.headers)?,
+                        ),
+                    );
+                $finish.build()
+            }
+            Protocol::HttpProtobuf => {
+                let $b = $builder
+                    .with_http()
+                    .with_endpoint($t.endpoint.clone())
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_timeout($timeout)
+                    .with_headers($t.headers.iter().cloned().collect::<HashMap<_, _>>());
+                $finish.build()
+            }
+        };
+        built.map_err(|source| ExportError::Build {
+            signal: $signal,
+            endpoint: $t.endpoint.clone(),
+            source,
+        })
+    }};
+}
+
 pub(super) fn span_exporter(
     t: &SignalTarget,
     timeout: Duration,
 ) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
-    let built = match t.protocol {
-        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(t.endpoint.clone())
-            .with_timeout(timeout)
-            .with_metadata(
-                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(header_map(
-                    &t.headers,
-                )?),
-            )
-            .build(),
-        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(t.endpoint.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(timeout)
-            .with_headers(t.headers.iter().cloned().collect::<HashMap<_, _>>())
-            .build(),
-    };
-    built.map_err(|source| ExportError::Build {
-        signal: "traces",
-        endpoint: t.endpoint.clone(),
-        source,
-    })
+    exporter!(
+        opentelemetry_otlp::SpanExporter::builder(),
+        t,
+        timeout,
+        "traces",
+        |b| b
+    )
 }
 
 pub(super) fn metric_exporter(
     t: &SignalTarget,
     timeout: Duration,
 ) -> Result<opentelemetry_otlp::MetricExporter, ExportError> {
-    let built = match t.protocol {
-        Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(t.endpoint.clone())
-            .with_timeout(timeout)
-            .with_metadata(
-                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(header_map(
-                    &t.headers,
-                )?),
-            )
-            .with_temporality(Temporality::Cumulative)
-            .build(),
-        Protocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-            .with_http()
-            .with_endpoint(t.endpoint.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(timeout)
-            .with_headers(t.headers.iter().cloned().collect::<HashMap<_, _>>())
-            .with_temporality(Temporality::Cumulative)
-            .build(),
-    };
-    built.map_err(|source| ExportError::Build {
-        signal: "metrics",
-        endpoint: t.endpoint.clone(),
-        source,
-    })
+    exporter!(
+        opentelemetry_otlp::MetricExporter::builder(),
+        t,
+        timeout,
+        "metrics",
+        |b| b.with_temporality(Temporality::Cumulative)
+    )
 }

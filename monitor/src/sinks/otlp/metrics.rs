@@ -1,5 +1,5 @@
 //! connmon's OpenTelemetry metrics: the instruments, and the exporter's own drop and lag
-//! accounting ([`Tally`]), which feeds both `connmon.export.dropped` and a warning
+//! accounting ([`ExportCounts`]), which feeds both `connmon.export.dropped` and a warning
 //! logged at most once a minute.
 
 use std::{
@@ -26,7 +26,8 @@ use crate::{
 };
 
 /// Why telemetry was dropped before reaching the collector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum DropReason {
     /// The span queue was full (the collector is slow or away).
     QueueFull,
@@ -39,20 +40,10 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] = [
-        DropReason::QueueFull,
-        DropReason::ExportFailed,
-        DropReason::BusLagged,
-        DropReason::Shutdown,
-    ];
+    pub const ALL: &[DropReason] = <DropReason as strum::VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::QueueFull => "queue_full",
-            DropReason::ExportFailed => "export_failed",
-            DropReason::BusLagged => "bus_lagged",
-            DropReason::Shutdown => "shutdown",
-        }
+        self.into()
     }
 }
 
@@ -61,7 +52,7 @@ pub const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Running totals shared by the exporter's tasks; read by observable counters.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub struct ExportCounts {
     dropped: [AtomicU64; 4],
     /// Messages this exporter's bus subscription lost.
     lagged: AtomicU64,
@@ -92,11 +83,11 @@ impl Default for LogState {
 
 /// The process's exporter tally, also read by the Prometheus endpoint
 /// (`connmon_export_dropped_total`), so both report the same losses.
-static SHARED: std::sync::OnceLock<Arc<Tally>> = std::sync::OnceLock::new();
+static SHARED: std::sync::OnceLock<Arc<ExportCounts>> = std::sync::OnceLock::new();
 
-impl Tally {
+impl ExportCounts {
     /// The tally the OTLP exporter counts into (zero while export is off).
-    pub fn shared() -> Arc<Tally> {
+    pub fn shared() -> Arc<ExportCounts> {
         Arc::clone(SHARED.get_or_init(Arc::default))
     }
 
@@ -189,7 +180,7 @@ pub(crate) const DURATION_BUCKETS: [f64; 15] = [
 ];
 
 impl Instruments {
-    pub fn new(meter: &Meter, tally: &Arc<Tally>, host_id: &str) -> Self {
+    pub fn new(meter: &Meter, tally: &Arc<ExportCounts>, host_id: &str) -> Self {
         let t = Arc::clone(tally);
         let dropped = meter
             .u64_observable_counter("connmon.export.dropped")
@@ -198,7 +189,7 @@ impl Instruments {
                 "Spans and bus messages dropped before reaching the collector, by reason",
             )
             .with_callback(move |o| {
-                for r in DropReason::ALL {
+                for &r in DropReason::ALL {
                     o.observe(t.dropped_total(r), &[KeyValue::new("reason", r.as_str())]);
                 }
             })
@@ -331,7 +322,7 @@ mod tests {
 
     #[test]
     fn drops_are_counted_by_reason_and_lag_counts_twice() {
-        let t = Tally::default();
+        let t = ExportCounts::default();
         t.dropped(DropReason::QueueFull, 3);
         t.lagged(5);
         assert_eq!(t.dropped_total(DropReason::QueueFull), 3);
@@ -348,7 +339,7 @@ mod tests {
 
     #[test]
     fn the_warning_is_rate_limited_to_once_a_minute() {
-        let t = Tally::default();
+        let t = ExportCounts::default();
         let start = Instant::now();
         t.dropped(DropReason::QueueFull, 1);
         t.warn_if_due(start);

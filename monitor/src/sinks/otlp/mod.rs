@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use self::{
     env::{ExportTargets, HostIdentity, SignalTarget},
     exporters::{metric_exporter, span_exporter},
-    metrics::{Instruments, Tally},
+    metrics::{ExportCounts, Instruments},
     send::{MetricExport, QueueProcessor, SharedReader, SpanBatcher, Stop},
     spans::ConnectSpans,
 };
@@ -102,7 +102,7 @@ pub fn start(otlp: &OtlpConfig, host_id: &str, cx: &SinkContext) -> Result<(), E
         .transpose()?;
     log_targets(&targets);
 
-    let tally = Tally::shared();
+    let tally = ExportCounts::shared();
     let stop = Arc::new(Stop {
         token: shutdown.clone(),
         grace: otlp.shutdown_timeout,
@@ -203,7 +203,7 @@ struct Consumer {
     rx: tokio::sync::broadcast::Receiver<Arc<Published>>,
     spans: Option<(ConnectSpans, SdkTracerProvider)>,
     instruments: Instruments,
-    tally: Arc<Tally>,
+    tally: Arc<ExportCounts>,
     shutdown: CancellationToken,
     meter_provider: SdkMeterProvider,
 }
@@ -322,9 +322,9 @@ mod tests {
         ConnectSpans,
         SdkTracerProvider,
         mpsc::Receiver<SpanData>,
-        Arc<Tally>,
+        Arc<ExportCounts>,
     ) {
-        let tally = Arc::new(Tally::default());
+        let tally = Arc::new(ExportCounts::default());
         let (tx, rx) = mpsc::channel(queue);
         let provider = SdkTracerProvider::builder()
             .with_span_processor(QueueProcessor {

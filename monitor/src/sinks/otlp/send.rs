@@ -18,7 +18,7 @@ use opentelemetry_sdk::{
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::{DropReason, Tally};
+use super::metrics::{DropReason, ExportCounts};
 use crate::sinks::Gauges;
 
 /// The shutdown signal plus the deadline of the final flush, fixed when first observed.
@@ -56,7 +56,7 @@ impl Stop {
 #[derive(Debug)]
 pub(super) struct QueueProcessor {
     pub(super) tx: mpsc::Sender<SpanData>,
-    pub(super) tally: Arc<Tally>,
+    pub(super) tally: Arc<ExportCounts>,
 }
 
 impl SpanProcessor for QueueProcessor {
@@ -88,7 +88,7 @@ pub(super) struct SpanBatcher {
     pub(super) batch_size: usize,
     pub(super) flush_every: Duration,
     pub(super) export_timeout: Duration,
-    pub(super) tally: Arc<Tally>,
+    pub(super) tally: Arc<ExportCounts>,
     pub(super) stop: Arc<Stop>,
 }
 
@@ -197,7 +197,7 @@ pub(super) struct MetricExport {
     pub(super) gauges: Arc<Gauges>,
     pub(super) every: Duration,
     pub(super) export_timeout: Duration,
-    pub(super) tally: Arc<Tally>,
+    pub(super) tally: Arc<ExportCounts>,
     pub(super) stop: Arc<Stop>,
     pub(super) consumer_done: CancellationToken,
 }
