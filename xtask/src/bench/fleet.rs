@@ -36,7 +36,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use super::{BenchNetns, Env, Plan, Tracer, cpu_seconds, lines, monotonic_ns, percentile};
+use super::{Env, Plan, Tracer, cpu_seconds, lines, monotonic_ns, percentile};
 
 /// The name of this section (`CONNMON_BENCH_ONLY=fleet`).
 pub(super) const SECTION: &str = "fleet";
@@ -260,7 +260,7 @@ impl Subscriber {
 /// Refused connects from A's namespace to members `first..first+count`, paced.
 fn refuse(
     env: &Env,
-    ns: &BenchNetns,
+    ns: &crate::netns::BlackholeNetns,
     first: usize,
     count: usize,
     rate: u64,
@@ -271,7 +271,7 @@ fn refuse(
         env,
         &[
             "--netns",
-            &ns.0,
+            &ns.name,
             "--mode",
             "ports",
             "--addr",
@@ -374,11 +374,11 @@ fn one_fleet(
     let dir = env.dir.join(format!("fleet-nats-{n}"));
     fs::create_dir_all(&dir)?;
     let nats = Nats::start(&dir)?;
-    let ns = BenchNetns::new()?;
+    let ns = crate::netns::BlackholeNetns::new("bench")?;
     let mut hosts = Vec::with_capacity(n);
     for i in 0..n {
         let evidence = if i == 0 {
-            format!("netns = [\"/run/netns/{}\"]", ns.0)
+            format!("netns = [\"/run/netns/{}\"]", ns.name)
         } else {
             "trust = \"host\"".to_owned()
         };
