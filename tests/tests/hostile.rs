@@ -14,8 +14,7 @@ use std::{
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     sync::{
-        Arc,
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
@@ -372,7 +371,15 @@ const FILL_V4: &str = "10.200.1.1";
 /// tracks them.
 fn fill_table(ns: &Netns, path: &Path) {
     let out = std::process::Command::new("ip")
-        .args(["-n", &ns.name, "addr", "add", &format!("{FILL_V4}/32"), "dev", "lo"])
+        .args([
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{FILL_V4}/32"),
+            "dev",
+            "lo",
+        ])
         .output()
         .expect("ip");
     assert!(out.status.success(), "ip addr add: {out:?}");
@@ -429,7 +436,9 @@ fn subscribe_evictions(
             if v["type"] == "evict"
                 && let Some(dst) = v["dst"].as_str()
             {
-                seen.lock().expect("lock").insert(dst.to_owned(), Instant::now());
+                seen.lock()
+                    .expect("lock")
+                    .insert(dst.to_owned(), Instant::now());
             }
         }
     })

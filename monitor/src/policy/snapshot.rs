@@ -222,10 +222,7 @@ pub(super) fn view(
         failure_mode: dest.failure_mode(),
         ejection_count: standing.ejection_count,
         ejection_reason: standing.ejected.as_ref().map(|e| e.reason),
-        ejected_until: standing
-            .ejected
-            .as_ref()
-            .map(|e| wall.rfc3339(e.until_ns)),
+        ejected_until: standing.ejected.as_ref().map(|e| wall.rfc3339(e.until_ns)),
         origin: origin.map(|o| o.to_string()),
         top_processes: dest.top_processes(),
         top_cgroups: dest.top_cgroups().into_iter().map(Into::into).collect(),
@@ -275,7 +272,10 @@ mod tests {
         let manual = SocketAddr::from(([10, 1, 9, 9], 80));
         assert!(policy.evict_manual(manual, std::time::Duration::from_secs(60), now, &mut out));
         assert!(
-            out.iter().filter(|d| matches!(d, super::super::Decision::Evict(_))).count() > 1,
+            out.iter()
+                .filter(|d| matches!(d, super::super::Decision::Evict(_)))
+                .count()
+                > 1,
             "some destinations were ejected"
         );
         let direct = policy.snapshot(now);
@@ -291,14 +291,24 @@ mod tests {
             .iter_mut()
             .flat_map(|d| d.top_cgroups.iter_mut())
         {
-            let origin = tally.origin.take().expect("every top cgroup has its origin");
+            let origin = tally
+                .origin
+                .take()
+                .expect("every top cgroup has its origin");
             assert_eq!(&*origin.path, format!("/test/{}", tally.cgroup_id));
         }
-        assert_eq!(made, direct, "the copy's snapshot differs from the policy's");
+        assert_eq!(
+            made, direct,
+            "the copy's snapshot differs from the policy's"
+        );
         let mut distinct = asked.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        assert_eq!(asked.len(), distinct.len(), "a cgroup was resolved twice: {asked:?}");
+        assert_eq!(
+            asked.len(),
+            distinct.len(),
+            "a cgroup was resolved twice: {asked:?}"
+        );
         assert_eq!(distinct, vec![0, 1, 2, 3]);
     }
 }

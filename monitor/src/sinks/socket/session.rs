@@ -413,7 +413,10 @@ impl Writer {
             return;
         }
         if self.out.mid_line() {
-            let _ = self.out.finish_line_within(&mut self.write, BYE_TIMEOUT).await;
+            let _ = self
+                .out
+                .finish_line_within(&mut self.write, BYE_TIMEOUT)
+                .await;
             if self.out.mid_line() {
                 return;
             }
@@ -794,7 +797,10 @@ mod tests {
         let (mut delivered, mut missed, mut tail) = (0u16, 0u64, Vec::new());
         while let Some(line) = lines.next_line().await.expect("read") {
             let v: Value = serde_json::from_str(&line).unwrap_or_else(|err| {
-                panic!("line {} is not whole JSON ({err}): {line:.200}", delivered + 1)
+                panic!(
+                    "line {} is not whole JSON ({err}): {line:.200}",
+                    delivered + 1
+                )
             });
             match v["type"].as_str() {
                 Some("connect") if tail.is_empty() => {
@@ -809,7 +815,11 @@ mod tests {
                 _ => panic!("unexpected line after {delivered} events: {line:.200}"),
             }
         }
-        assert_eq!(tail.last(), Some(&"bye"), "the stream ends with bye: {tail:?}");
+        assert_eq!(
+            tail.last(),
+            Some(&"bye"),
+            "the stream ends with bye: {tail:?}"
+        );
         assert_eq!(
             u64::from(delivered) + missed,
             u64::from(N),
