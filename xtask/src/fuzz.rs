@@ -1,7 +1,6 @@
 //! `cargo xtask fuzz [TARGET] [--time D]`: the fuzz targets of `fuzz/` (cargo-fuzz,
 //! libFuzzer), one per input boundary of the agent (socket protocol and session, config
-//! file, pool file, state file, ring-buffer records, HAProxy's servers state, fleet
-//! messages from NATS). Each
+//! file, pool file, state file, ring-buffer records, HAProxy's servers state). Each
 //! target starts from its checked-in seeds (`fuzz/corpus/TARGET/seed-*`) plus whatever
 //! earlier runs on this machine added, and runs for a bounded time. `cargo xtask test`
 //! runs every target for [`CI_SECONDS`] seconds.
@@ -40,7 +39,6 @@ pub const TARGETS: &[&str] = &[
     "state_file",
     "ring_record",
     "haproxy_servers_state",
-    "fleet_message",
 ];
 
 /// Seconds per target in `cargo xtask test`. Building the targets from a clean tree
