@@ -39,6 +39,7 @@ pub const TARGETS: &[&str] = &[
     "state_file",
     "ring_record",
     "haproxy_servers_state",
+    "fleet_message",
 ];
 
 /// Seconds per target in `cargo xtask test`. Building the targets from a clean tree
