@@ -1,7 +1,7 @@
 //! The agent's own counters, reported as periodic `{"type":"stats",...}` lines and at exit.
 //! Nothing is dropped without being counted here.
 
-pub mod fleet;
+pub(crate) mod fleet;
 
 use serde::Serialize;
 

@@ -46,7 +46,7 @@ mod fleet;
 mod kernel_cost;
 
 #[derive(clap::Args, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// One short round of everything (< 60 s): checks the harness, not the numbers.
     #[arg(long)]
     pub quick: bool,
@@ -154,7 +154,7 @@ struct Env {
     dir: PathBuf,
 }
 
-pub fn run(opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     if !crate::run::is_root() {
         bail!("the benchmarks load eBPF programs: run `sudo -E cargo xtask bench`");
     }

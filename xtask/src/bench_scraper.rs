@@ -16,14 +16,14 @@ use serde_json::Value;
 use crate::{build, pyenv, setup};
 
 #[derive(clap::Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// One short round (harness check; numbers are not meaningful).
     #[arg(long)]
     pub quick: bool,
 }
 
 /// `cargo xtask bench-scraper`: set-up, release build of the agent, this section only.
-pub fn run(opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     if !crate::run::is_root() {
         anyhow::bail!("the benchmark loads eBPF programs: run `sudo -E cargo xtask bench-scraper`");
     }
@@ -40,7 +40,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 }
 
 /// Runs the scenario and appends its section to `report`.
-pub fn scraper(connmon: &Path, dir: &Path, quick: bool, report: &mut String) -> anyhow::Result<()> {
+pub(crate) fn scraper(
+    connmon: &Path,
+    dir: &Path,
+    quick: bool,
+    report: &mut String,
+) -> anyhow::Result<()> {
     let python = pyenv::ensure_test_venv()?;
     let script_dir = build::workspace_root().join("clients/python/tests");
     let out = dir.join("scraper.json");

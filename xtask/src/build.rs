@@ -5,14 +5,14 @@ use std::{path::PathBuf, process::Command};
 use crate::setup::{self, Toolchain, run_cmd};
 
 #[derive(clap::Args, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Build with the release profile.
     #[arg(long)]
     pub release: bool,
 }
 
 /// The workspace root (xtask lives one level below it).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask has a parent")
@@ -20,7 +20,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Builds the agent; returns the path of the `connmon` binary.
-pub fn build_agent(toolchain: &Toolchain, release: bool) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_agent(toolchain: &Toolchain, release: bool) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
@@ -36,7 +36,7 @@ pub fn build_agent(toolchain: &Toolchain, release: bool) -> anyhow::Result<PathB
         .join("connmon"))
 }
 
-pub fn run(opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     let toolchain = setup::run(&setup::Options { no_packages: true })?;
     let bin = build_agent(&toolchain, opts.release)?;
     setup::say(format!("built {}", bin.display()));

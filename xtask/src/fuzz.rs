@@ -31,7 +31,7 @@ use anyhow::{Context as _, bail};
 use crate::{build, setup};
 
 /// Every target in `fuzz/Cargo.toml` (a unit test checks that the lists agree).
-pub const TARGETS: &[&str] = &[
+pub(crate) const TARGETS: &[&str] = &[
     "protocol_line",
     "socket_session",
     "config_toml",
@@ -47,13 +47,13 @@ pub const TARGETS: &[&str] = &[
 /// 2–5 s (cargo's no-op check, libFuzzer's start and final stats): with 6 s, fuzzing costs a CI run
 /// about 4 min in all, and every target still runs from its seeds on every change.
 /// Longer runs: `cargo xtask fuzz`.
-pub const CI_SECONDS: u64 = 6;
+pub(crate) const CI_SECONDS: u64 = 6;
 
 /// The cargo-fuzz release `cargo xtask setup` installs (`cargo install --locked`).
-pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+pub(crate) const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 #[derive(clap::Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// One target (default: all of them, one after the other).
     pub target: Option<String>,
     /// How long each target runs: `20s`, `10m`, `2h`, or plain seconds.
@@ -71,7 +71,7 @@ pub struct Options {
     pub sync_lock: bool,
 }
 
-pub fn run(opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     if opts.sync_lock {
         return sync_lock();
     }
@@ -90,7 +90,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 /// Builds every target once (with `fuzz/Cargo.lock` as checked in), then runs each
 /// for `seconds`, libFuzzer's output going to `target/fuzz-logs/TARGET.log`: one summary
 /// line per target, and for a crash the log's tail and the reproducer's path.
-pub fn fuzz(targets: &[&str], seconds: u64, sanitizer: &str) -> anyhow::Result<()> {
+pub(crate) fn fuzz(targets: &[&str], seconds: u64, sanitizer: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     check_lock()?;
     setup::say(format!(

@@ -14,20 +14,20 @@ use crate::{
     setup::{self, Toolchain, run_cmd, say},
 };
 
-pub const TARGET: &str = "x86_64-unknown-linux-musl";
+pub(crate) const TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// Debian packages building the image needs, by the command that proves each present.
-pub const PACKAGES: &[(&str, &str)] = &[("podman", "podman")];
+pub(crate) const PACKAGES: &[(&str, &str)] = &[("podman", "podman")];
 
 #[derive(clap::Args, Default)]
-pub struct Options {}
+pub(crate) struct Options {}
 
 /// The image's name.
-pub fn tag() -> String {
+pub(crate) fn tag() -> String {
     format!("localhost/connmon:{}", env!("CARGO_PKG_VERSION"))
 }
 
-pub fn run(_opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(_opts: &Options) -> anyhow::Result<()> {
     let toolchain = setup::run(&setup::Options { no_packages: true })?;
     setup::ensure_debian(PACKAGES)?;
     let tag = build(&toolchain)?;
@@ -36,7 +36,7 @@ pub fn run(_opts: &Options) -> anyhow::Result<()> {
 }
 
 /// Builds the static binary and the image; returns the image's name.
-pub fn build(toolchain: &Toolchain) -> anyhow::Result<String> {
+pub(crate) fn build(toolchain: &Toolchain) -> anyhow::Result<String> {
     let bin = build_static(toolchain)?;
     let root = workspace_root();
     let context = root.join("target/image");
@@ -66,7 +66,7 @@ pub fn build(toolchain: &Toolchain) -> anyhow::Result<String> {
 }
 
 /// `cargo build --release --target x86_64-unknown-linux-musl`; returns the binary.
-pub fn build_static(toolchain: &Toolchain) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_static(toolchain: &Toolchain) -> anyhow::Result<PathBuf> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()

@@ -40,7 +40,7 @@ use crate::{
 
 /// The kernels `cargo xtask test` (and so CI) runs the matrix on, as `uname -r` strings.
 /// The Debian package is `linux-image-<release>-unsigned`.
-pub const DEFAULT_KERNELS: &[&str] = &["6.1.0-57-amd64", "6.12.117+deb12-amd64"];
+pub(crate) const DEFAULT_KERNELS: &[&str] = &["6.1.0-57-amd64", "6.12.117+deb12-amd64"];
 
 /// The root integration test binaries (`tests/tests/<name>.rs`) that form the kernel
 /// matrix: the ones whose result depends on the kernel (tracepoints, BTF, tracefs, socket
@@ -48,7 +48,8 @@ pub const DEFAULT_KERNELS: &[&str] = &["6.1.0-57-amd64", "6.12.117+deb12-amd64"]
 /// (HAProxy, OTLP collectors, Python clients, ...) or only exercise user-space code
 /// (`config`, `socket`) are left to the host run, so the matrix's CI cost does not grow
 /// with the suite. Add a binary here only if it tests kernel behaviour.
-pub const MATRIX_BINARIES: &[&str] = &["outcomes", "agent", "eviction", "evidence", "hotpath"];
+pub(crate) const MATRIX_BINARIES: &[&str] =
+    &["outcomes", "agent", "eviction", "evidence", "hotpath"];
 
 /// The `--smoke` subset: (binary, test name). Attach, and refused (which also fires
 /// `tcp_receive_reset` and `inet_sk_error_report`) and established over IPv4 and IPv6.
@@ -79,7 +80,7 @@ const GUEST_DEADLINE_FULL: Duration = Duration::from_secs(20 * 60);
 const GUEST_DEADLINE_SMOKE: Duration = Duration::from_secs(5 * 60);
 
 #[derive(clap::Args, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// A kernel to run, as its `uname -r` (e.g. `6.1.0-57-amd64`); repeat for several.
     /// Default: the Debian 12 kernels 6.1 and 6.12 (backports).
     #[arg(long = "kernel", value_name = "VERSION")]
@@ -94,7 +95,7 @@ pub struct Options {
 
 /// Result of the matrix over all kernels.
 #[derive(Debug, Default)]
-pub struct MatrixResult {
+pub(crate) struct MatrixResult {
     pub passed: usize,
     pub failed: usize,
 }
@@ -108,7 +109,7 @@ struct KernelResult {
     note: Option<String>,
 }
 
-pub fn run(opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     if !is_root() {
         bail!(
             "the kernel matrix runs root integration tests inside QEMU: run `sudo -E cargo xtask kernels`"
@@ -133,7 +134,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 
 /// Installs what the matrix needs (idempotent): Debian packages and virtme-ng in a venv.
 /// Returns the `vng` executable.
-pub fn ensure_tools() -> anyhow::Result<PathBuf> {
+pub(crate) fn ensure_tools() -> anyhow::Result<PathBuf> {
     setup::ensure_debian(PACKAGES)?;
     let venv = setup::cache_dir().join(format!("virtme-ng-{VIRTME_NG}"));
     let vng = venv.join("bin/vng");
@@ -163,7 +164,7 @@ pub fn ensure_tools() -> anyhow::Result<PathBuf> {
 }
 
 /// Builds the binaries, runs every kernel and prints one line per kernel.
-pub fn run_matrix(
+pub(crate) fn run_matrix(
     toolchain: &Toolchain,
     kernels: &[String],
     smoke: bool,

@@ -10,15 +10,15 @@ use std::{
 use crate::setup;
 
 /// The neighbour whose SYNs vanish.
-pub const BLACKHOLE: &str = "10.200.0.2";
+pub(crate) const BLACKHOLE: &str = "10.200.0.2";
 
-pub struct BlackholeNetns {
+pub(crate) struct BlackholeNetns {
     pub name: String,
 }
 
 impl BlackholeNetns {
     /// `connmon-<tag>-<pid>`, replacing one a crashed run of the same pid left.
-    pub fn new(tag: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(tag: &str) -> anyhow::Result<Self> {
         let name = format!("connmon-{tag}-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         setup::run_cmd(Command::new("ip").args(["netns", "add", &name]))?;
@@ -42,11 +42,11 @@ impl BlackholeNetns {
         Ok(ns)
     }
 
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
-    pub fn sysctl(&self, setting: &str) -> anyhow::Result<()> {
+    pub(crate) fn sysctl(&self, setting: &str) -> anyhow::Result<()> {
         setup::run_cmd(
             Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-q", "-w", setting]),
         )

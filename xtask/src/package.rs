@@ -33,23 +33,23 @@ use crate::{
 };
 
 #[derive(clap::Args, Default)]
-pub struct Options {}
+pub(crate) struct Options {}
 
 /// What `cargo xtask package` produced.
-pub struct Artifacts {
+pub(crate) struct Artifacts {
     pub deb: PathBuf,
     /// `None` when `clients/python` is not a package (no `pyproject.toml`).
     pub wheel: Option<PathBuf>,
 }
 
 /// Debian packages `package` needs, by the command that proves each present.
-pub const PACKAGES: &[(&str, &str)] = &[
+pub(crate) const PACKAGES: &[(&str, &str)] = &[
     ("dpkg-deb", "dpkg"),
     ("dpkg-shlibdeps", "dpkg-dev"),
     ("gzip", "gzip"),
 ];
 
-pub fn run(_opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(_opts: &Options) -> anyhow::Result<()> {
     let toolchain = setup::run(&setup::Options { no_packages: true })?;
     setup::ensure_debian(PACKAGES)?;
     let artifacts = build_all(&toolchain)?;
@@ -64,11 +64,11 @@ pub fn run(_opts: &Options) -> anyhow::Result<()> {
 }
 
 /// The output directory, `target/package`.
-pub fn out_dir() -> PathBuf {
+pub(crate) fn out_dir() -> PathBuf {
     workspace_root().join("target/package")
 }
 
-pub fn build_all(toolchain: &Toolchain) -> anyhow::Result<Artifacts> {
+pub(crate) fn build_all(toolchain: &Toolchain) -> anyhow::Result<Artifacts> {
     let bin = build::build_agent(toolchain, true)?;
     let deb = build_deb(&bin)?;
     let wheel = build_wheel()?;
@@ -88,7 +88,7 @@ fn architecture() -> anyhow::Result<String> {
 }
 
 /// Builds `target/package/connmon_<version>_<arch>.deb` around `bin`.
-pub fn build_deb(bin: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_deb(bin: &Path) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let arch = architecture()?;
     let out = out_dir();

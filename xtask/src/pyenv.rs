@@ -27,12 +27,12 @@ fn cache_dir() -> PathBuf {
 }
 
 /// The link to the current venv, as the integration tests look it up.
-pub fn current_link() -> PathBuf {
+pub(crate) fn current_link() -> PathBuf {
     cache_dir().join("pyenv-test")
 }
 
 /// Makes (once) and returns the venv's `python`.
-pub fn ensure_test_venv() -> anyhow::Result<PathBuf> {
+pub(crate) fn ensure_test_venv() -> anyhow::Result<PathBuf> {
     let requirements = build::workspace_root().join("clients/python/tests/requirements.txt");
     let pins = std::fs::read_to_string(&requirements)
         .with_context(|| format!("reading {}", requirements.display()))?;

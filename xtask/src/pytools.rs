@@ -11,10 +11,10 @@ use crate::setup::{run_cmd, say};
 
 /// Pinned requirements; a change here creates a new venv (the directory name has a
 /// hash of this list).
-pub const REQUIREMENTS: &[&str] = &["kubernetes-validate==1.37.0"];
+pub(crate) const REQUIREMENTS: &[&str] = &["kubernetes-validate==1.37.0"];
 
 /// The venv's directory, created and filled if needed.
-pub fn ensure_venv() -> anyhow::Result<PathBuf> {
+pub(crate) fn ensure_venv() -> anyhow::Result<PathBuf> {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root"));

@@ -8,13 +8,13 @@ use anyhow::bail;
 use crate::{build, setup};
 
 #[derive(clap::Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Arguments for `connmon run`, e.g. `-- --output text`.
     #[arg(last = true)]
     pub args: Vec<String>,
 }
 
-pub fn run(opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     let toolchain = setup::run(&setup::Options { no_packages: true })?;
     let bin = build::build_agent(&toolchain, true)?;
     let mut cmd = if is_root() {
@@ -31,6 +31,6 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     bail!("could not start {}: {err}", bin.display())
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

@@ -21,21 +21,21 @@ use std::{
 use anyhow::{Context as _, bail};
 
 #[derive(clap::Args, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Skip installing Debian packages (the tests need iproute2 and python3).
     #[arg(long)]
     pub no_packages: bool,
 }
 
 /// What later steps need from set-up.
-pub struct Toolchain {
+pub(crate) struct Toolchain {
     /// Directory holding the matching `bpf-linker`; prepend it to PATH.
     pub bpf_linker_dir: PathBuf,
 }
 
 impl Toolchain {
     /// PATH with the bpf-linker directory first.
-    pub fn path_env(&self) -> std::ffi::OsString {
+    pub(crate) fn path_env(&self) -> std::ffi::OsString {
         let mut paths = vec![self.bpf_linker_dir.clone()];
         if let Some(path) = env::var_os("PATH") {
             paths.extend(env::split_paths(&path));
@@ -44,12 +44,12 @@ impl Toolchain {
     }
 }
 
-pub fn say(msg: impl AsRef<str>) {
+pub(crate) fn say(msg: impl AsRef<str>) {
     eprintln!("xtask: {}", msg.as_ref());
 }
 
 /// Runs a command, failing with its command line if it fails.
-pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
@@ -62,7 +62,7 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 /// Runs `cmd` and returns its stdout; an error (with its stderr) if it fails.
-pub fn stdout(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn stdout(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -73,7 +73,7 @@ pub fn stdout(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {
+pub(crate) fn run(opts: &Options) -> anyhow::Result<Toolchain> {
     let started = std::time::Instant::now();
     let of = if opts.no_packages { 3 } else { 5 };
     let nightly = pinned_nightly()?;
@@ -105,7 +105,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Toolchain> {
 
 /// The pinned nightly, `[workspace.metadata.connmon] nightly` in the workspace's
 /// Cargo.toml (monitor/build.rs reads the same key for aya-build).
-pub fn pinned_nightly() -> anyhow::Result<String> {
+pub(crate) fn pinned_nightly() -> anyhow::Result<String> {
     let manifest = crate::build::workspace_root().join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest)
         .with_context(|| format!("reading {}", manifest.display()))?;
@@ -286,12 +286,12 @@ fn find_llvm_dylib(lib: &Path, major: &str) -> anyhow::Result<String> {
 
 /// The toolchain every nightly-only step runs with (`cargo +<this>`): the eBPF build's
 /// and cargo-fuzz's — the pinned one ([`pinned_nightly`]).
-pub fn nightly_toolchain() -> anyhow::Result<String> {
+pub(crate) fn nightly_toolchain() -> anyhow::Result<String> {
     pinned_nightly()
 }
 
 /// cargo-fuzz, pinned (`cargo xtask fuzz` and the fuzzing step of `cargo xtask test`).
-pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+pub(crate) fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     let want = crate::fuzz::CARGO_FUZZ_VERSION;
     let installed = Command::new("cargo")
         .args(["fuzz", "--version"])
@@ -351,7 +351,7 @@ fn ensure_packages() -> anyhow::Result<()> {
 }
 
 /// Installs the Debian packages whose command (first of each pair) is missing.
-pub fn ensure_debian(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(crate) fn ensure_debian(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .filter(|(cmd, _)| which::which(cmd).is_err())
@@ -368,7 +368,7 @@ pub fn ensure_debian(packages: &[(&str, &str)]) -> anyhow::Result<()> {
 }
 
 /// `apt-get update` then `apt-get install` of `packages` (waits for apt's lock).
-pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let apt = |args: &[&str]| {
         run_cmd(
             Command::new("apt-get")
@@ -385,7 +385,7 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 
 /// `~/.cache/connmon`: the project's caches outside the repository (bpf-linker builds,
 /// the virtme-ng venv, unpacked kernels).
-pub fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root"))

@@ -83,7 +83,7 @@ struct Stream {
 }
 
 /// Runs the soak for `duration` with the release `connmon` and appends its report.
-pub fn run(
+pub(crate) fn run(
     connmon: &Path,
     dir: &Path,
     duration: Duration,
@@ -211,7 +211,7 @@ fn sample_interval(duration: Duration) -> Duration {
 }
 
 /// `20s`, `10m`, `1h`, `1h30m` or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
@@ -789,7 +789,7 @@ mod bpf {
     }
 
     /// Entries in each of the agent's maps named in `names` (0 when not found).
-    pub fn occupancy<const N: usize>(pid: u32, names: &[&str; N]) -> [u64; N] {
+    pub(super) fn occupancy<const N: usize>(pid: u32, names: &[&str; N]) -> [u64; N] {
         let mut out = [0u64; N];
         for id in map_ids(pid) {
             let mut attr = [0u64; 16];

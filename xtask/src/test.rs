@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use crate::{bench, build, fuzz, image, kernels, package, pytools, run::is_root, setup};
 
 #[derive(clap::Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Skip the benchmark smoke run.
     #[arg(long)]
     pub no_bench: bool,
@@ -35,7 +35,7 @@ pub struct Options {
     pub args: Vec<String>,
 }
 
-pub fn run(opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     if !is_root() {
         bail!(
             "the integration tests load eBPF programs and create network namespaces: run `sudo -E cargo xtask test`"
@@ -148,7 +148,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 
 /// An error whose message was already printed (before the closing `total:` line).
 #[derive(Debug)]
-pub struct AlreadyReported;
+pub(crate) struct AlreadyReported;
 
 impl std::fmt::Display for AlreadyReported {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -45,7 +45,7 @@ impl<K: Copy + PartialEq, const N: usize> TopN<K, N> {
     }
 
     /// The kept keys, in no order (nothing allocated).
-    pub fn keys(&self) -> impl Iterator<Item = K> + '_ {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = K> + '_ {
         self.slots.iter().flatten().map(|t| t.key)
     }
 

@@ -17,7 +17,7 @@ use super::{BPFTRACE_COUNT, Env, Plan, Tracer, loadgen, spawn_traced, start_conn
 use crate::setup;
 
 /// Name of this section for `CONNMON_BENCH_ONLY`.
-pub const SECTION: &str = "kernel-cost";
+pub(super) const SECTION: &str = "kernel-cost";
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -132,7 +132,7 @@ fn measure(env: &Env, tracer: &Tracer, mode: &str, threads: u32, secs: f64) -> a
     })
 }
 
-pub fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
+pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
     let _stats = StatsEnabled::on()?;
     super::write_config(env, "")?;
     let secs = plan.load_secs;

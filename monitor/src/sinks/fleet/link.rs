@@ -89,7 +89,7 @@ struct Outbound {
     put: bool,
 }
 
-pub struct Link {
+pub(super) struct Link {
     fleet: FleetConfig,
     host: String,
     control: mpsc::Sender<Control>,
@@ -103,7 +103,7 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(
+    pub(super) fn new(
         config: &Config,
         control: mpsc::Sender<Control>,
         counters: Arc<FleetCounters>,
@@ -125,7 +125,7 @@ impl Link {
         }
     }
 
-    pub async fn run(
+    pub(super) async fn run(
         self,
         mut events: broadcast::Receiver<Arc<Published>>,
         shutdown: CancellationToken,
