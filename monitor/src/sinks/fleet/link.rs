@@ -589,6 +589,10 @@ async fn publisher(
                     "NATS unreachable: verdicts are dropped (counted) until it is back"
                 ));
             }
+            // The bucket still gets it, later: as the newest operation on its key it
+            // supersedes a put the writer kept for a retry (a reinstate made while NATS
+            // was down must not be undone by a stale evict put after the resync).
+            forward_to_bucket(&kv, out, &counters);
             continue;
         }
         let published = tokio::time::timeout(
@@ -601,16 +605,21 @@ async fn publisher(
                 counters.dropped(DroppedReason::Unreachable, 1);
             }
             warn.warn(format_args!("publishing on {subject} failed"));
+            forward_to_bucket(&kv, out, &counters);
             continue;
         }
         if is_verdict {
             counters.published();
         }
-        if kv.try_send(out).is_err() {
-            // The bucket lags far behind: this host's ejections are re-put at the next
-            // resync; the message itself went out on the subject.
-            counters.kv_put_failed();
-        }
+        forward_to_bucket(&kv, out, &counters);
+    }
+}
+
+/// Hands a message to the [`kv_writer`]. When its queue is full the bucket lags far
+/// behind: this host's ejections are re-put at the next resync.
+fn forward_to_bucket(kv: &mpsc::Sender<Outbound>, out: Outbound, counters: &FleetCounters) {
+    if kv.try_send(out).is_err() {
+        counters.kv_put_failed();
     }
 }
 
