@@ -140,7 +140,18 @@ impl Haproxy {
                 );
             }
             let state = states.iter().find(|(n, _)| n == server).expect("server").1;
-            if (state & FORCED_MAINT != 0) == maint {
+            // HAProxy shows the state as soon as the adapter's command lands; the adapter
+            // counts it (and logs it) once it has read HAProxy's answer. Wait for that
+            // too, so that the exit counters the tests read include it.
+            let logged = format!("state=\"{}\"", if maint { "maint" } else { "ready" });
+            let counted = || {
+                agent.stderr().lines().any(|l| {
+                    l.contains("haproxy server state set")
+                        && l.contains(&format!("proxies/{server}"))
+                        && l.contains(&logged)
+                })
+            };
+            if (state & FORCED_MAINT != 0) == maint && counted() {
                 return;
             }
             assert!(
