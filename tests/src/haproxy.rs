@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Agent, Netns};
+use crate::{Agent, Netns, strip_ansi};
 
 /// `srv_admin_state` bit of `set server … state maint`.
 pub const FORCED_MAINT: u32 = 0x01;
@@ -145,7 +145,7 @@ impl Haproxy {
             // too, so that the exit counters the tests read include it.
             let logged = format!("state=\"{}\"", if maint { "maint" } else { "ready" });
             let counted = || {
-                agent.stderr().lines().any(|l| {
+                strip_ansi(&agent.stderr()).lines().any(|l| {
                     l.contains("haproxy server state set")
                         && l.contains(&format!("proxies/{server}"))
                         && l.contains(&logged)
