@@ -80,27 +80,6 @@ class _Commands:
     """The commands, written once for both clients: ``_call`` is sync or async."""
 
     _call: Any
-    _pending: collections.deque[Message]
-    closed_by_agent: bool
-
-    def _answer(self, cmd: Message, msg: Optional[Message]) -> Optional[Message]:
-        """``msg`` when it answers ``cmd`` (an error reply raises); any other message is
-        kept for ``events()`` and gives None."""
-        if msg is None:
-            raise ConnmonError("connection", "the agent closed the connection")
-        if msg.get("id") == cmd["id"]:
-            if msg.get("type") == "error":
-                raise ConnmonError(str(msg.get("code")), str(msg.get("message")))
-            return msg
-        self._pending.append(msg)
-        return None
-
-    def _event(self, msg: Optional[Message]) -> Optional[Message]:
-        """``msg`` when it is an event for ``events()``; None at the end of the stream."""
-        if msg is not None and msg.get("type") == "bye":
-            self.closed_by_agent = True
-            return None
-        return msg
 
     def ping(self) -> Any:
         return self._call({"cmd": "ping"})
@@ -184,15 +163,23 @@ class Client(_Commands):
         cmd = dict(cmd, id=next(self._ids))
         self._sock.sendall(json.dumps(cmd).encode() + b"\n")
         while True:
-            answer = self._answer(cmd, self._read())
-            if answer is not None:
-                return answer
+            msg = self._read()
+            if msg is None:
+                raise ConnmonError("connection", "the agent closed the connection")
+            if msg.get("id") == cmd["id"]:
+                if msg.get("type") == "error":
+                    raise ConnmonError(str(msg.get("code")), str(msg.get("message")))
+                return msg
+            self._pending.append(msg)
 
     def events(self) -> Iterator[Message]:
         """Yields subscribed events (and ``lagged`` notices) until the agent says bye."""
         while True:
-            msg = self._event(self._pending.popleft() if self._pending else self._read())
+            msg = self._pending.popleft() if self._pending else self._read()
             if msg is None:
+                return
+            if msg.get("type") == "bye":
+                self.closed_by_agent = True
                 return
             yield msg
 
@@ -256,15 +243,23 @@ class AsyncClient(_Commands):
         self._writer.write(json.dumps(cmd).encode() + b"\n")
         await self._writer.drain()
         while True:
-            answer = self._answer(cmd, await self._read())
-            if answer is not None:
-                return answer
+            msg = await self._read()
+            if msg is None:
+                raise ConnmonError("connection", "the agent closed the connection")
+            if msg.get("id") == cmd["id"]:
+                if msg.get("type") == "error":
+                    raise ConnmonError(str(msg.get("code")), str(msg.get("message")))
+                return msg
+            self._pending.append(msg)
 
     async def events(self) -> AsyncIterator[Message]:
         """Yields subscribed events (and ``lagged`` notices) until the agent says bye."""
         while True:
-            msg = self._event(self._pending.popleft() if self._pending else await self._read())
+            msg = self._pending.popleft() if self._pending else await self._read()
             if msg is None:
+                return
+            if msg.get("type") == "bye":
+                self.closed_by_agent = True
                 return
             yield msg
 

@@ -299,9 +299,17 @@ class _OutageLog:
         self.ever_connected = True
 
 
-class _Follower(PoolView):
-    """What :class:`LivePool` and :class:`AsyncLivePool` share: the socket, the reconnect
-    backoff, the outage log, and the bookkeeping around one connection's life."""
+class LivePool(PoolView):
+    """A :class:`PoolView` followed by a background thread.
+
+    ::
+
+        pool = LivePool(["http://user:pw@10.0.0.7:3128", "10.0.0.8:3128"])
+        pool.wait_synced(2)          # optional: wait for the first snapshot
+        proxy = pool.choose()        # a proxy connmon has not evicted
+        pool.close()
+
+    Callbacks run on the follower thread; keep them short."""
 
     def __init__(
         self,
@@ -313,61 +321,13 @@ class _Follower(PoolView):
         on_suspect: Optional[Callback] = None,
         resolve: bool = False,
         backoff: Tuple[float, float] = (0.1, 5.0),
+        start: bool = True,
     ) -> None:
         super().__init__(proxies, on_evict=on_evict, on_reinstate=on_reinstate, on_suspect=on_suspect,
                          resolve=resolve)
         self.socket = socket
         self._backoff = _Backoff(*backoff)
         self._outage = _OutageLog(socket)
-
-    def _resync_from(self, snapshot: Message) -> None:
-        self._apply_snapshot(snapshot)
-        self.stats["resyncs"] += 1
-
-    def _connected(self, version: str) -> None:
-        """Subscribed and synced: the outage (if any) is over."""
-        self.stats["connects"] += 1
-        if self._outage.ever_connected:
-            self.stats["reconnects"] += 1
-        self._outage.connected(version)
-        self._backoff.reset()
-        self.connected = True
-        self.synced.set()
-        self.ready.set()
-
-    def _on_event(self, event: Message) -> bool:
-        """Applies one event; True when a ``lagged`` notice asks for a new snapshot."""
-        if event.get("type") != "lagged":
-            self._apply_event(event)
-            return False
-        self.stats["lagged"] += 1
-        log.info("connmon: missed %s messages; resynchronising from a snapshot", event.get("missed"))
-        return True
-
-    @staticmethod
-    def _ended(closed_by_agent: bool) -> str:
-        return "the agent said bye" if closed_by_agent else "the agent closed the connection"
-
-    def _failed(self, why: str) -> None:
-        self._outage.failed(why)
-        self.ready.set()
-
-
-class LivePool(_Follower):
-    """A :class:`PoolView` followed by a background thread.
-
-    ::
-
-        pool = LivePool(["http://user:pw@10.0.0.7:3128", "10.0.0.8:3128"])
-        pool.wait_synced(2)          # optional: wait for the first snapshot
-        proxy = pool.choose()        # a proxy connmon has not evicted
-        pool.close()
-
-    Callbacks run on the follower thread; keep them short. Takes the arguments of
-    :class:`AsyncLivePool`, and ``start=False`` to start the thread later."""
-
-    def __init__(self, *args: Any, start: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self._stop = threading.Event()
         self._client: Optional[Client] = None
         self._client_lock = threading.Lock()
@@ -408,7 +368,8 @@ class LivePool(_Follower):
             self.connected = False
             if self._stop.is_set():
                 break
-            self._failed(why)
+            self._outage.failed(why)
+            self.ready.set()
             self._stop.wait(self._backoff.next())
 
     def _follow_once(self) -> str:
@@ -425,12 +386,23 @@ class LivePool(_Follower):
             self._client = client
         try:
             client.subscribe(**self._subscribe_cmd())
-            self._resync_from(client.snapshot())
-            self._connected(str(client.hello.get("version")))
+            self._resync(client)
+            self.stats["connects"] += 1
+            if self._outage.ever_connected:
+                self.stats["reconnects"] += 1
+            self._outage.connected(str(client.hello.get("version")))
+            self._backoff.reset()
+            self.connected = True
+            self.synced.set()
+            self.ready.set()
             for event in client.events():
-                if self._on_event(event):
-                    self._resync_from(client.snapshot())
-            return self._ended(client.closed_by_agent)
+                if event.get("type") == "lagged":
+                    self.stats["lagged"] += 1
+                    log.info("connmon: missed %s messages; resynchronising from a snapshot", event.get("missed"))
+                    self._resync(client)
+                else:
+                    self._apply_event(event)
+            return "the agent said bye" if client.closed_by_agent else "the agent closed the connection"
         except (ConnmonError, OSError, ValueError) as err:
             return str(err)
         finally:
@@ -438,14 +410,32 @@ class LivePool(_Follower):
                 self._client = None
             client.close()
 
+    def _resync(self, client: Client) -> None:
+        self._apply_snapshot(client.snapshot())
+        self.stats["resyncs"] += 1
 
-class AsyncLivePool(_Follower):
+
+class AsyncLivePool(PoolView):
     """The asyncio variant: ``async with AsyncLivePool(proxies) as pool:`` (or
     ``await pool.start()`` / ``await pool.close()``); the follower is a task on the
     running loop. Queries are plain methods, as in :class:`LivePool`."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        proxies: Iterable[str],
+        socket: str = DEFAULT_SOCKET,
+        *,
+        on_evict: Optional[Callback] = None,
+        on_reinstate: Optional[Callback] = None,
+        on_suspect: Optional[Callback] = None,
+        resolve: bool = False,
+        backoff: Tuple[float, float] = (0.1, 5.0),
+    ) -> None:
+        super().__init__(proxies, on_evict=on_evict, on_reinstate=on_reinstate, on_suspect=on_suspect,
+                         resolve=resolve)
+        self.socket = socket
+        self._backoff = _Backoff(*backoff)
+        self._outage = _OutageLog(socket)
         self._task: Optional[asyncio.Task[None]] = None
 
     async def start(self) -> None:
@@ -475,7 +465,8 @@ class AsyncLivePool(_Follower):
         while True:
             why = await self._follow_once()
             self.connected = False
-            self._failed(why)
+            self._outage.failed(why)
+            self.ready.set()
             await asyncio.sleep(self._backoff.next())
 
     async def _follow_once(self) -> str:
@@ -488,12 +479,25 @@ class AsyncLivePool(_Follower):
             return str(err)
         try:
             await client.subscribe(**self._subscribe_cmd())
-            self._resync_from(await client.snapshot())
-            self._connected(str((client.hello or {}).get("version")))
+            self._apply_snapshot(await client.snapshot())
+            self.stats["resyncs"] += 1
+            self.stats["connects"] += 1
+            if self._outage.ever_connected:
+                self.stats["reconnects"] += 1
+            self._outage.connected(str((client.hello or {}).get("version")))
+            self._backoff.reset()
+            self.connected = True
+            self.synced.set()
+            self.ready.set()
             async for event in client.events():
-                if self._on_event(event):
-                    self._resync_from(await client.snapshot())
-            return self._ended(client.closed_by_agent)
+                if event.get("type") == "lagged":
+                    self.stats["lagged"] += 1
+                    log.info("connmon: missed %s messages; resynchronising from a snapshot", event.get("missed"))
+                    self._apply_snapshot(await client.snapshot())
+                    self.stats["resyncs"] += 1
+                else:
+                    self._apply_event(event)
+            return "the agent said bye" if client.closed_by_agent else "the agent closed the connection"
         except (ConnmonError, OSError, ValueError) as err:
             return str(err)
         finally:
