@@ -5,12 +5,10 @@
 //! On Linux >= 5.8 the set is (measured on 6.18 with `setpriv`, see README "Least
 //! privilege"):
 //! - `CAP_BPF`: create the maps (`BPF_MAP_CREATE`) and load the programs;
-//! - `CAP_PERFMON`: tracing programs (`BPF_PROG_TYPE_TRACEPOINT`) read kernel memory
-//!   (`bpf_probe_read_kernel`) and are attached through `perf_event_open`;
-//! - `CAP_DAC_READ_SEARCH`, only when connmon's user does not own tracefs (it is mode
-//!   0700, root's): the tracepoint `format` and `id` files are read at start-up;
-//! - `CAP_SYS_ADMIN`, only when tracefs is not mounted (connmon mounts it). On systemd
-//!   hosts `sys-kernel-tracing.mount` mounts it at boot.
+//! - `CAP_PERFMON`: the tracing programs (`tp_btf`, `fentry`) read kernel memory.
+//!
+//! tracefs is not needed: the programs are BTF-enabled tracepoints, attached by BTF id,
+//! and the field offsets come from `/sys/kernel/btf/vmlinux` (world-readable).
 //!
 //! `CAP_SYS_ADMIN` also stands in for `CAP_BPF` and `CAP_PERFMON` (the kernel's
 //! `bpf_capable()`/`perfmon_capable()`), and is the only way on kernels older than 5.8,
@@ -30,16 +28,12 @@ use std::{
 pub(crate) struct Capability(u8);
 
 impl Capability {
-    pub(crate) const DAC_OVERRIDE: Self = Self(1);
-    pub(crate) const DAC_READ_SEARCH: Self = Self(2);
     pub(crate) const SYS_ADMIN: Self = Self(21);
     pub(crate) const PERFMON: Self = Self(38);
     pub(crate) const BPF: Self = Self(39);
 
     pub(crate) fn name(self) -> &'static str {
         match self.0 {
-            1 => "CAP_DAC_OVERRIDE",
-            2 => "CAP_DAC_READ_SEARCH",
             21 => "CAP_SYS_ADMIN",
             38 => "CAP_PERFMON",
             39 => "CAP_BPF",
@@ -89,34 +83,6 @@ impl CapSet {
     }
 }
 
-/// What start-up finds at tracefs, which decides the tracefs-related capabilities.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum TracefsAccess {
-    /// Mounted, and the tracepoint format files can be read.
-    Readable(PathBuf),
-    /// Mounted, but reading `events/` was refused (tracefs is 0700 root).
-    Denied(PathBuf),
-    /// In neither usual place: connmon will mount it.
-    NotMounted,
-}
-
-impl TracefsAccess {
-    /// Looks at `/sys/kernel/tracing` and `/sys/kernel/debug/tracing` as this process.
-    pub(crate) fn probe() -> Self {
-        for mount in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-            let format = Path::new(mount).join("events/sock/inet_sock_set_state/format");
-            match File::open(&format) {
-                Ok(_) => return Self::Readable(mount.into()),
-                Err(err) if err.kind() == ErrorKind::PermissionDenied => {
-                    return Self::Denied(mount.into());
-                }
-                Err(_) => {}
-            }
-        }
-        Self::NotMounted
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PrivilegeError {
     #[error("cannot read /proc/self/status: {0}")]
@@ -141,11 +107,7 @@ pub(crate) struct Missing {
 /// Decides which capabilities are missing for `connmon run`. `bpf_caps_known` is false
 /// on kernels older than 5.8 (`/proc/sys/kernel/cap_last_cap` < 39), where only
 /// `CAP_SYS_ADMIN` permits BPF and perf.
-pub(crate) fn check(
-    effective: CapSet,
-    bpf_caps_known: bool,
-    tracefs: &TracefsAccess,
-) -> Result<(), PrivilegeError> {
+pub(crate) fn check(effective: CapSet, bpf_caps_known: bool) -> Result<(), PrivilegeError> {
     let admin = effective.has(Capability::SYS_ADMIN);
     let mut missing = Vec::new();
     if !admin {
@@ -164,31 +126,7 @@ pub(crate) fn check(
             if !effective.has(Capability::PERFMON) {
                 missing.push(Missing {
                     cap: Capability::PERFMON,
-                    why: "lets tracepoint programs read kernel memory and attaches them (perf_event_open)".into(),
-                });
-            }
-        }
-    }
-    match tracefs {
-        TracefsAccess::Readable(_) => {}
-        TracefsAccess::Denied(path) => {
-            if !effective.has(Capability::DAC_READ_SEARCH)
-                && !effective.has(Capability::DAC_OVERRIDE)
-            {
-                missing.push(Missing {
-                    cap: Capability::DAC_READ_SEARCH,
-                    why: format!(
-                        "reads the tracepoint formats in {}, which only its owner (root) may read",
-                        path.display()
-                    ),
-                });
-            }
-        }
-        TracefsAccess::NotMounted => {
-            if !admin {
-                missing.push(Missing {
-                    cap: Capability::SYS_ADMIN,
-                    why: "mounts tracefs, which is not mounted (or mount it first: `mount -t tracefs tracefs /sys/kernel/tracing`)".into(),
+                    why: "lets the tracing programs (tp_btf, fentry) read kernel memory".into(),
                 });
             }
         }
@@ -213,17 +151,12 @@ pub(crate) fn check_current() -> Result<(), PrivilegeError> {
     check(
         CapSet::effective()?,
         kernel_knows_cap_bpf(),
-        &TracefsAccess::probe(),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn readable() -> TracefsAccess {
-        TracefsAccess::Readable("/sys/kernel/tracing".into())
-    }
 
     fn missing(result: Result<(), PrivilegeError>) -> Vec<&'static str> {
         match result {
@@ -240,57 +173,40 @@ mod tests {
         // A root shell's CapEff on 6.18 (all 41 capabilities).
         let caps = CapSet::parse_status("Name:\tbash\nCapEff:\t000001ffffffffff\n").unwrap();
         assert_eq!(
-            missing(check(caps, true, &TracefsAccess::NotMounted)),
+            missing(check(caps, true)),
             Vec::<&str>::new()
         );
     }
 
     #[test]
-    fn bpf_and_perfmon_suffice_when_tracefs_is_readable() {
+    fn bpf_and_perfmon_suffice() {
         let caps = CapSet::of(&[Capability::BPF, Capability::PERFMON]);
-        assert_eq!(missing(check(caps, true, &readable())), Vec::<&str>::new());
+        assert_eq!(missing(check(caps, true)), Vec::<&str>::new());
     }
 
     #[test]
     fn each_missing_capability_is_named() {
         let caps = CapSet::of(&[Capability::BPF]);
-        assert_eq!(missing(check(caps, true, &readable())), ["CAP_PERFMON"]);
+        assert_eq!(missing(check(caps, true)), ["CAP_PERFMON"]);
         let caps = CapSet::of(&[Capability::PERFMON]);
-        assert_eq!(missing(check(caps, true, &readable())), ["CAP_BPF"]);
-        let denied = TracefsAccess::Denied("/sys/kernel/tracing".into());
+        assert_eq!(missing(check(caps, true)), ["CAP_BPF"]);
         assert_eq!(
-            missing(check(CapSet::from_bits(0), true, &denied)),
-            ["CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH"]
+            missing(check(CapSet::from_bits(0), true)),
+            ["CAP_BPF", "CAP_PERFMON"]
         );
-        let caps = CapSet::of(&[Capability::BPF, Capability::PERFMON]);
-        assert_eq!(
-            missing(check(caps, true, &TracefsAccess::NotMounted)),
-            ["CAP_SYS_ADMIN"]
-        );
-    }
-
-    #[test]
-    fn dac_read_search_opens_a_root_only_tracefs() {
-        let denied = TracefsAccess::Denied("/sys/kernel/tracing".into());
-        let caps = CapSet::of(&[
-            Capability::BPF,
-            Capability::PERFMON,
-            Capability::DAC_READ_SEARCH,
-        ]);
-        assert_eq!(missing(check(caps, true, &denied)), Vec::<&str>::new());
     }
 
     #[test]
     fn old_kernels_need_sys_admin() {
         let caps = CapSet::of(&[Capability::BPF, Capability::PERFMON]);
-        assert_eq!(missing(check(caps, false, &readable())), ["CAP_SYS_ADMIN"]);
+        assert_eq!(missing(check(caps, false)), ["CAP_SYS_ADMIN"]);
         let caps = CapSet::of(&[Capability::SYS_ADMIN]);
-        assert_eq!(missing(check(caps, false, &readable())), Vec::<&str>::new());
+        assert_eq!(missing(check(caps, false)), Vec::<&str>::new());
     }
 
     #[test]
     fn the_message_names_each_capability_and_its_use() {
-        let err = check(CapSet::from_bits(0), true, &readable()).unwrap_err();
+        let err = check(CapSet::from_bits(0), true).unwrap_err();
         let text = err.to_string();
         assert!(
             text.starts_with("missing CAP_BPF, CAP_PERFMON: CAP_BPF creates the eBPF maps"),

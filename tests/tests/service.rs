@@ -82,24 +82,16 @@ fn dirs_for(uid: u32) -> (PathBuf, PathBuf) {
     (dir.join("state.json"), dir.join("connmon.sock"))
 }
 
-/// tracefs mounted (another test unmounts it): the least-privilege runs cannot mount it.
-fn ensure_tracefs() {
-    if !Path::new("/sys/kernel/tracing/events").is_dir() {
-        sh(&["mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing"]);
-    }
-}
-
 #[test]
 fn the_units_capabilities_are_enough_and_each_is_needed() {
     require_root();
-    ensure_tracefs();
     let caps = unit_capabilities("AmbientCapabilities");
     assert_eq!(
         caps,
         unit_capabilities("CapabilityBoundingSet"),
         "ambient and bounding sets differ"
     );
-    assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH"]);
+    assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON"]);
     // The unit's user: not root, nothing but these capabilities.
     let bin = world_readable_copy(&connmon_bin());
     let (state, socket) = dirs_for(65534);
@@ -116,8 +108,8 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("agent status");
     assert!(
-        status.contains("CapEff:\t000000c000000004"),
-        "the agent runs with exactly CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH:\n{status}"
+        status.contains("CapEff:\t000000c000000000"),
+        "the agent runs with exactly CAP_BPF, CAP_PERFMON:\n{status}"
     );
     let (port, _) = ns.run("leastpriv", || {
         let port = closed_port("127.0.0.1");
@@ -159,9 +151,8 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
 
 #[test]
 fn as_uid_0_bpf_and_perfmon_are_enough() {
-    // The container and Kubernetes case: uid 0 (tracefs is root's), two capabilities.
+    // The container and Kubernetes case: uid 0, two capabilities.
     require_root();
-    ensure_tracefs();
     let caps = vec!["CAP_BPF".to_owned(), "CAP_PERFMON".to_owned()];
     let ns = Netns::new("caps0");
     let mut agent = Agent::start_wrapped(&setpriv_wrapper(0, &caps, &connmon_bin()), &[]);
@@ -493,8 +484,8 @@ fn the_deb_installs_and_runs_as_a_systemd_service() {
         .expect("a Uid line");
     assert_ne!(uid, "0", "the service runs as its dynamic user, not root");
     assert!(
-        status.contains("CapEff:\t000000c000000004"),
-        "exactly CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH:\n{status}"
+        status.contains("CapEff:\t000000c000000000"),
+        "exactly CAP_BPF, CAP_PERFMON:\n{status}"
     );
 
     // A refused connect inside the container (its own network namespace, loopback only).

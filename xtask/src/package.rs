@@ -193,8 +193,8 @@ pub(crate) fn build_deb(bin: &Path) -> anyhow::Result<PathBuf> {
          abandoned, unreachable), attributed to the process, cgroup and network\n \
          namespace that made it. Dead pool members are evicted and reinstated.\n \
          .\n \
-         Needs Linux >= 5.8 with BTF. Runs as a systemd service with CAP_BPF,\n \
-         CAP_PERFMON and CAP_DAC_READ_SEARCH only.\n",
+         Needs Linux >= 5.11 with BTF. Runs as a systemd service with CAP_BPF\n \
+         and CAP_PERFMON only.\n",
         version = version(),
     );
     put("DEBIAN/control", control.as_bytes(), 0o644)?;
