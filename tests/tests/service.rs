@@ -534,7 +534,7 @@ fn the_deb_installs_and_runs_as_a_systemd_service() {
 
 /// The image, as the README and the Containerfile say to run it: privileged, in the
 /// host's network namespace, with `/sys/kernel/btf` mounted; and as the Kubernetes
-/// DaemonSet runs it: two capabilities, read-only root, tracefs and BTF read-only.
+/// DaemonSet runs it: two capabilities, read-only root, BTF read-only.
 #[test]
 fn the_image_sees_a_refused_connect_from_the_host() {
     require_root();
@@ -578,7 +578,6 @@ fn the_image_sees_a_refused_connect_from_the_host() {
                 "--cap-add=BPF,PERFMON",
                 "--security-opt=seccomp=unconfined",
                 "--read-only",
-                "--volume=/sys/kernel/tracing:/sys/kernel/tracing:ro",
                 "--mount=type=tmpfs,destination=/run/connmon",
                 "--mount=type=tmpfs,destination=/var/lib/connmon",
             ]
