@@ -16,12 +16,7 @@
 //! charge BPF memory to the memory cgroup, older ones to `RLIMIT_MEMLOCK` (the systemd
 //! unit sets `LimitMEMLOCK=infinity`).
 
-use std::{
-    fmt,
-    fs::File,
-    io::ErrorKind,
-    path::{Path, PathBuf},
-};
+use std::fmt;
 
 /// A Linux capability, by its number in `<linux/capability.h>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,10 +143,7 @@ pub(crate) fn kernel_knows_cap_bpf() -> bool {
 
 /// [`check`] for this process on this host.
 pub(crate) fn check_current() -> Result<(), PrivilegeError> {
-    check(
-        CapSet::effective()?,
-        kernel_knows_cap_bpf(),
-    )
+    check(CapSet::effective()?, kernel_knows_cap_bpf())
 }
 
 #[cfg(test)]
@@ -172,10 +164,7 @@ mod tests {
     fn root_has_everything() {
         // A root shell's CapEff on 6.18 (all 41 capabilities).
         let caps = CapSet::parse_status("Name:\tbash\nCapEff:\t000001ffffffffff\n").unwrap();
-        assert_eq!(
-            missing(check(caps, true)),
-            Vec::<&str>::new()
-        );
+        assert_eq!(missing(check(caps, true)), Vec::<&str>::new());
     }
 
     #[test]

@@ -149,7 +149,9 @@ fn non_root_gets_one_clear_error_line() {
     assert!(
         stderr.starts_with("connmon: error: missing CAP_BPF, CAP_PERFMON")
             && stderr.contains("CAP_BPF creates the eBPF maps")
-            && stderr.contains("CAP_PERFMON lets tracepoint programs read kernel memory")
+            && stderr.contains(
+                "CAP_PERFMON lets the tracing programs (tp_btf, fentry) read kernel memory"
+            )
             && !stderr.contains('\n'),
         "{stderr}"
     );
