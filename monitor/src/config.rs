@@ -14,6 +14,7 @@
 //! socket = "/run/connmon/connmon.sock"  # pool-controller socket (docs/protocol.md)
 //! socket_group = "connmon"              # group of the 0660 socket (default: root's)
 //! max_clients = 64
+//! max_clients_per_uid = 32              # of them at most per uid, root included
 //! allowed_uids = [1000]                 # besides root: may send pool/evict/reinstate
 //! allowed_gids = []
 //! metrics = "127.0.0.1:9464"            # Prometheus /metrics endpoint (default: off)
@@ -169,6 +170,10 @@ pub struct AgentConfig {
     pub socket_group: Option<String>,
     /// Socket clients served at once; more are refused with an error line.
     pub max_clients: usize,
+    /// Socket clients of one uid (root included) served at once: one user's connection
+    /// churn cannot take every slot from the others. Above `max_clients` it changes
+    /// nothing.
+    pub max_clients_per_uid: usize,
     /// Peers (besides root) allowed to send pool/evict/reinstate, by uid or primary gid.
     pub allowed_uids: Vec<u32>,
     pub allowed_gids: Vec<u32>,
@@ -195,6 +200,7 @@ impl Default for AgentConfig {
             socket: PathBuf::from(DEFAULT_SOCKET),
             socket_group: None,
             max_clients: 64,
+            max_clients_per_uid: 32,
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             metrics: None,
@@ -306,6 +312,13 @@ fn validate_socket(a: &AgentConfig) -> Result<(), Invalid> {
         return Err(invalid(
             "agent.max_clients",
             a.max_clients.to_string(),
+            "must be between 1 and 4096",
+        ));
+    }
+    if a.max_clients_per_uid == 0 || a.max_clients_per_uid > 4096 {
+        return Err(invalid(
+            "agent.max_clients_per_uid",
+            a.max_clients_per_uid.to_string(),
             "must be between 1 and 4096",
         ));
     }
@@ -438,6 +451,12 @@ mod tests {
             c.validate().unwrap_err().to_string(),
             "agent.max_clients = 0: must be between 1 and 4096"
         );
+        let c = Config::parse(Path::new("x"), "[agent]\nmax_clients_per_uid = 0\n").unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "agent.max_clients_per_uid = 0: must be between 1 and 4096"
+        );
+        assert_eq!(Config::default().agent.max_clients_per_uid, 32);
     }
 
     #[test]

@@ -5,8 +5,13 @@
 //!
 //! Lifecycle: the socket is bound before the agent attaches (a path in use is an error
 //! then, not later); connections are accepted in a `select!` with the shutdown token;
-//! a semaphore caps them at `agent.max_clients` (one more gets an error line and is
-//! closed); accept errors (EMFILE…) back off instead of spinning. At shutdown each
+//! a semaphore caps them at `agent.max_clients`, and no uid may hold more than
+//! `agent.max_clients_per_uid` of them (root included), so one local user's churn cannot
+//! take every slot from the others; a client over either limit gets one
+//! `too_many_clients` error line naming the limit and is closed at once, in the accept
+//! loop, without a task or a wait (a refusal must cost less than a connect, or a storm
+//! of them piles up open sockets: issue #18 saw 20 000 fds); accept errors (EMFILE…)
+//! back off instead of spinning. At shutdown each
 //! client gets `{"type":"bye"}` and the socket file is removed — unless another process
 //! has replaced it meanwhile.
 //!
@@ -25,6 +30,7 @@ pub mod session;
 pub mod snapshot_reply;
 
 use std::{
+    collections::HashMap,
     io::ErrorKind,
     os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
@@ -37,9 +43,8 @@ use std::{
 
 use serde_json::{Value, json};
 use tokio::{
-    io::AsyncWriteExt as _,
     net::{UnixListener, UnixStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tokio_util::task::TaskTracker;
 
@@ -111,6 +116,7 @@ pub struct ServerStats {
     protocol_errors: AtomicU64,
     closed_for_errors: AtomicU64,
     lag_log: Mutex<LagLog>,
+    refusal_log: Mutex<Option<LogLimiter>>,
 }
 
 /// Lag warnings are rate-limited: at most one line a minute, carrying what accumulated.
@@ -144,6 +150,23 @@ impl ServerStats {
                 "socket subscribers read too slowly and missed events (they were sent `lagged`); raise agent.bus_capacity or read faster"
             );
             log.pending = 0;
+        }
+    }
+
+    /// Counts a refused client; warns at most once a minute, with how many since.
+    fn count_refused(&self, reason: &Refusal) {
+        let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let Ok(mut log) = self.refusal_log.lock() else {
+            return;
+        };
+        let limit = log.get_or_insert_with(|| LogLimiter::new(Duration::from_secs(60)));
+        if let Some(held_back) = limit.allow(Instant::now()) {
+            tracing::warn!(
+                refused_since_last_warning = held_back + 1,
+                refused_total = total,
+                "refusing socket clients: {}",
+                reason.message()
+            );
         }
     }
 
@@ -183,7 +206,7 @@ pub async fn start(
         ..
     } = cx;
     let BoundSocket { listener, file } = bind(&agent.socket, agent.socket_group.as_deref())?;
-    tracing::info!(path = %agent.socket.display(), max_clients = agent.max_clients, "listening for pool controllers");
+    tracing::info!(path = %agent.socket.display(), max_clients = agent.max_clients, max_clients_per_uid = agent.max_clients_per_uid, "listening for pool controllers");
     let ctx = SessionContext {
         bus: bus.clone(),
         control: control.clone(),
@@ -195,8 +218,7 @@ pub async fn start(
         stats: Arc::new(ServerStats::default()),
         shutdown: shutdown.clone(),
     };
-    let limit = Arc::new(Semaphore::new(agent.max_clients));
-    let max = agent.max_clients;
+    let limits = ClientLimits::new(agent.max_clients, agent.max_clients_per_uid);
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("connmon-socket".into())
@@ -220,7 +242,7 @@ pub async fn start(
                     }
                 };
                 let sessions = TaskTracker::new();
-                accept_loop(listener, ctx, limit, max, sessions.clone()).await;
+                accept_loop(listener, ctx, limits, sessions.clone()).await;
                 sessions.close();
                 sessions.wait().await;
             });
@@ -371,8 +393,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 async fn accept_loop(
     listener: UnixListener,
     ctx: SessionContext,
-    limit: Arc<Semaphore>,
-    max: usize,
+    limits: ClientLimits,
     tasks: TaskTracker,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -396,19 +417,18 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                max_clients = max,
-                "refusing a socket client: too many clients"
-            );
-            tasks.spawn(refuse(stream, max));
-            continue;
-        };
         let peer = match Peer::of(&stream) {
             Ok(peer) => peer,
             Err(err) => {
                 tracing::warn!(%err, "cannot read a socket client's credentials; closing it");
+                continue;
+            }
+        };
+        let slot = match limits.admit(peer.uid) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                ctx.stats.count_refused(&refusal);
+                refuse(stream, &refusal);
                 continue;
             }
         };
@@ -420,7 +440,7 @@ async fn accept_loop(
             let stats = Arc::clone(&session_ctx.stats);
             session::serve(stream, peer, session_ctx).await;
             stats.clients.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
+            drop(slot);
         });
     }
     drop(listener);
@@ -433,26 +453,243 @@ async fn accept_loop(
     }
 }
 
-/// Tells a client over the limit why, without waiting on it.
-async fn refuse(mut stream: UnixStream, max: usize) {
+/// The two client caps: `agent.max_clients` in all, `agent.max_clients_per_uid` per uid
+/// (root counted like any other uid).
+struct ClientLimits {
+    all: Arc<Semaphore>,
+    max: usize,
+    per_uid: usize,
+    by_uid: Arc<Mutex<HashMap<u32, usize>>>,
+}
+
+/// A client's place; given back when dropped.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    uid: u32,
+    by_uid: Arc<Mutex<HashMap<u32, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut by_uid) = self.by_uid.lock()
+            && let Some(n) = by_uid.get_mut(&self.uid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                by_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Why a client was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// `agent.max_clients` clients are connected.
+    Full { max: usize },
+    /// This uid holds `agent.max_clients_per_uid` of them.
+    Uid { uid: u32, per_uid: usize },
+}
+
+impl Refusal {
+    fn message(&self) -> String {
+        match self {
+            Refusal::Full { max } => format!(
+                "connmon serves at most {max} clients at once (agent.max_clients); try again later"
+            ),
+            Refusal::Uid { uid, per_uid } => format!(
+                "connmon serves at most {per_uid} clients of one uid at once (agent.max_clients_per_uid) and uid {uid} has {per_uid}; try again later"
+            ),
+        }
+    }
+}
+
+impl ClientLimits {
+    fn new(max: usize, per_uid: usize) -> Self {
+        ClientLimits {
+            all: Arc::new(Semaphore::new(max)),
+            max,
+            per_uid,
+            by_uid: Arc::default(),
+        }
+    }
+
+    /// A slot for a client of `uid`, or why not.
+    fn admit(&self, uid: u32) -> Result<Slot, Refusal> {
+        let mut by_uid = self
+            .by_uid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = by_uid.get(&uid).copied().unwrap_or(0);
+        if held >= self.per_uid {
+            return Err(Refusal::Uid {
+                uid,
+                per_uid: self.per_uid,
+            });
+        }
+        let permit = Arc::clone(&self.all)
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Full { max: self.max })?;
+        by_uid.insert(uid, held + 1);
+        Ok(Slot {
+            _permit: permit,
+            uid,
+            by_uid: Arc::clone(&self.by_uid),
+        })
+    }
+}
+
+/// Tells a client over a limit why and closes it, here and now: one non-blocking write
+/// of one short line into the fresh socket's empty buffer (if even that does not fit,
+/// the client goes without it), then close. Nothing is spawned and nothing waits, so a
+/// storm of refused connects never holds more than the one being refused.
+fn refuse(stream: UnixStream, refusal: &Refusal) {
     let mut line = protocol::connection_error(
         crate::protocol::ErrorCode::TooManyClients,
-        &format!(
-            "connmon serves at most {max} clients at once (agent.max_clients); try again later"
-        ),
+        &refusal.message(),
     );
     line.push('\n');
-    let _ = tokio::time::timeout(
-        Duration::from_millis(200),
-        stream.write_all(line.as_bytes()),
-    )
-    .await;
-    let _ = stream.shutdown().await;
+    if let Ok(mut stream) = stream.into_std() {
+        use std::io::Write as _;
+        let _ = stream.write(line.as_bytes());
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read as _;
+
     use super::*;
+
+    #[test]
+    fn no_uid_holds_more_than_its_share_and_slots_come_back() {
+        let limits = ClientLimits::new(3, 2);
+        let a = limits.admit(1000).expect("first of uid 1000");
+        let b = limits.admit(1000).expect("second of uid 1000");
+        let refusal = limits.admit(1000).expect_err("third of uid 1000");
+        assert_eq!(
+            refusal,
+            Refusal::Uid {
+                uid: 1000,
+                per_uid: 2
+            }
+        );
+        assert_eq!(
+            refusal.message(),
+            "connmon serves at most 2 clients of one uid at once (agent.max_clients_per_uid) and uid 1000 has 2; try again later"
+        );
+        // Root is counted like anyone else, and the total cap still holds.
+        let root = limits.admit(0).expect("root while slots are free");
+        assert_eq!(limits.admit(0).err(), Some(Refusal::Full { max: 3 }));
+        assert_eq!(
+            Refusal::Full { max: 3 }.message(),
+            "connmon serves at most 3 clients at once (agent.max_clients); try again later"
+        );
+        drop(a);
+        let again = limits.admit(1000).expect("uid 1000's slot came back");
+        drop((b, root, again));
+        assert!(limits.by_uid.lock().unwrap().is_empty(), "no uid left counted");
+        assert_eq!(limits.all.available_permits(), 3);
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+    }
+
+    /// Issue #18: connections that open and close as fast as four threads can, while
+    /// every slot is taken. Each refusal used to be a task of its own that kept the
+    /// socket open until the current-thread runtime came round to it; the accept loop
+    /// admitted them faster than they ended, and the agent's open sockets grew to its
+    /// file limit (19 808 in a 6 s storm, with `max_clients` sessions stuck behind
+    /// them: every controller was refused). Refused inline, the server holds the held
+    /// slot, the one being refused and nothing more; a refused client still reads why.
+    #[test]
+    fn a_storm_of_refused_connects_holds_no_sockets() {
+        let dir = std::env::temp_dir().join(format!("connmon-storm-{}", std::process::id()));
+        let path = dir.join("c.sock");
+        let _ = std::fs::remove_dir_all(&dir);
+        let BoundSocket { listener, file } = bind(&path, None).expect("bind");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (control, _control_rx) = tokio::sync::mpsc::channel(1);
+        let ctx = SessionContext {
+            bus: crate::bus::EventBus::new(16, crate::clock::WallClock::from_offset_ns(0)),
+            control,
+            permissions: Arc::default(),
+            default_ejection: Duration::from_secs(1),
+            stats: Arc::default(),
+            shutdown: shutdown.clone(),
+        };
+        let stats = Arc::clone(&ctx.stats);
+        let server = std::thread::spawn({
+            let shutdown = shutdown.clone();
+            move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let listener = UnixListener::from_std(listener).expect("listener");
+                    let tasks = TaskTracker::new();
+                    accept_loop(listener, ctx, ClientLimits::new(1, 1), tasks.clone()).await;
+                    tasks.close();
+                    tasks.wait().await;
+                });
+                drop(shutdown);
+            }
+        });
+        let mut holder = std::os::unix::net::UnixStream::connect(&path).expect("holder");
+        let mut hello = [0u8; 16];
+        holder.read_exact(&mut hello).expect("the holder's hello");
+        let baseline = open_fds();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churners: Vec<_> = (0..4)
+            .map(|_| {
+                let (path, stop) = (path.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        let mut peak = baseline;
+        while started.elapsed() < Duration::from_millis(1500) {
+            peak = peak.max(open_fds());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let connects: u64 = churners.into_iter().map(|t| t.join().expect("churner")).sum();
+        let mut refused = std::os::unix::net::UnixStream::connect(&path).expect("one more");
+        let mut line = String::new();
+        refused.read_to_string(&mut line).expect("the refusal");
+        shutdown.cancel();
+        server.join().expect("server thread");
+        drop(file);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            line.starts_with(r#"{"type":"error","code":"too_many_clients""#)
+                && line.contains("at most 1 clients"),
+            "a refused client is told why: {line}"
+        );
+        let refused_count = stats.refused.load(Ordering::Relaxed);
+        assert!(
+            refused_count > 100,
+            "the storm was refused ({refused_count} of {connects} connects)"
+        );
+        // The test's own: the holder, the listener, the churners' four in flight, a few
+        // of the test harness's; the server's: the held session and the one refused.
+        assert!(
+            peak <= baseline + 16,
+            "open sockets grew from {baseline} to {peak} during {connects} refused connects"
+        );
+    }
 
     #[test]
     fn a_stale_socket_is_replaced_a_live_one_is_an_error_and_the_file_goes_on_drop() {
