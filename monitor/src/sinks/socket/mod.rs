@@ -20,9 +20,11 @@
 //! many and however they behave, take CPU from that thread, never from the pipeline
 //! that makes the decisions (issue #18: a storm of ~8 600 connections a second used to
 //! raise `detect_us` from 0.5 ms to ~7 ms). Sessions reach the pipeline only through
-//! the bounded bus and control channel, which work across threads. The agent's task
-//! tracker holds one task that ends when the server thread has finished, so the agent
-//! waits for the goodbyes as before.
+//! the bounded bus and control channel, which work across threads. The one heavy job a
+//! session has, rendering a `snapshot` reply, runs on that runtime's blocking pool
+//! ([`snapshot_reply::render`]), so the other clients' pings and events keep flowing.
+//! The agent's task tracker holds one task that ends when the server thread has
+//! finished, so the agent waits for the goodbyes as before.
 
 pub mod peer;
 pub mod protocol;
@@ -225,6 +227,7 @@ pub async fn start(
         .spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(snapshot_reply::RENDERERS)
                 .build()
             {
                 Ok(runtime) => runtime,
@@ -590,7 +593,10 @@ mod tests {
         drop(a);
         let again = limits.admit(1000).expect("uid 1000's slot came back");
         drop((b, root, again));
-        assert!(limits.by_uid.lock().unwrap().is_empty(), "no uid left counted");
+        assert!(
+            limits.by_uid.lock().unwrap().is_empty(),
+            "no uid left counted"
+        );
         assert_eq!(limits.all.available_permits(), 3);
     }
 
@@ -665,7 +671,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         stop.store(true, Ordering::Relaxed);
-        let connects: u64 = churners.into_iter().map(|t| t.join().expect("churner")).sum();
+        let connects: u64 = churners
+            .into_iter()
+            .map(|t| t.join().expect("churner"))
+            .sum();
         let mut refused = std::os::unix::net::UnixStream::connect(&path).expect("one more");
         let mut line = String::new();
         refused.read_to_string(&mut line).expect("the refusal");

@@ -441,16 +441,34 @@ impl Writer {
         self.flush(None).await
     }
 
-    /// Writes a `snapshot` reply chunk by chunk: its memory is a chunk and the
-    /// destinations not written yet, never the whole rendered line. Once begun the line
-    /// is finished, at shutdown too (within [`FLUSH_AT_SHUTDOWN`]).
-    async fn send_snapshot(&mut self, mut reply: SnapshotReply) -> Result<(), Stop> {
-        let mut buf = Vec::with_capacity(snapshot_reply::CHUNK + 4096);
+    /// Writes a `snapshot` reply chunk by chunk as [`snapshot_reply::render`] renders
+    /// it on a blocking thread: this thread (every session's) only copies bytes, and the
+    /// reply's memory is a few chunks and the destinations not rendered yet, never the
+    /// whole line. Once begun the line is finished, at shutdown too (within
+    /// [`FLUSH_AT_SHUTDOWN`]).
+    async fn send_snapshot(&mut self, reply: SnapshotReply) -> Result<(), Stop> {
+        let mut chunks = snapshot_reply::render(reply);
         let mut until = None;
         loop {
-            let more = reply.fill(&mut buf);
-            self.out.push_part(&buf, !more);
-            buf.clear();
+            let next = match until {
+                None => tokio::select! {
+                    biased;
+                    _ = self.ctx.shutdown.cancelled() => {
+                        until = Some(tokio::time::Instant::now() + FLUSH_AT_SHUTDOWN);
+                        continue;
+                    }
+                    next = chunks.recv() => next,
+                },
+                Some(at) => tokio::time::timeout_at(at, chunks.recv())
+                    .await
+                    .map_err(|_| Stop::Deadline)?,
+            };
+            // The renderer ends only after the last chunk; without it the line cannot
+            // be finished.
+            let Some(chunk) = next else {
+                return Err(Stop::Gone);
+            };
+            self.out.push_part(&chunk.bytes, chunk.last);
             match self.flush(until).await {
                 Ok(()) => {}
                 Err(Stop::Shutdown) => {
@@ -459,7 +477,7 @@ impl Writer {
                 }
                 Err(stop) => return Err(stop),
             }
-            if !more {
+            if chunk.last {
                 return match until {
                     Some(_) => Err(Stop::Shutdown),
                     None => Ok(()),
@@ -826,6 +844,127 @@ mod tests {
             "{delivered} delivered + {missed} counted as lagged = every event"
         );
         task.await.expect("session");
+    }
+
+    /// A stand-in for the pipeline's end of the control channel: answers every command
+    /// (snapshots from a real engine holding `destinations`), each after a yield.
+    fn pipeline(destinations: u16) -> mpsc::Sender<Control> {
+        let (control, mut commands) = mpsc::channel::<Control>(4);
+        tokio::spawn(async move {
+            let pool = crate::policy::pool::PoolMembership::parse("10.1.0.0/16").expect("pool");
+            let wall = WallClock::from_offset_ns(1_700_000_000_000_000_000);
+            let mut policy = crate::policy::EjectionPolicy::new(
+                crate::policy::config::PolicyConfig::default(),
+                pool,
+                1,
+                wall,
+                1,
+            )
+            .expect("valid config");
+            let mut out = Vec::new();
+            let now = 1_000_000_000_000;
+            for i in 0..destinations {
+                let dst = SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8], 8080));
+                let KernelEvent::Connect(mut rec) = refused_to(dst) else {
+                    panic!("refused_to gives a connect")
+                };
+                rec.ktime_ns = now;
+                rec.start_ns = now - 1_000;
+                policy.on_connect(&rec, now, &mut out);
+            }
+            while let Some(command) = commands.recv().await {
+                tokio::task::yield_now().await;
+                match command {
+                    Control::Snapshot { reply } => {
+                        let _ = reply.send(policy.snapshot(now));
+                    }
+                    Control::Pool { members, reply, .. } => {
+                        let _ = reply.send(members);
+                    }
+                    Control::PoolList { reply } => {
+                        let _ = reply.send(Vec::new());
+                    }
+                    Control::Evict { reply, .. } | Control::Reinstate { reply, .. } => {
+                        let _ = reply.send(true);
+                    }
+                    Control::Fleet { .. } => panic!("no fleet here"),
+                }
+            }
+        });
+        control
+    }
+
+    /// The CI failure of issue #18 suspected this first (it was the refusals, see
+    /// `a_storm_of_refused_connects_holds_no_sockets`): a client that pipelines
+    /// commands — snapshots of 3 000 destinations among them, each longer than a write —
+    /// and half-closes before reading gets `hello` and then every reply, whole and in
+    /// order, before the end of the stream.
+    #[tokio::test]
+    async fn a_pipelining_client_that_half_closes_gets_every_reply_in_order() {
+        const COMMANDS: usize = 200;
+        let ctx = SessionContext {
+            bus: EventBus::new(16, WallClock::from_offset_ns(0)),
+            control: pipeline(3_000),
+            permissions: Arc::default(),
+            default_ejection: Duration::from_secs(1),
+            stats: Arc::default(),
+            shutdown: CancellationToken::new(),
+        };
+        let (server, client) = UnixStream::pair().unwrap();
+        let peer = Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        };
+        let session = tokio::spawn(serve(server, peer, ctx));
+        let (read, mut write) = client.into_split();
+        let mut burst = String::new();
+        let mut expected = Vec::new();
+        for i in 0..COMMANDS {
+            let dst = format!("10.2.0.{}:80", i % 250);
+            let (cmd, reply) = match i % 6 {
+                _ if i % 40 == 39 => (serde_json::json!({"cmd": "snapshot"}), "snapshot"),
+                0 => (
+                    serde_json::json!({"cmd": "pool", "op": "add", "members": [dst]}),
+                    "ok",
+                ),
+                1 => (serde_json::json!({"cmd": "evict", "dst": dst}), "ok"),
+                2 => (serde_json::json!({"cmd": "reinstate", "dst": dst}), "ok"),
+                3 => (serde_json::json!({"cmd": "nonsense"}), "error"),
+                _ => (serde_json::json!({"cmd": "ping"}), "pong"),
+            };
+            let mut cmd = cmd;
+            cmd["id"] = serde_json::json!(i);
+            burst.push_str(&cmd.to_string());
+            burst.push('\n');
+            expected.push(reply);
+        }
+        // The whole burst, then the half-close, before a single byte is read.
+        let writer = tokio::spawn(async move {
+            write.write_all(burst.as_bytes()).await.unwrap();
+            write.shutdown().await.unwrap();
+            write
+        });
+        let mut lines = BufReader::new(read).lines();
+        let hello = lines.next_line().await.unwrap().expect("hello");
+        assert!(hello.starts_with(r#"{"type":"hello""#), "{hello:.200}");
+        for (i, kind) in expected.iter().enumerate() {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap_or_else(|e| panic!("reading reply {i}: {e}"))
+                .unwrap_or_else(|| panic!("the stream ended after {i} of {COMMANDS} replies"));
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("reply {i} is not whole JSON ({e}): {line:.200}"));
+            assert_eq!(v["id"], i, "reply {i} in order: {line:.200}");
+            assert_eq!(v["type"], *kind, "reply {i}: {line:.200}");
+            if *kind == "snapshot" {
+                assert_eq!(v["destinations"].as_array().map(Vec::len), Some(3_000));
+            }
+        }
+        assert_eq!(lines.next_line().await.unwrap(), None, "then the end");
+        drop(writer.await.unwrap());
+        session.await.expect("session");
     }
 
     #[tokio::test]

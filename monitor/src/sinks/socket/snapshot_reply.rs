@@ -9,13 +9,48 @@
 //! session's writer sends whenever it holds [`CHUNK`] bytes, and each destination is
 //! dropped once written. The bytes on the wire are exactly those of
 //! `protocol::reply(serde_json::to_value(snapshot) + type + server, id)`.
+//!
+//! Rendering 12 000 destinations takes seconds in a debug build, so it is not done on
+//! the socket server's thread, where every session and the accept loop run: [`render`]
+//! runs it on the server runtime's blocking pool (at most [`RENDERERS`] at once; more
+//! wait their turn) and hands the chunks over a queue of [`QUEUED_CHUNKS`], so a
+//! renderer is never more than that ahead of its client.
 
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use crate::policy::snapshot::{DestinationView, PolicySnapshot};
 
 /// Bytes rendered before the writer sends them.
 pub const CHUNK: usize = 64 * 1024;
+/// Snapshots rendered at once (the socket runtime's blocking threads).
+pub const RENDERERS: usize = 2;
+/// Rendered chunks waiting for the writer, per snapshot.
+const QUEUED_CHUNKS: usize = 2;
+
+/// Part of a reply's line.
+pub struct Chunk {
+    pub bytes: Vec<u8>,
+    /// The chunk ends the line (its newline included).
+    pub last: bool,
+}
+
+/// Renders `reply` on the runtime's blocking pool; its chunks, in order, until the one
+/// marked `last`. Dropping the receiver stops the rendering at the next chunk.
+pub fn render(mut reply: SnapshotReply) -> mpsc::Receiver<Chunk> {
+    let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut bytes = Vec::with_capacity(CHUNK + 4096);
+            let more = reply.fill(&mut bytes);
+            let last = !more;
+            if tx.blocking_send(Chunk { bytes, last }).is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
+}
 
 /// A `snapshot` reply being written.
 pub struct SnapshotReply {
