@@ -24,7 +24,8 @@
 //! session has, rendering a `snapshot` reply, runs on that runtime's blocking pool
 //! ([`snapshot_reply::render`]), so the other clients' pings and events keep flowing.
 //! The agent's task tracker holds one task that ends when the server thread has
-//! finished, so the agent waits for the goodbyes as before.
+//! finished, so the agent waits for the goodbyes as before. That thread and its
+//! renderers run at nice [`SERVER_NICE`]: on a busy host the pipeline gets the CPU first.
 
 pub mod peer;
 pub mod protocol;
@@ -225,6 +226,7 @@ pub async fn start(
     std::thread::Builder::new()
         .name("connmon-socket".into())
         .spawn(move || {
+            lower_priority();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .max_blocking_threads(snapshot_reply::RENDERERS)
@@ -260,6 +262,23 @@ pub async fn start(
         drop(file);
     });
     Ok(())
+}
+
+/// The nice value of the server's thread and of the threads it starts (the snapshot
+/// renderers inherit it): when local clients and the pipeline want the same CPU, the
+/// pipeline's decisions come first (a 2-core host running the renderers, the sessions
+/// and the pipeline at once used to delay an eviction by ~100 ms).
+const SERVER_NICE: i32 = 10;
+
+/// Gives the calling thread (only it: Linux keeps the nice value per thread) nice
+/// [`SERVER_NICE`]. Raising it needs no privilege; if it fails anyway the server runs
+/// at the agent's priority.
+fn lower_priority() {
+    // SAFETY: setpriority(PRIO_PROCESS, 0, n) only changes the calling thread's nice.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SERVER_NICE) } != 0;
+    if failed {
+        tracing::debug!(err = %std::io::Error::last_os_error(), "cannot lower the socket server's priority");
+    }
 }
 
 /// The listener and the socket file it owns.
