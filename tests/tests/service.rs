@@ -442,12 +442,31 @@ impl Drop for SystemdContainer {
     }
 }
 
+/// The container's root is the host's, under an overlay. A connmon run by hand on this
+/// host may have left its state directory there (`/var/lib/connmon`, a plain directory
+/// owned by root): systemd's `DynamicUser=` must then migrate it into
+/// `/var/lib/private/connmon` before the start, and that migration failed in this
+/// container, so the unit did not start — for a reason that has nothing to do with the
+/// package. Such leftovers are removed inside the container only (the overlay records
+/// the removal; the host's copy stays as it is), and the test says so.
+fn hide_leftover_state(sd: &SystemdContainer) {
+    for leftover in ["/var/lib/connmon", "/var/lib/private/connmon"] {
+        if std::fs::symlink_metadata(leftover).is_ok() {
+            eprintln!(
+                "note: this host has {leftover} (left by a connmon run outside systemd?); the systemd test removes it inside its container only, the host's copy is untouched"
+            );
+            sd.ok(&["rm", "-rf", leftover]);
+        }
+    }
+}
+
 #[test]
 fn the_deb_installs_and_runs_as_a_systemd_service() {
     require_root();
     let deb = PathBuf::from(artifact("CONNMON_DEB"));
     let deb_name = deb.file_name().expect("a file name").to_string_lossy();
     let sd = SystemdContainer::boot("systemd", deb.parent().expect("a directory"));
+    hide_leftover_state(&sd);
     // man-db's trigger would rebuild the whole index on the overlay (~10 s): off.
     sd.ok(&["rm", "-f", "/var/lib/man-db/auto-update"]);
     sd.ok(&["dpkg", "--install", &format!("/pkg/{deb_name}")]);
