@@ -229,31 +229,53 @@ pub(super) fn view(
     }
 }
 
+/// For tests of snapshots here and in the socket: an engine over the pool 10.1.0.0/16,
+/// and a refused connect to `dst` by it.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::net::SocketAddr;
+
+    use crate::{
+        clock::WallClock,
+        policy::{EjectionPolicy, config::PolicyConfig, pool::PoolMembership},
+        source::event::{ConnectRecord, KernelEvent, refused_to},
+    };
+
+    pub(crate) const SEC: u64 = 1_000_000_000;
+
+    pub(crate) fn pool_engine() -> EjectionPolicy {
+        let pool = PoolMembership::parse("10.1.0.0/16").expect("pool");
+        let wall = WallClock::from_offset_ns(1_700_000_000_000_000_000);
+        EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1).expect("valid config")
+    }
+
+    pub(crate) fn connect_to(dst: SocketAddr) -> ConnectRecord {
+        let KernelEvent::Connect(rec) = refused_to(dst) else {
+            panic!("refused_to gives a connect")
+        };
+        rec
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
 
-    use super::*;
-    use crate::{
-        policy::{EjectionPolicy, config::PolicyConfig, pool::PoolMembership},
-        source::event::{KernelEvent, refused_to},
+    use super::{
+        fixture::{SEC, connect_to, pool_engine},
+        *,
     };
-
-    const SEC: u64 = 1_000_000_000;
 
     #[test]
     fn the_copy_makes_the_snapshot_the_policy_makes_and_resolves_each_cgroup_once() {
-        let pool = PoolMembership::parse("10.1.0.0/16").expect("pool");
-        let wall = WallClock::from_offset_ns(1_700_000_000_000_000_000);
-        let mut policy =
-            EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1).expect("valid config");
+        let mut policy = pool_engine();
         let mut now = 1_000 * SEC;
         let mut out = Vec::new();
         for i in 0..600u16 {
-            let dst = SocketAddr::from(([10, 1, (i / 200) as u8, (i % 200) as u8], 8080));
-            let KernelEvent::Connect(mut rec) = refused_to(dst) else {
-                panic!("refused_to gives a connect")
-            };
+            let mut rec = connect_to(SocketAddr::from((
+                [10, 1, (i / 200) as u8, (i % 200) as u8],
+                8080,
+            )));
             // Successes only (inline summaries), mixed outcomes (details), and runs of
             // refusals long enough to eject; three cgroups among them.
             for k in 0..(1 + u32::from(i % 9)) {

@@ -113,13 +113,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        clock::WallClock,
-        policy::{EjectionPolicy, config::PolicyConfig, pool::PoolMembership},
+        policy::snapshot::fixture::{SEC, connect_to, pool_engine},
         server::protocol,
-        source::event::{KernelEvent, Outcome, refused_to},
+        source::event::Outcome,
     };
-
-    const SEC: u64 = 1_000_000_000;
 
     /// The line as the session wrote it before it was streamed.
     fn whole(snapshot: &PolicySnapshot, server: &Value, id: Option<&Value>) -> String {
@@ -150,17 +147,14 @@ mod tests {
 
     /// A snapshot of `n` destinations, some failing, some ejected, from the real engine.
     fn snapshot_of(n: u16) -> PolicySnapshot {
-        let pool = PoolMembership::parse("10.1.0.0/16").expect("pool");
-        let wall = WallClock::from_offset_ns(1_700_000_000_000_000_000);
-        let mut policy =
-            EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1).expect("valid config");
+        let mut policy = pool_engine();
         let mut now = 1_000 * SEC;
         let mut out = Vec::new();
         for i in 0..n {
-            let dst = SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8], 8080));
-            let KernelEvent::Connect(mut rec) = refused_to(dst) else {
-                panic!("refused_to gives a connect")
-            };
+            let mut rec = connect_to(SocketAddr::from((
+                [10, 1, (i / 250) as u8, (i % 250) as u8],
+                8080,
+            )));
             for k in 0..(1 + i % 7) {
                 rec.outcome = if k % 3 == 0 {
                     Outcome::Established
