@@ -169,19 +169,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         ("bpftool", "bpftool"),
     ])?;
     let root = build::workspace_root();
-    setup::run_cmd(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args([
-                "build",
-                "--release",
-                "--package",
-                "monitor",
-                "--package",
-                "connmon-bench",
-            ])
-            .env("PATH", toolchain.path_env()),
-    )?;
+    build::cargo_build(&toolchain, &["--release", "--package", "connmon-bench"])?;
     let release = root.join("target/release");
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
