@@ -229,31 +229,48 @@ pub(super) fn view(
     }
 }
 
-/// For tests of snapshots here and in the socket: an engine over the pool 10.1.0.0/16,
-/// and a refused connect to `dst` by it.
+/// For tests of snapshots here and in the socket: an engine over the pool 10.1.0.0/16
+/// fed refused or established connects.
 #[cfg(test)]
 pub(crate) mod fixture {
     use std::net::SocketAddr;
 
     use crate::{
         clock::WallClock,
-        policy::{EjectionPolicy, config::PolicyConfig, pool::PoolMembership},
+        policy::{Decision, EjectionPolicy, config::PolicyConfig, pool::PoolMembership},
         source::event::{ConnectRecord, KernelEvent, refused_to},
     };
 
-    pub(crate) const SEC: u64 = 1_000_000_000;
+    const SEC: u64 = 1_000_000_000;
 
-    pub(crate) fn pool_engine() -> EjectionPolicy {
+    /// Connects to `n` destinations `10.1.(i / row).(i % row):8080`, 1 µs apart from
+    /// 1 000 s on: destination `i` gets `rounds(i)` of them, and `set(i, k, record)`
+    /// makes the `k`-th. Returns the engine, the time after the last, and its decisions.
+    pub(crate) fn fed(
+        n: u16,
+        row: u16,
+        rounds: impl Fn(u16) -> u32,
+        set: impl Fn(u16, u32, &mut ConnectRecord),
+    ) -> (EjectionPolicy, u64, Vec<Decision>) {
         let pool = PoolMembership::parse("10.1.0.0/16").expect("pool");
         let wall = WallClock::from_offset_ns(1_700_000_000_000_000_000);
-        EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1).expect("valid config")
-    }
-
-    pub(crate) fn connect_to(dst: SocketAddr) -> ConnectRecord {
-        let KernelEvent::Connect(rec) = refused_to(dst) else {
-            panic!("refused_to gives a connect")
-        };
-        rec
+        let mut policy =
+            EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1).expect("valid config");
+        let (mut now, mut out) = (1_000 * SEC, Vec::new());
+        for i in 0..n {
+            let dst = SocketAddr::from(([10, 1, (i / row) as u8, (i % row) as u8], 8080));
+            let KernelEvent::Connect(mut rec) = refused_to(dst) else {
+                panic!("refused_to gives a connect")
+            };
+            for k in 0..rounds(i) {
+                set(i, k, &mut rec);
+                rec.ktime_ns = now;
+                rec.start_ns = now - 1_000;
+                policy.on_connect(&rec, now, &mut out);
+                now += 1_000;
+            }
+        }
+        (policy, now, out)
     }
 }
 
@@ -261,36 +278,21 @@ pub(crate) mod fixture {
 mod tests {
     use std::net::SocketAddr;
 
-    use super::{
-        fixture::{SEC, connect_to, pool_engine},
-        *,
-    };
+    use super::*;
 
     #[test]
     fn the_copy_makes_the_snapshot_the_policy_makes_and_resolves_each_cgroup_once() {
-        let mut policy = pool_engine();
-        let mut now = 1_000 * SEC;
-        let mut out = Vec::new();
-        for i in 0..600u16 {
-            let mut rec = connect_to(SocketAddr::from((
-                [10, 1, (i / 200) as u8, (i % 200) as u8],
-                8080,
-            )));
-            // Successes only (inline summaries), mixed outcomes (details), and runs of
-            // refusals long enough to eject; three cgroups among them.
-            for k in 0..(1 + u32::from(i % 9)) {
-                rec.outcome = match i % 3 {
-                    0 => Outcome::Established,
-                    1 if k % 2 == 0 => Outcome::Established,
-                    _ => Outcome::Refused,
-                };
-                rec.who.cgroup_id = u64::from(i % 3) + u64::from(k % 2);
-                rec.ktime_ns = now;
-                rec.start_ns = now - 1_000;
-                policy.on_connect(&rec, now, &mut out);
-                now += 1_000;
-            }
-        }
+        // Successes only (inline summaries), mixed outcomes (details), and runs of
+        // refusals long enough to eject; three cgroups among them.
+        let rounds = |i| 1 + u32::from(i % 9);
+        let (mut policy, now, mut out) = fixture::fed(600, 200, rounds, |i, k, rec| {
+            rec.outcome = match i % 3 {
+                0 => Outcome::Established,
+                1 if k % 2 == 0 => Outcome::Established,
+                _ => Outcome::Refused,
+            };
+            rec.who.cgroup_id = u64::from(i % 3) + u64::from(k % 2);
+        });
         let manual = SocketAddr::from(([10, 1, 9, 9], 80));
         assert!(policy.evict_manual(manual, std::time::Duration::from_secs(60), now, &mut out));
         assert!(

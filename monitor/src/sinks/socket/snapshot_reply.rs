@@ -107,15 +107,13 @@ impl SnapshotReply {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use serde_json::json;
 
     use super::*;
     use crate::{
-        policy::snapshot::fixture::{SEC, connect_to, pool_engine},
+        policy::snapshot::fixture::fed,
         server::protocol,
-        source::event::Outcome,
+        source::event::{ConnectRecord, Outcome},
     };
 
     /// The line as the session wrote it before it was streamed.
@@ -147,26 +145,14 @@ mod tests {
 
     /// A snapshot of `n` destinations, some failing, some ejected, from the real engine.
     fn snapshot_of(n: u16) -> PolicySnapshot {
-        let mut policy = pool_engine();
-        let mut now = 1_000 * SEC;
-        let mut out = Vec::new();
-        for i in 0..n {
-            let mut rec = connect_to(SocketAddr::from((
-                [10, 1, (i / 250) as u8, (i % 250) as u8],
-                8080,
-            )));
-            for k in 0..(1 + i % 7) {
-                rec.outcome = if k % 3 == 0 {
-                    Outcome::Established
-                } else {
-                    Outcome::Refused
-                };
-                rec.ktime_ns = now;
-                rec.start_ns = now - 1_000;
-                policy.on_connect(&rec, now, &mut out);
-                now += 1_000;
-            }
-        }
+        let established = |_, k, rec: &mut ConnectRecord| {
+            rec.outcome = if k % 3 == 0 {
+                Outcome::Established
+            } else {
+                Outcome::Refused
+            };
+        };
+        let (mut policy, now, _) = fed(n, 250, |i| 1 + u32::from(i % 7), established);
         policy.snapshot(now)
     }
 
