@@ -31,9 +31,10 @@ impl Counters {
 }
 
 /// One `stats` line.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Stats {
     pub r#type: &'static str,
+    #[schemars(extend("format" = "date-time"))]
     pub ts: String,
     pub uptime_s: u64,
     /// Records decoded from the ring buffer.

@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// One policy decision.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Decision {
     Evict(Eviction),
@@ -83,7 +83,31 @@ impl Decision {
 }
 
 /// Why a destination was ejected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// In the schema, a written decision's `ts` is always there ([`Decision::stamp`]).
+fn stamped(schema: &mut schemars::Schema) {
+    require(schema, &["ts"]);
+}
+
+/// A written suspicion has `ts` and `detect_us` (its trigger is always known).
+fn stamped_and_timed(schema: &mut schemars::Schema) {
+    require(schema, &["ts", "detect_us"]);
+}
+
+fn require(schema: &mut schemars::Schema, keys: &[&str]) {
+    let required = schema
+        .ensure_object()
+        .entry("required")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    if let serde_json::Value::Array(required) = required {
+        for key in keys {
+            if !required.iter().any(|k| k == key) {
+                required.push((*key).into());
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     Refused,
@@ -113,7 +137,7 @@ impl Reason {
 }
 
 /// The destination's record at the moment of the decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Evidence {
     pub attempts: u64,
     pub refused: u64,
@@ -143,7 +167,7 @@ impl Evidence {
 }
 
 /// How long an ejection lasts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct EjectionTerm {
     /// How many times this destination has been ejected (after decay), this one included.
     pub count: u32,
@@ -154,7 +178,7 @@ pub struct EjectionTerm {
 
 /// The kernel event that caused a decision, with where it came from: the process,
 /// its cgroup (v2 path, container, pod when resolved) and network namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Trigger {
     pub ktime_ns: u64,
     pub pid: u32,
@@ -192,7 +216,8 @@ impl From<&SynRetransmitRecord> for Trigger {
 }
 
 /// `{"type":"evict",...}`: take the destination out of rotation until `ejection.until`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(transform = stamped)]
 pub struct Eviction {
     pub dst: SocketAddr,
     /// For another network namespace's loopback: that namespace (see [`DestinationKey`]).
@@ -216,12 +241,16 @@ pub struct Eviction {
     pub local_outage: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect_us: Option<u64>,
+    /// RFC 3339 UTC with nanoseconds: when the decision was written (always there on
+    /// the wire; [`Decision::stamp`] sets it).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub ts: Option<String>,
 }
 
 /// `{"type":"reinstate",...}`: the ejection is over (expired, or lifted by hand).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(transform = stamped)]
 pub struct Reinstatement {
     pub dst: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -237,12 +266,16 @@ pub struct Reinstatement {
     /// The ejection was a fleet verdict of this host (`reason: fleet`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<Arc<str>>,
+    /// RFC 3339 UTC with nanoseconds: when the decision was written (always there on
+    /// the wire; [`Decision::stamp`] sets it).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub ts: Option<String>,
 }
 
 /// `{"type":"suspect",...}`: a pending connect's SYN was retransmitted; no ejection yet.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(transform = stamped_and_timed)]
 pub struct Suspicion {
     pub dst: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -250,14 +283,20 @@ pub struct Suspicion {
     pub role: Role,
     pub syn_retransmits: u32,
     pub trigger: Trigger,
+    /// Microseconds from the kernel event to the decision being written.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64")]
     pub detect_us: Option<u64>,
+    /// RFC 3339 UTC with nanoseconds: when the decision was written (always there on
+    /// the wire; [`Decision::stamp`] sets it).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub ts: Option<String>,
 }
 
 /// `{"type":"diagnosis","kind":...}`: something a person should look at.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(transform = stamped)]
 pub struct Diagnosis {
     #[serde(flatten)]
     pub finding: Finding,
@@ -267,12 +306,15 @@ pub struct Diagnosis {
     pub trigger_ktime_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect_us: Option<u64>,
+    /// RFC 3339 UTC with nanoseconds: when the decision was written (always there on
+    /// the wire; [`Decision::stamp`] sets it).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub ts: Option<String>,
 }
 
 /// What a diagnosis found; `kind` in the JSON.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Finding {
     /// A refused connect to loopback from another network namespace.

@@ -23,9 +23,10 @@ use crate::{
 };
 
 /// The policy at one moment.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PolicySnapshot {
     /// RFC 3339 time of the snapshot.
+    #[schemars(extend("format" = "date-time"))]
     pub ts: String,
     pub local_outage: bool,
     /// Pool members known to the percentage guard.
@@ -46,7 +47,7 @@ pub struct PolicySnapshot {
 }
 
 /// `[policy.evidence]` as in force: namespaces resolved to inode numbers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct EvidenceView {
     pub trust: Trust,
     pub netns: Vec<u32>,
@@ -65,7 +66,7 @@ impl EvidenceView {
 
 /// A cgroup that connected to a destination, with its path and container once the
 /// agent resolved them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CgroupTally {
     pub cgroup_id: u64,
     /// `cgroup`, `container`, `pod_uid`, each when known.
@@ -85,7 +86,7 @@ impl From<Tally<Cgroup>> for CgroupTally {
 }
 
 /// Where a destination stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DestinationState {
     Healthy,
@@ -97,7 +98,7 @@ pub enum DestinationState {
 pub use crate::source::event::OutcomeCounts;
 
 /// One destination.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct DestinationView {
     pub dst: SocketAddr,
     /// For another network namespace's loopback: that namespace.

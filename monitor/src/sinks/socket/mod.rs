@@ -35,7 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::{
     io::AsyncWriteExt as _,
     net::{UnixListener, UnixStream},
@@ -157,15 +157,16 @@ impl ServerStats {
 
     pub fn to_json(&self) -> Value {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        json!({
-            "clients": n(&self.clients),
-            "accepted": n(&self.accepted),
-            "refused_clients": n(&self.refused),
-            "lagged_messages": n(&self.lagged_messages),
-            "lagged_notices": n(&self.lagged_notices),
-            "protocol_errors": n(&self.protocol_errors),
-            "closed_for_errors": n(&self.closed_for_errors),
-        })
+        let counters = crate::protocol::ServerCounters {
+            clients: n(&self.clients),
+            accepted: n(&self.accepted),
+            refused_clients: n(&self.refused),
+            lagged_messages: n(&self.lagged_messages),
+            lagged_notices: n(&self.lagged_notices),
+            protocol_errors: n(&self.protocol_errors),
+            closed_for_errors: n(&self.closed_for_errors),
+        };
+        serde_json::to_value(counters).expect("counters serialize")
     }
 }
 
