@@ -307,6 +307,23 @@ impl Tracer {
 }
 
 /// Starts a process with stdout/stderr in files and waits until `ready` appears in either.
+/// bpftrace counting the same events as connmon (`BPFTRACE_COUNT`), its output in
+/// `<stem>.out`.
+fn bpftrace_counter(env: &Env, stem: &str) -> anyhow::Result<Tracer> {
+    let mut count = Command::new("bpftrace");
+    count.args(["-e", BPFTRACE_COUNT]);
+    let attached = "Attaching";
+    Ok(spawn_traced(
+        "bpftrace",
+        stem,
+        &mut count,
+        &env.dir,
+        attached,
+        Duration::from_secs(30),
+    )?
+    .0)
+}
+
 fn spawn_traced(
     name: &'static str,
     stem: &str,
@@ -493,17 +510,7 @@ impl Peer {
                 )?
                 .0,
             ),
-            Peer::Bpftrace => Some(
-                spawn_traced(
-                    "bpftrace",
-                    "bpftrace",
-                    Command::new("bpftrace").args(["-e", BPFTRACE_COUNT]),
-                    &env.dir,
-                    "Attaching",
-                    Duration::from_secs(30),
-                )?
-                .0,
-            ),
+            Peer::Bpftrace => Some(bpftrace_counter(env, "bpftrace")?),
         })
     }
 }

@@ -81,6 +81,6 @@ pub(crate) fn build_static(toolchain: &Toolchain) -> anyhow::Result<PathBuf> {
         run_cmd(Command::new("rustup").args(["target", "add", TARGET]))?;
     }
     let root = workspace_root();
-    crate::build::cargo_build(&toolchain, &["--release", "--target", TARGET])?;
+    crate::build::cargo_build(toolchain, &["--release", "--target", TARGET])?;
     Ok(root.join("target").join(TARGET).join("release/connmon"))
 }

@@ -486,7 +486,8 @@ fn traffic(
             }
         }
     };
-    let loops: [(&str, u64, Box<dyn FnMut() + Send>); 5] = [
+    type Round = Box<dyn FnMut() + Send>;
+    let loops: [(&str, u64, Round); 5] = [
         ("soak-established", 10, Box::new(established)),
         ("soak-refused", 20, Box::new(refused)),
         ("soak-reset", 100, Box::new(reset)),
@@ -621,7 +622,8 @@ fn write_report(
         of.iter().map(|s| (s.at_s, y(s) as f64)).unzip()
     };
     let all: Vec<&Sample> = samples.iter().collect();
-    let rows: [(&str, &[&Sample], fn(&Sample) -> u64); 9] = [
+    type Row<'a> = (&'static str, &'a [&'a Sample], fn(&Sample) -> u64);
+    let rows: [Row<'_>; 9] = [
         ("agent RSS (KiB)", &all, |s| s.rss_kib),
         ("open fds", &all, |s| s.fds),
         ("INFLIGHT entries", &all, |s| s.map_entries[0]),

@@ -1,4 +1,4 @@
-//! `cargo xtask test`: set-up, build, a smoke run of the benchmarks (`bench --quick`, so
+//! `cargo xtask test`: set-up, clippy with `-D warnings` (`--no-clippy` skips it), build, a smoke run of the benchmarks (`bench --quick`, so
 //! the harness cannot rot), every fuzz target for a bounded time (`fuzz::CI_SECONDS`), then every test in one `cargo nextest` run (all crates but
 //! `monitor-ebpf`, which only builds for the BPF target): unit tests in parallel, the
 //! root eBPF integration tests (package `connmon-integration`) one at a time (see
@@ -21,6 +21,9 @@ use crate::{bench, build, fuzz, image, kernels, package, pytools, run::is_root, 
 
 #[derive(clap::Args)]
 pub(crate) struct Options {
+    /// Skip clippy (`-D warnings` over every crate but the eBPF one), the first step.
+    #[arg(long)]
+    pub no_clippy: bool,
     /// Skip the benchmark smoke run.
     #[arg(long)]
     pub no_bench: bool,
@@ -42,6 +45,9 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         );
     }
     let toolchain = setup::run(&setup::Options::default())?;
+    if !opts.no_clippy {
+        clippy(&toolchain)?;
+    }
     let bench_result = if opts.no_bench {
         Ok(())
     } else {
@@ -144,6 +150,29 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     eprintln!("total: {passed} passed, {failed} failed");
     let _ = std::io::stderr().flush();
     result.map_err(|_| anyhow::Error::new(AlreadyReported))
+}
+
+/// Lints every crate but the eBPF one (its own target), tests and benches included; a
+/// warning fails the run before anything else is built.
+fn clippy(toolchain: &setup::Toolchain) -> anyhow::Result<()> {
+    let args = [
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    setup::say(format!("lints: cargo {}", args.join(" ")));
+    setup::run_cmd(
+        Command::new("cargo")
+            .current_dir(build::workspace_root())
+            .args(args)
+            .env("PATH", toolchain.path_env()),
+    )
+    .context("clippy found warnings (fix them, or `#[expect(clippy::…, reason = \"…\")]` where the lint is wrong; `--no-clippy` skips this step)")
 }
 
 /// An error whose message was already printed (before the closing `total:` line).

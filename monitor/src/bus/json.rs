@@ -62,7 +62,6 @@ struct Seen<'a> {
 }
 
 impl<'a> Seen<'a> {
-    #[expect(clippy::too_many_arguments, reason = "the fields both records share")]
     fn new(
         ktime_ns: u64,
         src: SocketAddr,

@@ -11,9 +11,11 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use serde::Serialize;
 
 use super::{
+    EjectionPolicy,
     decision::Reason,
     ejection::Standing,
     evidence::{EvidenceScope, Trust},
+    guard::allowed_ejections,
     pool::Role,
 };
 use crate::{
@@ -227,6 +229,81 @@ pub(super) fn view(
         origin: origin.map(|o| o.to_string()),
         top_processes: dest.top_processes(),
         top_cgroups: dest.top_cgroups().into_iter().map(Into::into).collect(),
+    }
+}
+
+impl EjectionPolicy {
+    /// Every tracked destination with its statistics and standing.
+    pub fn snapshot(&mut self, now: u64) -> PolicySnapshot {
+        let slot_ns = self.table.slot_ns();
+        let mut destinations: Vec<DestinationView> = self
+            .table
+            .iter()
+            .map(|(dst, dest)| {
+                view(
+                    dst,
+                    dest,
+                    now,
+                    slot_ns,
+                    &self.wall,
+                    self.fleet_origins.get(&dst),
+                )
+            })
+            .collect();
+        destinations.sort_by_key(|d| (d.dst, d.netns));
+        PolicySnapshot {
+            destinations,
+            ..self.snapshot_head(now)
+        }
+    }
+
+    /// What [`EjectionPolicy::snapshot`] is made of, copied — one clone per destination,
+    /// nothing rendered — for [`SnapshotCopy::into_snapshot`] to finish elsewhere: the
+    /// pipeline pays for the copy only. `resolve` gives the origin of each cgroup among
+    /// the destinations' top cgroups (asked once per cgroup).
+    pub fn snapshot_copy(
+        &mut self,
+        now: u64,
+        mut resolve: impl FnMut(u64) -> Option<Arc<crate::source::cgroup::CgroupOrigin>>,
+    ) -> SnapshotCopy {
+        let mut cgroups = HashMap::new();
+        let entries = self
+            .table
+            .iter()
+            .map(|(dst, dest)| {
+                for id in dest.cgroup_ids() {
+                    cgroups.entry(id).or_insert_with(|| resolve(id));
+                }
+                (dst, dest.clone())
+            })
+            .collect();
+        SnapshotCopy {
+            head: self.snapshot_head(now),
+            now,
+            slot_ns: self.table.slot_ns(),
+            wall: self.wall,
+            entries,
+            origins: self.fleet_origins.clone(),
+            cgroups,
+        }
+    }
+
+    /// A snapshot without its destinations.
+    fn snapshot_head(&mut self, now: u64) -> PolicySnapshot {
+        let known = self.known_members();
+        PolicySnapshot {
+            ts: self.wall.rfc3339(now),
+            local_outage: self.outage.active(),
+            known_members: known,
+            ejected: self.ejected(),
+            max_ejected: allowed_ejections(known, self.config.max_ejection_percent),
+            tracked: self.table.len(),
+            dropped_from_table: self.table.dropped(),
+            untracked_events: self.table.refused_when_full(),
+            untrusted_events: self.untrusted,
+            evidence: EvidenceView::of(&self.evidence),
+            destinations: Vec::new(),
+        }
     }
 }
 

@@ -271,7 +271,7 @@ impl DroppedCounts {
 
 impl FleetStats {
     /// ` fleet_published=.. ...` for the text `stats` line.
-    pub fn to_text(&self) -> String {
+    pub fn to_text(self) -> String {
         format!(
             " fleet_published={} fleet_received={} fleet_applied={} fleet_lifted={} fleet_guarded={} \
              fleet_ignored={} (untrusted={} local_outage={} quorum_pending={} echo={} expired={} \

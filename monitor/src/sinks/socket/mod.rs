@@ -47,7 +47,10 @@ use self::{
     peer::{Peer, Permissions},
     session::SessionContext,
 };
-use crate::{config::AgentConfig, log_limit::LogLimiter, sinks::SinkContext};
+use crate::{
+    config::AgentConfig, log_limit::LogLimiter, sinks::SinkContext,
+    stats::consumers::ConsumerCounters,
+};
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,9 @@ pub struct ServerStats {
     protocol_errors: AtomicU64,
     closed_for_errors: AtomicU64,
     lag_log: Mutex<LagLog>,
+    /// For the `stats` line: event lines queued to subscribers (sent), bus messages
+    /// they missed (dropped).
+    delivery: Arc<ConsumerCounters>,
 }
 
 /// Lag warnings are rate-limited: at most one line a minute, carrying what accumulated.
@@ -130,7 +136,13 @@ impl Default for LagLog {
 }
 
 impl ServerStats {
+    /// An event line went to a subscriber.
+    pub fn count_sent(&self) {
+        self.delivery.sent(1);
+    }
+
     pub fn count_lagged(&self, missed: u64) {
+        self.delivery.dropped(missed);
         self.lagged_messages.fetch_add(missed, Ordering::Relaxed);
         self.lagged_notices.fetch_add(1, Ordering::Relaxed);
         let Ok(mut log) = self.lag_log.lock() else {
@@ -193,7 +205,10 @@ pub async fn start(
             allowed_gids: agent.allowed_gids.clone(),
         }),
         default_ejection,
-        stats: Arc::new(ServerStats::default()),
+        stats: Arc::new(ServerStats {
+            delivery: cx.consumer_counters("socket"),
+            ..ServerStats::default()
+        }),
         shutdown: shutdown.clone(),
     };
     let limit = Arc::new(Semaphore::new(agent.max_clients));
