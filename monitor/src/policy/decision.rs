@@ -83,7 +83,7 @@ impl Decision {
 }
 
 /// Why a destination was ejected.
-/// In the schema, a written decision's `ts` is always there ([`Decision::stamp`]).
+/// In the schema, a written decision has `ts` ([`Decision::stamp`]).
 fn stamped(schema: &mut schemars::Schema) {
     require(schema, &["ts"]);
 }
@@ -93,17 +93,26 @@ fn stamped_and_timed(schema: &mut schemars::Schema) {
     require(schema, &["ts", "detect_us"]);
 }
 
+/// Makes `keys` required, non-null: `ts` an RFC 3339 time (UTC, nanoseconds) and
+/// `detect_us` the microseconds from the kernel event to the decision being written.
 fn require(schema: &mut schemars::Schema, keys: &[&str]) {
-    let required = schema
-        .ensure_object()
+    let object = schema.ensure_object();
+    if let Some(serde_json::Value::Object(properties)) = object.get_mut("properties") {
+        for key in keys {
+            let written = match *key {
+                "ts" => serde_json::json!({"type": "string", "format": "date-time",
+                    "description": "RFC 3339 UTC with nanoseconds: when the decision was written"}),
+                _ => serde_json::json!({"type": "integer", "format": "uint64", "minimum": 0,
+                    "description": "microseconds from the kernel event to the decision being written"}),
+            };
+            properties.insert((*key).to_owned(), written);
+        }
+    }
+    let required = object
         .entry("required")
         .or_insert_with(|| serde_json::Value::Array(Vec::new()));
     if let serde_json::Value::Array(required) = required {
-        for key in keys {
-            if !required.iter().any(|k| k == key) {
-                required.push((*key).into());
-            }
-        }
+        required.extend(keys.iter().map(|&k| serde_json::Value::from(k)));
     }
 }
 
@@ -241,10 +250,7 @@ pub struct Eviction {
     pub local_outage: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect_us: Option<u64>,
-    /// RFC 3339 UTC with nanoseconds: when the decision was written (always there on
-    /// the wire; [`Decision::stamp`] sets it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "date-time"))]
     pub ts: Option<String>,
 }
 
@@ -266,10 +272,7 @@ pub struct Reinstatement {
     /// The ejection was a fleet verdict of this host (`reason: fleet`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<Arc<str>>,
-    /// RFC 3339 UTC with nanoseconds: when the decision was written (always there on
-    /// the wire; [`Decision::stamp`] sets it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "date-time"))]
     pub ts: Option<String>,
 }
 
@@ -283,14 +286,9 @@ pub struct Suspicion {
     pub role: Role,
     pub syn_retransmits: u32,
     pub trigger: Trigger,
-    /// Microseconds from the kernel event to the decision being written.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "u64")]
     pub detect_us: Option<u64>,
-    /// RFC 3339 UTC with nanoseconds: when the decision was written (always there on
-    /// the wire; [`Decision::stamp`] sets it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "date-time"))]
     pub ts: Option<String>,
 }
 
@@ -306,10 +304,7 @@ pub struct Diagnosis {
     pub trigger_ktime_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect_us: Option<u64>,
-    /// RFC 3339 UTC with nanoseconds: when the decision was written (always there on
-    /// the wire; [`Decision::stamp`] sets it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "date-time"))]
     pub ts: Option<String>,
 }
 
