@@ -95,6 +95,8 @@ struct Pipeline {
     gauges: Arc<Gauges>,
     /// The fleet link's counters, for the `stats` line (`[fleet]` on).
     fleet: Option<Arc<crate::stats::fleet::FleetCounters>>,
+    /// Every consumer's delivery counters, for the `stats` line.
+    consumers: Arc<crate::stats::consumers::Consumers>,
 }
 
 /// The pipeline's side of the handshake checks: the schedule, the prober's queue, and
@@ -430,6 +432,7 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         .fleet
         .enabled()
         .then(|| Arc::new(crate::stats::fleet::FleetCounters::default()));
+    let consumers = Arc::new(crate::stats::consumers::Consumers::default());
     let (control_tx, mut control_rx) = control::channel();
     // Consumers of the bus and the control channel run as their own tasks; each gets a
     // receiver from `bus.subscribe()` and stops when `shutdown` is cancelled.
@@ -443,6 +446,7 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         clock,
         gauges: Arc::clone(&gauges),
         fleet: fleet.clone(),
+        consumers: Arc::clone(&consumers),
     };
     let checks = config.checks.effective();
     let inline = crate::sinks::start(&config, &cx).await?;
@@ -473,6 +477,7 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         decode_warn: LogLimiter::new(Duration::from_secs(10)),
         gauges,
         fleet,
+        consumers,
     };
     // Before the state file: an ejection that expired while connmon was down is then
     // verified like any other.
@@ -720,6 +725,7 @@ fn snapshot(
         decode_errors: counters.decode_errors,
         probes: checks_used.then_some(probes),
         fleet: pipe.fleet.as_ref().map(|f| f.snapshot()),
+        consumers: pipe.consumers.snapshot(),
         is_final,
     })
 }

@@ -340,6 +340,12 @@ fn validate_socket(a: &AgentConfig) -> Result<(), Invalid> {
 mod tests {
     use super::*;
 
+    /// The error a configuration that parses but does not validate gives.
+    fn rejected(text: &str) -> String {
+        let config = Config::parse(Path::new("x"), text).expect("parses");
+        config.validate().expect_err("invalid").to_string()
+    }
+
     #[test]
     fn empty_file_is_the_defaults_and_round_trips() {
         let c = Config::parse(Path::new("x.toml"), "").unwrap();
@@ -379,14 +385,12 @@ mod tests {
 
     #[test]
     fn invalid_values_name_key_value_and_what_is_allowed() {
-        let c = Config::parse(Path::new("x"), "[agent]\nring_buffer_bytes = 5000\n").unwrap();
         assert_eq!(
-            c.validate().unwrap_err().to_string(),
+            rejected("[agent]\nring_buffer_bytes = 5000\n"),
             "agent.ring_buffer_bytes = 5000: ring buffer size 5000 must be a power of two and at least 4096 bytes (e.g. 262144)"
         );
-        let c = Config::parse(Path::new("x"), "[policy]\nfailure_ratio = 1.5\n").unwrap();
         assert_eq!(
-            c.validate().unwrap_err().to_string(),
+            rejected("[policy]\nfailure_ratio = 1.5\n"),
             "policy.failure_ratio = 1.5: must be between 0 and 1 (greater than 0)"
         );
         let c = Config::parse(Path::new("x"), "[policy]\npool = [\"not-an-address\"]\n").unwrap();
@@ -408,9 +412,8 @@ mod tests {
         assert_eq!(c.checks.idle_after, Duration::from_secs(30));
         assert!(c.checks.verify_before_reinstate, "default on");
         c.validate().unwrap();
-        let c = Config::parse(Path::new("x"), "[checks]\nmax_in_flight = 0\n").unwrap();
         assert_eq!(
-            c.validate().unwrap_err().to_string(),
+            rejected("[checks]\nmax_in_flight = 0\n"),
             "checks.max_in_flight = 0: must be between 1 and 65536"
         );
         let err = Config::parse(Path::new("x"), "[checks]\nforced_off = true\n")
@@ -441,14 +444,12 @@ mod tests {
             Config::default().agent.socket,
             PathBuf::from(DEFAULT_SOCKET)
         );
-        let c = Config::parse(Path::new("x"), "[agent]\nsocket = \"relative.sock\"\n").unwrap();
         assert_eq!(
-            c.validate().unwrap_err().to_string(),
+            rejected("[agent]\nsocket = \"relative.sock\"\n"),
             "agent.socket = \"relative.sock\": must be an absolute path of at most 100 bytes"
         );
-        let c = Config::parse(Path::new("x"), "[agent]\nmax_clients = 0\n").unwrap();
         assert_eq!(
-            c.validate().unwrap_err().to_string(),
+            rejected("[agent]\nmax_clients = 0\n"),
             "agent.max_clients = 0: must be between 1 and 4096"
         );
         let c = Config::parse(Path::new("x"), "[agent]\nmax_clients_per_uid = 0\n").unwrap();

@@ -9,7 +9,7 @@ use std::{
     fs::File,
     io::{BufRead as _, BufReader},
     os::unix::fs::MetadataExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -224,6 +224,13 @@ impl Agent {
     /// loopback, not to the test's namespace).
     pub fn start(extra_args: &[&str]) -> Self {
         Self::start_with(extra_args, |_| {})
+    }
+
+    /// [`Agent::start`] with the configuration file `config` and the control socket
+    /// `socket`.
+    pub fn start_serving(config: &Path, socket: &Path) -> Self {
+        let utf8 = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        Self::start(&["--config", &utf8(config), "--socket", &utf8(socket)])
     }
 
     /// Starts the agent inside `ns` (its own connects — handshake checks — then reach

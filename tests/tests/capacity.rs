@@ -26,7 +26,7 @@ fn fork_pending_connects(
     if pid > 0 {
         return pid;
     }
-    // SAFETY (whole child): raw system calls on valid pointers; no allocation, no locks.
+    // SAFETY: (whole child) raw system calls on valid pointers; no allocation, no locks.
     unsafe {
         for i in 0..count {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);

@@ -32,12 +32,7 @@ fn start_agent(tag: &str, extra_policy: &str) -> (Agent, PathBuf) {
         ),
     );
     let socket = dir.join("sock").join("connmon.sock");
-    let agent = Agent::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--socket",
-        socket.to_str().unwrap(),
-    ]);
+    let agent = Agent::start_serving(&config, &socket);
     wait_for_socket(&socket, &agent);
     (agent, socket)
 }

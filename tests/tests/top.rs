@@ -142,12 +142,7 @@ fn top_shows_failing_pool_members_and_answers_its_keys() {
         ),
     );
     let socket = dir.join("connmon.sock");
-    let _agent = Agent::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--socket",
-        socket.to_str().unwrap(),
-    ]);
+    let _agent = Agent::start_serving(&config, &socket);
     let tmux = Tmux::start("top", &["--socket", socket.to_str().unwrap()]);
     tmux.wait_for("the header", |s| {
         s.contains("connects/s") && s.contains("DESTINATION")
@@ -259,12 +254,7 @@ fn watch_on_a_terminal_prints_decisions_as_columns_and_honours_no_color() {
         "[policy]\nmax_ejection_percent = 100\noutage_min_destinations = 0\n",
     );
     let socket = dir.join("connmon.sock");
-    let _agent = Agent::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--socket",
-        socket.to_str().unwrap(),
-    ]);
+    let _agent = Agent::start_serving(&config, &socket);
     let watch = |env: &str| {
         format!(
             "env {env} {} watch --types evict --socket {}",

@@ -169,19 +169,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         ("bpftool", "bpftool"),
     ])?;
     let root = build::workspace_root();
-    setup::run_cmd(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args([
-                "build",
-                "--release",
-                "--package",
-                "monitor",
-                "--package",
-                "connmon-bench",
-            ])
-            .env("PATH", toolchain.path_env()),
-    )?;
+    build::cargo_build(&toolchain, &["--release", "--package", "connmon-bench"])?;
     let release = root.join("target/release");
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
@@ -319,6 +307,23 @@ impl Tracer {
 }
 
 /// Starts a process with stdout/stderr in files and waits until `ready` appears in either.
+/// bpftrace counting the same events as connmon (`BPFTRACE_COUNT`), its output in
+/// `<stem>.out`.
+fn bpftrace_counter(env: &Env, stem: &str) -> anyhow::Result<Tracer> {
+    let mut count = Command::new("bpftrace");
+    count.args(["-e", BPFTRACE_COUNT]);
+    let attached = "Attaching";
+    Ok(spawn_traced(
+        "bpftrace",
+        stem,
+        &mut count,
+        &env.dir,
+        attached,
+        Duration::from_secs(30),
+    )?
+    .0)
+}
+
 fn spawn_traced(
     name: &'static str,
     stem: &str,
@@ -505,17 +510,7 @@ impl Peer {
                 )?
                 .0,
             ),
-            Peer::Bpftrace => Some(
-                spawn_traced(
-                    "bpftrace",
-                    "bpftrace",
-                    Command::new("bpftrace").args(["-e", BPFTRACE_COUNT]),
-                    &env.dir,
-                    "Attaching",
-                    Duration::from_secs(30),
-                )?
-                .0,
-            ),
+            Peer::Bpftrace => Some(bpftrace_counter(env, "bpftrace")?),
         })
     }
 }

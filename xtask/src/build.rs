@@ -22,18 +22,23 @@ pub(crate) fn workspace_root() -> PathBuf {
 /// Builds the agent; returns the path of the `connmon` binary.
 pub(crate) fn build_agent(toolchain: &Toolchain, release: bool) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(&root)
-        .args(["build", "--package", "monitor"])
-        .env("PATH", toolchain.path_env());
-    if release {
-        cmd.arg("--release");
-    }
-    run_cmd(&mut cmd)?;
+    let profile: &[&str] = if release { &["--release"] } else { &[] };
+    cargo_build(toolchain, profile)?;
     Ok(root
         .join("target")
         .join(if release { "release" } else { "debug" })
         .join("connmon"))
+}
+
+/// `cargo build --package monitor ARGS` in the workspace, with the bpf-linker on PATH.
+pub(crate) fn cargo_build(toolchain: &Toolchain, args: &[&str]) -> anyhow::Result<()> {
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(workspace_root())
+            .args(["build", "--package", "monitor"])
+            .args(args)
+            .env("PATH", toolchain.path_env()),
+    )
 }
 
 pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {

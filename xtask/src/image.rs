@@ -81,18 +81,6 @@ pub(crate) fn build_static(toolchain: &Toolchain) -> anyhow::Result<PathBuf> {
         run_cmd(Command::new("rustup").args(["target", "add", TARGET]))?;
     }
     let root = workspace_root();
-    run_cmd(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args([
-                "build",
-                "--release",
-                "--package",
-                "monitor",
-                "--target",
-                TARGET,
-            ])
-            .env("PATH", toolchain.path_env()),
-    )?;
+    crate::build::cargo_build(toolchain, &["--release", "--target", TARGET])?;
     Ok(root.join("target").join(TARGET).join("release/connmon"))
 }

@@ -415,11 +415,7 @@ fn ensure_kernel(release: &str) -> anyhow::Result<PathBuf> {
                 // The cache is under root's home, which apt's `_apt` user cannot enter.
                 .args(["-o", "APT::Sandbox::User=root", "download", "-q", &package]),
         )?;
-        let deb = fs::read_dir(&staging)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .context("apt-get download left no .deb")?;
+        let deb = crate::setup::file_with_extension(&staging, "deb", "apt-get download")?;
         let tree = staging.join("tree");
         run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
         if !tree.join(format!("boot/vmlinuz-{release}")).is_file() {

@@ -333,11 +333,7 @@ fn build_wheel() -> anyhow::Result<Option<PathBuf>> {
             .arg(&dist)
             .arg(&project),
     )?;
-    let wheel = fs::read_dir(&dist)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .context("pip wheel wrote no .whl")?;
+    let wheel = crate::setup::file_with_extension(&dist, "whl", "pip wheel")?;
     Ok(Some(wheel))
 }
 

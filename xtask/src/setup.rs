@@ -13,7 +13,7 @@
 //! - the Python tests' virtualenv (`pyenv`).
 
 use std::{
-    env,
+    env, fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -381,6 +381,16 @@ pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(packages);
     apt(&args)
+}
+
+/// The first file in `dir` whose name ends in `.ext`; `what` names the step that should
+/// have written it, for the error.
+pub(crate) fn file_with_extension(dir: &Path, ext: &str, what: &str) -> anyhow::Result<PathBuf> {
+    fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == ext))
+        .with_context(|| format!("{what} left no .{ext} in {}", dir.display()))
 }
 
 /// `~/.cache/connmon`: the project's caches outside the repository (bpf-linker builds,

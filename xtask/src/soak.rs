@@ -140,8 +140,21 @@ pub(crate) fn run(
     let counters = Arc::new(Counters::default());
     let mut workers = Vec::new();
     workers.extend(traffic(&ns, &stop, &counters)?);
-    workers.push(pool_churn(&socket, &stop, &counters));
-    workers.push(subscribers(&socket, &stop, &counters));
+    let every = |secs| Duration::from_secs(secs);
+    workers.push(rounds(
+        "soak-pool",
+        None,
+        &stop,
+        every(1),
+        pool_churn(&socket, &counters),
+    ));
+    workers.push(rounds(
+        "soak-subscribers",
+        None,
+        &stop,
+        every(2),
+        subscriber(&socket, &counters),
+    ));
 
     let started = Instant::now();
     let mut samples = Vec::new();
@@ -365,13 +378,27 @@ fn in_ns(
     name: &str,
     stop: &Arc<AtomicBool>,
     pause: Duration,
+    f: impl FnMut() + Send + 'static,
+) -> thread::JoinHandle<()> {
+    rounds(name, Some(ns.path()), stop, pause, f)
+}
+
+/// Spawns a thread named `name` (in the namespace at `ns` when given) that calls `f`
+/// until `stop`, with `pause` between rounds.
+fn rounds(
+    name: &str,
+    ns: Option<std::path::PathBuf>,
+    stop: &Arc<AtomicBool>,
+    pause: Duration,
     mut f: impl FnMut() + Send + 'static,
 ) -> thread::JoinHandle<()> {
-    let (path, stop) = (ns.path(), Arc::clone(stop));
+    let stop = Arc::clone(stop);
     thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            enter(&path);
+            if let Some(path) = ns {
+                enter(&path);
+            }
             while !stop.load(Ordering::Relaxed) {
                 f();
                 thread::sleep(pause);
@@ -423,150 +450,113 @@ fn traffic(
             }
         }
     }));
+    // One client loop per kind of traffic: (thread name, pause, what one round does).
+    let (c, mut port) = (Arc::clone(counters), REFUSED_PORTS.start);
+    let established = move || {
+        if TcpStream::connect((LOCAL, ESTABLISHED_PORT)).is_ok() {
+            c.established.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     let c = Arc::clone(counters);
-    handles.push(in_ns(
-        ns,
-        "soak-established",
-        stop,
-        Duration::from_millis(10),
-        move || {
-            let addr: SocketAddr = format!("{LOCAL}:{ESTABLISHED_PORT}").parse().expect("addr");
-            if TcpStream::connect(addr).is_ok() {
-                c.established.fetch_add(1, Ordering::Relaxed);
-            }
-        },
-    ));
+    let refused = move || {
+        if TcpStream::connect((LOCAL, port)).is_err() {
+            c.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        port = if port + 1 >= REFUSED_PORTS.end {
+            REFUSED_PORTS.start
+        } else {
+            port + 1
+        };
+    };
     let c = Arc::clone(counters);
-    let mut port = REFUSED_PORTS.start;
-    handles.push(in_ns(
-        ns,
-        "soak-refused",
-        stop,
-        Duration::from_millis(20),
-        move || {
-            let addr: SocketAddr = format!("{LOCAL}:{port}").parse().expect("addr");
-            if TcpStream::connect(addr).is_err() {
-                c.refused.fetch_add(1, Ordering::Relaxed);
+    let reset = move || {
+        if let Ok(mut s) = TcpStream::connect((LOCAL, RESET_PORT)) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            if s.read(&mut [0u8; 1]).is_err() {
+                c.resets.fetch_add(1, Ordering::Relaxed);
             }
-            port = if port + 1 >= REFUSED_PORTS.end {
-                REFUSED_PORTS.start
-            } else {
-                port + 1
-            };
-        },
-    ));
-    let c = Arc::clone(counters);
-    handles.push(in_ns(
-        ns,
-        "soak-reset",
-        stop,
-        Duration::from_millis(100),
-        move || {
-            let addr: SocketAddr = format!("{LOCAL}:{RESET_PORT}").parse().expect("addr");
-            if let Ok(mut s) = TcpStream::connect(addr) {
-                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                let mut buf = [0u8; 1];
-                if s.read(&mut buf).is_err() {
-                    c.resets.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        },
-    ));
-    for i in 0..2 {
+        }
+    };
+    let blackhole = |i: u16| {
         let c = Arc::clone(counters);
-        handles.push(in_ns(
-            ns,
-            "soak-blackhole",
-            stop,
-            Duration::from_millis(200),
-            move || {
-                let addr: SocketAddr = format!("{BLACKHOLE}:{}", 80 + i).parse().expect("addr");
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).is_err() {
-                    c.abandoned.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-        ));
+        move || {
+            let addr: SocketAddr = format!("{BLACKHOLE}:{}", 80 + i).parse().expect("addr");
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).is_err() {
+                c.abandoned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    type Round = Box<dyn FnMut() + Send>;
+    let loops: [(&str, u64, Round); 5] = [
+        ("soak-established", 10, Box::new(established)),
+        ("soak-refused", 20, Box::new(refused)),
+        ("soak-reset", 100, Box::new(reset)),
+        ("soak-blackhole", 200, Box::new(blackhole(0))),
+        ("soak-blackhole", 200, Box::new(blackhole(1))),
+    ];
+    for (name, pause_ms, f) in loops {
+        handles.push(in_ns(ns, name, stop, Duration::from_millis(pause_ms), f));
     }
     Ok(handles)
 }
 
-/// Adds and removes pool members through the socket, once a second.
-fn pool_churn(
-    socket: &Path,
-    stop: &Arc<AtomicBool>,
-    counters: &Arc<Counters>,
-) -> thread::JoinHandle<()> {
-    let (socket, stop, c) = (socket.to_owned(), Arc::clone(stop), Arc::clone(counters));
-    thread::spawn(move || {
-        let mut round = 0u32;
-        while !stop.load(Ordering::Relaxed) {
-            round += 1;
-            if let Ok(mut s) = UnixStream::connect(&socket) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let member = format!("10.201.{}.{}:80", (round / 250) % 250, round % 250);
-                let mut lines = String::new();
-                for cmd in [
-                    json!({"cmd": "pool", "op": "add", "members": [member]}),
-                    json!({"cmd": "pool", "op": "remove", "members": [format!("10.201.{}.{}:80", ((round + 125) / 250) % 250, (round + 125) % 250)]}),
-                    json!({"cmd": "snapshot"}),
-                ] {
-                    lines.push_str(&cmd.to_string());
-                    lines.push('\n');
-                }
-                if s.write_all(lines.as_bytes()).is_ok() {
-                    let _ = s.shutdown(std::net::Shutdown::Write);
-                    let mut sink = Vec::new();
-                    let _ = s.read_to_end(&mut sink);
-                    c.pool_changes.fetch_add(2, Ordering::Relaxed);
-                }
-            }
-            thread::sleep(Duration::from_secs(1));
+/// One round of pool churn: adds and removes a member through the socket.
+fn pool_churn(socket: &Path, counters: &Arc<Counters>) -> impl FnMut() + Send + 'static {
+    let (socket, c, mut round) = (socket.to_owned(), Arc::clone(counters), 0u32);
+    let member = |n: u32| format!("10.201.{}.{}:80", (n / 250) % 250, n % 250);
+    move || {
+        round += 1;
+        let Ok(mut s) = UnixStream::connect(&socket) else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut lines = String::new();
+        for cmd in [
+            json!({"cmd": "pool", "op": "add", "members": [member(round)]}),
+            json!({"cmd": "pool", "op": "remove", "members": [member(round + 125)]}),
+            json!({"cmd": "snapshot"}),
+        ] {
+            lines.push_str(&cmd.to_string());
+            lines.push('\n');
         }
-    })
+        if s.write_all(lines.as_bytes()).is_ok() {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let _ = s.read_to_end(&mut Vec::new());
+            c.pool_changes.fetch_add(2, Ordering::Relaxed);
+        }
+    }
 }
 
-/// Every 2 s a subscriber arrives: every other one reads for 3 s, the others never read
-/// (they lag) and vanish after 5 s.
-fn subscribers(
-    socket: &Path,
-    stop: &Arc<AtomicBool>,
-    counters: &Arc<Counters>,
-) -> thread::JoinHandle<()> {
-    let (socket, stop, c) = (socket.to_owned(), Arc::clone(stop), Arc::clone(counters));
-    thread::spawn(move || {
-        let mut n = 0u64;
-        let mut handles: Vec<thread::JoinHandle<()>> = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            n += 1;
-            let socket = socket.clone();
-            let reads = n.is_multiple_of(2);
-            if !reads {
-                c.lagging_subscribers.fetch_add(1, Ordering::Relaxed);
-            }
-            c.subscribers.fetch_add(1, Ordering::Relaxed);
-            handles.push(thread::spawn(move || {
-                let Ok(mut s) = UnixStream::connect(&socket) else {
-                    return;
-                };
-                let _ = s.write_all(b"{\"cmd\":\"subscribe\"}\n");
-                let until = Instant::now() + Duration::from_secs(if reads { 3 } else { 5 });
-                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-                let mut buf = vec![0u8; 64 * 1024];
-                while Instant::now() < until {
-                    if reads {
-                        let _ = s.read(&mut buf);
-                    } else {
-                        thread::sleep(Duration::from_millis(200));
-                    }
+/// One round of subscribers (every 2 s): a subscriber arrives; every other one reads
+/// for 3 s, the others never read (they lag) and vanish after 5 s.
+fn subscriber(socket: &Path, counters: &Arc<Counters>) -> impl FnMut() + Send + 'static {
+    let (socket, c, mut n) = (socket.to_owned(), Arc::clone(counters), 0u64);
+    move || {
+        n += 1;
+        let socket = socket.clone();
+        let reads = n.is_multiple_of(2);
+        if !reads {
+            c.lagging_subscribers.fetch_add(1, Ordering::Relaxed);
+        }
+        c.subscribers.fetch_add(1, Ordering::Relaxed);
+        // Detached: each ends by itself within 5 s.
+        thread::spawn(move || {
+            let Ok(mut s) = UnixStream::connect(&socket) else {
+                return;
+            };
+            let _ = s.write_all(b"{\"cmd\":\"subscribe\"}\n");
+            let until = Instant::now() + Duration::from_secs(if reads { 3 } else { 5 });
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = vec![0u8; 64 * 1024];
+            while Instant::now() < until {
+                if reads {
+                    let _ = s.read(&mut buf);
+                } else {
+                    thread::sleep(Duration::from_millis(200));
                 }
-            }));
-            handles.retain(|h| !h.is_finished());
-            thread::sleep(Duration::from_secs(2));
-        }
-        for h in handles {
-            let _ = h.join();
-        }
-    })
+            }
+        });
+    }
 }
 
 /// Least-squares slope of `ys` over `xs`, per hour of `xs` in seconds.
@@ -632,7 +622,8 @@ fn write_report(
         of.iter().map(|s| (s.at_s, y(s) as f64)).unzip()
     };
     let all: Vec<&Sample> = samples.iter().collect();
-    let rows: [(&str, &[&Sample], fn(&Sample) -> u64); 9] = [
+    type Row<'a> = (&'static str, &'a [&'a Sample], fn(&Sample) -> u64);
+    let rows: [Row<'_>; 9] = [
         ("agent RSS (KiB)", &all, |s| s.rss_kib),
         ("open fds", &all, |s| s.fds),
         ("INFLIGHT entries", &all, |s| s.map_entries[0]),

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: set-up, build, a smoke run of the benchmarks (`bench --quick`, so
+//! `cargo xtask test`: set-up, clippy with `-D warnings` (`--no-clippy` skips it; a
+//! warning fails the run at the end), build, a smoke run of the benchmarks (`bench --quick`, so
 //! the harness cannot rot), every fuzz target for a bounded time (`fuzz::CI_SECONDS`), then every test in one `cargo nextest` run (all crates but
 //! `monitor-ebpf`, which only builds for the BPF target): unit tests in parallel, the
 //! root eBPF integration tests (package `connmon-integration`) one at a time (see
@@ -21,6 +22,9 @@ use crate::{bench, build, fuzz, image, kernels, package, pytools, run::is_root, 
 
 #[derive(clap::Args)]
 pub(crate) struct Options {
+    /// Skip clippy (`-D warnings` over every crate but the eBPF one), the first step.
+    #[arg(long)]
+    pub no_clippy: bool,
     /// Skip the benchmark smoke run.
     #[arg(long)]
     pub no_bench: bool,
@@ -42,6 +46,12 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         );
     }
     let toolchain = setup::run(&setup::Options::default())?;
+    // A warning fails the run, but only at the end: the tests still run and report.
+    let clippy_result = if opts.no_clippy {
+        Ok(())
+    } else {
+        clippy(&toolchain)
+    };
     let bench_result = if opts.no_bench {
         Ok(())
     } else {
@@ -122,7 +132,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         Ok(())
     });
     let result = match (bench_result, fuzz_result, tests_result, matrix_result) {
-        (Ok(()), Ok(()), Ok(()), Ok(())) => Ok(()),
+        (Ok(()), Ok(()), Ok(()), Ok(())) => clippy_result,
         (_, _, Err(tests), _) => Err(tests),
         (_, _, Ok(()), Err(matrix)) => Err(matrix),
         (Err(bench), _, Ok(()), Ok(())) => {
@@ -144,6 +154,29 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     eprintln!("total: {passed} passed, {failed} failed");
     let _ = std::io::stderr().flush();
     result.map_err(|_| anyhow::Error::new(AlreadyReported))
+}
+
+/// Lints every crate but the eBPF one (its own target), tests and benches included; a
+/// warning fails the run (after the tests, which still run).
+fn clippy(toolchain: &setup::Toolchain) -> anyhow::Result<()> {
+    let args = [
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    setup::say(format!("lints: cargo {}", args.join(" ")));
+    setup::run_cmd(
+        Command::new("cargo")
+            .current_dir(build::workspace_root())
+            .args(args)
+            .env("PATH", toolchain.path_env()),
+    )
+    .context("clippy found warnings (fix them, or `#[expect(clippy::…, reason = \"…\")]` where the lint is wrong; `--no-clippy` skips this step)")
 }
 
 /// An error whose message was already printed (before the closing `total:` line).

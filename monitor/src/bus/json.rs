@@ -11,8 +11,8 @@ use crate::{
     source::event::{Attribution, Comm, ConnectRecord, Family, Outcome, SynRetransmitRecord},
 };
 
-#[derive(Serialize)]
-struct ConnectLine<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct ConnectLine<'a> {
     r#type: &'static str,
     outcome: Outcome,
     #[serde(flatten)]
@@ -25,8 +25,8 @@ struct ConnectLine<'a> {
     probe: bool,
 }
 
-#[derive(Serialize)]
-struct SynRetransmitLine<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct SynRetransmitLine<'a> {
     r#type: &'static str,
     #[serde(flatten)]
     who: Seen<'a>,
@@ -38,8 +38,9 @@ struct SynRetransmitLine<'a> {
 
 /// What every kernel event line says: when, between which addresses, from which
 /// process.
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct Seen<'a> {
+    #[schemars(extend("format" = "date-time"))]
     ts: String,
     ktime_ns: u64,
     src: SocketAddr,
@@ -61,7 +62,6 @@ struct Seen<'a> {
 }
 
 impl<'a> Seen<'a> {
-    #[expect(clippy::too_many_arguments, reason = "the fields both records share")]
     fn new(
         ktime_ns: u64,
         src: SocketAddr,

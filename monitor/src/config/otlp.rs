@@ -19,6 +19,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
+use strum::{EnumString, IntoStaticStr};
 
 use crate::{
     invalid::Invalid,
@@ -26,17 +27,7 @@ use crate::{
 };
 
 /// How spans and metrics travel to the collector.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    strum::IntoStaticStr,
-    strum::EnumString,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr, EnumString)]
 pub enum Protocol {
     #[serde(rename = "grpc")]
     #[strum(serialize = "grpc")]

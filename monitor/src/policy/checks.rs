@@ -216,7 +216,7 @@ impl ProbeEnded {
 }
 
 /// Probe totals for `stats` and OTLP (kept apart from the clients' outcomes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ProbeCounts {
     /// Probes handed to the prober.
     pub sent: u64,

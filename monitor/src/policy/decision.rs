@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// One policy decision.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Decision {
     Evict(Eviction),
@@ -83,7 +83,40 @@ impl Decision {
 }
 
 /// Why a destination was ejected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// In the schema, a written decision has `ts` ([`Decision::stamp`]).
+fn stamped(schema: &mut schemars::Schema) {
+    require(schema, &["ts"]);
+}
+
+/// A written suspicion has `ts` and `detect_us` (its trigger is always known).
+fn stamped_and_timed(schema: &mut schemars::Schema) {
+    require(schema, &["ts", "detect_us"]);
+}
+
+/// Makes `keys` required, non-null: `ts` an RFC 3339 time (UTC, nanoseconds) and
+/// `detect_us` the microseconds from the kernel event to the decision being written.
+fn require(schema: &mut schemars::Schema, keys: &[&str]) {
+    let object = schema.ensure_object();
+    if let Some(serde_json::Value::Object(properties)) = object.get_mut("properties") {
+        for key in keys {
+            let written = match *key {
+                "ts" => serde_json::json!({"type": "string", "format": "date-time",
+                    "description": "RFC 3339 UTC with nanoseconds: when the decision was written"}),
+                _ => serde_json::json!({"type": "integer", "format": "uint64", "minimum": 0,
+                    "description": "microseconds from the kernel event to the decision being written"}),
+            };
+            properties.insert((*key).to_owned(), written);
+        }
+    }
+    let required = object
+        .entry("required")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    if let serde_json::Value::Array(required) = required {
+        required.extend(keys.iter().map(|&k| serde_json::Value::from(k)));
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     Refused,
@@ -113,7 +146,7 @@ impl Reason {
 }
 
 /// The destination's record at the moment of the decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Evidence {
     pub attempts: u64,
     pub refused: u64,
@@ -143,7 +176,7 @@ impl Evidence {
 }
 
 /// How long an ejection lasts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct EjectionTerm {
     /// How many times this destination has been ejected (after decay), this one included.
     pub count: u32,
@@ -154,7 +187,7 @@ pub struct EjectionTerm {
 
 /// The kernel event that caused a decision, with where it came from: the process,
 /// its cgroup (v2 path, container, pod when resolved) and network namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Trigger {
     pub ktime_ns: u64,
     pub pid: u32,
@@ -192,7 +225,8 @@ impl From<&SynRetransmitRecord> for Trigger {
 }
 
 /// `{"type":"evict",...}`: take the destination out of rotation until `ejection.until`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(transform = stamped)]
 pub struct Eviction {
     pub dst: SocketAddr,
     /// For another network namespace's loopback: that namespace (see [`DestinationKey`]).
@@ -221,7 +255,8 @@ pub struct Eviction {
 }
 
 /// `{"type":"reinstate",...}`: the ejection is over (expired, or lifted by hand).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(transform = stamped)]
 pub struct Reinstatement {
     pub dst: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -242,7 +277,8 @@ pub struct Reinstatement {
 }
 
 /// `{"type":"suspect",...}`: a pending connect's SYN was retransmitted; no ejection yet.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(transform = stamped_and_timed)]
 pub struct Suspicion {
     pub dst: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,7 +293,8 @@ pub struct Suspicion {
 }
 
 /// `{"type":"diagnosis","kind":...}`: something a person should look at.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(transform = stamped)]
 pub struct Diagnosis {
     #[serde(flatten)]
     pub finding: Finding,
@@ -272,7 +309,7 @@ pub struct Diagnosis {
 }
 
 /// What a diagnosis found; `kind` in the JSON.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Finding {
     /// A refused connect to loopback from another network namespace.

@@ -47,7 +47,9 @@ use crate::{
 };
 
 /// Which network namespaces are trusted by who owns them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Trust {
     /// Namespaces created by real root (owned by the initial user namespace).

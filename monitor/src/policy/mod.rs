@@ -25,9 +25,11 @@ pub mod diagnosis;
 pub mod ejection;
 pub mod evidence;
 pub mod guard;
+mod overrides;
 pub mod pool;
 pub mod snapshot;
 pub mod state;
+mod verification;
 
 #[cfg(test)]
 mod checks_tests;
@@ -39,7 +41,6 @@ mod tests;
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::SocketAddr,
-    path::Path,
     sync::Arc,
     time::Duration,
 };
@@ -54,32 +55,20 @@ use diagnosis::LocalhostTraps;
 use ejection::{Backoff, Ejected, Jitter, Standing};
 pub use evidence::{EvidenceConfig, EvidenceScope, Trust};
 use guard::{OutageChange, OutageDetector, allowed_ejections};
+pub use overrides::FleetApply;
 pub use pool::{PoolEntry, PoolError, PoolMembership, Role};
 pub use snapshot::{
     CgroupTally, DestinationState, DestinationView, EvidenceView, OutcomeCounts, PolicySnapshot,
     SnapshotCopy,
 };
-pub use state::StateError;
+pub use state::{LoadReport, StateError};
+pub use verification::ProbeVerdict;
 
 use crate::{
     clock::WallClock,
     source::event::{ConnectRecord, Outcome, SynRetransmitRecord},
     table::{DestinationKey, DestinationTable, FailureMode, StreakKind},
 };
-
-/// What [`EjectionPolicy::load_state`] restored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LoadReport {
-    /// The file existed.
-    pub found: bool,
-    /// Ejections still in force, restored (no `evict` decision is emitted for them:
-    /// sinks that need them read [`EjectionPolicy::snapshot`] at start).
-    pub restored: usize,
-    /// Ejections that expired while connmon was down: reinstated, with a decision.
-    pub reinstated: usize,
-    /// Destinations whose undecayed ejection count was restored.
-    pub history: usize,
-}
 
 /// The eviction engine. See the module documentation.
 #[derive(Debug)]
@@ -115,33 +104,6 @@ pub struct EjectionPolicy {
     verifications: Vec<DestinationKey>,
     /// Ejections in force that are other hosts' verdicts (`reason: fleet`), by origin host.
     fleet_origins: HashMap<DestinationKey, Arc<str>>,
-}
-
-/// What [`EjectionPolicy::evict_fleet`] did with another host's verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FleetApply {
-    /// Ejected here, `reason: fleet`.
-    Applied,
-    /// Already ejected here (by this host's own evidence or an earlier fleet verdict).
-    AlreadyEjected,
-    /// Withheld: `max_ejection_percent` of the pool is already out.
-    Guarded,
-    /// The destination table has no room for it.
-    NoRoom,
-}
-
-/// What a probe's outcome did to an ejected destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeVerdict {
-    /// It succeeded: reinstated (`"verified":true`, `"early":true` before expiry).
-    Reinstated,
-    /// A verification failed: ejected again at once with count n+1.
-    Reejected,
-    /// A verification failed during a local outage: the host, not the member, is the
-    /// likely culprit. Still ejected, verify again later.
-    Inconclusive,
-    /// Nothing changed (an early probe failed, or the destination is not ejected).
-    Nothing,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -449,98 +411,6 @@ impl EjectionPolicy {
         }
     }
 
-    /// Ejects a destination by hand for `duration`, bypassing the detectors and guards
-    /// but counting like any ejection (a later automatic ejection backs off further).
-    /// Returns false when the table has no room for it.
-    pub fn evict_manual(
-        &mut self,
-        dst: impl Into<DestinationKey>,
-        duration: Duration,
-        now: u64,
-        out: &mut Vec<Decision>,
-    ) -> bool {
-        let dst = dst.into();
-        let Some((_, created)) = self.table.entry(dst, now) else {
-            return false;
-        };
-        if created {
-            self.adopt(dst);
-        }
-        let verdict = Verdict {
-            reason: Reason::Manual,
-            streak: 0,
-        };
-        self.eject(dst, verdict, None, Some(nanos(duration).max(1)), now, out)
-    }
-
-    /// Lifts an ejection by hand; the destination enters probation as after an expiry.
-    /// Returns false when it was not ejected.
-    pub fn reinstate_manual(
-        &mut self,
-        dst: impl Into<DestinationKey>,
-        now: u64,
-        out: &mut Vec<Decision>,
-    ) -> bool {
-        self.reinstate(dst.into(), now, out)
-    }
-
-    /// Applies another host's eviction (`[fleet]`): ejected for `duration` with
-    /// `reason: fleet` and `origin`, unless already ejected or `max_ejection_percent`
-    /// of the pool is out (the guard holds for the fleet's verdicts too). A local
-    /// outage does not withhold it: the evidence is the other host's.
-    pub fn evict_fleet(
-        &mut self,
-        dst: impl Into<DestinationKey>,
-        duration: Duration,
-        origin: Arc<str>,
-        now: u64,
-        out: &mut Vec<Decision>,
-    ) -> FleetApply {
-        let dst = dst.into();
-        if self
-            .table
-            .get(dst)
-            .is_some_and(|d| d.annotation.ejected.is_some())
-        {
-            return FleetApply::AlreadyEjected;
-        }
-        let Some((_, created)) = self.table.entry(dst, now) else {
-            return FleetApply::NoRoom;
-        };
-        if created {
-            self.adopt(dst);
-        }
-        let allowed = allowed_ejections(self.known_members(), self.config.max_ejection_percent);
-        if self.ejected() >= allowed {
-            return FleetApply::Guarded;
-        }
-        let verdict = Verdict {
-            reason: Reason::Fleet,
-            streak: 0,
-        };
-        let start = out.len();
-        if !self.eject(dst, verdict, None, Some(nanos(duration).max(1)), now, out) {
-            return FleetApply::NoRoom;
-        }
-        self.fleet_origins.insert(dst, Arc::clone(&origin));
-        if let Some(Decision::Evict(e)) = out.get_mut(start) {
-            e.origin = Some(origin);
-        }
-        FleetApply::Applied
-    }
-
-    /// Lifts an ejection that is another host's verdict (`reason: fleet`); this
-    /// host's own ejections stay. Returns false when there was none.
-    pub fn reinstate_fleet(
-        &mut self,
-        dst: impl Into<DestinationKey>,
-        now: u64,
-        out: &mut Vec<Decision>,
-    ) -> bool {
-        let dst = dst.into();
-        self.fleet_origins.contains_key(&dst) && self.reinstate(dst, now, out)
-    }
-
     fn observe_outage(
         &mut self,
         dst: SocketAddr,
@@ -701,43 +571,6 @@ impl EjectionPolicy {
         true
     }
 
-    /// Turns verified reinstatement on or off (start, SIGHUP). Turning it off reinstates
-    /// every ejection that was waiting for its probe, as connmon without checks would.
-    pub fn set_verify_before_reinstate(&mut self, on: bool, now: u64, out: &mut Vec<Decision>) {
-        self.verify_before_reinstate = on;
-        if !on {
-            self.verifications.clear();
-            let waiting: Vec<DestinationKey> = self.verifying.iter().copied().collect();
-            for dst in waiting {
-                self.reinstate(dst, now, out);
-            }
-        }
-    }
-
-    /// Reinstates, unverified, the verifications that can no longer be probed because
-    /// the destination left the pool (call after [`EjectionPolicy::set_pool`]).
-    pub fn release_unprobeable(&mut self, now: u64, out: &mut Vec<Decision>) {
-        let gone: Vec<DestinationKey> = self
-            .verifying
-            .iter()
-            .filter(|dst| self.role(dst) != Role::Proxy)
-            .copied()
-            .collect();
-        for dst in gone {
-            self.reinstate(dst, now, out);
-        }
-    }
-
-    /// Expired ejections whose verification probe is due, since the last call. Only
-    /// pool members are verified, and another namespace's loopback never is one, so
-    /// these are host destinations: plain addresses the agent can connect to.
-    pub fn take_verifications(&mut self) -> Vec<SocketAddr> {
-        std::mem::take(&mut self.verifications)
-            .into_iter()
-            .map(|key| key.addr)
-            .collect()
-    }
-
     /// Whether `dst` is ejected now (waiting for verification included).
     pub fn is_ejected(&self, dst: &SocketAddr) -> bool {
         self.table
@@ -754,245 +587,6 @@ impl EjectionPolicy {
             .chain(self.verifying.iter().map(|&dst| (dst, true)))
             .filter(|(dst, _)| !dst.is_foreign_local())
             .map(|(dst, verifying)| (dst.addr, verifying))
-    }
-
-    /// The outcome of one of the agent's own probes to `ended.dst`. A success reinstates
-    /// an ejected destination (verified; early if its ejection had not expired yet); a
-    /// failed verification re-ejects it at once with count n+1 — unless the host is in
-    /// a local outage, when its own probes prove nothing about the member. A probe of a
-    /// destination that is not ejected changes nothing here: the caller feeds its
-    /// outcome to [`EjectionPolicy::on_connect`] as evidence like any other connect.
-    pub fn on_probe_result(
-        &mut self,
-        ended: &checks::ProbeEnded,
-        trigger: Option<Trigger>,
-        now: u64,
-        out: &mut Vec<Decision>,
-    ) -> ProbeVerdict {
-        let dst = DestinationKey::host(ended.dst);
-        if !self.is_ejected(&ended.dst) {
-            return ProbeVerdict::Nothing;
-        }
-        if ended.succeeded() {
-            self.reinstate_as(dst, now, true, out);
-            return ProbeVerdict::Reinstated;
-        }
-        if !self.verifying.contains(&dst) {
-            return ProbeVerdict::Nothing;
-        }
-        if self.outage.active() {
-            return ProbeVerdict::Inconclusive;
-        }
-        let reason = ended
-            .outcome
-            .and_then(Reason::of)
-            .unwrap_or(Reason::Timeout);
-        if let Some(dest) = self.table.get_mut(dst) {
-            dest.note_failure_mode(match reason {
-                Reason::Refused | Reason::Reset => FailureMode::Reject,
-                _ => FailureMode::Drop,
-            });
-        }
-        let verdict = Verdict { reason, streak: 1 };
-        self.eject(dst, verdict, trigger, None, now, out);
-        ProbeVerdict::Reejected
-    }
-
-    /// Every tracked destination with its statistics and standing.
-    pub fn snapshot(&mut self, now: u64) -> PolicySnapshot {
-        let slot_ns = self.table.slot_ns();
-        let mut destinations: Vec<DestinationView> = self
-            .table
-            .iter()
-            .map(|(dst, dest)| {
-                snapshot::view(
-                    dst,
-                    dest,
-                    now,
-                    slot_ns,
-                    &self.wall,
-                    self.fleet_origins.get(&dst),
-                )
-            })
-            .collect();
-        destinations.sort_by_key(|d| (d.dst, d.netns));
-        PolicySnapshot {
-            destinations,
-            ..self.snapshot_head(now)
-        }
-    }
-
-    /// What [`EjectionPolicy::snapshot`] is made of, copied — one clone per destination,
-    /// nothing rendered — for [`SnapshotCopy::into_snapshot`] to finish elsewhere: the
-    /// pipeline pays for the copy only. `resolve` gives the origin of each cgroup among
-    /// the destinations' top cgroups (asked once per cgroup).
-    pub fn snapshot_copy(
-        &mut self,
-        now: u64,
-        mut resolve: impl FnMut(u64) -> Option<Arc<crate::source::cgroup::CgroupOrigin>>,
-    ) -> SnapshotCopy {
-        let mut cgroups = HashMap::new();
-        let entries = self
-            .table
-            .iter()
-            .map(|(dst, dest)| {
-                for id in dest.cgroup_ids() {
-                    cgroups.entry(id).or_insert_with(|| resolve(id));
-                }
-                (dst, dest.clone())
-            })
-            .collect();
-        SnapshotCopy {
-            head: self.snapshot_head(now),
-            now,
-            slot_ns: self.table.slot_ns(),
-            wall: self.wall,
-            entries,
-            origins: self.fleet_origins.clone(),
-            cgroups,
-        }
-    }
-
-    /// A snapshot without its destinations.
-    fn snapshot_head(&mut self, now: u64) -> PolicySnapshot {
-        let known = self.known_members();
-        PolicySnapshot {
-            ts: self.wall.rfc3339(now),
-            local_outage: self.outage.active(),
-            known_members: known,
-            ejected: self.ejected(),
-            max_ejected: allowed_ejections(known, self.config.max_ejection_percent),
-            tracked: self.table.len(),
-            dropped_from_table: self.table.dropped(),
-            untracked_events: self.table.refused_when_full(),
-            untrusted_events: self.untrusted,
-            evidence: snapshot::EvidenceView::of(&self.evidence),
-            destinations: Vec::new(),
-        }
-    }
-
-    /// Writes ejections in force and undecayed ejection counts to `path`, atomically.
-    pub fn save_state(&self, path: &Path, now: u64) -> Result<(), StateError> {
-        state::write(path, &self.state_snapshot(now))
-    }
-
-    /// What [`EjectionPolicy::save_state`] writes, for writing elsewhere (the agent
-    /// hands it to a writer thread so that fsync never delays the pipeline).
-    pub fn state_snapshot(&self, now: u64) -> state::StateFile {
-        let unix_ms =
-            |mono: u64| i64::try_from(self.wall.unix_ns(mono) / 1_000_000).unwrap_or(i64::MAX);
-        let mut destinations: Vec<state::SavedStanding> = self
-            .table
-            .iter()
-            .filter(|(_, d)| d.annotation.ejected.is_some() || d.annotation.ejection_count > 0)
-            .map(|(dst, d)| state::SavedStanding {
-                dst: dst.addr,
-                netns: dst.netns,
-                ejection_count: d.annotation.ejection_count,
-                probation: d.annotation.probation,
-                healthy_since_unix_ms: unix_ms(d.annotation.healthy_since_ns),
-                ejection: d.annotation.ejected.as_ref().map(|e| state::SavedEjection {
-                    reason: e.reason,
-                    since_unix_ms: unix_ms(e.since_ns),
-                    until_unix_ms: unix_ms(e.until_ns),
-                }),
-            })
-            .collect();
-        destinations.sort_by_key(|d| (d.dst, d.netns));
-        state::StateFile {
-            version: state::STATE_VERSION,
-            saved_at: self.wall.rfc3339(now),
-            destinations,
-        }
-    }
-
-    /// Loads a state file written by [`EjectionPolicy::save_state`], normally at start.
-    /// Ejections that ended while connmon was down are reinstated now (with decisions
-    /// in `out`). On error nothing is loaded: the caller logs the error and goes on
-    /// with an empty state. Destinations that already have an ejection are left alone.
-    pub fn load_state(
-        &mut self,
-        path: &Path,
-        now: u64,
-        out: &mut Vec<Decision>,
-    ) -> Result<LoadReport, StateError> {
-        let Some(file) = state::read(path)? else {
-            return Ok(LoadReport::default());
-        };
-        let mut report = LoadReport {
-            found: true,
-            ..LoadReport::default()
-        };
-        let now_unix_ms = self.wall.unix_ns(now) / 1_000_000;
-        for saved in file.destinations {
-            let dst = DestinationKey {
-                addr: saved.dst,
-                netns: saved.netns,
-            };
-            let verify = self.verify_before_reinstate && self.role(&dst) == Role::Proxy;
-            let Some((dest, created)) = self.table.entry(dst, now) else {
-                continue;
-            };
-            if dest.annotation.ejected.is_some() {
-                continue;
-            }
-            let mono = |unix_ms: i64| {
-                self.wall
-                    .monotonic_ns(i128::from(unix_ms) * 1_000_000)
-                    .min(now)
-            };
-            let standing = &mut dest.annotation;
-            standing.ejection_count = saved.ejection_count;
-            standing.probation = saved.probation;
-            standing.healthy_since_ns = mono(saved.healthy_since_unix_ms);
-            match saved.ejection {
-                Some(e) if i128::from(e.until_unix_ms) > now_unix_ms => {
-                    let until_ns = self
-                        .wall
-                        .monotonic_ns(i128::from(e.until_unix_ms) * 1_000_000);
-                    standing.ejected = Some(Box::new(Ejected {
-                        since_ns: mono(e.since_unix_ms),
-                        until_ns,
-                        reason: e.reason,
-                    }));
-                    self.expiries.insert((until_ns, dst));
-                    report.restored += 1;
-                }
-                Some(e) if verify => {
-                    // Expired while connmon was down: verify before reinstating.
-                    standing.ejected = Some(Box::new(Ejected {
-                        since_ns: mono(e.since_unix_ms),
-                        until_ns: now,
-                        reason: e.reason,
-                    }));
-                    self.verifying.insert(dst);
-                    self.verifications.push(dst);
-                    report.restored += 1;
-                }
-                Some(e) => {
-                    standing.probation = true;
-                    standing.healthy_since_ns = now;
-                    let ejected_ms =
-                        u64::try_from(now_unix_ms - i128::from(e.since_unix_ms)).unwrap_or(0);
-                    out.push(Decision::Reinstate(Reinstatement {
-                        dst: dst.addr,
-                        netns: dst.netns,
-                        ejected_ms,
-                        verified: false,
-                        early: false,
-                        origin: None,
-                        ts: None,
-                    }));
-                    report.reinstated += 1;
-                    self.state_changed = true;
-                }
-                None => report.history += 1,
-            }
-            if created {
-                self.adopt(dst);
-            }
-        }
-        Ok(report)
     }
 }
 

@@ -11,9 +11,11 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use serde::Serialize;
 
 use super::{
+    EjectionPolicy,
     decision::Reason,
     ejection::Standing,
     evidence::{EvidenceScope, Trust},
+    guard::allowed_ejections,
     pool::Role,
 };
 use crate::{
@@ -23,9 +25,10 @@ use crate::{
 };
 
 /// The policy at one moment.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PolicySnapshot {
     /// RFC 3339 time of the snapshot.
+    #[schemars(extend("format" = "date-time"))]
     pub ts: String,
     pub local_outage: bool,
     /// Pool members known to the percentage guard.
@@ -46,7 +49,7 @@ pub struct PolicySnapshot {
 }
 
 /// `[policy.evidence]` as in force: namespaces resolved to inode numbers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct EvidenceView {
     pub trust: Trust,
     pub netns: Vec<u32>,
@@ -65,7 +68,7 @@ impl EvidenceView {
 
 /// A cgroup that connected to a destination, with its path and container once the
 /// agent resolved them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CgroupTally {
     pub cgroup_id: u64,
     /// `cgroup`, `container`, `pod_uid`, each when known.
@@ -85,7 +88,7 @@ impl From<Tally<Cgroup>> for CgroupTally {
 }
 
 /// Where a destination stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DestinationState {
     Healthy,
@@ -97,7 +100,7 @@ pub enum DestinationState {
 pub use crate::source::event::OutcomeCounts;
 
 /// One destination.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct DestinationView {
     pub dst: SocketAddr,
     /// For another network namespace's loopback: that namespace.
@@ -229,46 +232,145 @@ pub(super) fn view(
     }
 }
 
+impl EjectionPolicy {
+    /// Every tracked destination with its statistics and standing.
+    pub fn snapshot(&mut self, now: u64) -> PolicySnapshot {
+        let slot_ns = self.table.slot_ns();
+        let mut destinations: Vec<DestinationView> = self
+            .table
+            .iter()
+            .map(|(dst, dest)| {
+                view(
+                    dst,
+                    dest,
+                    now,
+                    slot_ns,
+                    &self.wall,
+                    self.fleet_origins.get(&dst),
+                )
+            })
+            .collect();
+        destinations.sort_by_key(|d| (d.dst, d.netns));
+        PolicySnapshot {
+            destinations,
+            ..self.snapshot_head(now)
+        }
+    }
+
+    /// What [`EjectionPolicy::snapshot`] is made of, copied — one clone per destination,
+    /// nothing rendered — for [`SnapshotCopy::into_snapshot`] to finish elsewhere: the
+    /// pipeline pays for the copy only. `resolve` gives the origin of each cgroup among
+    /// the destinations' top cgroups (asked once per cgroup).
+    pub fn snapshot_copy(
+        &mut self,
+        now: u64,
+        mut resolve: impl FnMut(u64) -> Option<Arc<crate::source::cgroup::CgroupOrigin>>,
+    ) -> SnapshotCopy {
+        let mut cgroups = HashMap::new();
+        let entries = self
+            .table
+            .iter()
+            .map(|(dst, dest)| {
+                for id in dest.cgroup_ids() {
+                    cgroups.entry(id).or_insert_with(|| resolve(id));
+                }
+                (dst, dest.clone())
+            })
+            .collect();
+        SnapshotCopy {
+            head: self.snapshot_head(now),
+            now,
+            slot_ns: self.table.slot_ns(),
+            wall: self.wall,
+            entries,
+            origins: self.fleet_origins.clone(),
+            cgroups,
+        }
+    }
+
+    /// A snapshot without its destinations.
+    fn snapshot_head(&mut self, now: u64) -> PolicySnapshot {
+        let known = self.known_members();
+        PolicySnapshot {
+            ts: self.wall.rfc3339(now),
+            local_outage: self.outage.active(),
+            known_members: known,
+            ejected: self.ejected(),
+            max_ejected: allowed_ejections(known, self.config.max_ejection_percent),
+            tracked: self.table.len(),
+            dropped_from_table: self.table.dropped(),
+            untracked_events: self.table.refused_when_full(),
+            untrusted_events: self.untrusted,
+            evidence: EvidenceView::of(&self.evidence),
+            destinations: Vec::new(),
+        }
+    }
+}
+
+/// For tests of snapshots here and in the socket: an engine over the pool 10.1.0.0/16
+/// fed refused or established connects.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixture {
     use std::net::SocketAddr;
 
-    use super::*;
     use crate::{
-        policy::{EjectionPolicy, config::PolicyConfig, pool::PoolMembership},
-        source::event::{KernelEvent, refused_to},
+        clock::WallClock,
+        policy::{Decision, EjectionPolicy, config::PolicyConfig, pool::PoolMembership},
+        source::event::{ConnectRecord, KernelEvent, refused_to},
     };
 
     const SEC: u64 = 1_000_000_000;
 
-    #[test]
-    fn the_copy_makes_the_snapshot_the_policy_makes_and_resolves_each_cgroup_once() {
+    /// Connects to `n` destinations `10.1.(i / row).(i % row):8080`, 1 µs apart from
+    /// 1 000 s on: destination `i` gets `rounds(i)` of them, and `set(i, k, record)`
+    /// makes the `k`-th. Returns the engine, the time after the last, and its decisions.
+    pub(crate) fn fed(
+        n: u16,
+        row: u16,
+        rounds: impl Fn(u16) -> u32,
+        set: impl Fn(u16, u32, &mut ConnectRecord),
+    ) -> (EjectionPolicy, u64, Vec<Decision>) {
         let pool = PoolMembership::parse("10.1.0.0/16").expect("pool");
         let wall = WallClock::from_offset_ns(1_700_000_000_000_000_000);
         let mut policy =
             EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1).expect("valid config");
-        let mut now = 1_000 * SEC;
-        let mut out = Vec::new();
-        for i in 0..600u16 {
-            let dst = SocketAddr::from(([10, 1, (i / 200) as u8, (i % 200) as u8], 8080));
+        let (mut now, mut out) = (1_000 * SEC, Vec::new());
+        for i in 0..n {
+            let dst = SocketAddr::from(([10, 1, (i / row) as u8, (i % row) as u8], 8080));
             let KernelEvent::Connect(mut rec) = refused_to(dst) else {
                 panic!("refused_to gives a connect")
             };
-            // Successes only (inline summaries), mixed outcomes (details), and runs of
-            // refusals long enough to eject; three cgroups among them.
-            for k in 0..(1 + u32::from(i % 9)) {
-                rec.outcome = match i % 3 {
-                    0 => Outcome::Established,
-                    1 if k % 2 == 0 => Outcome::Established,
-                    _ => Outcome::Refused,
-                };
-                rec.who.cgroup_id = u64::from(i % 3) + u64::from(k % 2);
+            for k in 0..rounds(i) {
+                set(i, k, &mut rec);
                 rec.ktime_ns = now;
                 rec.start_ns = now - 1_000;
                 policy.on_connect(&rec, now, &mut out);
                 now += 1_000;
             }
         }
+        (policy, now, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    #[test]
+    fn the_copy_makes_the_snapshot_the_policy_makes_and_resolves_each_cgroup_once() {
+        // Successes only (inline summaries), mixed outcomes (details), and runs of
+        // refusals long enough to eject; three cgroups among them.
+        let rounds = |i| 1 + u32::from(i % 9);
+        let (mut policy, now, mut out) = fixture::fed(600, 200, rounds, |i, k, rec| {
+            rec.outcome = match i % 3 {
+                0 => Outcome::Established,
+                1 if k % 2 == 0 => Outcome::Established,
+                _ => Outcome::Refused,
+            };
+            rec.who.cgroup_id = u64::from(i % 3) + u64::from(k % 2);
+        });
         let manual = SocketAddr::from(([10, 1, 9, 9], 80));
         assert!(policy.evict_manual(manual, std::time::Duration::from_secs(60), now, &mut out));
         assert!(

@@ -13,7 +13,22 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::decision::Reason;
+use super::{Decision, EjectionPolicy, Reinstatement, Role, decision::Reason, ejection::Ejected};
+use crate::table::DestinationKey;
+
+/// What [`EjectionPolicy::load_state`] restored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// The file existed.
+    pub found: bool,
+    /// Ejections still in force, restored (no `evict` decision is emitted for them:
+    /// sinks that need them read [`EjectionPolicy::snapshot`] at start).
+    pub restored: usize,
+    /// Ejections that expired while connmon was down: reinstated, with a decision.
+    pub reinstated: usize,
+    /// Destinations whose undecayed ejection count was restored.
+    pub history: usize,
+}
 
 /// Format version written in the file; a file of another version is not loaded.
 pub const STATE_VERSION: u32 = 1;
@@ -176,6 +191,132 @@ pub fn write(path: &Path, state: &StateFile) -> Result<(), StateError> {
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(fail)
+}
+
+impl EjectionPolicy {
+    /// Writes ejections in force and undecayed ejection counts to `path`, atomically.
+    pub fn save_state(&self, path: &Path, now: u64) -> Result<(), StateError> {
+        write(path, &self.state_snapshot(now))
+    }
+
+    /// What [`EjectionPolicy::save_state`] writes, for writing elsewhere (the agent
+    /// hands it to a writer thread so that fsync never delays the pipeline).
+    pub fn state_snapshot(&self, now: u64) -> StateFile {
+        let unix_ms =
+            |mono: u64| i64::try_from(self.wall.unix_ns(mono) / 1_000_000).unwrap_or(i64::MAX);
+        let mut destinations: Vec<SavedStanding> = self
+            .table
+            .iter()
+            .filter(|(_, d)| d.annotation.ejected.is_some() || d.annotation.ejection_count > 0)
+            .map(|(dst, d)| SavedStanding {
+                dst: dst.addr,
+                netns: dst.netns,
+                ejection_count: d.annotation.ejection_count,
+                probation: d.annotation.probation,
+                healthy_since_unix_ms: unix_ms(d.annotation.healthy_since_ns),
+                ejection: d.annotation.ejected.as_ref().map(|e| SavedEjection {
+                    reason: e.reason,
+                    since_unix_ms: unix_ms(e.since_ns),
+                    until_unix_ms: unix_ms(e.until_ns),
+                }),
+            })
+            .collect();
+        destinations.sort_by_key(|d| (d.dst, d.netns));
+        StateFile {
+            version: STATE_VERSION,
+            saved_at: self.wall.rfc3339(now),
+            destinations,
+        }
+    }
+
+    /// Loads a state file written by [`EjectionPolicy::save_state`], normally at start.
+    /// Ejections that ended while connmon was down are reinstated now (with decisions
+    /// in `out`). On error nothing is loaded: the caller logs the error and goes on
+    /// with an empty state. Destinations that already have an ejection are left alone.
+    pub fn load_state(
+        &mut self,
+        path: &Path,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) -> Result<LoadReport, StateError> {
+        let Some(file) = read(path)? else {
+            return Ok(LoadReport::default());
+        };
+        let mut report = LoadReport {
+            found: true,
+            ..LoadReport::default()
+        };
+        let now_unix_ms = self.wall.unix_ns(now) / 1_000_000;
+        for saved in file.destinations {
+            let dst = DestinationKey {
+                addr: saved.dst,
+                netns: saved.netns,
+            };
+            let verify = self.verify_before_reinstate && self.role(&dst) == Role::Proxy;
+            let Some((dest, created)) = self.table.entry(dst, now) else {
+                continue;
+            };
+            if dest.annotation.ejected.is_some() {
+                continue;
+            }
+            let mono = |unix_ms: i64| {
+                self.wall
+                    .monotonic_ns(i128::from(unix_ms) * 1_000_000)
+                    .min(now)
+            };
+            let standing = &mut dest.annotation;
+            standing.ejection_count = saved.ejection_count;
+            standing.probation = saved.probation;
+            standing.healthy_since_ns = mono(saved.healthy_since_unix_ms);
+            match saved.ejection {
+                Some(e) if i128::from(e.until_unix_ms) > now_unix_ms => {
+                    let until_ns = self
+                        .wall
+                        .monotonic_ns(i128::from(e.until_unix_ms) * 1_000_000);
+                    standing.ejected = Some(Box::new(Ejected {
+                        since_ns: mono(e.since_unix_ms),
+                        until_ns,
+                        reason: e.reason,
+                    }));
+                    self.expiries.insert((until_ns, dst));
+                    report.restored += 1;
+                }
+                Some(e) if verify => {
+                    // Expired while connmon was down: verify before reinstating.
+                    standing.ejected = Some(Box::new(Ejected {
+                        since_ns: mono(e.since_unix_ms),
+                        until_ns: now,
+                        reason: e.reason,
+                    }));
+                    self.verifying.insert(dst);
+                    self.verifications.push(dst);
+                    report.restored += 1;
+                }
+                Some(e) => {
+                    standing.probation = true;
+                    standing.healthy_since_ns = now;
+                    let ejected_ms =
+                        u64::try_from(now_unix_ms - i128::from(e.since_unix_ms)).unwrap_or(0);
+                    out.push(Decision::Reinstate(Reinstatement {
+                        dst: dst.addr,
+                        netns: dst.netns,
+                        ejected_ms,
+                        verified: false,
+                        early: false,
+                        origin: None,
+                        ts: None,
+                    }));
+                    report.reinstated += 1;
+                    self.state_changed = true;
+                }
+                None => report.history += 1,
+            }
+            if created {
+                self.adopt(dst);
+            }
+        }
+        Ok(report)
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// The JSON lines, rendered by the bus for every subscriber (and by stdout).
 pub use crate::bus::json;
-use crate::{bus::EventBus, clock::WallClock, config::ValidConfig, control::Control};
+use crate::{
+    bus::EventBus,
+    clock::WallClock,
+    config::ValidConfig,
+    control::Control,
+    stats::consumers::{ConsumerCounters, Consumers},
+};
 
 /// What every consumer is built from.
 #[derive(Clone, Debug)]
@@ -48,6 +54,18 @@ pub struct SinkContext {
     /// The fleet link's counters when `[fleet]` is on: the link writes them, the
     /// pipeline's `stats` line and the Prometheus endpoint read them.
     pub fleet: Option<Arc<crate::stats::fleet::FleetCounters>>,
+    /// Every consumer's delivery counters (sent, dropped, failed), read into the
+    /// `stats` line: a consumer takes its own with [`SinkContext::consumer_counters`].
+    pub consumers: Arc<Consumers>,
+}
+
+impl SinkContext {
+    /// New delivery counters for the consumer `name`, listed in the `stats` line.
+    pub fn consumer_counters(&self, name: &'static str) -> Arc<ConsumerCounters> {
+        let counters = Arc::new(ConsumerCounters::default());
+        self.consumers.register(name, Arc::clone(&counters));
+        counters
+    }
 }
 
 /// Gauges the pipeline publishes after every tick, for consumers that only need a

@@ -204,7 +204,7 @@ impl FleetCounters {
 }
 
 /// `"fleet":{...}` in the `stats` line: totals since the agent started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FleetStats {
     /// Own verdicts (evict, reinstate) handed to NATS.
     pub published: u64,
@@ -230,7 +230,7 @@ pub struct FleetStats {
 }
 
 /// Remote evicts that changed nothing here, by reason ([`IgnoredReason`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct IgnoredCounts {
     pub untrusted: u64,
     pub local_outage: u64,
@@ -243,7 +243,7 @@ pub struct IgnoredCounts {
 }
 
 /// Own verdicts that never reached NATS, by reason ([`DroppedReason`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DroppedCounts {
     pub queue_full: u64,
     pub unreachable: u64,
@@ -271,7 +271,7 @@ impl DroppedCounts {
 
 impl FleetStats {
     /// ` fleet_published=.. ...` for the text `stats` line.
-    pub fn to_text(&self) -> String {
+    pub fn to_text(self) -> String {
         format!(
             " fleet_published={} fleet_received={} fleet_applied={} fleet_lifted={} fleet_guarded={} \
              fleet_ignored={} (untrusted={} local_outage={} quorum_pending={} echo={} expired={} \

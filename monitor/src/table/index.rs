@@ -175,7 +175,7 @@ mod tests {
         // each a 4-byte position and a control byte (plus one group of control bytes).
         let per_slot = p.index.allocation_size() as f64 / p.index.capacity() as f64;
         assert!(
-            per_slot <= 5.0 * 8.0 / 7.0 * 1.01 && per_slot >= 5.0,
+            (5.0..=5.0 * 8.0 / 7.0 * 1.01).contains(&per_slot),
             "{per_slot} bytes per usable slot"
         );
     }

@@ -61,7 +61,9 @@ use crate::source::event::{Comm, ConnectRecord, Outcome, SynRetransmitRecord};
 /// `drop`: nothing useful came back — SYN timeouts, connects the application abandoned,
 /// ICMP unreachable (the packet never reached a listening host) and SYN retransmits;
 /// the node is blackholed, powered off or firewalled with DROP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureMode {
     Reject,
@@ -138,14 +140,14 @@ impl Streaks {
 }
 
 /// A process that connected to a destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 pub struct Process {
     pub tgid: u32,
     pub comm: Comm,
 }
 
 /// A cgroup whose processes connected to a destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 pub struct Cgroup {
     pub cgroup_id: u64,
 }

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 /// One key and its (approximate) count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Tally<K> {
     #[serde(flatten)]
     pub key: K,

@@ -1,5 +1,5 @@
-//! Every message the agent sends validates against its schema in docs/schemas (the
-//! generated ones and the hand-written event and snapshot schemas), checked with the
+//! Every message the agent sends validates against its schema in docs/schemas (all
+//! generated from the protocol's, the events' and the snapshot's types), checked with the
 //! `jsonschema` crate; the requests are built from the protocol's types and checked
 //! against their schemas too.
 

@@ -8,12 +8,12 @@
 //! tracer's programs (other hosts' traffic on the same tracepoints is, and makes the
 //! figures an upper bound). `CONNMON_BENCH_ONLY=kernel-cost` runs this section alone.
 
-use std::{collections::BTreeMap, fmt::Write as _, fs, process::Command, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, fs, process::Command};
 
 use anyhow::Context as _;
 use serde_json::Value;
 
-use super::{BPFTRACE_COUNT, Env, Plan, Tracer, loadgen, spawn_traced, start_connmon};
+use super::{Env, Plan, Tracer, bpftrace_counter, loadgen, start_connmon};
 use crate::setup;
 
 /// Name of this section for `CONNMON_BENCH_ONLY`.
@@ -154,15 +154,7 @@ pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result
             Ok(start_connmon(env, "kernel-cost", &[])?.0)
         }),
         ("bpftrace counter", |env| {
-            Ok(spawn_traced(
-                "bpftrace",
-                "bpftrace-kernel-cost",
-                Command::new("bpftrace").args(["-e", BPFTRACE_COUNT]),
-                &env.dir,
-                "Attaching",
-                Duration::from_secs(30),
-            )?
-            .0)
+            bpftrace_counter(env, "bpftrace-kernel-cost")
         }),
     ];
     for (label, start) in tracers {

@@ -43,6 +43,7 @@ use crate::{
     bus::{Payload, Published, Topic},
     control::{Control, PoolOp},
     policy::{DestinationState, PolicySnapshot, PoolEntry},
+    stats::consumers::ConsumerCounters,
 };
 
 /// Destinations with an action queued at most (see [`PendingActions`] for the policy).
@@ -108,6 +109,9 @@ pub struct Adapter {
     pending: PendingActions,
     pool: PoolSync,
     counters: AdapterCounters,
+    /// The same for the `stats` line (shared by every adapter): applied (sent), lagged
+    /// and queue-full (dropped), given up (failed).
+    delivery: Arc<ConsumerCounters>,
     /// A lag was seen: resync from a snapshot (at most once per [`RESYNC_EVERY`]).
     resync_wanted: bool,
     last_resync: Option<Instant>,
@@ -118,7 +122,12 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    pub fn new(config: HaproxyConfig, endpoint: Endpoint, control: mpsc::Sender<Control>) -> Self {
+    pub fn new(
+        config: HaproxyConfig,
+        endpoint: Endpoint,
+        control: mpsc::Sender<Control>,
+        delivery: Arc<ConsumerCounters>,
+    ) -> Self {
         let api = RuntimeApi::new(endpoint, config.timeout);
         Adapter {
             config,
@@ -132,6 +141,7 @@ impl Adapter {
             pending: PendingActions::new(PENDING_CAPACITY),
             pool: PoolSync::default(),
             counters: AdapterCounters::default(),
+            delivery,
             resync_wanted: false,
             last_resync: None,
             action_warn: WarnLimiter::new(WARN_EVERY),
@@ -212,6 +222,7 @@ impl Adapter {
                     }
                     Err(RecvError::Lagged(missed)) => {
                         self.counters.lagged += missed;
+                        self.delivery.dropped(missed);
                         self.resync_wanted = true;
                         if let Some(suppressed) = self.lag_warn.allow(Instant::now()) {
                             tracing::warn!(missed, total = self.counters.lagged, suppressed, "haproxy adapter fell behind the event bus; resyncing from the policy snapshot");
@@ -254,6 +265,7 @@ impl Adapter {
     fn queue(&mut self, dst: SocketAddr, action: AdminAction, now: Instant) {
         if self.pending.push(dst, action, now) == Queued::Full {
             self.counters.dropped += 1;
+            self.delivery.dropped(1);
             if let Some(suppressed) = self.drop_warn.allow(now) {
                 tracing::warn!(%dst, action = action.as_str(), capacity = self.pending.capacity(), dropped = self.counters.dropped, suppressed, "haproxy action queue full; action dropped (the next resync repairs it)");
             }
@@ -299,6 +311,7 @@ impl Adapter {
                 Ok(Some(servers)) => {
                     self.pending.remove(dst);
                     self.counters.applied += 1;
+                    self.delivery.sent(1);
                     match pending.action {
                         AdminAction::Maint => self.maint_applied.insert(*dst),
                         AdminAction::Ready => self.maint_applied.remove(dst),
@@ -339,6 +352,7 @@ impl Adapter {
             }
             Retry::GaveUp => {
                 self.counters.failed += 1;
+                self.delivery.failed(1);
                 tracing::error!(%dst, state = action.as_str(), failed = self.counters.failed, "haproxy action given up after {} attempts: {err}", super::pending::MAX_ATTEMPTS);
             }
         }

@@ -32,8 +32,11 @@ use crate::{
 /// Starts one adapter task per `[[haproxy]]` table. Each subscribes to the bus now, so
 /// it misses no decision made after the agent starts.
 pub fn start(tables: &[HaproxyConfig], cx: &SinkContext) -> Result<(), Invalid> {
+    let delivery = (!tables.is_empty()).then(|| cx.consumer_counters("haproxy"));
     for (index, table) in tables.iter().enumerate() {
-        let task = adapter::Adapter::new(table.clone(), table.endpoint(index)?, cx.control.clone());
+        let delivery = delivery.clone().unwrap_or_default();
+        let endpoint = table.endpoint(index)?;
+        let task = adapter::Adapter::new(table.clone(), endpoint, cx.control.clone(), delivery);
         cx.tasks
             .spawn(task.run(cx.bus.subscribe(), cx.shutdown.clone()));
     }

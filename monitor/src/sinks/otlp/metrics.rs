@@ -23,6 +23,7 @@ use crate::{
         decision::{Eviction, Reinstatement},
     },
     source::event::ConnectRecord,
+    stats::consumers::ConsumerCounters,
 };
 
 /// Why telemetry was dropped before reaching the collector.
@@ -59,6 +60,9 @@ pub struct ExportCounts {
     /// `lost_events` of the last `stats` message (cumulative in the kernel).
     lost_events: AtomicU64,
     failed_exports: AtomicU64,
+    /// The same for the `stats` line: spans and metric exports delivered (sent), spans
+    /// dropped before export (dropped), spans and metric exports that failed (failed).
+    delivery: Arc<ConsumerCounters>,
     log: Mutex<LogState>,
 }
 
@@ -96,9 +100,23 @@ impl ExportCounts {
         self.lagged.load(Ordering::Relaxed)
     }
 
+    /// The counters this tally keeps for the `stats` line.
+    pub fn delivery(&self) -> Arc<ConsumerCounters> {
+        Arc::clone(&self.delivery)
+    }
+
     /// Counts `n` dropped items (spans or bus messages).
     pub fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+        match reason {
+            DropReason::ExportFailed => self.delivery.failed(n),
+            _ => self.delivery.dropped(n),
+        }
+    }
+
+    /// `n` items (spans, or one metrics export) reached the collector.
+    pub fn exported(&self, n: u64) {
+        self.delivery.sent(n);
     }
 
     pub fn dropped_total(&self, reason: DropReason) -> u64 {
@@ -118,6 +136,10 @@ impl ExportCounts {
     /// An export request failed; the error is kept for the next warning.
     pub fn export_failed(&self, signal: &str, error: &str) {
         self.failed_exports.fetch_add(1, Ordering::Relaxed);
+        // A failed span export is counted by its spans (`dropped(ExportFailed, n)`).
+        if signal == "metrics" {
+            self.delivery.failed(1);
+        }
         if let Ok(mut log) = self.log.lock() {
             log.last_error = Some(format!("{signal}: {error}"));
         }
@@ -317,6 +339,27 @@ mod tests {
         assert_eq!(
             origin_attribute(&local, Some("a,b")),
             KeyValue::new("origin", "quorum")
+        );
+    }
+
+    #[test]
+    fn the_stats_line_gets_spans_sent_dropped_and_failed() {
+        let t = ExportCounts::default();
+        t.exported(4);
+        t.exported(1);
+        t.dropped(DropReason::QueueFull, 2);
+        t.lagged(3);
+        t.dropped(DropReason::ExportFailed, 6);
+        t.export_failed("traces", "refused");
+        t.export_failed("metrics", "refused");
+        assert_eq!(
+            t.delivery().snapshot(),
+            crate::stats::consumers::ConsumerStats {
+                sent: 5,
+                dropped: 5,
+                failed: 7
+            },
+            "a failed span export counts its spans, a failed metrics export one"
         );
     }
 

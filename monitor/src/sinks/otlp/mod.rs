@@ -103,6 +103,7 @@ pub fn start(otlp: &OtlpConfig, host_id: &str, cx: &SinkContext) -> Result<(), E
     log_targets(&targets);
 
     let tally = ExportCounts::shared();
+    cx.consumers.register("otlp", tally.delivery());
     let stop = Arc::new(Stop {
         token: shutdown.clone(),
         grace: otlp.shutdown_timeout,

@@ -148,7 +148,7 @@ impl SpanBatcher {
             .bounded(self.exporter.export(spans), self.export_timeout)
             .await
         {
-            Some(Ok(())) => {}
+            Some(Ok(())) => self.tally.exported(n),
             Some(Err(err)) => {
                 self.tally.dropped(DropReason::ExportFailed, n);
                 self.tally.export_failed("traces", &err.to_string());
@@ -243,7 +243,7 @@ impl MetricExport {
             .bounded(self.exporter.export(&rm), self.export_timeout)
             .await
         {
-            Some(Ok(())) => {}
+            Some(Ok(())) => self.tally.exported(1),
             Some(Err(err)) => self.tally.export_failed("metrics", &err.to_string()),
             None => self.tally.export_failed("metrics", "timed out"),
         }

@@ -44,7 +44,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::{
     net::{UnixListener, UnixStream},
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -55,7 +55,10 @@ use self::{
     peer::{Peer, Permissions},
     session::SessionContext,
 };
-use crate::{config::AgentConfig, log_limit::LogLimiter, sinks::SinkContext};
+use crate::{
+    config::AgentConfig, log_limit::LogLimiter, sinks::SinkContext,
+    stats::consumers::ConsumerCounters,
+};
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,9 @@ pub struct ServerStats {
     closed_for_errors: AtomicU64,
     lag_log: Mutex<LagLog>,
     refusal_log: Mutex<Option<LogLimiter>>,
+    /// For the `stats` line: event lines queued to subscribers (sent), bus messages
+    /// they missed (dropped).
+    delivery: Arc<ConsumerCounters>,
 }
 
 /// Lag warnings are rate-limited: at most one line a minute, carrying what accumulated.
@@ -139,7 +145,13 @@ impl Default for LagLog {
 }
 
 impl ServerStats {
+    /// An event line went to a subscriber.
+    pub fn count_sent(&self) {
+        self.delivery.sent(1);
+    }
+
     pub fn count_lagged(&self, missed: u64) {
+        self.delivery.dropped(missed);
         self.lagged_messages.fetch_add(missed, Ordering::Relaxed);
         self.lagged_notices.fetch_add(1, Ordering::Relaxed);
         let Ok(mut log) = self.lag_log.lock() else {
@@ -183,15 +195,16 @@ impl ServerStats {
 
     pub fn to_json(&self) -> Value {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        json!({
-            "clients": n(&self.clients),
-            "accepted": n(&self.accepted),
-            "refused_clients": n(&self.refused),
-            "lagged_messages": n(&self.lagged_messages),
-            "lagged_notices": n(&self.lagged_notices),
-            "protocol_errors": n(&self.protocol_errors),
-            "closed_for_errors": n(&self.closed_for_errors),
-        })
+        let counters = crate::protocol::ServerCounters {
+            clients: n(&self.clients),
+            accepted: n(&self.accepted),
+            refused_clients: n(&self.refused),
+            lagged_messages: n(&self.lagged_messages),
+            lagged_notices: n(&self.lagged_notices),
+            protocol_errors: n(&self.protocol_errors),
+            closed_for_errors: n(&self.closed_for_errors),
+        };
+        serde_json::to_value(counters).expect("counters serialize")
     }
 }
 
@@ -218,7 +231,10 @@ pub async fn start(
             allowed_gids: agent.allowed_gids.clone(),
         }),
         default_ejection,
-        stats: Arc::new(ServerStats::default()),
+        stats: Arc::new(ServerStats {
+            delivery: cx.consumer_counters("socket"),
+            ..ServerStats::default()
+        }),
         shutdown: shutdown.clone(),
     };
     let limits = ClientLimits::new(agent.max_clients, agent.max_clients_per_uid);

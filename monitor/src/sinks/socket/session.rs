@@ -576,6 +576,7 @@ impl Outbox {
                 Ok(msg) => {
                     if filter.matches(msg.topic, msg.role) {
                         self.push_line(msg.json().as_bytes(), 1);
+                        stats.count_sent();
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {

@@ -142,19 +142,14 @@ impl SnapshotReply {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use serde_json::json;
 
     use super::*;
     use crate::{
-        clock::WallClock,
-        policy::{EjectionPolicy, config::PolicyConfig, pool::PoolMembership},
+        policy::snapshot::fixture::fed,
         server::protocol,
-        source::event::{KernelEvent, Outcome, refused_to},
+        source::event::{ConnectRecord, Outcome},
     };
-
-    const SEC: u64 = 1_000_000_000;
 
     /// The line as the session wrote it before it was streamed.
     fn whole(snapshot: &PolicySnapshot, server: &Value, id: Option<&Value>) -> String {
@@ -185,29 +180,14 @@ mod tests {
 
     /// A snapshot of `n` destinations, some failing, some ejected, from the real engine.
     fn snapshot_of(n: u16) -> PolicySnapshot {
-        let pool = PoolMembership::parse("10.1.0.0/16").expect("pool");
-        let wall = WallClock::from_offset_ns(1_700_000_000_000_000_000);
-        let mut policy =
-            EjectionPolicy::new(PolicyConfig::default(), pool, 1, wall, 1).expect("valid config");
-        let mut now = 1_000 * SEC;
-        let mut out = Vec::new();
-        for i in 0..n {
-            let dst = SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8], 8080));
-            let KernelEvent::Connect(mut rec) = refused_to(dst) else {
-                panic!("refused_to gives a connect")
+        let established = |_, k, rec: &mut ConnectRecord| {
+            rec.outcome = if k % 3 == 0 {
+                Outcome::Established
+            } else {
+                Outcome::Refused
             };
-            for k in 0..(1 + i % 7) {
-                rec.outcome = if k % 3 == 0 {
-                    Outcome::Established
-                } else {
-                    Outcome::Refused
-                };
-                rec.ktime_ns = now;
-                rec.start_ns = now - 1_000;
-                policy.on_connect(&rec, now, &mut out);
-                now += 1_000;
-            }
-        }
+        };
+        let (mut policy, now, _) = fed(n, 250, |i| 1 + u32::from(i % 7), established);
         policy.snapshot(now)
     }
 
