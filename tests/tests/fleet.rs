@@ -365,6 +365,10 @@ fn quorum_two_needs_a_second_host() {
         "connmon_fleet_verdicts_ignored_total{reason=\"quorum_pending\"} 1",
         "connmon_fleet_verdicts_applied_total 1",
         "connmon_fleet_verdicts_published_total 0",
+        // The ejection counters say the verdict was the fleet's (two label values,
+        // not one per host).
+        "connmon_evictions_total{reason=\"fleet\",origin=\"fleet\"} 1",
+        "connmon_reinstatements_total{origin=\"local\"} 0",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
@@ -565,9 +569,7 @@ const BIG_BUCKET: u16 = 10_000;
 fn fill_bucket(nats: &Nats, host: &str, members: &[SocketAddr]) {
     use std::io::{BufRead as _, BufReader, Write as _};
     let stream = TcpStream::connect(("127.0.0.1", nats.port)).expect("connect to nats");
-    stream
-        .set_read_timeout(Some(WAIT))
-        .expect("read timeout");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
     let mut reader = BufReader::new(stream.try_clone().expect("dup"));
     let mut line = String::new();
     reader.read_line(&mut line).expect("INFO");
@@ -629,7 +631,8 @@ fn a_bucket_of_ten_thousand_ejections_is_read_completely_in_one_ordered_read() {
         let x = rows.iter().find(|h| h["host"] == "X");
         if x.is_some_and(|x| x["ejections"] == u64::from(BIG_BUCKET)) {
             assert!(
-                rows.iter().any(|h| h["host"] == "A" && h["heartbeat"].is_object()),
+                rows.iter()
+                    .any(|h| h["host"] == "A" && h["heartbeat"].is_object()),
                 "A's heartbeat is listed too: {rows:?}"
             );
             break;
@@ -672,4 +675,3 @@ fn a_bucket_of_ten_thousand_ejections_is_read_completely_in_one_ordered_read() {
     assert_eq!(fleet["applied"], u64::from(BIG_BUCKET), "{fleet}");
     assert_eq!(fleet["guarded"], 0, "{fleet}");
 }
-

@@ -866,7 +866,10 @@ mod tests {
             "connmon_reinstatements_total{origin=\"local\"} 0",
             "connmon_reinstatements_total{origin=\"fleet\"} 0",
         ] {
-            assert!(text.contains(line), "missing {line:?} before any decision:\n{text}");
+            assert!(
+                text.contains(line),
+                "missing {line:?} before any decision:\n{text}"
+            );
         }
         // One local eviction, two from the fleet (one host's, one a quorum's): the
         // label has two values whatever the number of hosts.

@@ -18,6 +18,10 @@
 //! - A late joiner's resync of the bucket the run left behind (one key per ejection).
 //!
 //! Every load is bounded in count and time; only loopback and the namespace are used.
+//!
+//! For experiments: `CONNMON_BENCH_FLEET_AGENTS=50` runs only fleets of that size
+//! (comma-separated), `CONNMON_BENCH_FLEET_RECEIVER_ARGS="--wakeup-every-event"` adds
+//! arguments to every host but A.
 
 use std::{
     collections::HashMap,
@@ -139,6 +143,15 @@ fn spawn_host(
     let socket = env.dir.join(format!("{stem}.sock"));
     let stdout = env.dir.join(format!("{stem}.out"));
     let stderr = env.dir.join(format!("{stem}.err"));
+    let extra: Vec<String> = if i == 0 {
+        Vec::new()
+    } else {
+        std::env::var("CONNMON_BENCH_FLEET_RECEIVER_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
     let child = Command::new(&env.connmon)
         .args([
             "run",
@@ -159,6 +172,7 @@ fn spawn_host(
         .arg(&socket)
         .arg("--pool")
         .arg(pool)
+        .args(&extra)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&stdout)?)
         .stderr(fs::File::create(&stderr)?)
@@ -357,7 +371,9 @@ fn breakdown(
 ) -> [Vec<f64>; 3] {
     let mut parts: [Vec<f64>; 3] = Default::default();
     for v in lines(a_out).filter(|v| v["type"] == "evict") {
-        let Some(dst) = v["dst"].as_str() else { continue };
+        let Some(dst) = v["dst"].as_str() else {
+            continue;
+        };
         let Some(i) = dst
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse::<usize>().ok())
@@ -485,7 +501,14 @@ pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result
         plan.fleet_verdict_rate,
     );
     let mut parts = Vec::new();
-    for &n in plan.fleet_agents {
+    let agents: Vec<usize> = match std::env::var("CONNMON_BENCH_FLEET_AGENTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.trim().parse().context("CONNMON_BENCH_FLEET_AGENTS"))
+            .collect::<anyhow::Result<_>>()?,
+        Err(_) => plan.fleet_agents.to_vec(),
+    };
+    for &n in &agents {
         let (row, part) = one_fleet(env, plan, n, &pool, samples)?;
         let _ = writeln!(report, "{row}");
         parts.push(part);
@@ -567,7 +590,8 @@ fn one_fleet(
     let observer = Observer::start(nats.port, &format!("connmon.bench{tag}.verdict.h0"))?;
 
     // Propagation latency, paced.
-    let (paced_cpu0, paced_machine0, paced_t0) = (cpu_all(&pids), machine_jiffies(), Instant::now());
+    let (paced_cpu0, paced_machine0, paced_t0) =
+        (cpu_all(&pids), machine_jiffies(), Instant::now());
     refuse(env, &ns, 0, samples, plan.fleet_sample_rate)?;
     c.wait_for(samples, Duration::from_secs(10));
     let paced_read = c.count();
