@@ -16,6 +16,9 @@
 //! - NATS killed and restarted: local verdicts go on, the fleet state resyncs (a
 //!   reinstate missed while NATS was away is caught up), and a late joiner starts with
 //!   the current ejections.
+//! - a bucket of 10 000 ejections (another host's, written straight into the KV stream)
+//!   is read completely by `connmon fleet` and by a late joiner's resync, each one
+//!   ordered read.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -26,7 +29,7 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, LOCAL_V4, Netns, closed_port, connmon_bin, require_root, scratch_dir, sh,
+    Agent, LOCAL_V4, Netns, closed_port, connmon_bin, require_root, scratch_dir, sh, strip_ansi,
 };
 use serde_json::Value;
 
@@ -362,6 +365,10 @@ fn quorum_two_needs_a_second_host() {
         "connmon_fleet_verdicts_ignored_total{reason=\"quorum_pending\"} 1",
         "connmon_fleet_verdicts_applied_total 1",
         "connmon_fleet_verdicts_published_total 0",
+        // The ejection counters say the verdict was the fleet's (two label values,
+        // not one per host).
+        "connmon_evictions_total{reason=\"fleet\",origin=\"fleet\"} 1",
+        "connmon_reinstatements_total{origin=\"local\"} 0",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
@@ -551,4 +558,119 @@ fn nats_restart_resyncs_and_a_late_joiner_starts_with_the_ejections() {
         fleet["kv_put_failures"].as_u64() >= Some(1) && fleet["kv_put_retries"].as_u64() >= Some(1),
         "the KV put of the JetStream-less evict failed and was retried: {fleet}"
     );
+}
+
+/// Ejections in the big bucket: a fleet of hundreds of hosts sharing one pool.
+const BIG_BUCKET: u16 = 10_000;
+
+/// Writes `count` evicts of host `host` into the cluster's KV bucket with plain NATS
+/// publishes on the bucket's subjects (what a KV put is), then waits for the server to
+/// have read them all (PING → PONG).
+fn fill_bucket(nats: &Nats, host: &str, members: &[SocketAddr]) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let stream = TcpStream::connect(("127.0.0.1", nats.port)).expect("connect to nats");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("dup"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("INFO");
+    assert!(line.starts_with("INFO"), "not a NATS server: {line}");
+    let mut out = std::io::BufWriter::new(stream);
+    write!(out, "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\n").expect("CONNECT");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let bucket = format!("connmon_t{}", nats.port);
+    for dst in members {
+        let payload = serde_json::json!({
+            "type": "evict", "v": 1, "host": host, "dst": dst.to_string(),
+            "reason": "refused", "failure_mode": "reject",
+            "duration_ms": 120_000, "until_ms": now_ms + 120_000, "count": 1,
+            "evidence": {"attempts": 3, "refused": 3, "timeout": 0, "abandoned": 0,
+                         "reset": 0, "unreachable": 0, "syn_retransmits": 0, "streak": 3},
+            "trusted": true, "local_outage": false, "ts_ms": now_ms,
+        })
+        .to_string();
+        let key = format!("e.{}_{}.{host}", dst.ip(), dst.port());
+        write!(
+            out,
+            "PUB $KV.{bucket}.{key} {}\r\n{payload}\r\n",
+            payload.len()
+        )
+        .expect("PUB");
+    }
+    write!(out, "PING\r\n").expect("PING");
+    out.flush().expect("flush");
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("PONG from nats");
+        assert!(n > 0, "nats closed the connection");
+        assert!(!line.starts_with("-ERR"), "nats refused a publish: {line}");
+        if line.starts_with("PONG") {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_bucket_of_ten_thousand_ejections_is_read_completely_in_one_ordered_read() {
+    require_root();
+    let nats = Nats::start();
+    let pool: Vec<SocketAddr> = (0..BIG_BUCKET)
+        .map(|i| SocketAddr::from(([10, 250, 0, 1], 20_000 + i)))
+        .collect();
+    // A creates the bucket (and stays in the fleet: its heartbeat is in it too).
+    let a = Host::start("A", &nats, "", &pool);
+    fill_bucket(&nats, "X", &pool);
+
+    // `connmon fleet`: one ordered read lists X with every ejection (JetStream stores
+    // the publishes asynchronously: poll).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = fleet_rows(&a.config);
+        let x = rows.iter().find(|h| h["host"] == "X");
+        // A's heartbeat (put once its bucket is open) is listed with them.
+        let a_listed = rows
+            .iter()
+            .any(|h| h["host"] == "A" && h["heartbeat"].is_object());
+        if a_listed && x.is_some_and(|x| x["ejections"] == u64::from(BIG_BUCKET)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`connmon fleet` did not list X's {BIG_BUCKET} ejections and A's heartbeat within 60 s: {x:?}, A listed: {a_listed}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+
+    // A late joiner reads all of them at its resync and applies every one.
+    let mut late = Host::start("L", &nats, "", &pool);
+    let stderr = strip_ansi(&late.agent.stderr());
+    let resynced = stderr
+        .lines()
+        .find(|l| l.contains("fleet: resynced"))
+        .expect("the resync line");
+    assert!(
+        resynced.contains(&format!("entries={BIG_BUCKET} ")),
+        "the resync read every ejection: {resynced}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let applied = late
+            .agent
+            .collect_for(Duration::from_millis(500))
+            .iter()
+            .filter(|v| v["type"] == "evict" && v["origin"] == "X")
+            .count();
+        if applied == usize::from(BIG_BUCKET) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late joiner applied {applied} of {BIG_BUCKET} ejections within 60 s"
+        );
+    }
+    let fleet = late.final_fleet_stats();
+    assert_eq!(fleet["applied"], u64::from(BIG_BUCKET), "{fleet}");
+    assert_eq!(fleet["guarded"], 0, "{fleet}");
 }

@@ -196,6 +196,16 @@ fn prometheus_scrapes_the_endpoint_and_counts_the_refused_connects() {
         1.0,
         &agent,
     );
+    // This host's own decision: `origin="local"` (a fleet verdict says "fleet").
+    let local = prometheus
+        .query_one("sum(connmon_evictions_total{origin=\"local\"})")
+        .expect("connmon_evictions_total{origin=\"local\"}");
+    assert!(local >= 1.0, "local evictions {local}");
+    assert_eq!(
+        prometheus.query_one("sum(connmon_evictions_total{origin=\"fleet\"})"),
+        None,
+        "no fleet: no fleet evictions"
+    );
     // The host-wide counter includes the test's connects (other traffic may add more).
     let total = prometheus
         .query_one("sum(connmon_connect_attempts_total{outcome=\"refused\"})")

@@ -11,11 +11,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use futures_util::StreamExt as _;
 
 use crate::{
     config::Config,
-    sinks::fleet::message::{self, FleetMessage, Heartbeat},
+    sinks::fleet::{
+        message::{self, FleetMessage, Heartbeat},
+        read_bucket,
+    },
 };
 
 /// `connmon fleet`.
@@ -75,19 +77,16 @@ pub fn fleet(args: &FleetArgs) -> anyhow::Result<()> {
             )
         })?;
         let mut rows: BTreeMap<String, HostRow> = BTreeMap::new();
-        let mut keys = kv.keys().await?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key?);
-        }
+        // One ordered read of the whole bucket (as the agents' resync), not a request
+        // per key.
+        let values = read_bucket(&kv)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading KV bucket {}: {e}", fleet.bucket()))?;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        for key in names {
-            let Some(bytes) = kv.get(key.clone()).await? else {
-                continue;
-            };
+        for (_, bytes) in values {
             match message::decode(&bytes) {
                 Ok(FleetMessage::Heartbeat(h)) => {
                     let row = rows.entry(h.host.clone()).or_default();

@@ -91,8 +91,22 @@ struct RoleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
+struct EvictionLabels {
     reason: String,
+    origin: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabels {
+    origin: &'static str,
+}
+
+/// The `origin` label of the ejection counters: `local` for this host's own decisions,
+/// `fleet` for one applied from other hosts' verdicts (`[fleet]`). Two values only: a
+/// label per remote host would add a series per host of the fleet (hundreds) to every
+/// scrape of every host; the `evict` line names the host(s).
+fn origin_label(origin: Option<&str>) -> &'static str {
+    if origin.is_some() { "fleet" } else { "local" }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,8 +141,8 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     duration: Family<RoleLabels, Histogram, fn() -> Histogram>,
     syn_retransmits: Family<RoleLabels, Counter>,
-    evictions: Family<ReasonLabels, Counter>,
-    reinstatements: Counter,
+    evictions: Family<EvictionLabels, Counter>,
+    reinstatements: Family<OriginLabels, Counter>,
     tracked: Gauge,
     ejected: Gauge,
     lost_events: Counter,
@@ -156,7 +170,7 @@ impl Metrics {
             duration: Family::new_with_constructor(duration_histogram),
             syn_retransmits: Family::default(),
             evictions: Family::default(),
-            reinstatements: Counter::default(),
+            reinstatements: Family::default(),
             tracked: Gauge::default(),
             ejected: Gauge::default(),
             lost_events: Counter::default(),
@@ -194,14 +208,18 @@ impl Metrics {
         );
         registry.register(
             "evictions",
-            "Destinations taken out of rotation, by reason",
+            "Destinations taken out of rotation, by reason and origin (local or fleet)",
             m.evictions.clone(),
         );
         registry.register(
             "reinstatements",
-            "Destinations put back into rotation",
+            "Destinations put back into rotation, by origin (local or fleet)",
             m.reinstatements.clone(),
         );
+        // Both series from the start (a reinstatement counter reading 0, not absent).
+        for origin in ["local", "fleet"] {
+            let _ = m.reinstatements.get_or_create(&OriginLabels { origin });
+        }
         registry.register(
             "destinations_tracked",
             "Destinations in the policy's table (policy snapshot, at most every 10 s)",
@@ -296,7 +314,12 @@ impl Metrics {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
-                self.evictions.get_or_create(&ReasonLabels { reason }).inc();
+                self.evictions
+                    .get_or_create(&EvictionLabels {
+                        reason,
+                        origin: origin_label(e.origin.as_deref()),
+                    })
+                    .inc();
                 let admission = series.set_ejected(e.dst, role, true);
                 self.apply(&admission);
                 self.dst_ejected
@@ -307,7 +330,11 @@ impl Metrics {
                     .set(1);
             }
             Payload::Decision(Decision::Reinstate(r)) => {
-                self.reinstatements.inc();
+                self.reinstatements
+                    .get_or_create(&OriginLabels {
+                        origin: origin_label(r.origin.as_deref()),
+                    })
+                    .inc();
                 if series.set_ejected(r.dst, role, false).tracked {
                     self.dst_ejected
                         .get_or_create(&DestinationLabels {
@@ -779,5 +806,93 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
+    }
+
+    fn eviction(dst: SocketAddr, origin: Option<&str>) -> Decision {
+        use crate::policy::{EjectionTerm, Evidence, Reason};
+        Decision::Evict(crate::policy::Eviction {
+            dst,
+            netns: None,
+            role: Role::Proxy,
+            reason: if origin.is_some() {
+                Reason::Fleet
+            } else {
+                Reason::Refused
+            },
+            failure_mode: None,
+            evidence: Evidence {
+                attempts: 3,
+                refused: 3,
+                timeout: 0,
+                abandoned: 0,
+                reset: 0,
+                unreachable: 0,
+                syn_retransmits: 0,
+                streak: 3,
+            },
+            ejection: EjectionTerm {
+                count: 1,
+                duration_ms: 30_000,
+                until: "2026-01-01T00:00:00Z".into(),
+            },
+            trigger: None,
+            origin: origin.map(Arc::from),
+            local_outage: false,
+            detect_us: None,
+            ts: None,
+        })
+    }
+
+    fn reinstatement(dst: SocketAddr, origin: Option<&str>) -> Decision {
+        Decision::Reinstate(crate::policy::Reinstatement {
+            dst,
+            netns: None,
+            ejected_ms: 1_000,
+            verified: false,
+            early: false,
+            origin: origin.map(Arc::from),
+            ts: None,
+        })
+    }
+
+    #[test]
+    fn ejection_counters_say_whether_the_verdict_was_this_hosts_or_the_fleets() {
+        let (mut metrics, registry) = Metrics::register();
+        let mut series = DestinationSeries::new(10);
+        let bus = EventBus::new(16, WallClock::from_offset_ns(0));
+        let mut rx = bus.subscribe();
+        let text = scrape(&registry);
+        for line in [
+            "connmon_reinstatements_total{origin=\"local\"} 0",
+            "connmon_reinstatements_total{origin=\"fleet\"} 0",
+        ] {
+            assert!(
+                text.contains(line),
+                "missing {line:?} before any decision:\n{text}"
+            );
+        }
+        // One local eviction, two from the fleet (one host's, one a quorum's): the
+        // label has two values whatever the number of hosts.
+        bus.decision(&eviction(addr(1), None), Some(Role::Proxy));
+        bus.decision(&eviction(addr(2), Some("host-a")), Some(Role::Proxy));
+        bus.decision(&eviction(addr(3), Some("host-b,host-c")), Some(Role::Proxy));
+        bus.decision(&reinstatement(addr(1), None), Some(Role::Proxy));
+        bus.decision(&reinstatement(addr(2), Some("host-a")), Some(Role::Proxy));
+        while let Ok(msg) = rx.try_recv() {
+            metrics.on_message(&msg, &mut series);
+        }
+        let text = scrape(&registry);
+        for line in [
+            "connmon_evictions_total{reason=\"refused\",origin=\"local\"} 1",
+            "connmon_evictions_total{reason=\"fleet\",origin=\"fleet\"} 2",
+            "connmon_reinstatements_total{origin=\"local\"} 1",
+            "connmon_reinstatements_total{origin=\"fleet\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("host-a") && !text.contains("host-b"),
+            "a host id became a label value:\n{text}"
+        );
     }
 }

@@ -18,6 +18,10 @@
 //! - A late joiner's resync of the bucket the run left behind (one key per ejection).
 //!
 //! Every load is bounded in count and time; only loopback and the namespace are used.
+//!
+//! For experiments: `CONNMON_BENCH_FLEET_AGENTS=50` runs only fleets of that size
+//! (comma-separated), `CONNMON_BENCH_FLEET_RECEIVER_ARGS="--wakeup-every-event"` adds
+//! arguments to every host but A.
 
 use std::{
     collections::HashMap,
@@ -139,6 +143,15 @@ fn spawn_host(
     let socket = env.dir.join(format!("{stem}.sock"));
     let stdout = env.dir.join(format!("{stem}.out"));
     let stderr = env.dir.join(format!("{stem}.err"));
+    let extra: Vec<String> = if i == 0 {
+        Vec::new()
+    } else {
+        std::env::var("CONNMON_BENCH_FLEET_RECEIVER_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
     let child = Command::new(&env.connmon)
         .args([
             "run",
@@ -159,6 +172,7 @@ fn spawn_host(
         .arg(&socket)
         .arg("--pool")
         .arg(pool)
+        .args(&extra)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&stdout)?)
         .stderr(fs::File::create(&stderr)?)
@@ -255,6 +269,138 @@ impl Subscriber {
             thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A plain NATS subscriber of A's verdict subject (one more fan-out target, doing no
+/// work): when each `evict` left the server, to split the latency into A's part and
+/// the receiver's part.
+struct Observer {
+    seen: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl Observer {
+    fn start(port: u16, subject: &str) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        let mut writer = stream.try_clone()?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if !line.starts_with("INFO") {
+            bail!("not a NATS server: {line}");
+        }
+        write!(
+            writer,
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {subject} 1\r\nPING\r\n"
+        )?;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("NATS closed the observer's connection");
+            }
+            if line.starts_with("PONG") {
+                break;
+            }
+        }
+        let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let store = Arc::clone(&seen);
+        thread::spawn(move || {
+            let mut line = String::new();
+            let mut payload = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if line.starts_with("PING") {
+                    let _ = writer.write_all(b"PONG\r\n");
+                    continue;
+                }
+                // MSG <subject> <sid> [reply] <bytes>
+                let Some(len) = line
+                    .strip_prefix("MSG ")
+                    .and_then(|rest| rest.split_whitespace().last())
+                    .and_then(|n| n.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                payload.resize(len + 2, 0);
+                if reader.read_exact(&mut payload).is_err() {
+                    return;
+                }
+                let at = monotonic_ns();
+                let Ok(v) = serde_json::from_slice::<Value>(&payload[..len]) else {
+                    continue;
+                };
+                if v["type"] == "evict"
+                    && let Some(dst) = v["dst"].as_str()
+                    && let Ok(mut seen) = store.lock()
+                {
+                    seen.entry(dst.to_owned()).or_insert(at);
+                }
+            }
+        });
+        Ok(Observer { seen })
+    }
+}
+
+/// Busy and total jiffies of the whole machine (`/proc/stat`).
+fn machine_jiffies() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = cpu.iter().take(8).sum();
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The parts of the paced latency, ms, sorted: kernel event → A's decision
+/// (`detect_us`), A's decision → the observer read it from NATS, NATS → C's
+/// subscriber read the fleet's evict.
+fn breakdown(
+    a_out: &str,
+    nats: &HashMap<String, u64>,
+    seen: &HashMap<String, u64>,
+    to: usize,
+) -> [Vec<f64>; 3] {
+    let mut parts: [Vec<f64>; 3] = Default::default();
+    for v in lines(a_out).filter(|v| v["type"] == "evict") {
+        let Some(dst) = v["dst"].as_str() else {
+            continue;
+        };
+        let Some(i) = dst
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<usize>().ok())
+            .and_then(|p| p.checked_sub(usize::from(FIRST_PORT)))
+        else {
+            continue;
+        };
+        let (Some(kernel), Some(detect_us), Some(&out), Some(&read)) = (
+            v["trigger"]["ktime_ns"].as_u64(),
+            v["detect_us"].as_u64(),
+            nats.get(dst),
+            seen.get(dst),
+        ) else {
+            continue;
+        };
+        if i >= to {
+            continue;
+        }
+        let decided = kernel + detect_us * 1_000;
+        parts[0].push(detect_us as f64 / 1e3);
+        parts[1].push(out.saturating_sub(decided) as f64 / 1e6);
+        parts[2].push(read.saturating_sub(out) as f64 / 1e6);
+    }
+    for part in &mut parts {
+        part.sort_by(f64::total_cmp);
+    }
+    parts
 }
 
 /// Refused connects from A's namespace to members `first..first+count`, paced.
@@ -354,9 +500,31 @@ pub(super) fn run(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result
         plan.fleet_rate_secs,
         plan.fleet_verdict_rate,
     );
-    for &n in plan.fleet_agents {
-        let row = one_fleet(env, plan, n, &pool, samples)?;
+    let mut parts = Vec::new();
+    let agents: Vec<usize> = match std::env::var("CONNMON_BENCH_FLEET_AGENTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.trim().parse().context("CONNMON_BENCH_FLEET_AGENTS"))
+            .collect::<anyhow::Result<_>>()?,
+        Err(_) => plan.fleet_agents.to_vec(),
+    };
+    for &n in &agents {
+        let (row, part) = one_fleet(env, plan, n, &pool, samples)?;
         let _ = writeln!(report, "{row}");
+        parts.push(part);
+    }
+    let _ = writeln!(
+        report,
+        "\nWhere the paced latency goes (p50 / p99, ms): kernel event → A's decision (`detect_us`); A's \
+         decision → a plain NATS subscriber of A's subject read it (A's bus, link, publish and the server's \
+         fan-out); NATS → C's socket subscriber read the fleet's evict (C's link, pipeline, socket). CPU: \
+         each agent idle for 10 s before any load (median and max over the hosts, % of a core), all agents \
+         together and the whole machine (every process, other sessions' too) during the paced phase.\n\n\
+         | agents | kernel → A decides | A decides → out of NATS | NATS → C's subscriber | idle CPU per agent median / max | idle nats-server | paced: all agents · machine busy |\n\
+         |---:|---|---|---|---|---|---|"
+    );
+    for part in parts {
+        let _ = writeln!(report, "{part}");
     }
     let _ = writeln!(report);
     Ok(())
@@ -369,7 +537,7 @@ fn one_fleet(
     n: usize,
     pool: &Path,
     samples: usize,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, String)> {
     let tag = format!("{n}");
     let dir = env.dir.join(format!("fleet-nats-{n}"));
     fs::create_dir_all(&dir)?;
@@ -398,18 +566,51 @@ fn one_fleet(
         stop_all(hosts);
         return Err(e);
     }
+    let pids: Vec<u32> = hosts.iter().map(|h| h.tracer.pid()).collect();
+    let nats_pid = nats.child.id();
+    let cpu_all = |pids: &[u32]| -> Vec<f64> {
+        pids.iter()
+            .map(|p| cpu_seconds(*p).unwrap_or(0.0))
+            .collect()
+    };
+    // Idle: every agent in the fleet, nothing flowing (but other sessions' traffic).
+    const IDLE: Duration = Duration::from_secs(10);
+    let (idle0, idle_nats0) = (cpu_all(&pids), cpu_seconds(nats_pid).unwrap_or(0.0));
+    thread::sleep(IDLE);
+    let (idle1, idle_nats1) = (cpu_all(&pids), cpu_seconds(nats_pid).unwrap_or(0.0));
+    let mut idle: Vec<f64> = idle0
+        .iter()
+        .zip(&idle1)
+        .map(|(a, b)| (b - a) / IDLE.as_secs_f64() * 100.0)
+        .collect();
+    idle.sort_by(f64::total_cmp);
+    let idle_nats = (idle_nats1 - idle_nats0) / IDLE.as_secs_f64() * 100.0;
+
     let c = Subscriber::start(&hosts[n - 1].socket)?;
+    let observer = Observer::start(nats.port, &format!("connmon.bench{tag}.verdict.h0"))?;
 
     // Propagation latency, paced.
+    let (paced_cpu0, paced_machine0, paced_t0) =
+        (cpu_all(&pids), machine_jiffies(), Instant::now());
     refuse(env, &ns, 0, samples, plan.fleet_sample_rate)?;
     c.wait_for(samples, Duration::from_secs(10));
     let paced_read = c.count();
+    let (paced_cpu1, paced_machine1) = (cpu_all(&pids), machine_jiffies());
+    let paced_secs = paced_t0.elapsed().as_secs_f64();
+    let paced_agents: f64 = paced_cpu0
+        .iter()
+        .zip(&paced_cpu1)
+        .map(|(a, b)| b - a)
+        .sum::<f64>()
+        / paced_secs
+        * 100.0;
+    let machine_busy = (paced_machine1.0 - paced_machine0.0) as f64
+        / (paced_machine1.1 - paced_machine0.1).max(1) as f64
+        * 100.0;
 
     // The verdict rate.
     let rate_count = ((plan.fleet_verdict_rate as f64 * plan.fleet_rate_secs) as usize)
         .min(plan.fleet_members - samples);
-    let pids: Vec<u32> = hosts.iter().map(|h| h.tracer.pid()).collect();
-    let nats_pid = nats.child.id();
     let cpu0: Vec<f64> = pids
         .iter()
         .map(|p| cpu_seconds(*p).unwrap_or(0.0))
@@ -462,13 +663,24 @@ fn one_fleet(
 
     let seen = c.seen.lock().map(|s| s.clone()).unwrap_or_default();
     let paced = latencies(&outputs[0], &seen, 0, samples);
+    let out_of_nats = observer.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let parts = breakdown(&outputs[0], &out_of_nats, &seen, samples);
+    let p = |v: &[f64]| format!("{:.1} / {:.1}", percentile(v, 50.0), percentile(v, 99.0));
+    let part_row = format!(
+        "| {n} | {} | {} | {} | {:.2} % / {:.2} % | {idle_nats:.2} % | {paced_agents:.0} % · {machine_busy:.0} % of 2 cores |",
+        p(&parts[0]),
+        p(&parts[1]),
+        p(&parts[2]),
+        percentile(&idle, 50.0),
+        idle.last().copied().unwrap_or(f64::NAN),
+    );
     let loaded = latencies(&outputs[0], &seen, samples, samples + rate_count);
     let a_stats = lines(&outputs[0])
         .filter(|v| v["type"] == "stats")
         .last()
         .unwrap_or(Value::Null);
     let dropped = &a_stats["fleet"]["dropped"];
-    Ok(format!(
+    let row = format!(
         "| {n} | {:.1} / {:.1} / {:.1} | {}/{samples} | {:.0} /s ({} connects in {load_secs:.1} s; C had read them after {secs:.1} s) | {:.2} · {:.2} | {:.0} · {:.0} · {:.0} · {:.0} | {:.1} / {:.1} | {loaded_read}/{rate_count} | {} (queue full {}, unreachable {}) | {} keys in {} ms ({:.1} s from exec) |",
         percentile(&paced, 50.0),
         percentile(&paced, 99.0),
@@ -492,7 +704,8 @@ fn one_fleet(
         log_field(&resync_line, "entries").unwrap_or(0),
         log_field(&resync_line, "elapsed_ms").unwrap_or(0),
         late_secs,
-    ))
+    );
+    Ok((row, part_row))
 }
 
 #[cfg(test)]

@@ -745,8 +745,8 @@ async fn resync(
 
 /// Every current value of the bucket (last per key, deletes skipped), read by one
 /// ordered consumer rather than one request per key: 10 000 keys take one stream
-/// read, not 10 000 round trips.
-async fn read_bucket(kv: &kv::Store) -> Result<Vec<(String, Bytes)>, String> {
+/// read, not 10 000 round trips. The resync and `connmon fleet` read it so.
+pub(crate) async fn read_bucket(kv: &kv::Store) -> Result<Vec<(String, Bytes)>, String> {
     let status = kv.status().await.map_err(|e| e.to_string())?;
     let mut values = Vec::new();
     if status.values() == 0 {

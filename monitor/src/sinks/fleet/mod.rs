@@ -36,6 +36,7 @@ pub mod prometheus;
 pub mod view;
 
 pub use config::{FleetConfig, FleetMode};
+pub(crate) use link::read_bucket;
 
 use crate::{
     config::Config,
