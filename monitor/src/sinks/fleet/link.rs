@@ -518,7 +518,7 @@ impl OwnEjections {
                     .and_then(|u| chrono::DateTime::parse_from_rfc3339(u).ok())
                     .map(|t| u64::try_from(t.timestamp_millis()).unwrap_or(0))
                     .unwrap_or(0);
-                let message = (own && until_ms > now).then(|| {
+                (own && until_ms > now).then(|| {
                     FleetMessage::Evict(RemoteEvict {
                         v: message::VERSION,
                         host: self.host.clone(),
@@ -536,8 +536,7 @@ impl OwnEjections {
                         local_outage: snapshot.local_outage,
                         ts_ms: now,
                     })
-                });
-                message
+                })
             })
             .collect()
     }
