@@ -68,7 +68,7 @@ impl SnapshotReply {
     /// The reply to `snapshot` with the socket server's counters and the request's id.
     pub fn new(mut snapshot: PolicySnapshot, server: Value, id: Option<&Value>) -> Self {
         let destinations = std::mem::take(&mut snapshot.destinations);
-        let mut value = serde_json::to_value(&snapshot).unwrap_or_else(|_| Value::Null);
+        let mut value = serde_json::to_value(&snapshot).unwrap_or(Value::Null);
         let map = match &mut value {
             Value::Object(map) => map,
             _ => unreachable!("a struct serialises to a JSON object"),
