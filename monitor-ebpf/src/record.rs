@@ -2,11 +2,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::bpf_ktime_get_ns,
 };
 use monitor_common::{ConnectEvent, counter, netns_owner};
 
-use crate::maps::{Attempt, EVENTS, READER, TupleKey, UNWOKEN, conf, count};
+use crate::{
+    maps::{Attempt, EVENTS, READER, TupleKey, UNWOKEN, conf, count},
+    sock::Sock,
+};
 
 /// The socket's network namespace: the inode number `sk->__sk_common.skc_net.net->ns.inum`
 /// (0 if unknown) and who owns it (`monitor_common::netns_owner`), from
@@ -15,48 +18,44 @@ use crate::maps::{Attempt, EVENTS, READER, TupleKey, UNWOKEN, conf, count};
 /// Read in the kernel, from the socket itself: user space could only look the
 /// namespace up by inode afterwards, when the process (and the namespace) may be gone,
 /// and a process cannot lie about the namespace its socket lives in.
+///
+/// Direct loads, no helper calls: `skc_net.net` is a `struct net *` in `struct sock`'s
+/// BTF, so the verifier types the loaded pointer as `struct net` and lets the program
+/// load `ns.inum` and `user_ns` from it (exception-handled loads), and the same again for
+/// `struct user_namespace`.
 #[inline(always)]
-pub fn netns_of(skaddr: u64) -> (u32, u32) {
+pub fn netns_of(sk: Sock) -> (u32, u32) {
     if conf!(has_netns) == 0 {
         return (0, u32::from(netns_owner::UNKNOWN));
     }
-    let net_field = skaddr + u64::from(conf!(sock_common_skc_net));
-    // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
-    let Ok(net) = (unsafe { bpf_probe_read_kernel(net_field as *const u64) }) else {
+    let Ok(net) = sk.read::<*const u8>(conf!(sock_common_skc_net)) else {
         return (0, u32::from(netns_owner::UNKNOWN));
     };
-    if net == 0 {
+    if net.is_null() {
         return (0, u32::from(netns_owner::UNKNOWN));
     }
-    // SAFETY: as above.
-    let inum =
-        unsafe { bpf_probe_read_kernel((net + u64::from(conf!(net_ns_inum))) as *const u32) }
-            .unwrap_or(0);
+    // SAFETY: a BTF-typed kernel pointer; the verifier checks the offset against
+    // `struct net` and the load cannot fault the kernel.
+    let inum = unsafe { core::ptr::read(net.add(conf!(net_ns_inum) as usize).cast::<u32>()) };
     (inum, u32::from(owner_of(net)))
 }
 
 /// `net->user_ns->level` as one of `monitor_common::netns_owner`.
 #[inline(always)]
-fn owner_of(net: u64) -> u16 {
+fn owner_of(net: *const u8) -> u16 {
     if conf!(has_netns_owner) == 0 {
         return netns_owner::UNKNOWN;
     }
-    // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
+    // SAFETY: as in `netns_of`: `net->user_ns` is a `struct user_namespace *` in BTF.
     let user_ns =
-        unsafe { bpf_probe_read_kernel((net + u64::from(conf!(net_user_ns))) as *const u64) };
-    let Ok(user_ns) = user_ns else {
-        return netns_owner::UNKNOWN;
-    };
-    if user_ns == 0 {
+        unsafe { core::ptr::read(net.add(conf!(net_user_ns) as usize).cast::<*const u8>()) };
+    if user_ns.is_null() {
         return netns_owner::UNKNOWN;
     }
     // SAFETY: as above.
-    match unsafe {
-        bpf_probe_read_kernel((user_ns + u64::from(conf!(user_ns_level))) as *const i32)
-    } {
-        Ok(0) => netns_owner::INITIAL,
-        Ok(_) => netns_owner::CHILD,
-        Err(_) => netns_owner::UNKNOWN,
+    match unsafe { core::ptr::read(user_ns.add(conf!(user_ns_level) as usize).cast::<i32>()) } {
+        0 => netns_owner::INITIAL,
+        _ => netns_owner::CHILD,
     }
 }
 

@@ -182,6 +182,26 @@ fn assert_same_outcomes(
     inferred
 }
 
+/// The error-capture hook at `sk_error_report()` is attached: `fentry/sk_error_report`
+/// where the kernel lets `fentry` attach, else the `tp_btf/inet_sk_error_report`
+/// fallback (every kernel the tests run on, 6.1+, has the tracepoint).
+fn assert_error_report_hooked(agent: &Agent) {
+    let stderr = agent.wait_for_stderr("attached to ", Duration::from_secs(30));
+    let line = stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("attached to ")
+                .map(|(_, rest)| rest.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no start-up line in:\n{stderr}"));
+    let fentry = line.contains("fentry/sk_error_report");
+    let fallback = line.contains("tp_btf/inet_sk_error_report");
+    assert!(
+        fentry != fallback,
+        "exactly one of fentry/sk_error_report and its fallback tp_btf/inet_sk_error_report must be attached: {line}"
+    );
+}
+
 /// Thousands of non-blocking connects to neighbours that never answer; the application
 /// waits in epoll and reads `SO_ERROR` the moment it is woken — the usual pattern, which
 /// consumes `sk_err`. connmon must still report every one as `unreachable`.
@@ -193,6 +213,7 @@ fn unreachable_is_classified_when_the_application_reads_so_error_from_epoll() {
     let ns = Netns::new("epl");
     unreachable_without_limits(&ns);
     let mut agent = Agent::start(&["--ring-buffer-bytes", "8388608"]);
+    assert_error_report_hooked(&agent);
     let started = Instant::now();
     let (attempts, _) = ns.run("epoller", move || {
         // SAFETY: gettid has no preconditions.

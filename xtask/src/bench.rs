@@ -210,10 +210,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     type Section = fn(&Env, &Plan, &mut String) -> anyhow::Result<()>;
     let sections: [(&str, Section); 9] = [
         (kernel_cost::SECTION, kernel_cost::run),
-        (
-            "connect overhead vs untraced, tcpstates, bpftrace",
-            overhead,
-        ),
+        (OVERHEAD_SECTION, overhead),
         ("ingest and loss per ring-buffer size", ingest),
         (LATENCY_SECTION, latency),
         ("a blackholed node", blackhole),
@@ -228,6 +225,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         Ok(fleet::SECTION) => Some(fleet::SECTION),
         Ok(kernel_cost::SECTION) => Some(kernel_cost::SECTION),
         Ok("latency") => Some(LATENCY_SECTION),
+        Ok("overhead") => Some(OVERHEAD_SECTION),
         _ => None,
     };
     for (i, (name, section)) in sections.iter().enumerate() {
@@ -466,6 +464,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// The name of the connect-overhead section (`CONNMON_BENCH_ONLY=overhead`).
+const OVERHEAD_SECTION: &str = "connect overhead vs untraced, tcpstates, bpftrace";
+
 /// The name of the detection-latency section (`CONNMON_BENCH_ONLY=latency`).
 const LATENCY_SECTION: &str = "detection latency under load";
 
@@ -530,11 +531,19 @@ fn overhead(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
     write_config(env, "")?;
     let peers = [Peer::None, Peer::Connmon, Peer::Tcpstates, Peer::Bpftrace];
     let secs = format!("{}", plan.load_secs);
-    let mut results: Vec<Vec<Sample>> = (0..2)
+    // (mode, load threads): 1 thread is the everyday case (the reader keeps up), 2 a flood.
+    let cases = [
+        ("refused", "1"),
+        ("refused", "2"),
+        ("established", "1"),
+        ("established", "2"),
+    ];
+    let mut results: Vec<Vec<Sample>> = cases
+        .iter()
         .map(|_| peers.iter().map(|_| Sample::default()).collect())
         .collect();
     for round in 0..plan.rounds {
-        for (m, mode) in ["refused", "established"].into_iter().enumerate() {
+        for (m, &(mode, threads)) in cases.iter().enumerate() {
             let mut baseline = f64::NAN;
             for (p, peer) in peers.iter().enumerate() {
                 let sample = &mut results[m][p];
@@ -549,7 +558,7 @@ fn overhead(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
                 let t0 = Instant::now();
                 let load = loadgen(
                     env,
-                    &["--mode", mode, "--threads", "2", "--duration", &secs],
+                    &["--mode", mode, "--threads", threads, "--duration", &secs],
                 )?;
                 let wall = t0.elapsed().as_secs_f64();
                 let cpu = tracer
@@ -580,7 +589,7 @@ fn overhead(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
                 }
             }
             setup::say(format!(
-                "overhead round {}/{} {mode} done",
+                "overhead round {}/{} {mode} x{threads} done",
                 round + 1,
                 plan.rounds
             ));
@@ -588,19 +597,19 @@ fn overhead(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
     }
     let _ = writeln!(
         report,
-        "## 1. Connect overhead\n\n`loadgen` with 2 threads of blocking connects for {} s per run, {} round(s); medians. \
+        "## 1. Connect overhead\n\n`loadgen` with 1 and 2 threads of blocking connects for {} s per run, {} round(s); medians. \
          Ratio = connects/s with the tracer ÷ untraced connects/s of the same round. \
-         Command: `cargo xtask bench`.\n\n\
-         | mode | tracer | connects/s | ratio | tracer CPU (% of one core) | connmon events delivered / connects (lost) |\n|---|---|---:|---:|---:|---|",
+         Command: `cargo xtask bench` (`CONNMON_BENCH_ONLY=overhead` for this section alone).\n\n\
+         | mode | load threads | tracer | connects/s | ratio | tracer CPU (% of one core) | connmon events delivered / connects (lost) |\n|---|---:|---|---:|---:|---:|---|",
         plan.load_secs, plan.rounds
     );
-    for (m, mode) in ["refused", "established"].into_iter().enumerate() {
+    for (m, &(mode, threads)) in cases.iter().enumerate() {
         for (p, peer) in peers.iter().enumerate() {
             let s = &results[m][p];
             if let Some(err) = &s.error {
                 let _ = writeln!(
                     report,
-                    "| {mode} | {} | unavailable: {} | | | |",
+                    "| {mode} | {threads} | {} | unavailable: {} | | | |",
                     peer.label(),
                     err.lines().next().unwrap_or("")
                 );
@@ -613,7 +622,7 @@ fn overhead(env: &Env, plan: &Plan, report: &mut String) -> anyhow::Result<()> {
             };
             let _ = writeln!(
                 report,
-                "| {mode} | {} | {:.0} | {:.2} | {:.0} | {delivery} |",
+                "| {mode} | {threads} | {} | {:.0} | {:.2} | {:.0} | {delivery} |",
                 peer.label(),
                 median(s.rates.clone()),
                 median(s.ratios.clone()),

@@ -54,7 +54,7 @@ fn start_attempt(sk: Sock) -> Result<(), i32> {
         return Ok(());
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let (netns, netns_owner) = netns_of(sk.addr());
+    let (netns, netns_owner) = netns_of(sk);
     *slot = Attempt {
         // SAFETY: no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },

@@ -8,10 +8,19 @@
 //!   woken (the wake-up is inside). Covers the paths that raise the error before the
 //!   CLOSE transition (`tcp_v4_err()` on kernels without `tcp_done_with_error()`).
 //!
-//! Both only run when a socket error is raised, never on a routine connect. The
+//! - `tp_btf/inet_sk_error_report(sk)`: the fallback where `fentry` cannot attach (no
+//!   BPF trampolines, or a kernel that refuses them). The tracepoint fires at the end of
+//!   `sk_error_report()`, right after the wake-up, with `sk_err` still set: on kernels
+//!   whose `tcp_v4_err()`/`tcp_write_err()` report the error before `tcp_done()` it is
+//!   read there, microseconds before the CLOSE transition.
+//!
+//! All three only run when a socket error is raised, never on a routine connect. The
 //! SYN_SENT→CLOSE transition prefers the captured error over `sk_err`.
 
-use aya_ebpf::{macros::fentry, programs::FEntryContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, fentry},
+    programs::{BtfTracePointContext, FEntryContext},
+};
 
 use crate::{
     maps::{Attempt, phase},
@@ -29,6 +38,15 @@ pub fn tcp_done_with_error(ctx: FEntryContext) -> u32 {
 
 #[fentry(function = "sk_error_report")]
 pub fn sk_error_report(ctx: FEntryContext) -> u32 {
+    let sk = Sock(ctx.arg(0));
+    if let Some(slot) = pending(sk) {
+        slot.captured_errno = sk.err();
+    }
+    0
+}
+
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
     let sk = Sock(ctx.arg(0));
     if let Some(slot) = pending(sk) {
         slot.captured_errno = sk.err();

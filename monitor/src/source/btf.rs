@@ -157,6 +157,14 @@ impl KernelBtf {
             .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
     }
 
+    /// Whether the kernel has the BTF-enabled tracepoint `name` (the typedef
+    /// `btf_trace_<name>` that `tp_btf` programs attach through).
+    pub fn has_tracepoint(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Typedef(_))))
+    }
+
     /// Resolves everything the programs need. The socket fields are required; IPv6
     /// addresses and the network namespace are optional (a kernel without CONFIG_IPV6
     /// or CONFIG_NET_NS lacks them).

@@ -74,6 +74,10 @@ pub const TCP_DONE_WITH_ERROR: &str = "tcp_done_with_error";
 /// The kernel function that wakes the application for a socket error (5.12+).
 pub const SK_ERROR_REPORT: &str = "sk_error_report";
 
+/// The tracepoint at the end of `sk_error_report()` (5.15+): the fallback where
+/// `fentry/sk_error_report` cannot attach.
+pub const INET_SK_ERROR_REPORT: &str = "inet_sk_error_report";
+
 /// Checks the ring buffer size the kernel will accept.
 pub fn validate_ring_buffer_bytes(bytes: u32) -> Result<(), String> {
     let page = 4096;
@@ -99,6 +103,7 @@ impl KernelSource {
         let facts = KernelFacts {
             tcp_done_with_error: kernel_btf.has_function(TCP_DONE_WITH_ERROR),
             sk_error_report: kernel_btf.has_function(SK_ERROR_REPORT),
+            inet_sk_error_report: kernel_btf.has_tracepoint(INET_SK_ERROR_REPORT),
         };
         let kernel = kernel_btf.kernel_offsets()?;
         let mut config = ProbeConfig {
@@ -162,15 +167,24 @@ impl KernelSource {
 
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
+        let mut attached_programs = Vec::new();
         for probe in probes::wanted(&facts) {
             let program = probe.program;
+            if let Need::Fallback { instead_of, .. } = probe.need
+                && attached_programs.contains(&instead_of)
+            {
+                continue;
+            }
             let program_mut = ebpf
                 .program_mut(program)
                 .with_context(|| format!("program {program} missing from the eBPF object"))?;
             match (attach_one(program_mut, probe.hook, &aya_btf), probe.need) {
-                (Ok(()), _) => attached.push(probe.hook.to_string()),
+                (Ok(()), _) => {
+                    attached.push(probe.hook.to_string());
+                    attached_programs.push(program);
+                }
                 (Err(e), Need::Required) => return Err(e),
-                (Err(e), Need::Optional(_)) => {
+                (Err(e), Need::Optional(_) | Need::Fallback { .. }) => {
                     tracing::warn!(
                         hook = %probe.hook,
                         "optional hook not attached ({e:#}): socket errors are read at the CLOSE transition only"
@@ -254,6 +268,11 @@ mod tests {
         };
         assert!(btf.has_function("tcp_connect"), "BTF lacks tcp_connect");
         assert!(!btf.has_function("connmon_no_such_function"));
+        assert!(
+            btf.has_tracepoint("inet_sock_set_state"),
+            "BTF lacks btf_trace_inet_sock_set_state"
+        );
+        assert!(!btf.has_tracepoint("connmon_no_such_tracepoint"));
         if let Ok(kallsyms) = std::fs::read_to_string("/proc/kallsyms")
             && kallsyms.lines().any(|l| !l.starts_with("0000000000000000"))
         {

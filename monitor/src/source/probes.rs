@@ -36,6 +36,8 @@ pub struct KernelFacts {
     pub tcp_done_with_error: bool,
     /// `sk_error_report()` exists (5.12+).
     pub sk_error_report: bool,
+    /// The BTF-enabled tracepoint `inet_sk_error_report` exists (5.15+).
+    pub inet_sk_error_report: bool,
 }
 
 /// Whether a probe is attached on the running kernel.
@@ -47,6 +49,12 @@ pub enum Need {
     /// essential: if attaching fails (e.g. no BPF trampolines on this architecture),
     /// the agent warns and goes on without it.
     Optional(fn(&KernelFacts) -> bool),
+    /// Like `Optional`, but only when the program `instead_of` (listed earlier in
+    /// [`PROBES`]) is not attached: not wanted on this kernel, or its attach failed.
+    Fallback {
+        instead_of: &'static str,
+        has: fn(&KernelFacts) -> bool,
+    },
 }
 
 /// One kernel hook.
@@ -62,7 +70,7 @@ impl Probe {
     pub fn wanted(&self, facts: &KernelFacts) -> bool {
         match self.need {
             Need::Required => true,
-            Need::Optional(f) => f(facts),
+            Need::Optional(f) | Need::Fallback { has: f, .. } => f(facts),
         }
     }
 }
@@ -104,6 +112,16 @@ pub const PROBES: &[Probe] = &[
         },
         need: Need::Optional(|k| k.sk_error_report),
     },
+    Probe {
+        program: "inet_sk_error_report",
+        hook: Hook::BtfTracePoint {
+            name: "inet_sk_error_report",
+        },
+        need: Need::Fallback {
+            instead_of: "sk_error_report",
+            has: |k| k.inet_sk_error_report,
+        },
+    },
 ];
 
 /// The probes attached on a kernel with these facts.
@@ -137,11 +155,26 @@ mod tests {
                 "tcp_retransmit_skb"
             ]
         );
-        let both = names(KernelFacts {
+        let all = names(KernelFacts {
             tcp_done_with_error: true,
             sk_error_report: true,
+            inet_sk_error_report: true,
         });
-        assert!(both.contains(&"tcp_done_with_error"), "{both:?}");
-        assert!(both.contains(&"sk_error_report"), "{both:?}");
+        assert!(all.contains(&"tcp_done_with_error"), "{all:?}");
+        assert!(all.contains(&"sk_error_report"), "{all:?}");
+        // Wanted where the kernel has it; attached only if fentry/sk_error_report is not.
+        assert!(all.contains(&"inet_sk_error_report"), "{all:?}");
+        let fallback = PROBES
+            .iter()
+            .position(|p| p.program == "inet_sk_error_report")
+            .expect("fallback listed");
+        let Need::Fallback { instead_of, .. } = PROBES[fallback].need else {
+            panic!("inet_sk_error_report is not a fallback");
+        };
+        let primary = PROBES
+            .iter()
+            .position(|p| p.program == instead_of)
+            .expect("the fallback's primary is listed");
+        assert!(primary < fallback, "a fallback must come after its primary");
     }
 }
