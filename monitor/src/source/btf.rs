@@ -112,7 +112,7 @@ impl KernelBtf {
             total_bits += bits;
             ty = member_ty;
         }
-        (total_bits % 8 == 0).then_some(total_bits / 8)
+        total_bits.is_multiple_of(8).then_some(total_bits / 8)
     }
 
     /// Finds `name` in a struct/union (after typedefs), recursing into anonymous members.
