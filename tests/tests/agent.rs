@@ -174,12 +174,13 @@ fn bad_ring_buffer_size_is_rejected_before_loading() {
 
 /// Names (as the kernel truncates them, 15 bytes) of connmon's loaded tracepoint programs.
 fn connmon_programs() -> Vec<String> {
-    const OURS: [&str; 5] = [
+    const OURS: [&str; 6] = [
         "inet_sock_set_s",
         "tcp_receive_res",
         "tcp_retransmit_",
         "tcp_done_with_e",
         "sk_error_report",
+        "inet_sk_error_r",
     ];
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
