@@ -1,8 +1,9 @@
 //! `cargo xtask fuzz [TARGET] [--time D]`: the fuzz targets of `fuzz/` (cargo-fuzz,
 //! libFuzzer), one per input boundary of the agent (socket protocol and session, config
-//! file, pool file, state file, ring-buffer records, HAProxy's servers state). Each
-//! target starts from its checked-in seeds (`fuzz/corpus/TARGET/seed-*`) plus whatever
-//! earlier runs on this machine added, and runs for a bounded time. `cargo xtask test`
+//! file, pool file, state file, ring-buffer records, HAProxy's servers state, fleet
+//! messages from NATS). Each target starts from its checked-in seeds
+//! (`fuzz/corpus/TARGET/seed-*`) plus whatever earlier runs on this machine added, and
+//! runs for a bounded time. `cargo xtask test`
 //! runs every target for [`CI_SECONDS`] seconds.
 //!
 //! libFuzzer's output of each target goes to `target/fuzz-logs/TARGET.log`; the console
