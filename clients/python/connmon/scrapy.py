@@ -531,8 +531,9 @@ class RotatingProxiesFeed:
 
     def _guard_choice(self) -> None:
         """Wraps this middleware's ``proxies.get_random`` so that a proxy connmon has
-        evicted is never handed out, even between rotating-proxies' own reanimation and
-        the next :meth:`_sync` (it is marked dead again instead)."""
+        evicted is never handed out (it is marked dead again instead), and its
+        ``proxies.reanimate`` so that rotating-proxies' own reanimation never brings one
+        back to life."""
         proxies = self.rotating.proxies
         original = proxies.get_random
         pool = self.state.pool
@@ -548,6 +549,19 @@ class RotatingProxiesFeed:
             return fallback
 
         proxies.get_random = get_random
+
+        # rotating-proxies reanimates dead proxies on its own jittered schedule (the
+        # backoff can be near zero): an evicted one is marked dead again at once, not at
+        # the next second's sync.
+        original_reanimate = proxies.reanimate
+
+        def reanimate(*args: Any, **kwargs: Any) -> int:
+            n: int = original_reanimate(*args, **kwargs)
+            if n:
+                self._sync()
+            return n
+
+        proxies.reanimate = reanimate
 
     def engine_stopped(self) -> None:
         if self._task is not None and self._task.running:
