@@ -671,7 +671,11 @@ impl CheckScheduler {
                 continue;
             }
             if !self.start(dst, Purpose::Idle, now, requests) {
-                self.idle_due.push(Reverse((now, dst)));
+                // No token yet: the member keeps its place at the head. Re-queued at
+                // `now`, it would go behind every other overdue member at each poll
+                // between two tokens, and a busy pipeline polls far more often than
+                // tokens arrive: members starved for tens of seconds.
+                self.idle_due.push(Reverse((due, dst)));
                 break;
             }
             self.push_idle(dst, now, false);

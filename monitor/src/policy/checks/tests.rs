@@ -360,3 +360,46 @@ fn a_million_members_are_scheduled_without_scanning_them() {
     // Not a timing assertion on a slow CPU: a scan per poll would take minutes.
     assert!(started.elapsed() < Duration::from_secs(120));
 }
+
+#[test]
+fn a_busy_pipeline_polling_between_tokens_starves_no_idle_member() {
+    // 21 members at 5 probes/s: each is due again 1 s after its check, so ~16 wait at
+    // any moment. The pipeline polls far more often than a token arrives (every kernel
+    // event on a busy host wakes it); a member at the head of the queue when no token
+    // is there must keep its place, not go behind every other overdue member.
+    const N: u32 = 21;
+    let mut s = CheckScheduler::new(
+        config(|c| {
+            c.idle_after = Duration::from_secs(1);
+            c.max_per_second = 5;
+        }),
+        100,
+        7,
+        T0,
+    );
+    let members: Vec<SocketAddr> = (0..N).map(dst).collect();
+    s.set_members(&members, T0);
+    let mut last: HashMap<SocketAddr, u64> = members.iter().map(|&d| (d, T0)).collect();
+    let mut worst = 0;
+    let mut now = T0;
+    while now < T0 + 60 * SEC {
+        now += MS;
+        let (req, _) = poll(&mut s, now);
+        for r in req {
+            worst = worst.max(now - last[&r.dst]);
+            last.insert(r.dst, now);
+            s.on_own_connect(r.dst, Outcome::Established);
+        }
+    }
+    for (&d, &t) in &last {
+        worst = worst.max(now - t);
+        assert!(t > T0, "{d} never probed");
+    }
+    // A fair queue checks every member once per N / rate seconds (4.2 s) plus the
+    // idle period; a starved one waits far longer.
+    assert!(
+        worst <= 6 * SEC,
+        "a member waited {} ms between checks",
+        worst / MS
+    );
+}
