@@ -1,8 +1,6 @@
 //! The policy's side of the handshake checks, replayed on an injected clock: verified
 //! reinstatement, early reinstatement, re-ejection, and the guards.
 
-use std::net::SocketAddr;
-
 use super::{
     checks::{ProbeEnded, Purpose},
     tests::{self, BOOT, SEC, connect as record, dst},
@@ -22,13 +20,14 @@ fn engine(verify: bool) -> EjectionPolicy {
     policy
 }
 
+/// Probes `dst(1)` for `purpose`, ending in `outcome` (`None`: lost) `secs` after boot.
 fn probe(
     policy: &mut EjectionPolicy,
-    to: SocketAddr,
     purpose: Purpose,
     outcome: Option<Outcome>,
-    at: u64,
+    secs: u64,
 ) -> (ProbeVerdict, Vec<Decision>) {
+    let (to, at) = (dst(1), BOOT + secs * SEC);
     let mut out = Vec::new();
     let ended = ProbeEnded {
         dst: to,
@@ -40,30 +39,32 @@ fn probe(
     (verdict, out)
 }
 
-/// Ejects `to` with one refused connect at `at` (30 s, count 1).
-fn eject(policy: &mut EjectionPolicy, to: SocketAddr, at: u64) {
+/// An engine in which `dst(1)` was ejected at boot by one refused connect (30 s,
+/// count 1).
+fn ejected(verify: bool) -> EjectionPolicy {
+    let mut policy = engine(verify);
     let mut out = Vec::new();
-    policy.on_connect(&record(to, Outcome::Refused, at), at, &mut out);
+    policy.on_connect(&record(dst(1), Outcome::Refused, BOOT), BOOT, &mut out);
     assert!(matches!(out.as_slice(), [Decision::Evict(_)]), "{out:?}");
+    policy
+}
+
+/// The decisions of a tick `secs` after boot.
+fn tick(policy: &mut EjectionPolicy, secs: u64) -> Vec<Decision> {
+    let mut out = Vec::new();
+    policy.tick(BOOT + secs * SEC, &mut out);
+    out
 }
 
 #[test]
 fn an_expired_ejection_waits_for_its_probe_and_a_failure_re_ejects_with_n_plus_1() {
-    let mut p = engine(true);
-    eject(&mut p, dst(1), BOOT);
-    let mut out = Vec::new();
-    p.tick(BOOT + 31 * SEC, &mut out);
+    let mut p = ejected(true);
+    let out = tick(&mut p, 31);
     assert!(out.is_empty(), "no blind reinstatement: {out:?}");
     assert_eq!(p.take_verifications(), [dst(1)]);
     assert!(p.is_ejected(&dst(1)));
     assert_eq!(p.ejected(), 1, "still counted by the guard");
-    let (verdict, out) = probe(
-        &mut p,
-        dst(1),
-        Purpose::Verify,
-        Some(Outcome::Refused),
-        BOOT + 31 * SEC,
-    );
+    let (verdict, out) = probe(&mut p, Purpose::Verify, Some(Outcome::Refused), 31);
     assert_eq!(verdict, ProbeVerdict::Reejected);
     let [Decision::Evict(e)] = out.as_slice() else {
         panic!("one evict expected: {out:?}");
@@ -75,17 +76,10 @@ fn an_expired_ejection_waits_for_its_probe_and_a_failure_re_ejects_with_n_plus_1
     );
     assert_eq!(e.reason, Reason::Refused);
     // The second expiry: verification again, success this time.
-    let mut out = Vec::new();
-    p.tick(BOOT + 92 * SEC, &mut out);
+    let out = tick(&mut p, 92);
     assert!(out.is_empty());
     assert_eq!(p.take_verifications(), [dst(1)]);
-    let (verdict, out) = probe(
-        &mut p,
-        dst(1),
-        Purpose::Verify,
-        Some(Outcome::Established),
-        BOOT + 92 * SEC,
-    );
+    let (verdict, out) = probe(&mut p, Purpose::Verify, Some(Outcome::Established), 92);
     assert_eq!(verdict, ProbeVerdict::Reinstated);
     let [Decision::Reinstate(r)] = out.as_slice() else {
         panic!("one reinstate expected: {out:?}");
@@ -102,10 +96,9 @@ fn an_expired_ejection_waits_for_its_probe_and_a_failure_re_ejects_with_n_plus_1
 
 #[test]
 fn a_lost_verification_probe_re_ejects_as_a_timeout() {
-    let mut p = engine(true);
-    eject(&mut p, dst(1), BOOT);
-    p.tick(BOOT + 31 * SEC, &mut Vec::new());
-    let (verdict, out) = probe(&mut p, dst(1), Purpose::Verify, None, BOOT + 34 * SEC);
+    let mut p = ejected(true);
+    tick(&mut p, 31);
+    let (verdict, out) = probe(&mut p, Purpose::Verify, None, 34);
     assert_eq!(verdict, ProbeVerdict::Reejected);
     let [Decision::Evict(e)] = out.as_slice() else {
         panic!("{out:?}");
@@ -115,31 +108,17 @@ fn a_lost_verification_probe_re_ejects_as_a_timeout() {
 
 #[test]
 fn an_early_success_reinstates_before_the_timer_and_an_early_failure_changes_nothing() {
-    let mut p = engine(true);
-    eject(&mut p, dst(1), BOOT);
-    let (verdict, out) = probe(
-        &mut p,
-        dst(1),
-        Purpose::Early,
-        Some(Outcome::Refused),
-        BOOT + 5 * SEC,
-    );
+    let mut p = ejected(true);
+    let (verdict, out) = probe(&mut p, Purpose::Early, Some(Outcome::Refused), 5);
     assert_eq!((verdict, out.len()), (ProbeVerdict::Nothing, 0));
-    let (verdict, out) = probe(
-        &mut p,
-        dst(1),
-        Purpose::Early,
-        Some(Outcome::Established),
-        BOOT + 10 * SEC,
-    );
+    let (verdict, out) = probe(&mut p, Purpose::Early, Some(Outcome::Established), 10);
     assert_eq!(verdict, ProbeVerdict::Reinstated);
     let [Decision::Reinstate(r)] = out.as_slice() else {
         panic!("{out:?}");
     };
     assert!(r.verified && r.early, "{r:?}");
     assert_eq!(r.ejected_ms, 10_000);
-    let mut out = Vec::new();
-    p.tick(BOOT + 40 * SEC, &mut out);
+    let out = tick(&mut p, 40);
     assert!(
         out.is_empty() && p.take_verifications().is_empty(),
         "the old timer is gone"
@@ -149,15 +128,14 @@ fn an_early_success_reinstates_before_the_timer_and_an_early_failure_changes_not
 #[test]
 fn a_probe_of_a_destination_that_is_not_ejected_changes_nothing_here() {
     let mut p = engine(true);
-    let (verdict, out) = probe(&mut p, dst(1), Purpose::Idle, Some(Outcome::Refused), BOOT);
+    let (verdict, out) = probe(&mut p, Purpose::Idle, Some(Outcome::Refused), 0);
     assert_eq!((verdict, out.len()), (ProbeVerdict::Nothing, 0));
 }
 
 #[test]
 fn during_a_local_outage_a_failed_verification_is_inconclusive() {
-    let mut p = engine(true);
-    eject(&mut p, dst(1), BOOT);
-    p.tick(BOOT + 31 * SEC, &mut Vec::new());
+    let mut p = ejected(true);
+    tick(&mut p, 31);
     // Five other destinations fail at once: the host's network is down.
     let mut out = Vec::new();
     for i in 10..15 {
@@ -177,13 +155,7 @@ fn during_a_local_outage_a_failed_verification_is_inconclusive() {
         )),
         "{out:?}"
     );
-    let (verdict, out) = probe(
-        &mut p,
-        dst(1),
-        Purpose::Verify,
-        Some(Outcome::Unreachable),
-        BOOT + 33 * SEC,
-    );
+    let (verdict, out) = probe(&mut p, Purpose::Verify, Some(Outcome::Unreachable), 33);
     assert_eq!(verdict, ProbeVerdict::Inconclusive);
     assert!(
         out.is_empty(),
@@ -194,10 +166,8 @@ fn during_a_local_outage_a_failed_verification_is_inconclusive() {
 
 #[test]
 fn without_verification_expiry_reinstates_blind_as_before() {
-    let mut p = engine(false);
-    eject(&mut p, dst(1), BOOT);
-    let mut out = Vec::new();
-    p.tick(BOOT + 31 * SEC, &mut out);
+    let mut p = ejected(false);
+    let out = tick(&mut p, 31);
     let [Decision::Reinstate(r)] = out.as_slice() else {
         panic!("{out:?}");
     };
@@ -212,9 +182,8 @@ fn without_verification_expiry_reinstates_blind_as_before() {
 
 #[test]
 fn turning_verification_off_reinstates_what_was_waiting() {
-    let mut p = engine(true);
-    eject(&mut p, dst(1), BOOT);
-    p.tick(BOOT + 31 * SEC, &mut Vec::new());
+    let mut p = ejected(true);
+    tick(&mut p, 31);
     let mut out = Vec::new();
     p.set_verify_before_reinstate(false, BOOT + 32 * SEC, &mut out);
     assert!(
@@ -229,8 +198,7 @@ fn an_ejection_that_expired_while_connmon_was_down_is_verified_after_a_restart()
     let dir = std::env::temp_dir().join(format!("connmon-checks-state-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("state.json");
-    let mut p = engine(true);
-    eject(&mut p, dst(1), BOOT);
+    let mut p = ejected(true);
     p.save_state(&path, BOOT + SEC).expect("save");
     let mut q = engine(true);
     let mut out = Vec::new();

@@ -23,6 +23,19 @@ fn poll(s: &mut CheckScheduler, now: u64) -> (Vec<ProbeRequest>, Vec<ProbeEnded>
     (req, ended)
 }
 
+/// A scheduler (`max_seen`, `seed`) whose members `dst(0..n)` are set at `T0`.
+fn with_members(
+    n: u32,
+    max_seen: usize,
+    seed: u64,
+    f: impl FnOnce(&mut ChecksConfig),
+) -> (CheckScheduler, Vec<SocketAddr>) {
+    let mut s = CheckScheduler::new(config(f), max_seen, seed, T0);
+    let members: Vec<SocketAddr> = (0..n).map(dst).collect();
+    s.set_members(&members, T0);
+    (s, members)
+}
+
 #[test]
 fn defaults_validate_and_round_trip_through_toml() {
     let c = ChecksConfig::default();
@@ -207,19 +220,12 @@ fn removed_members_are_dropped_lazily() {
 /// Start times of probes under load (50 000 members, always due, answered at
 /// once), polling every `step` or, with `step` 0, exactly at `next_deadline`.
 fn starts_under_load(rate: u32, step: u64, span: u64) -> Vec<u64> {
-    let mut s = CheckScheduler::new(
-        config(|c| {
-            c.idle_after = Duration::from_millis(100);
-            c.max_per_second = rate;
-            c.probe_timeout = Duration::from_millis(10);
-            c.max_in_flight = 65_536;
-        }),
-        10,
-        9,
-        T0,
-    );
-    let members: Vec<SocketAddr> = (0..50_000).map(dst).collect();
-    s.set_members(&members, T0);
+    let (mut s, _) = with_members(50_000, 10, 9, |c| {
+        c.idle_after = Duration::from_millis(100);
+        c.max_per_second = rate;
+        c.probe_timeout = Duration::from_millis(10);
+        c.max_in_flight = 65_536;
+    });
     let mut starts = Vec::new();
     let mut now = T0;
     while now < T0 + span {
@@ -283,18 +289,11 @@ fn no_one_second_window_ever_holds_more_than_max_per_second_starts() {
 
 #[test]
 fn in_flight_never_exceeds_its_limit_and_frees_on_outcome_or_loss() {
-    let mut s = CheckScheduler::new(
-        config(|c| {
-            c.idle_after = Duration::from_millis(100);
-            c.max_in_flight = 3;
-            c.max_per_second = 1000;
-        }),
-        10,
-        1,
-        T0,
-    );
-    let members: Vec<SocketAddr> = (0..20).map(dst).collect();
-    s.set_members(&members, T0);
+    let (mut s, _) = with_members(20, 10, 1, |c| {
+        c.idle_after = Duration::from_millis(100);
+        c.max_in_flight = 3;
+        c.max_per_second = 1000;
+    });
     let (req, _) = poll(&mut s, T0 + SEC);
     assert_eq!(req.len(), 3);
     assert!(poll(&mut s, T0 + SEC + MS).0.is_empty(), "full");
@@ -325,17 +324,10 @@ fn an_unsent_verification_is_retried() {
 
 #[test]
 fn a_million_members_are_scheduled_without_scanning_them() {
-    let mut s = CheckScheduler::new(
-        config(|c| {
-            c.idle_after = Duration::from_secs(60);
-            c.max_per_second = 1_000;
-        }),
-        10,
-        5,
-        T0,
-    );
-    let members: Vec<SocketAddr> = (0..1_000_000).map(dst).collect();
-    s.set_members(&members, T0);
+    let (mut s, _) = with_members(1_000_000, 10, 5, |c| {
+        c.idle_after = Duration::from_secs(60);
+        c.max_per_second = 1_000;
+    });
     assert_eq!(s.counts().scheduled, 1_000_000);
     // Ten thousand polls at 10 ms: each one touches only what is due.
     let started = std::time::Instant::now();
@@ -368,17 +360,10 @@ fn a_busy_pipeline_polling_between_tokens_starves_no_idle_member() {
     // event on a busy host wakes it); a member at the head of the queue when no token
     // is there must keep its place, not go behind every other overdue member.
     const N: u32 = 21;
-    let mut s = CheckScheduler::new(
-        config(|c| {
-            c.idle_after = Duration::from_secs(1);
-            c.max_per_second = 5;
-        }),
-        100,
-        7,
-        T0,
-    );
-    let members: Vec<SocketAddr> = (0..N).map(dst).collect();
-    s.set_members(&members, T0);
+    let (mut s, members) = with_members(N, 100, 7, |c| {
+        c.idle_after = Duration::from_secs(1);
+        c.max_per_second = 5;
+    });
     let mut last: HashMap<SocketAddr, u64> = members.iter().map(|&d| (d, T0)).collect();
     let mut worst = 0;
     let mut now = T0;
