@@ -124,18 +124,33 @@ impl Netns {
         thread_name: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> (T, u32) {
+        self.spawn(Some(thread_name), move || {
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            (f(), tid)
+        })
+        .join()
+        .expect("test thread panicked")
+    }
+
+    /// Starts `f` on a new thread inside this namespace and returns at once; the thread
+    /// is named `thread_name` (its `comm`) if given, else unnamed as `thread::spawn`'s.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        thread_name: Option<&str>,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
         let path = self.path();
-        thread::Builder::new()
-            .name(thread_name.to_owned())
+        let mut builder = thread::Builder::new();
+        if let Some(name) = thread_name {
+            builder = builder.name(name.to_owned());
+        }
+        builder
             .spawn(move || {
                 let file = File::open(&path).expect("open netns");
                 nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                let tid = nix::unistd::gettid().as_raw() as u32;
-                (f(), tid)
+                f()
             })
             .expect("spawn")
-            .join()
-            .expect("test thread panicked")
     }
 }
 

@@ -5,10 +5,9 @@
 //! through HAProxy's own `show servers state`.
 
 use std::{
-    fs::File,
     io::Read as _,
     net::{SocketAddr, TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -93,6 +92,52 @@ fn layout(ns: &Netns) -> (TcpListener, Layout) {
     )
 }
 
+/// What every test here starts from: its namespace with the [`layout`] and a scratch
+/// directory.
+struct Rig {
+    ns: Netns,
+    _listener: TcpListener,
+    layout: Layout,
+    dir: PathBuf,
+}
+
+impl Rig {
+    fn new(netns_tag: &str, dir_tag: &str) -> Rig {
+        require_root();
+        let ns = Netns::new(netns_tag);
+        let (_listener, layout) = layout(&ns);
+        Rig {
+            _listener,
+            layout,
+            dir: scratch_dir(dir_tag),
+            ns,
+        }
+    }
+
+    /// HAProxy (connect timeout 5 s), and an agent (`base_ejection`, extra `[agent]`
+    /// lines) whose adapter has read HAProxy's pool.
+    fn start(&self, base_ejection: &str, agent_lines: &str) -> (Haproxy, Agent) {
+        let haproxy = self.layout.haproxy(&self.ns, &self.dir);
+        let config = connmon_config_with(&self.dir, &haproxy.socket, base_ejection, agent_lines);
+        let agent = start_agent(&config, "pool updated from haproxy");
+        (haproxy, agent)
+    }
+}
+
+/// An agent with `config`, once its stderr says `ready`.
+fn start_agent(config: &str, ready: &str) -> Agent {
+    let agent = Agent::start(&["--config", config]);
+    agent.wait_for_stderr(ready, WAIT);
+    agent
+}
+
+/// Waits for the agent's `kind` decision ("evict", "reinstate") about `dst`.
+fn wait_decision(agent: &mut Agent, what: &str, kind: &str, dst: SocketAddr) -> Value {
+    agent.wait_for(what, WAIT, |v| {
+        v["type"] == kind && v["dst"] == dst.to_string()
+    })
+}
+
 fn connmon_config(dir: &Path, socket: &Path, base_ejection: &str) -> String {
     connmon_config_with(dir, socket, base_ejection, "")
 }
@@ -149,25 +194,23 @@ fn decisions<'a>(lines: &'a [Value], kind: &str, dst: &SocketAddr) -> Vec<&'a Va
 
 #[test]
 fn a_refusing_server_goes_to_maint_and_back_to_ready_and_the_listening_one_is_never_touched() {
-    require_root();
-    let ns = Netns::new("hapx");
-    let (_listener, layout) = layout(&ns);
-    let dir = scratch_dir("haproxy");
-    let haproxy = layout.haproxy(&ns, &dir);
-    let config = connmon_config(&dir, &haproxy.socket, "2s");
-    let mut agent = Agent::start(&["--config", &config]);
-    agent.wait_for_stderr("pool updated from haproxy", WAIT);
+    let rig = Rig::new("hapx", "haproxy");
+    let (ns, layout) = (&rig.ns, &rig.layout);
+    let (haproxy, mut agent) = rig.start("2s", "");
 
     // Healthy traffic first: the listening server is used and stays as it is.
     for _ in 0..3 {
-        through_haproxy(&ns, layout.ports[0], Duration::from_millis(100));
+        through_haproxy(ns, layout.ports[0], Duration::from_millis(100));
     }
     // HAProxy connects to the closed server: refused (and its own retries, refused too).
-    through_haproxy(&ns, layout.ports[1], Duration::from_secs(2));
+    through_haproxy(ns, layout.ports[1], Duration::from_secs(2));
 
-    let evict = agent.wait_for("evict of the closed server", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == layout.closed.to_string()
-    });
+    let evict = wait_decision(
+        &mut agent,
+        "evict of the closed server",
+        "evict",
+        layout.closed,
+    );
     assert_eq!(
         evict["role"], "proxy",
         "discovered servers are pool members: {evict}"
@@ -185,14 +228,16 @@ fn a_refusing_server_goes_to_maint_and_back_to_ready_and_the_listening_one_is_ne
         "no traffic went to the blackholed server"
     );
 
-    agent.wait_for("reinstate of the closed server", WAIT, |v| {
-        v["type"] == "reinstate" && v["dst"] == layout.closed.to_string()
-    });
+    wait_decision(
+        &mut agent,
+        "reinstate of the closed server",
+        "reinstate",
+        layout.closed,
+    );
     haproxy.wait_for_maint("closed", false, WAIT, &agent, &["up"]);
 
     let frontend = format!("127.0.0.1:{}", layout.ports[0]);
-    let (ok, lines, stderr) = stop(agent);
-    assert!(ok, "agent exit:\n{stderr}");
+    let (lines, stderr) = stop(agent);
     let to_frontend = lines
         .iter()
         .find(|l| l["type"] == "connect" && l["dst"] == frontend && l["netns"] == ns.inode)
@@ -216,40 +261,35 @@ fn a_refusing_server_goes_to_maint_and_back_to_ready_and_the_listening_one_is_ne
 
 #[test]
 fn a_blackholed_server_goes_to_maint_while_haproxy_still_waits_for_its_syn() {
-    require_root();
-    let ns = Netns::new("hapbh");
+    let rig = Rig::new("hapbh", "haproxy-bh");
+    let (ns, layout, dir) = (&rig.ns, &rig.layout, &rig.dir);
     // Default-like SYN retries: the kernel keeps retransmitting for about two minutes.
     ns.sysctl("net.ipv4.tcp_syn_retries", "6");
-    let (_listener, layout) = layout(&ns);
-    let dir = scratch_dir("haproxy-bh");
     // HAProxy waits far longer than any deadline below: the server goes to MAINT while
     // HAProxy still holds the client's connection, whatever the CPU's speed.
-    let haproxy = Haproxy::start(&ns, &dir, &layout.sections("300s"));
-    let config = connmon_config(&dir, &haproxy.socket, "30s");
-    let mut agent = Agent::start(&["--config", &config]);
-    agent.wait_for_stderr("pool updated from haproxy", WAIT);
+    let haproxy = Haproxy::start(ns, dir, &layout.sections("300s"));
+    let config = connmon_config(dir, &haproxy.socket, "30s");
+    let mut agent = start_agent(&config, "pool updated from haproxy");
 
     let port = layout.ports[2];
     let (stream_tx, stream_rx) = mpsc::channel();
-    let client = {
-        let path = ns.path();
-        thread::spawn(move || {
-            let file = File::open(&path).expect("open netns");
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let mut stream =
-                TcpStream::connect(("127.0.0.1", port)).expect("haproxy's frontend accepts");
-            stream_tx
-                .send(stream.try_clone().expect("clone stream"))
-                .expect("main thread waits");
-            // Returns when HAProxy gives up on the server (closes the connection) or
-            // when the test shuts the stream down.
-            let _ = stream.read(&mut [0u8; 16]);
-        })
-    };
-    let stream = stream_rx.recv().expect("the client connected");
-    let evict = agent.wait_for("evict of the blackholed server", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == layout.blackholed.to_string()
+    let client = ns.spawn(None, move || {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", port)).expect("haproxy's frontend accepts");
+        stream_tx
+            .send(stream.try_clone().expect("clone stream"))
+            .expect("main thread waits");
+        // Returns when HAProxy gives up on the server (closes the connection) or
+        // when the test shuts the stream down.
+        let _ = stream.read(&mut [0u8; 16]);
     });
+    let stream = stream_rx.recv().expect("the client connected");
+    let evict = wait_decision(
+        &mut agent,
+        "evict of the blackholed server",
+        "evict",
+        layout.blackholed,
+    );
     assert_eq!(evict["reason"], "syn_retransmits", "{evict}");
     assert_eq!(evict["trigger"]["comm"], "haproxy", "{evict}");
     haproxy.wait_for_maint("blackholed", true, WAIT, &agent, &["up"]);
@@ -262,8 +302,7 @@ fn a_blackholed_server_goes_to_maint_while_haproxy_still_waits_for_its_syn() {
         .shutdown(std::net::Shutdown::Both)
         .expect("shut the client down");
     client.join().expect("client thread");
-    let (ok, lines, stderr) = stop(agent);
-    assert!(ok, "agent exit:\n{stderr}");
+    let (lines, stderr) = stop(agent);
     assert!(
         decisions(&lines, "evict", &layout.up).is_empty(),
         "the listening server was evicted"
@@ -273,14 +312,10 @@ fn a_blackholed_server_goes_to_maint_while_haproxy_still_waits_for_its_syn() {
 
 #[test]
 fn an_agent_started_before_haproxy_keeps_working_and_applies_the_eviction_once_haproxy_is_up() {
-    require_root();
-    let ns = Netns::new("haplate");
-    let (_listener, layout) = layout(&ns);
-    let dir = scratch_dir("haproxy-late");
-    let socket = dir.join("admin.sock");
-    let config = connmon_config(&dir, &socket, "60s");
-    let mut agent = Agent::start(&["--config", &config]);
-    agent.wait_for_stderr("cannot discover haproxy servers", WAIT);
+    let rig = Rig::new("haplate", "haproxy-late");
+    let (ns, layout, dir) = (&rig.ns, &rig.layout, &rig.dir);
+    let config = connmon_config(dir, &dir.join("admin.sock"), "60s");
+    let mut agent = start_agent(&config, "cannot discover haproxy servers");
 
     // A node dies while HAProxy is away: connmon evicts it; the adapter cannot reach
     // HAProxy and retries.
@@ -288,9 +323,7 @@ fn an_agent_started_before_haproxy_keeps_working_and_applies_the_eviction_once_h
     ns.run("scraper", move || {
         TcpStream::connect(closed).expect_err("closed port refuses")
     });
-    agent.wait_for("evict of the closed server", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == closed.to_string()
-    });
+    wait_decision(&mut agent, "evict of the closed server", "evict", closed);
     agent.wait_for_stderr("haproxy action failed, will retry", WAIT);
 
     // The pipeline never waits for HAProxy: new connects still come out at once.
@@ -320,10 +353,9 @@ fn an_agent_started_before_haproxy_keeps_working_and_applies_the_eviction_once_h
     }
 
     // HAProxy comes up within the retry budget: the queued eviction is applied.
-    let haproxy = layout.haproxy(&ns, &dir);
+    let haproxy = layout.haproxy(ns, dir);
     haproxy.wait_for_maint("closed", true, WAIT, &agent, &["up"]);
-    let (ok, _lines, stderr) = stop(agent);
-    assert!(ok, "agent exit:\n{stderr}");
+    let (_lines, stderr) = stop(agent);
     assert_eq!(exit_counter(&stderr, "applied"), 1, "{stderr}");
     assert!(exit_counter(&stderr, "retried") >= 1, "{stderr}");
     assert_eq!(exit_counter(&stderr, "failed"), 0, "{stderr}");
@@ -331,15 +363,10 @@ fn an_agent_started_before_haproxy_keeps_working_and_applies_the_eviction_once_h
 
 #[test]
 fn after_missing_bus_messages_haproxy_is_resynced_with_the_policy() {
-    require_root();
-    let ns = Netns::new("haplag");
-    let (_listener, layout) = layout(&ns);
-    let dir = scratch_dir("haproxy-lag");
-    let haproxy = layout.haproxy(&ns, &dir);
+    let rig = Rig::new("haplag", "haproxy-lag");
+    let (ns, layout) = (&rig.ns, &rig.layout);
     // A one-message bus: the adapter misses most of a burst, possibly the evict itself.
-    let config = connmon_config_with(&dir, &haproxy.socket, "60s", "bus_capacity = 1\n");
-    let mut agent = Agent::start(&["--config", &config]);
-    agent.wait_for_stderr("pool updated from haproxy", WAIT);
+    let (haproxy, mut agent) = rig.start("60s", "bus_capacity = 1\n");
 
     let ((flood, flood_addr), _) = ns.run("setup", || {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -353,26 +380,25 @@ fn after_missing_bus_messages_haproxy_is_resynced_with_the_policy() {
             }
         }
     });
-    let path = ns.path();
-    let burst = thread::spawn(move || {
-        let file = File::open(&path).expect("open netns");
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let burst = ns.spawn(None, move || {
         for _ in 0..400 {
             drop(TcpStream::connect(flood_addr).expect("flood listener accepts"));
         }
     });
-    through_haproxy(&ns, layout.ports[1], Duration::from_secs(1));
+    through_haproxy(ns, layout.ports[1], Duration::from_secs(1));
     burst.join().expect("burst thread");
     acceptor.join().expect("acceptor thread");
 
-    agent.wait_for("evict of the closed server", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == layout.closed.to_string()
-    });
+    wait_decision(
+        &mut agent,
+        "evict of the closed server",
+        "evict",
+        layout.closed,
+    );
     haproxy.wait_for_maint("closed", true, WAIT, &agent, &["up"]);
     // Resyncs after lags run at most once a second.
     agent.wait_for_stderr("reason=\"lagged\"", WAIT);
-    let (ok, _lines, stderr) = stop(agent);
-    assert!(ok, "agent exit:\n{stderr}");
+    let (_lines, stderr) = stop(agent);
     assert!(
         exit_counter(&stderr, "lagged") > 0,
         "the burst overran a one-message bus:\n{stderr}"
@@ -386,20 +412,15 @@ fn after_missing_bus_messages_haproxy_is_resynced_with_the_policy() {
 
 #[test]
 fn a_restarted_haproxy_gets_the_current_ejection_again() {
-    require_root();
-    let ns = Netns::new("haprst");
-    let (_listener, layout) = layout(&ns);
-    let dir = scratch_dir("haproxy-restart");
-    let haproxy = layout.haproxy(&ns, &dir);
-    let config = connmon_config(&dir, &haproxy.socket, "60s");
-    let agent = Agent::start(&["--config", &config]);
-    agent.wait_for_stderr("pool updated from haproxy", WAIT);
-    through_haproxy(&ns, layout.ports[1], Duration::from_secs(1));
+    let rig = Rig::new("haprst", "haproxy-restart");
+    let (ns, layout) = (&rig.ns, &rig.layout);
+    let (haproxy, agent) = rig.start("60s", "");
+    through_haproxy(ns, layout.ports[1], Duration::from_secs(1));
     haproxy.wait_for_maint("closed", true, WAIT, &agent, &["up"]);
 
     // A restart loses HAProxy's runtime state: the closed server comes back READY...
     drop(haproxy);
-    let haproxy = layout.haproxy(&ns, &dir);
+    let haproxy = layout.haproxy(ns, &rig.dir);
     // ...and the next discovery (refresh = 1s) puts it in MAINT again.
     haproxy.wait_for_maint("closed", true, WAIT, &agent, &["up"]);
     assert!(
@@ -407,8 +428,7 @@ fn a_restarted_haproxy_gets_the_current_ejection_again() {
         "{}",
         agent.stderr()
     );
-    let (ok, lines, stderr) = stop(agent);
-    assert!(ok, "agent exit:\n{stderr}");
+    let (lines, stderr) = stop(agent);
     assert_eq!(
         decisions(&lines, "evict", &layout.closed).len(),
         1,
@@ -417,11 +437,13 @@ fn a_restarted_haproxy_gets_the_current_ejection_again() {
     assert_eq!(exit_counter(&stderr, "applied"), 2, "{stderr}");
 }
 
-/// SIGTERM, wait for the agent's last log line, then collect everything.
-fn stop(agent: Agent) -> (bool, Vec<Value>, String) {
+/// SIGTERM, wait for the agent's last log line, check that it exited well, then collect
+/// everything.
+fn stop(agent: Agent) -> (Vec<Value>, String) {
     agent.signal(libc::SIGTERM);
     agent.wait_for_stderr("detached; exiting", Duration::from_secs(10));
     let stderr = agent.stderr();
     let (ok, lines) = agent.stop();
-    (ok, lines, stderr)
+    assert!(ok, "agent exit:\n{stderr}");
+    (lines, stderr)
 }

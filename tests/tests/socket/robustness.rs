@@ -159,11 +159,9 @@ fn ten_thousand_malformed_lines_neither_crash_nor_starve_a_subscriber() {
         }
         (lines, connections, closed_for_errors)
     });
-    let (dst_c, ns_path) = (dst.clone(), ns.path());
+    let dst_c = dst.clone();
     let ns_inode = ns.inode;
-    let prober = thread::spawn(move || {
-        let file = std::fs::File::open(ns_path).expect("netns");
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let prober = ns.spawn(None, move || {
         let dst: std::net::SocketAddr = dst_c.parse().unwrap();
         for _ in 0..CONNECTS {
             TcpStream::connect(dst).expect_err("refused");
@@ -249,10 +247,8 @@ fn a_subscriber_that_never_reads_stalls_nothing_and_is_told_it_lagged() {
         }
         got
     });
-    let (flood_dst, ns_path) = (dst.clone(), ns.path());
-    let flood = thread::spawn(move || {
-        let file = std::fs::File::open(ns_path).expect("netns");
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let flood_dst = dst.clone();
+    let flood = ns.spawn(None, move || {
         let dst: std::net::SocketAddr = flood_dst.parse().unwrap();
         // Paced (20 ms every 100 connects) so that the agent's one thread, which also
         // writes to the reading subscriber, keeps up on a slow CPU with a debug build;
