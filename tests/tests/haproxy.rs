@@ -118,18 +118,21 @@ impl Rig {
     /// lines) whose adapter has read HAProxy's pool.
     fn start(&self, base_ejection: &str, agent_lines: &str) -> (Haproxy, Agent) {
         let haproxy = self.layout.haproxy(&self.ns, &self.dir);
-        let config = connmon_config_with(&self.dir, &haproxy.socket, base_ejection, agent_lines);
-        let agent = start_agent(&config, "pool updated from haproxy");
+        let agent = self.agent(&haproxy.socket, base_ejection, agent_lines, POOL_READ);
         (haproxy, agent)
+    }
+
+    /// An agent whose adapter drives the HAProxy at `socket`, once its stderr says `ready`.
+    fn agent(&self, socket: &Path, base_ejection: &str, agent_lines: &str, ready: &str) -> Agent {
+        let config = connmon_config_with(&self.dir, socket, base_ejection, agent_lines);
+        let agent = Agent::start(&["--config", &config]);
+        agent.wait_for_stderr(ready, WAIT);
+        agent
     }
 }
 
-/// An agent with `config`, once its stderr says `ready`.
-fn start_agent(config: &str, ready: &str) -> Agent {
-    let agent = Agent::start(&["--config", config]);
-    agent.wait_for_stderr(ready, WAIT);
-    agent
-}
+/// The adapter's log line once it has read HAProxy's servers.
+const POOL_READ: &str = "pool updated from haproxy";
 
 /// Waits for the agent's `kind` decision ("evict", "reinstate") about `dst`.
 fn wait_decision(agent: &mut Agent, what: &str, kind: &str, dst: SocketAddr) -> Value {
@@ -138,11 +141,7 @@ fn wait_decision(agent: &mut Agent, what: &str, kind: &str, dst: SocketAddr) -> 
     })
 }
 
-fn connmon_config(dir: &Path, socket: &Path, base_ejection: &str) -> String {
-    connmon_config_with(dir, socket, base_ejection, "")
-}
-
-/// As [`connmon_config`], with extra `[agent]` lines. The agent sees every connect on
+/// connmon's configuration with extra `[agent]` lines. The agent sees every connect on
 /// the host: the guards (ejection percentage, local outage) are opened wide so failures
 /// of anything else running at the same time cannot hold back this test's evictions.
 fn connmon_config_with(dir: &Path, socket: &Path, base_ejection: &str, agent: &str) -> String {
@@ -262,14 +261,13 @@ fn a_refusing_server_goes_to_maint_and_back_to_ready_and_the_listening_one_is_ne
 #[test]
 fn a_blackholed_server_goes_to_maint_while_haproxy_still_waits_for_its_syn() {
     let rig = Rig::new("hapbh", "haproxy-bh");
-    let (ns, layout, dir) = (&rig.ns, &rig.layout, &rig.dir);
+    let (ns, layout) = (&rig.ns, &rig.layout);
     // Default-like SYN retries: the kernel keeps retransmitting for about two minutes.
     ns.sysctl("net.ipv4.tcp_syn_retries", "6");
     // HAProxy waits far longer than any deadline below: the server goes to MAINT while
     // HAProxy still holds the client's connection, whatever the CPU's speed.
-    let haproxy = Haproxy::start(ns, dir, &layout.sections("300s"));
-    let config = connmon_config(dir, &haproxy.socket, "30s");
-    let mut agent = start_agent(&config, "pool updated from haproxy");
+    let haproxy = Haproxy::start(ns, &rig.dir, &layout.sections("300s"));
+    let mut agent = rig.agent(&haproxy.socket, "30s", "", POOL_READ);
 
     let port = layout.ports[2];
     let (stream_tx, stream_rx) = mpsc::channel();
@@ -314,8 +312,12 @@ fn a_blackholed_server_goes_to_maint_while_haproxy_still_waits_for_its_syn() {
 fn an_agent_started_before_haproxy_keeps_working_and_applies_the_eviction_once_haproxy_is_up() {
     let rig = Rig::new("haplate", "haproxy-late");
     let (ns, layout, dir) = (&rig.ns, &rig.layout, &rig.dir);
-    let config = connmon_config(dir, &dir.join("admin.sock"), "60s");
-    let mut agent = start_agent(&config, "cannot discover haproxy servers");
+    let mut agent = rig.agent(
+        &dir.join("admin.sock"),
+        "60s",
+        "",
+        "cannot discover haproxy servers",
+    );
 
     // A node dies while HAProxy is away: connmon evicts it; the adapter cannot reach
     // HAProxy and retries.
