@@ -8,12 +8,10 @@ use super::{
 };
 
 fn engine(verify: bool) -> EjectionPolicy {
-    let config = PolicyConfig {
-        jitter: 0.0,
-        max_ejection_percent: 100,
-        ..PolicyConfig::default()
-    };
-    let mut policy = tests::engine(config);
+    let mut policy = tests::engine_with(|c| {
+        c.jitter = 0.0;
+        c.max_ejection_percent = 100;
+    });
     let mut out = Vec::new();
     policy.set_verify_before_reinstate(verify, BOOT, &mut out);
     assert!(out.is_empty());

@@ -35,6 +35,21 @@ pub(super) fn engine(config: PolicyConfig) -> EjectionPolicy {
     engine_with_pool(config, PoolMembership::unconfigured())
 }
 
+/// An engine with the default configuration changed by `f`.
+pub(super) fn engine_with(f: impl FnOnce(&mut PolicyConfig)) -> EjectionPolicy {
+    let mut config = PolicyConfig::default();
+    f(&mut config);
+    engine(config)
+}
+
+/// The pool `198.51.100.1-4:8080`.
+fn pool_of_four() -> PoolMembership {
+    PoolMembership::parse(
+        "198.51.100.1:8080\n198.51.100.2:8080\n198.51.100.3:8080\n198.51.100.4:8080\n",
+    )
+    .expect("pool")
+}
+
 fn engine_with_pool(config: PolicyConfig, pool: PoolMembership) -> EjectionPolicy {
     EjectionPolicy::new(config, pool, HOST_NETNS, wall(), 1).expect("valid config")
 }
@@ -236,11 +251,7 @@ fn syn_retransmits_make_a_suspect_then_eject() {
 
 #[test]
 fn failure_ratio_ejects_with_enough_attempts() {
-    let config = PolicyConfig {
-        consecutive_timeouts: 10,
-        ..PolicyConfig::default()
-    };
-    let mut p = engine(config);
+    let mut p = engine_with(|c| c.consecutive_timeouts = 10);
     let d = dst(4);
     let pattern = [
         Outcome::Established,
@@ -266,12 +277,10 @@ fn failure_ratio_ejects_with_enough_attempts() {
 
 #[test]
 fn failures_outside_the_ratio_window_do_not_count() {
-    let config = PolicyConfig {
-        consecutive_timeouts: 0,
-        ratio_min_attempts: 4,
-        ..PolicyConfig::default()
-    };
-    let mut p = engine(config);
+    let mut p = engine_with(|c| {
+        c.consecutive_timeouts = 0;
+        c.ratio_min_attempts = 4;
+    });
     let d = dst(5);
     for i in 0..3 {
         assert!(feed(&mut p, d, Outcome::Timeout, BOOT + i * SEC).is_empty());
@@ -317,11 +326,7 @@ fn expiry_reinstates_and_probation_re_ejects_with_a_longer_term() {
 
 #[test]
 fn ejection_count_decays_while_healthy() {
-    let config = PolicyConfig {
-        jitter: 0.0,
-        ..PolicyConfig::default()
-    };
-    let mut p = engine(config);
+    let mut p = engine_with(|c| c.jitter = 0.0);
     let d = dst(7);
     let mut at = BOOT;
     for _ in 0..2 {
@@ -353,11 +358,7 @@ fn ejection_count_decays_while_healthy() {
 
 #[test]
 fn percentage_guard_keeps_half_the_pool_in_rotation() {
-    let pool = PoolMembership::parse(
-        "198.51.100.1:8080\n198.51.100.2:8080\n198.51.100.3:8080\n198.51.100.4:8080\n",
-    )
-    .expect("pool");
-    let mut p = engine_with_pool(PolicyConfig::default(), pool);
+    let mut p = engine_with_pool(PolicyConfig::default(), pool_of_four());
     assert_eq!(
         p.known_members(),
         4,
@@ -416,11 +417,7 @@ fn guard_with_unconfigured_pool_counts_seen_destinations_and_allows_one() {
 
 #[test]
 fn zero_percent_disables_automatic_ejection_but_not_manual() {
-    let config = PolicyConfig {
-        max_ejection_percent: 0,
-        ..PolicyConfig::default()
-    };
-    let mut p = engine(config);
+    let mut p = engine_with(|c| c.max_ejection_percent = 0);
     assert!(evictions(&feed(&mut p, dst(1), Outcome::Refused, BOOT)).is_empty());
     let mut out = Vec::new();
     assert!(p.evict_manual(dst(1), Duration::from_secs(5), BOOT, &mut out));
@@ -429,11 +426,7 @@ fn zero_percent_disables_automatic_ejection_but_not_manual() {
 
 #[test]
 fn local_outage_is_diagnosed_once_and_holds_back_ejections() {
-    let config = PolicyConfig {
-        max_ejection_percent: 100,
-        ..PolicyConfig::default()
-    };
-    let mut p = engine(config);
+    let mut p = engine_with(|c| c.max_ejection_percent = 100);
     for i in 1..=4 {
         assert_eq!(
             evictions(&feed(&mut p, dst(i), Outcome::Refused, BOOT)).len(),
@@ -601,12 +594,10 @@ fn replacing_the_pool_keeps_table_state() {
 
 #[test]
 fn full_table_keeps_ejected_destinations() {
-    let config = PolicyConfig {
-        max_destinations: 3,
-        max_ejection_percent: 100,
-        ..PolicyConfig::default()
-    };
-    let mut p = engine(config);
+    let mut p = engine_with(|c| {
+        c.max_destinations = 3;
+        c.max_ejection_percent = 100;
+    });
     feed(&mut p, dst(1), Outcome::Refused, BOOT);
     for i in 2..=9 {
         feed(

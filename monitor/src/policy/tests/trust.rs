@@ -8,11 +8,7 @@ use super::*;
 /// namespace) with a pool member's address on its loopback. Reported, never evidence.
 #[test]
 fn connects_from_a_rootless_namespace_move_nothing() {
-    let pool = PoolMembership::parse(
-        "198.51.100.1:8080\n198.51.100.2:8080\n198.51.100.3:8080\n198.51.100.4:8080",
-    )
-    .expect("pool");
-    let mut p = engine_with_pool(PolicyConfig::default(), pool);
+    let mut p = engine_with_pool(PolicyConfig::default(), pool_of_four());
     let mut out = Vec::new();
     for (i, last) in [1u8, 2, 3, 4, 1, 2, 3, 4, 5, 6].into_iter().enumerate() {
         let at = BOOT + i as u64 * SEC / 10;
@@ -116,11 +112,7 @@ fn another_namespaces_loopback_is_its_own_destination() {
     let json = serde_json::to_value(&e).expect("json");
     assert!(json.get("netns").is_none(), "{json}");
 
-    let config = PolicyConfig {
-        evict_targets: true,
-        ..PolicyConfig::default()
-    };
-    let mut p = engine(config);
+    let mut p = engine_with(|c| c.evict_targets = true);
     let mut rec = connect(member, Outcome::Refused, BOOT);
     rec.who.netns = container;
     let mut out = Vec::new();
