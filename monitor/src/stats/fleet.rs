@@ -108,37 +108,41 @@ fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-impl FleetCounters {
+/// Methods that count one event each: `method => field;`.
+macro_rules! one_event {
+    ($($(#[$doc:meta])* $method:ident => $field:ident;)*) => {
+        impl FleetCounters {
+            $($(#[$doc])* pub fn $method(&self) {
+                add(&self.$field, 1);
+            })*
+        }
+    };
+}
+
+one_event! {
     /// An own verdict handed to NATS (core publish succeeded).
-    pub fn published(&self) {
-        add(&self.published, 1);
-    }
-
+    published => published;
     /// A valid message of another host.
-    pub fn received(&self) {
-        add(&self.received, 1);
-    }
-
+    received => received;
     /// A remote evict ejected a destination here.
-    pub fn applied(&self) {
-        add(&self.applied, 1);
-    }
-
+    applied => applied;
     /// A remote reinstate (or the end of the last vote) lifted a fleet ejection here.
-    pub fn lifted(&self) {
-        add(&self.lifted, 1);
-    }
-
+    lifted => lifted;
     /// A remote evict withheld by `max_ejection_percent` (or no room in the table).
-    pub fn guarded(&self) {
-        add(&self.guarded, 1);
-    }
-
+    guarded => guarded;
     /// A message that failed to decode.
-    pub fn invalid(&self) {
-        add(&self.invalid, 1);
-    }
+    invalid => invalid;
+    /// A KV put or delete failed or timed out (it is retried).
+    kv_put_failed => kv_put_failures;
+    /// A failed KV put or delete was tried again.
+    kv_put_retried => kv_put_retries;
+    /// The connection to NATS came back after it was lost.
+    reconnected => reconnects;
+    /// The KV bucket was read back after a (re)connect.
+    resynced => resyncs;
+}
 
+impl FleetCounters {
     pub fn ignored(&self, reason: IgnoredReason) {
         add(&self.ignored[reason as usize], 1);
     }
@@ -147,32 +151,14 @@ impl FleetCounters {
         add(&self.dropped[reason as usize], n);
     }
 
-    /// A KV put or delete failed or timed out (it is retried).
-    pub fn kv_put_failed(&self) {
-        add(&self.kv_put_failures, 1);
-    }
-
-    /// A failed KV put or delete was tried again.
-    pub fn kv_put_retried(&self) {
-        add(&self.kv_put_retries, 1);
-    }
-
-    /// The connection to NATS came back after it was lost.
-    pub fn reconnected(&self) {
-        add(&self.reconnects, 1);
-    }
-
-    /// The KV bucket was read back after a (re)connect.
-    pub fn resynced(&self) {
-        add(&self.resyncs, 1);
-    }
-
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().map(get).sum()
     }
 
     /// A consistent-enough copy for a `stats` line or a scrape.
     pub fn snapshot(&self) -> FleetStats {
+        let ignored = |r: IgnoredReason| get(&self.ignored[r as usize]);
+        let dropped = |r: DroppedReason| get(&self.dropped[r as usize]);
         FleetStats {
             published: get(&self.published),
             received: get(&self.received),
@@ -181,19 +167,19 @@ impl FleetCounters {
             guarded: get(&self.guarded),
             invalid: get(&self.invalid),
             ignored: IgnoredCounts {
-                untrusted: get(&self.ignored[IgnoredReason::Untrusted as usize]),
-                local_outage: get(&self.ignored[IgnoredReason::LocalOutage as usize]),
-                quorum_pending: get(&self.ignored[IgnoredReason::QuorumPending as usize]),
-                echo: get(&self.ignored[IgnoredReason::Echo as usize]),
-                expired: get(&self.ignored[IgnoredReason::Expired as usize]),
-                already_ejected: get(&self.ignored[IgnoredReason::AlreadyEjected as usize]),
-                observe: get(&self.ignored[IgnoredReason::Observe as usize]),
-                full: get(&self.ignored[IgnoredReason::Full as usize]),
+                untrusted: ignored(IgnoredReason::Untrusted),
+                local_outage: ignored(IgnoredReason::LocalOutage),
+                quorum_pending: ignored(IgnoredReason::QuorumPending),
+                echo: ignored(IgnoredReason::Echo),
+                expired: ignored(IgnoredReason::Expired),
+                already_ejected: ignored(IgnoredReason::AlreadyEjected),
+                observe: ignored(IgnoredReason::Observe),
+                full: ignored(IgnoredReason::Full),
             },
             dropped: DroppedCounts {
-                queue_full: get(&self.dropped[DroppedReason::QueueFull as usize]),
-                unreachable: get(&self.dropped[DroppedReason::Unreachable as usize]),
-                lagged: get(&self.dropped[DroppedReason::Lagged as usize]),
+                queue_full: dropped(DroppedReason::QueueFull),
+                unreachable: dropped(DroppedReason::Unreachable),
+                lagged: dropped(DroppedReason::Lagged),
             },
             kv_put_failures: get(&self.kv_put_failures),
             kv_put_retries: get(&self.kv_put_retries),
