@@ -213,27 +213,24 @@ impl FleetConfig {
                 "set at most one of creds_file, nkey_file, user + password, token",
             ));
         }
-        if self.user.is_some() != self.password.is_some() {
-            return Err(invalid(
-                if self.user.is_some() {
-                    "password"
-                } else {
-                    "user"
-                },
-                "(not set)".into(),
-                "user and password go together",
-            ));
-        }
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(invalid(
-                if self.tls_cert.is_some() {
-                    "tls_key"
-                } else {
-                    "tls_cert"
-                },
-                "(not set)".into(),
-                "tls_cert and tls_key go together",
-            ));
+        // Keys that go together: the error names the one missing.
+        for ((a, a_set), (b, b_set)) in [
+            (
+                ("user", self.user.is_some()),
+                ("password", self.password.is_some()),
+            ),
+            (
+                ("tls_cert", self.tls_cert.is_some()),
+                ("tls_key", self.tls_key.is_some()),
+            ),
+        ] {
+            if a_set != b_set {
+                return Err(invalid(
+                    if a_set { b } else { a },
+                    "(not set)".into(),
+                    &format!("{a} and {b} go together"),
+                ));
+            }
         }
         for (key, path) in [
             ("creds_file", &self.creds_file),

@@ -39,7 +39,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    config::{format_duration, human_duration},
+    config::{format_duration, human_duration, parse_duration},
     ejection::Jitter,
 };
 use crate::{invalid::Invalid, source::event::Outcome};
@@ -127,49 +127,32 @@ impl ChecksConfig {
 
     /// Checks every value; the first bad one is the error.
     pub fn validate(&self) -> Result<(), Invalid> {
-        let duration = |key, d: Duration, allowed| invalid(key, format_duration(d), allowed);
-        if self.probe_timeout < Duration::from_millis(10)
-            || self.probe_timeout > Duration::from_secs(60)
-        {
-            return Err(duration(
-                "probe_timeout",
-                self.probe_timeout,
-                "must be between 10ms and 60s",
-            ));
-        }
-        let interval = self.early_probe_interval;
-        if !interval.is_zero()
-            && (interval < Duration::from_millis(100) || interval > Duration::from_secs(3600))
-        {
-            return Err(duration(
+        // (key, value, whether 0s means off, lowest, highest)
+        for (key, d, off, lo, hi) in [
+            ("probe_timeout", self.probe_timeout, false, "10ms", "60s"),
+            (
                 "early_probe_interval",
-                interval,
-                "must be 0s (off) or between 100ms and 1h",
-            ));
+                self.early_probe_interval,
+                true,
+                "100ms",
+                "1h",
+            ),
+            ("idle_after", self.idle_after, true, "100ms", "24h"),
+        ] {
+            let bound = |text| parse_duration(text).expect("a valid bound");
+            if !(off && d.is_zero()) && (d < bound(lo) || d > bound(hi)) {
+                let off = if off { "0s (off) or " } else { "" };
+                let allowed = format!("must be {off}between {lo} and {hi}");
+                return Err(invalid(key, format_duration(d), &allowed));
+            }
         }
-        let idle = self.idle_after;
-        if !idle.is_zero()
-            && (idle < Duration::from_millis(100) || idle > Duration::from_secs(86_400))
-        {
-            return Err(duration(
-                "idle_after",
-                idle,
-                "must be 0s (off) or between 100ms and 24h",
-            ));
-        }
-        if self.max_per_second == 0 || self.max_per_second > MAX_RATE {
-            return Err(invalid(
-                "max_per_second",
-                self.max_per_second,
-                "must be between 1 and 100000",
-            ));
-        }
-        if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {
-            return Err(invalid(
-                "max_in_flight",
-                self.max_in_flight,
-                "must be between 1 and 65536",
-            ));
+        for (key, n, max) in [
+            ("max_per_second", self.max_per_second, MAX_RATE),
+            ("max_in_flight", self.max_in_flight, MAX_IN_FLIGHT),
+        ] {
+            if n == 0 || n > max {
+                return Err(invalid(key, n, &format!("must be between 1 and {max}")));
+            }
         }
         Ok(())
     }
