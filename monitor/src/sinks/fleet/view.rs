@@ -418,20 +418,8 @@ mod tests {
             Err(Ignored::LocalOutage),
             "still in outage"
         );
-        let hb = |outage| {
-            FleetMessage::Heartbeat(Heartbeat {
-                v: VERSION,
-                host: "a".into(),
-                mode: FleetMode::Share,
-                ejected: 0,
-                local_outage: outage,
-                published: 0,
-                applied: 0,
-                dropped: 0,
-                ts_ms: 0,
-            })
-        };
-        assert_eq!(v.on_message(&hb(false), 1), Err(Ignored::Heartbeat));
+        let hb = FleetMessage::Heartbeat(heartbeat("a", false));
+        assert_eq!(v.on_message(&hb, 1), Err(Ignored::Heartbeat));
         assert!(v.on_message(&evict("a", 1), 1).is_ok(), "outage over");
         assert_eq!(v.on_message(&evict("b", 0), 40_000), Err(Ignored::Expired));
         assert_eq!(v.hosts()["a"].evicts, 4);

@@ -743,26 +743,14 @@ mod tests {
         ));
         let (read, mut write) = client.into_split();
         let mut lines = BufReader::new(read).lines();
-        assert!(
-            lines
-                .next_line()
-                .await
-                .unwrap()
-                .unwrap()
-                .starts_with(r#"{"type":"hello""#)
-        );
+        let line = lines.next_line().await.unwrap().unwrap();
+        assert!(line.starts_with(r#"{"type":"hello""#), "{line}");
         write
             .write_all(b"{\"cmd\":\"subscribe\",\"types\":[\"connect\"]}\n")
             .await
             .unwrap();
-        assert!(
-            lines
-                .next_line()
-                .await
-                .unwrap()
-                .unwrap()
-                .starts_with(r#"{"type":"ok""#)
-        );
+        let line = lines.next_line().await.unwrap().unwrap();
+        assert!(line.starts_with(r#"{"type":"ok""#), "{line}");
         // The caller keeps the write half open: the session streams until shutdown.
         (ctx, task, lines, write)
     }
