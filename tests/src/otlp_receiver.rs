@@ -48,75 +48,52 @@ type Shared = Arc<Mutex<Store>>;
 struct Traces(Shared);
 struct Metrics(Shared);
 
-#[tonic::async_trait]
-impl TraceService for Traces {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0
-            .lock()
-            .unwrap()
-            .traces
-            .push((Transport::Grpc, request.into_inner()));
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
+/// An export request, kept in its list of the [`Store`].
+trait Keep: prost::Message + Default {
+    fn keep(self, store: &mut Store, via: Transport);
+}
+
+impl Keep for ExportTraceServiceRequest {
+    fn keep(self, store: &mut Store, via: Transport) {
+        store.traces.push((via, self));
     }
 }
 
-#[tonic::async_trait]
-impl MetricsService for Metrics {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0
-            .lock()
-            .unwrap()
-            .metrics
-            .push((Transport::Grpc, request.into_inner()));
-        Ok(tonic::Response::new(ExportMetricsServiceResponse {
-            partial_success: None,
-        }))
+impl Keep for ExportMetricsServiceRequest {
+    fn keep(self, store: &mut Store, via: Transport) {
+        store.metrics.push((via, self));
     }
 }
 
-async fn http_traces(State(store): State<Shared>, body: Bytes) -> (StatusCode, Vec<u8>) {
-    match ExportTraceServiceRequest::decode(body) {
-        Ok(req) => {
-            store
-                .lock()
-                .unwrap()
-                .traces
-                .push((Transport::HttpProtobuf, req));
-            (
-                StatusCode::OK,
-                ExportTraceServiceResponse {
-                    partial_success: None,
-                }
-                .encode_to_vec(),
-            )
+/// The gRPC `export` of `$service`: keep the request, answer full success.
+macro_rules! grpc_export {
+    ($service:ident for $server:ident: $request:ty => $response:ty) => {
+        #[tonic::async_trait]
+        impl $service for $server {
+            async fn export(
+                &self,
+                request: tonic::Request<$request>,
+            ) -> Result<tonic::Response<$response>, tonic::Status> {
+                let store = &mut self.0.lock().unwrap();
+                request.into_inner().keep(store, Transport::Grpc);
+                Ok(tonic::Response::new(<$response>::default()))
+            }
         }
-        Err(_) => (StatusCode::BAD_REQUEST, Vec::new()),
-    }
+    };
 }
 
-async fn http_metrics(State(store): State<Shared>, body: Bytes) -> (StatusCode, Vec<u8>) {
-    match ExportMetricsServiceRequest::decode(body) {
+grpc_export!(TraceService for Traces: ExportTraceServiceRequest => ExportTraceServiceResponse);
+grpc_export!(MetricsService for Metrics: ExportMetricsServiceRequest => ExportMetricsServiceResponse);
+
+/// `POST /v1/...`: an HTTP/protobuf `Request`, kept, answered with full success.
+async fn http_export<Request: Keep, Response: prost::Message + Default>(
+    State(store): State<Shared>,
+    body: Bytes,
+) -> (StatusCode, Vec<u8>) {
+    match Request::decode(body) {
         Ok(req) => {
-            store
-                .lock()
-                .unwrap()
-                .metrics
-                .push((Transport::HttpProtobuf, req));
-            (
-                StatusCode::OK,
-                ExportMetricsServiceResponse {
-                    partial_success: None,
-                }
-                .encode_to_vec(),
-            )
+            req.keep(&mut store.lock().unwrap(), Transport::HttpProtobuf);
+            (StatusCode::OK, Response::default().encode_to_vec())
         }
         Err(_) => (StatusCode::BAD_REQUEST, Vec::new()),
     }
@@ -248,8 +225,14 @@ impl Receiver {
                 .expect("gRPC receiver");
         });
         let app = axum::Router::new()
-            .route("/v1/traces", post(http_traces))
-            .route("/v1/metrics", post(http_metrics))
+            .route(
+                "/v1/traces",
+                post(http_export::<ExportTraceServiceRequest, ExportTraceServiceResponse>),
+            )
+            .route(
+                "/v1/metrics",
+                post(http_export::<ExportMetricsServiceRequest, ExportMetricsServiceResponse>),
+            )
             .with_state(Arc::clone(&store));
         runtime.spawn(async move { axum::serve(http, app).await.expect("HTTP receiver") });
         Receiver {
