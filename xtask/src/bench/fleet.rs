@@ -27,7 +27,7 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
@@ -213,6 +213,22 @@ fn wait_ready(hosts: &mut [Host], timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The next line of `reader` into `line`; false at its end or on an error.
+fn next_line(reader: &mut impl BufRead, line: &mut String) -> bool {
+    line.clear();
+    matches!(reader.read_line(line), Ok(n) if n > 0)
+}
+
+/// Notes when the first `evict` of its destination was read.
+fn note_evict(seen: &Mutex<HashMap<String, u64>>, v: &Value, at: u64) {
+    if v["type"] == "evict"
+        && let Some(dst) = v["dst"].as_str()
+        && let Ok(mut seen) = seen.lock()
+    {
+        seen.entry(dst.to_owned()).or_insert(at);
+    }
+}
+
 /// A socket subscriber of one host: every fleet `evict` it reads, with when.
 struct Subscriber {
     seen: Arc<Mutex<HashMap<String, u64>>>,
@@ -236,22 +252,13 @@ impl Subscriber {
         let store = Arc::clone(&seen);
         thread::spawn(move || {
             let mut line = String::new();
-            loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
+            while next_line(&mut reader, &mut line) {
                 let at = monotonic_ns();
                 let Ok(v) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
-                if v["type"] == "evict"
-                    && v["reason"] == "fleet"
-                    && let Some(dst) = v["dst"].as_str()
-                    && let Ok(mut seen) = store.lock()
-                {
-                    seen.entry(dst.to_owned()).or_insert(at);
+                if v["reason"] == "fleet" {
+                    note_evict(&store, &v, at);
                 }
             }
         });
@@ -306,12 +313,7 @@ impl Observer {
         thread::spawn(move || {
             let mut line = String::new();
             let mut payload = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
+            while next_line(&mut reader, &mut line) {
                 if line.starts_with("PING") {
                     let _ = writer.write_all(b"PONG\r\n");
                     continue;
@@ -332,12 +334,7 @@ impl Observer {
                 let Ok(v) = serde_json::from_slice::<Value>(&payload[..len]) else {
                     continue;
                 };
-                if v["type"] == "evict"
-                    && let Some(dst) = v["dst"].as_str()
-                    && let Ok(mut seen) = store.lock()
-                {
-                    seen.entry(dst.to_owned()).or_insert(at);
-                }
+                note_evict(&store, &v, at);
             }
         });
         Ok(Observer { seen })
