@@ -173,40 +173,24 @@ impl EventBus {
     }
 
     pub fn event(&self, event: &KernelEvent, role: Role) {
-        match event {
-            KernelEvent::Connect(c) => self.publish(
-                Topic::Connect,
-                Some(role),
-                Some(c.dst),
-                Payload::Connect(c.clone()),
-            ),
-            KernelEvent::SynRetransmit(r) => self.publish(
-                Topic::SynRetransmit,
-                Some(role),
-                Some(r.dst),
-                Payload::SynRetransmit(r.clone()),
-            ),
-        }
+        self.kernel_event(event, role, false);
     }
 
     /// A kernel event of the agent's own probe: published with `"probe":true`.
     pub fn probe_event(&self, event: &KernelEvent, role: Role) {
-        match event {
-            KernelEvent::Connect(c) => self.publish_as(
-                Topic::Connect,
-                Some(role),
-                Some(c.dst),
-                Payload::Connect(c.clone()),
-                true,
-            ),
-            KernelEvent::SynRetransmit(r) => self.publish_as(
+        self.kernel_event(event, role, true);
+    }
+
+    fn kernel_event(&self, event: &KernelEvent, role: Role, probe: bool) {
+        let (topic, dst, payload) = match event {
+            KernelEvent::Connect(c) => (Topic::Connect, c.dst, Payload::Connect(c.clone())),
+            KernelEvent::SynRetransmit(r) => (
                 Topic::SynRetransmit,
-                Some(role),
-                Some(r.dst),
+                r.dst,
                 Payload::SynRetransmit(r.clone()),
-                true,
             ),
-        }
+        };
+        self.publish_as(topic, Some(role), Some(dst), payload, probe);
     }
 
     /// A stamped decision; `role` is the destination's role, if it has one.
