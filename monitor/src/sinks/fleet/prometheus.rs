@@ -95,34 +95,39 @@ impl Collector for FleetCollector {
             s.ignored.observe,
             s.ignored.full,
         ];
-        let mut family = encoder.encode_descriptor(
-            "fleet_verdicts_ignored",
-            "Other hosts' verdicts that changed nothing here, by reason",
-            None,
-            MetricType::Counter,
-        )?;
-        for (reason, value) in IgnoredReason::ALL.iter().zip(ignored) {
-            ConstCounter::new(value)
-                .encode(family.encode_family(&[("reason", reason.as_str())])?)?;
-        }
         let dropped = [
             s.dropped.queue_full,
             s.dropped.unreachable,
             s.dropped.lagged,
         ];
-        let mut family = encoder.encode_descriptor(
-            "fleet_verdicts_dropped",
-            "Own verdicts that never reached NATS, by reason",
-            None,
-            MetricType::Counter,
-        )?;
-        for (reason, value) in DroppedReason::ALL.iter().zip(dropped) {
-            ConstCounter::new(value)
-                .encode(family.encode_family(&[("reason", reason.as_str())])?)?;
+        let ignored = IgnoredReason::ALL
+            .map(IgnoredReason::as_str)
+            .into_iter()
+            .zip(ignored);
+        let dropped = DroppedReason::ALL
+            .map(DroppedReason::as_str)
+            .into_iter()
+            .zip(dropped);
+        let by_reason = [
+            (
+                "fleet_verdicts_ignored",
+                IGNORED_HELP,
+                ignored.collect::<Vec<_>>(),
+            ),
+            ("fleet_verdicts_dropped", DROPPED_HELP, dropped.collect()),
+        ];
+        for (name, help, counts) in by_reason {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (reason, value) in counts {
+                ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
+            }
         }
         Ok(())
     }
 }
+
+const IGNORED_HELP: &str = "Other hosts' verdicts that changed nothing here, by reason";
+const DROPPED_HELP: &str = "Own verdicts that never reached NATS, by reason";
 
 #[cfg(test)]
 mod tests {
