@@ -553,11 +553,13 @@ impl Adapter {
         self.command(Control::Snapshot { reply }, answer).await
     }
 
+    /// Adds `members` to or removes them from the agent's pool.
     async fn pool_command(
         &self,
         op: PoolOp,
-        members: Vec<PoolEntry>,
+        members: &[SocketAddr],
     ) -> Result<Vec<PoolEntry>, ControlError> {
+        let members = members.iter().copied().map(PoolEntry::Member).collect();
         let (reply, answer) = oneshot::channel();
         self.command(Control::Pool { op, members, reply }, answer)
             .await
@@ -592,39 +594,21 @@ impl Adapter {
         }
         let (reply, answer) = oneshot::channel();
         let current = self.command(Control::PoolList { reply }, answer).await?;
-        let in_pool: HashSet<SocketAddr> = current
+        let in_pool: BTreeSet<SocketAddr> = current
             .iter()
             .filter_map(|e| match e {
                 PoolEntry::Member(m) => Some(*m),
                 PoolEntry::Network { .. } => None,
             })
             .collect();
-        let added: Vec<SocketAddr> = discovered
-            .iter()
-            .filter(|a| !in_pool.contains(a))
-            .copied()
-            .collect();
+        let added: Vec<SocketAddr> = discovered.difference(&in_pool).copied().collect();
         if !added.is_empty() {
-            self.pool_command(
-                PoolOp::Add,
-                added.iter().copied().map(PoolEntry::Member).collect(),
-            )
-            .await?;
+            self.pool_command(PoolOp::Add, &added).await?;
             self.pool.owned.extend(added.iter().copied());
         }
-        let removed: Vec<SocketAddr> = self
-            .pool
-            .owned
-            .iter()
-            .filter(|a| !discovered.contains(a))
-            .copied()
-            .collect();
+        let removed: Vec<SocketAddr> = self.pool.owned.difference(&discovered).copied().collect();
         if !removed.is_empty() {
-            self.pool_command(
-                PoolOp::Remove,
-                removed.iter().copied().map(PoolEntry::Member).collect(),
-            )
-            .await?;
+            self.pool_command(PoolOp::Remove, &removed).await?;
             for a in &removed {
                 self.pool.owned.remove(a);
             }
