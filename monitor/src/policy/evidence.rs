@@ -314,50 +314,28 @@ mod tests {
             r#"netns = [{DOCKER}]
                cgroups = ["/system.slice/scrapyd.service", "/kubepods.slice/"]"#
         ));
-        assert!(s.trusts(&who(DOCKER, NetnsOwner::Initial, None)));
-        assert!(
-            !s.trusts(&who(
-                HOST,
-                NetnsOwner::Initial,
-                Some("/user.slice/session-1.scope")
-            )),
-            "the host itself is not listed"
-        );
-        assert!(s.trusts(&who(
-            HOST,
-            NetnsOwner::Initial,
-            Some("/system.slice/scrapyd.service")
-        )));
-        assert!(s.trusts(&who(
-            HOST,
-            NetnsOwner::Initial,
-            Some("/system.slice/scrapyd.service/worker-3")
-        )));
-        assert!(
-            !s.trusts(&who(
-                HOST,
-                NetnsOwner::Initial,
-                Some("/system.slice/scrapyd.service2")
-            )),
-            "prefixes match whole components"
-        );
-        assert!(s.trusts(&who(
-            DOCKER,
-            NetnsOwner::Initial,
-            Some("/kubepods.slice/kubepods-besteffort.slice")
-        )));
-        assert!(
-            !s.trusts(&who(
-                ROOTLESS,
-                NetnsOwner::Child,
-                Some("/system.slice/scrapyd.service")
-            )),
-            "a list never admits an untrusted owner"
-        );
-        assert!(
-            !s.trusts(&who(HOST, NetnsOwner::Initial, None)),
-            "unresolved cgroup"
-        );
+        let (i, c) = (NetnsOwner::Initial, NetnsOwner::Child);
+        const SCRAPYD: &str = "/system.slice/scrapyd.service";
+        // (netns, owner, cgroup ("": unresolved), trusted, why)
+        #[rustfmt::skip]
+        let cases = [
+            (DOCKER, i, "", true, "a listed namespace"),
+            (HOST, i, "/user.slice/session-1.scope", false, "the host itself is not listed"),
+            (HOST, i, SCRAPYD, true, "a listed cgroup"),
+            (HOST, i, "/system.slice/scrapyd.service/worker-3", true, "below a listed cgroup"),
+            (HOST, i, "/system.slice/scrapyd.service2", false, "prefixes match whole components"),
+            (DOCKER, i, "/kubepods.slice/kubepods-besteffort.slice", true, "listed"),
+            (ROOTLESS, c, SCRAPYD, false, "a list never admits an untrusted owner"),
+            (HOST, i, "", false, "unresolved cgroup"),
+        ];
+        for (netns, owner, cgroup, trusted, why) in cases {
+            let cgroup = (!cgroup.is_empty()).then_some(cgroup);
+            assert_eq!(
+                s.trusts(&who(netns, owner, cgroup)),
+                trusted,
+                "{why}: netns {netns}, {owner:?}, cgroup {cgroup:?}"
+            );
+        }
     }
 
     #[test]
