@@ -340,28 +340,30 @@ fn validate_socket(a: &AgentConfig) -> Result<(), Invalid> {
 mod tests {
     use super::*;
 
+    /// A configuration that parses.
+    fn parsed(text: &str) -> Config {
+        Config::parse(Path::new("x"), text).expect("parses")
+    }
+
     /// The error a configuration that parses but does not validate gives.
     fn rejected(text: &str) -> String {
-        let config = Config::parse(Path::new("x"), text).expect("parses");
-        config.validate().expect_err("invalid").to_string()
+        parsed(text).validate().expect_err("invalid").to_string()
     }
 
     #[test]
     fn empty_file_is_the_defaults_and_round_trips() {
-        let c = Config::parse(Path::new("x.toml"), "").unwrap();
+        let c = parsed("");
         assert_eq!(c, Config::default());
         c.validate().unwrap();
-        let again = Config::parse(Path::new("x.toml"), &c.to_toml()).unwrap();
+        let again = parsed(&c.to_toml());
         assert_eq!(again, c);
     }
 
     #[test]
     fn sections_override_defaults() {
-        let c = Config::parse(
-            Path::new("x.toml"),
+        let c = parsed(
             "[agent]\noutput = \"text\"\nring_buffer_bytes = 2097152\nstate_file = \"/tmp/s.json\"\n[policy]\nbase_ejection = \"1s\"\npool = [\"127.0.0.1:8080\"]\n",
-        )
-        .unwrap();
+        );
         assert_eq!(c.agent.output, Some(OutputFormat::Text));
         assert_eq!(c.agent.ring_buffer_bytes, 2 << 20);
         assert_eq!(c.policy.base_ejection, Duration::from_secs(1));
@@ -393,7 +395,7 @@ mod tests {
             rejected("[policy]\nfailure_ratio = 1.5\n"),
             "policy.failure_ratio = 1.5: must be between 0 and 1 (greater than 0)"
         );
-        let c = Config::parse(Path::new("x"), "[policy]\npool = [\"not-an-address\"]\n").unwrap();
+        let c = parsed("[policy]\npool = [\"not-an-address\"]\n");
         assert!(
             c.validate()
                 .unwrap_err()
@@ -404,11 +406,7 @@ mod tests {
 
     #[test]
     fn checks_section_parses_and_errors_name_the_checks_key() {
-        let c = Config::parse(
-            Path::new("x"),
-            "[checks]\nidle_after = \"30s\"\nmax_per_second = 10\n",
-        )
-        .unwrap();
+        let c = parsed("[checks]\nidle_after = \"30s\"\nmax_per_second = 10\n");
         assert_eq!(c.checks.idle_after, Duration::from_secs(30));
         assert!(c.checks.verify_before_reinstate, "default on");
         c.validate().unwrap();
@@ -424,11 +422,9 @@ mod tests {
 
     #[test]
     fn socket_keys_parse_and_are_checked() {
-        let c = Config::parse(
-            Path::new("x"),
+        let c = parsed(
             "[agent]\nsocket = \"/tmp/c.sock\"\nsocket_group = \"connmon\"\nmax_clients = 8\nallowed_uids = [1000]\nallowed_gids = [27]\n",
-        )
-        .unwrap();
+        );
         assert_eq!(c.agent.socket, PathBuf::from("/tmp/c.sock"));
         assert_eq!(c.agent.socket_group.as_deref(), Some("connmon"));
         assert_eq!(
@@ -452,7 +448,7 @@ mod tests {
             rejected("[agent]\nmax_clients = 0\n"),
             "agent.max_clients = 0: must be between 1 and 4096"
         );
-        let c = Config::parse(Path::new("x"), "[agent]\nmax_clients_per_uid = 0\n").unwrap();
+        let c = parsed("[agent]\nmax_clients_per_uid = 0\n");
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "agent.max_clients_per_uid = 0: must be between 1 and 4096"
