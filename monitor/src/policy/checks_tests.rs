@@ -196,7 +196,7 @@ fn an_ejection_that_expired_while_connmon_was_down_is_verified_after_a_restart()
     let dir = std::env::temp_dir().join(format!("connmon-checks-state-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("state.json");
-    let mut p = ejected(true);
+    let p = ejected(true);
     p.save_state(&path, BOOT + SEC).expect("save");
     let mut q = engine(true);
     let mut out = Vec::new();
