@@ -28,7 +28,6 @@ use opentelemetry_proto::tonic::{
     metrics::v1::{metric::Data, number_data_point},
     trace::v1::Span,
 };
-use prost::Message as _;
 
 /// How a request arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
