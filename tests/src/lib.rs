@@ -26,6 +26,17 @@ pub mod client;
 pub mod haproxy;
 pub mod otlp_receiver;
 
+/// A command whose output the test reads: stdin closed, stdout and stderr piped, and no
+/// `__pycache__` written into the source tree by the Python it runs.
+pub fn piped(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Panics unless running as root: these tests must run, never skip.
 pub fn require_root() {
     assert!(
@@ -246,6 +257,20 @@ impl Agent {
     pub fn start_serving(config: &Path, socket: &Path) -> Self {
         let utf8 = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
         Self::start(&["--config", &utf8(config), "--socket", &utf8(socket)])
+    }
+
+    /// Waits (bounded by `timeout`) until the agent's control socket at `path` accepts.
+    pub fn wait_for_socket(&self, path: &Path, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while std::os::unix::net::UnixStream::connect(path).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "no socket at {} within {timeout:?}; stderr:\n{}",
+                path.display(),
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts the agent inside `ns` (its own connects — handshake checks — then reach

@@ -189,19 +189,23 @@ fn connmon_programs() -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn sigterm_detaches_every_program() {
-    require_root();
-    // The previous test's agent may still be being freed by the kernel.
+/// connmon's programs still loaded once there are none, or after 10 s. The kernel frees
+/// a program once its last link and fd are gone, after the process has exited (deferred
+/// work): poll, with a deadline, not a latency goal.
+fn programs_left() -> Vec<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !connmon_programs().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        connmon_programs().is_empty(),
-        "another connmon is running: {:?}",
-        connmon_programs()
-    );
+    connmon_programs()
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    require_root();
+    // The previous test's agent may still be being freed by the kernel.
+    let left = programs_left();
+    assert!(left.is_empty(), "another connmon is running: {left:?}");
     let agent = Agent::start(&[]);
     let want = connmon_integration::expected_programs(&agent);
     assert_eq!(
@@ -216,15 +220,9 @@ fn sigterm_detaches_every_program() {
         Some(true),
         "final stats line written"
     );
-    // The kernel frees a program once its last link and fd are gone, after the
-    // process has exited (deferred work): poll, with a deadline, not a latency goal.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !connmon_programs().is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let left = programs_left();
     assert!(
-        connmon_programs().is_empty(),
-        "programs left loaded 10 s after exit: {:?}",
-        connmon_programs()
+        left.is_empty(),
+        "programs left loaded 10 s after exit: {left:?}"
     );
 }

@@ -5,15 +5,14 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::TcpStream,
-    os::unix::net::UnixStream,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use connmon_integration::{Agent, closed_port, require_root, scratch_dir, write_config};
+use connmon_integration::{Agent, closed_port, piped, require_root, scratch_dir, write_config};
 
 fn python_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients/python")
@@ -33,35 +32,18 @@ fn start_agent(tag: &str, extra_policy: &str) -> (Agent, PathBuf) {
     );
     let socket = dir.join("sock").join("connmon.sock");
     let agent = Agent::start_serving(&config, &socket);
-    wait_for_socket(&socket, &agent);
+    agent.wait_for_socket(&socket, Duration::from_secs(6));
     (agent, socket)
-}
-
-fn wait_for_socket(path: &Path, agent: &Agent) {
-    let deadline = Instant::now() + Duration::from_secs(6);
-    while UnixStream::connect(path).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "no socket at {}; stderr:\n{}",
-            path.display(),
-            agent.stderr()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
 fn the_python_client_test_suite_passes_against_a_real_agent() {
     require_root();
     let (_agent, socket) = start_agent("py", "");
-    let mut child = Command::new("python3")
+    let mut child = piped("python3")
         .args(["-m", "unittest", "-v", "test_connmon_client"])
         .current_dir(python_dir())
         .env("CONNMON_SOCKET", &socket)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("python3");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -101,15 +83,12 @@ fn the_example_pool_controller_marks_an_evicted_proxy_dead_and_then_good() {
     // this host stay targets and never reach the controller.
     let port = closed_port("127.0.0.1");
     let (_agent, socket) = start_agent("pyexample", &format!("pool = [\"127.0.0.1:{port}\"]\n"));
-    let mut child = Command::new("python3")
+    let mut child = piped("python3")
         .arg("example_pool_controller.py")
         .arg("--socket")
         .arg(&socket)
         .args(["--exit-after", "2"])
         .current_dir(python_dir())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("python3");

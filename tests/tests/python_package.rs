@@ -15,12 +15,11 @@
 use std::{
     io::Read as _,
     path::PathBuf,
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use connmon_integration::{Netns, connmon_bin, require_root};
+use connmon_integration::{Netns, connmon_bin, piped, require_root};
 
 fn python_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients/python")
@@ -50,17 +49,13 @@ fn run_pytest(tag: &str, files: &[&str], expected: &[&str], timeout: Duration) {
     let ns = Netns::new(tag);
     // A kernel SYN timeout of 15 s: an abort at ~1 s is connmon's doing, not the kernel's.
     ns.sysctl("net.ipv4.tcp_syn_retries", "3");
-    let mut child = Command::new("ip")
+    let mut child = piped("ip")
         .args(["netns", "exec", &ns.name])
         .arg(test_python())
         .args(["-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider"])
         .args(files)
         .current_dir(python_dir().join("tests"))
         .env("CONNMON_BIN", connmon_bin())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("starting pytest");
     let mut stdout = child.stdout.take().expect("stdout");

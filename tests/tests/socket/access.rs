@@ -6,10 +6,8 @@ use super::*;
 #[test]
 fn state_changing_commands_are_forbidden_for_an_unprivileged_peer() {
     require_root();
-    let dir = scratch_dir("forbidden");
-    let path = dir.join("sock").join("connmon.sock");
-    let cfg = config(&dir, "[agent]\nsocket_group = \"nogroup\"\n");
-    let _agent = start(&path, &["--config", &cfg]);
+    let (path, _agent) =
+        start_configured("forbidden", "[agent]\nsocket_group = \"nogroup\"\n", &[]);
     use std::os::unix::fs::MetadataExt as _;
     assert_eq!(
         std::fs::metadata(&path).unwrap().gid(),
@@ -88,10 +86,7 @@ fn clients_without_access_to_the_socket_get_a_clear_error() {
 #[test]
 fn clients_beyond_max_clients_are_refused_with_a_reason() {
     require_root();
-    let dir = scratch_dir("max");
-    let path = dir.join("sock").join("connmon.sock");
-    let cfg = config(&dir, "[agent]\nmax_clients = 2\n");
-    let _agent = start(&path, &["--config", &cfg]);
+    let (path, _agent) = start_configured("max", "[agent]\nmax_clients = 2\n", &[]);
     let (a, _) = Sock::open(&path);
     let (_b, _) = Sock::open(&path);
     let mut c = Sock::connect(&path);

@@ -127,21 +127,24 @@ fn socket_path(tag: &str) -> PathBuf {
     scratch_dir(tag).join("sock").join("connmon.sock")
 }
 
+/// An agent serving a socket in a fresh scratch directory `tag`, configured by `toml`
+/// (and `extra` arguments): the socket's path and the agent.
+fn start_configured(tag: &str, toml: &str, extra: &[&str]) -> (PathBuf, Agent) {
+    let dir = scratch_dir(tag);
+    let path = dir.join("sock").join("connmon.sock");
+    let cfg = config(&dir, toml);
+    let mut args = vec!["--config", cfg.as_str()];
+    args.extend_from_slice(extra);
+    let agent = start(&path, &args);
+    (path, agent)
+}
+
 fn start(path: &Path, extra: &[&str]) -> Agent {
     let mut args = vec!["--socket", path.to_str().expect("utf-8 path")];
     args.extend_from_slice(extra);
     let agent = Agent::start(&args);
     // The socket is bound right after the probes attach.
-    let deadline = Instant::now() + WAIT;
-    while UnixStream::connect(path).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "no socket at {} within {WAIT:?}; stderr:\n{}",
-            path.display(),
-            agent.stderr()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    agent.wait_for_socket(path, WAIT);
     agent
 }
 

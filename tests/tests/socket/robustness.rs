@@ -209,16 +209,14 @@ fn ten_thousand_malformed_lines_neither_crash_nor_starve_a_subscriber() {
 fn a_subscriber_that_never_reads_stalls_nothing_and_is_told_it_lagged() {
     require_root();
     let ns = Netns::new("slow");
-    let dir = scratch_dir("slow");
-    let path = dir.join("sock").join("connmon.sock");
     // The default bus capacity (16384 messages per subscriber) holds a full 1 MiB ring
     // buffer's worth of records, so a subscriber that reads never lags; the one that
     // does not read falls 30000 events behind.
-    let cfg = config(
-        &dir,
+    let (path, agent) = start_configured(
+        "slow",
         "[agent]\nbus_capacity = 16384\nring_buffer_bytes = 1048576\n",
+        &[],
     );
-    let agent = start(&path, &["--config", &cfg]);
     let (mut slow, _) = Sock::open(&path);
     slow.request(json!({"cmd": "subscribe", "types": ["connect"]}));
     let (mut good, _) = Sock::open(&path);

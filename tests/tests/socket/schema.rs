@@ -58,15 +58,13 @@ fn every_message_matches_its_json_schema() {
     let ns = Netns::new("schema");
     // SYN retransmits at ~1 s and ~3 s: a `suspect` at the first, an `evict` at the second.
     ns.sysctl("net.ipv4.tcp_syn_retries", "6");
-    let dir = scratch_dir("schema");
-    let path = dir.join("sock").join("connmon.sock");
     // No percentage guard and no outage detection: host traffic must not withhold the
     // ejections this test needs to see.
-    let cfg = config(
-        &dir,
+    let (path, agent) = start_configured(
+        "schema",
         "[policy]\nmax_ejection_percent = 100\noutage_min_destinations = 1000000\n",
+        &["--stats-interval", "1s"],
     );
-    let agent = start(&path, &["--config", &cfg, "--stats-interval", "1s"]);
     let mut seen = std::collections::BTreeSet::new();
     let (mut c, hello) = Sock::open(&path);
     seen.insert(check_schema(&hello));
