@@ -33,7 +33,7 @@ use std::{
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder},
     metrics::{
         MetricType,
         counter::{ConstCounter, Counter},
@@ -135,6 +135,28 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// A metric of any type, so that metrics of different types register from one list.
+#[derive(Debug)]
+struct AnyMetric(Box<dyn prometheus_client::registry::Metric>);
+
+fn any(metric: impl prometheus_client::registry::Metric) -> AnyMetric {
+    AnyMetric(Box::new(metric))
+}
+
+impl EncodeMetric for AnyMetric {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Every metric the endpoint serves, updated by the consumer.
 #[derive(Clone)]
 pub struct Metrics {
@@ -183,78 +205,36 @@ impl Metrics {
             attempt_handles: HashMap::new(),
             dst_handles: HashMap::new(),
         };
-        registry.register(
-            "build",
-            "connmon's version",
-            Info::new(BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            }),
-        );
-        registry.register(
-            "connect_attempts",
-            "Outgoing TCP connect attempts by outcome and role",
-            m.attempts.clone(),
-        );
-        registry.register_with_unit(
-            "connect_duration",
-            "TCP handshake time of established connects",
-            Unit::Seconds,
-            m.duration.clone(),
-        );
-        registry.register(
-            "syn_retransmits",
-            "SYN retransmissions of pending connects",
-            m.syn_retransmits.clone(),
-        );
-        registry.register(
-            "evictions",
-            "Destinations taken out of rotation, by reason and origin (local or fleet)",
-            m.evictions.clone(),
-        );
-        registry.register(
-            "reinstatements",
-            "Destinations put back into rotation, by origin (local or fleet)",
-            m.reinstatements.clone(),
-        );
+        let build = Info::new(BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        });
         // Both series from the start (a reinstatement counter reading 0, not absent).
         for origin in ["local", "fleet"] {
             let _ = m.reinstatements.get_or_create(&OriginLabels { origin });
         }
-        registry.register(
-            "destinations_tracked",
-            "Destinations in the policy's table (policy snapshot, at most every 10 s)",
-            m.tracked.clone(),
-        );
-        registry.register(
-            "destinations_ejected",
-            "Destinations currently ejected (policy snapshot, at most every 10 s)",
-            m.ejected.clone(),
-        );
-        registry.register(
-            "events_lost",
-            "Kernel events lost because the ring buffer was full (as of the last stats)",
-            m.lost_events.clone(),
-        );
-        registry.register(
-            "probes",
-            "Handshake-check probes made by the agent itself that ended (not in connect_attempts)",
-            m.probes.clone(),
-        );
-        registry.register(
-            "destination_connect_attempts",
-            "Connect attempts per destination (bounded: agent.metrics_destinations)",
-            m.dst_attempts.clone(),
-        );
-        registry.register(
-            "destination_ejected",
-            "1 while the destination is ejected (bounded: agent.metrics_destinations)",
-            m.dst_ejected.clone(),
-        );
-        registry.register(
-            "metrics_destinations_dropped",
-            "Destinations whose series were removed to keep within agent.metrics_destinations",
-            m.dst_dropped.clone(),
-        );
+        // (name, help, unit, metric), in the order they are served.
+        #[rustfmt::skip]
+        let metrics = [
+            ("build", "connmon's version", None, any(build)),
+            ("connect_attempts", "Outgoing TCP connect attempts by outcome and role", None, any(m.attempts.clone())),
+            ("connect_duration", "TCP handshake time of established connects", Some(Unit::Seconds), any(m.duration.clone())),
+            ("syn_retransmits", "SYN retransmissions of pending connects", None, any(m.syn_retransmits.clone())),
+            ("evictions", "Destinations taken out of rotation, by reason and origin (local or fleet)", None, any(m.evictions.clone())),
+            ("reinstatements", "Destinations put back into rotation, by origin (local or fleet)", None, any(m.reinstatements.clone())),
+            ("destinations_tracked", "Destinations in the policy's table (policy snapshot, at most every 10 s)", None, any(m.tracked.clone())),
+            ("destinations_ejected", "Destinations currently ejected (policy snapshot, at most every 10 s)", None, any(m.ejected.clone())),
+            ("events_lost", "Kernel events lost because the ring buffer was full (as of the last stats)", None, any(m.lost_events.clone())),
+            ("probes", "Handshake-check probes made by the agent itself that ended (not in connect_attempts)", None, any(m.probes.clone())),
+            ("destination_connect_attempts", "Connect attempts per destination (bounded: agent.metrics_destinations)", None, any(m.dst_attempts.clone())),
+            ("destination_ejected", "1 while the destination is ejected (bounded: agent.metrics_destinations)", None, any(m.dst_ejected.clone())),
+            ("metrics_destinations_dropped", "Destinations whose series were removed to keep within agent.metrics_destinations", None, any(m.dst_dropped.clone())),
+        ];
+        for (name, help, unit, metric) in metrics {
+            match unit {
+                Some(unit) => registry.register_with_unit(name, help, unit, metric),
+                None => registry.register(name, help, metric),
+            }
+        }
         registry.register_collector(Box::new(ExporterTally {
             tally: ExportCounts::shared(),
             prometheus_lagged: m.lagged.clone(),
@@ -770,12 +750,41 @@ mod tests {
         out
     }
 
+    /// The metrics, fed from a bus of their own as the consumer feeds them.
+    struct Fed {
+        metrics: Metrics,
+        registry: Registry,
+        series: DestinationSeries,
+        bus: EventBus,
+        rx: tokio::sync::broadcast::Receiver<Arc<Published>>,
+    }
+
+    impl Fed {
+        fn new() -> Self {
+            let (metrics, registry) = Metrics::register();
+            let bus = EventBus::new(16, WallClock::from_offset_ns(0));
+            Fed {
+                metrics,
+                registry,
+                series: DestinationSeries::new(10),
+                rx: bus.subscribe(),
+                bus,
+            }
+        }
+
+        /// Counts what the bus carried so far, then scrapes.
+        fn scrape(&mut self) -> String {
+            while let Ok(msg) = self.rx.try_recv() {
+                self.metrics.on_message(&msg, &mut self.series);
+            }
+            scrape(&self.registry)
+        }
+    }
+
     #[test]
     fn the_exposition_uses_prometheus_names_and_counts_bus_messages() {
-        let (mut metrics, registry) = Metrics::register();
-        let mut series = DestinationSeries::new(10);
-        let bus = EventBus::new(16, WallClock::from_offset_ns(0));
-        let mut rx = bus.subscribe();
+        let mut fed = Fed::new();
+        let bus = &fed.bus;
         let dst = SocketAddr::from(([127, 0, 0, 1], 9));
         for _ in 0..3 {
             bus.event(&refused_to(dst), Role::Proxy);
@@ -786,10 +795,7 @@ mod tests {
         ok.outcome = crate::source::event::Outcome::Established;
         ok.ktime_ns = ok.start_ns + 300_000;
         bus.event(&crate::source::event::KernelEvent::Connect(ok), Role::Proxy);
-        while let Ok(msg) = rx.try_recv() {
-            metrics.on_message(&msg, &mut series);
-        }
-        let text = scrape(&registry);
+        let text = fed.scrape();
         for line in [
             "connmon_connect_attempts_total{outcome=\"refused\",role=\"proxy\"} 3",
             "connmon_destination_connect_attempts_total{dst=\"127.0.0.1:9\",role=\"proxy\",outcome=\"refused\"} 3",
@@ -857,11 +863,9 @@ mod tests {
 
     #[test]
     fn ejection_counters_say_whether_the_verdict_was_this_hosts_or_the_fleets() {
-        let (mut metrics, registry) = Metrics::register();
-        let mut series = DestinationSeries::new(10);
-        let bus = EventBus::new(16, WallClock::from_offset_ns(0));
-        let mut rx = bus.subscribe();
-        let text = scrape(&registry);
+        let mut fed = Fed::new();
+        let bus = &fed.bus;
+        let text = scrape(&fed.registry);
         for line in [
             "connmon_reinstatements_total{origin=\"local\"} 0",
             "connmon_reinstatements_total{origin=\"fleet\"} 0",
@@ -878,10 +882,7 @@ mod tests {
         bus.decision(&eviction(addr(3), Some("host-b,host-c")), Some(Role::Proxy));
         bus.decision(&reinstatement(addr(1), None), Some(Role::Proxy));
         bus.decision(&reinstatement(addr(2), Some("host-a")), Some(Role::Proxy));
-        while let Ok(msg) = rx.try_recv() {
-            metrics.on_message(&msg, &mut series);
-        }
-        let text = scrape(&registry);
+        let text = fed.scrape();
         for line in [
             "connmon_evictions_total{reason=\"refused\",origin=\"local\"} 1",
             "connmon_evictions_total{reason=\"fleet\",origin=\"fleet\"} 2",
