@@ -562,6 +562,11 @@ pub fn is_connect(v: &Value, outcome: &str, dst: &str, netns: u32) -> bool {
     v["type"] == "connect" && v["outcome"] == outcome && v["dst"] == dst && v["netns"] == netns
 }
 
+/// Matches a line of `kind` ("connect", "evict", ...) about destination `dst`.
+pub fn is_about(v: &Value, kind: &str, dst: impl std::fmt::Display) -> bool {
+    v["type"] == kind && v["dst"] == dst.to_string()
+}
+
 /// A TCP port on which nothing listens (bound then released) in the current namespace.
 pub fn closed_port(addr: &str) -> u16 {
     let l = std::net::TcpListener::bind((addr, 0)).expect("bind");

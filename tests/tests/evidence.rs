@@ -22,7 +22,7 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, LOCAL_V4, Netns, closed_port, haproxy::Haproxy, require_root, scratch_dir, sh,
+    Agent, LOCAL_V4, Netns, closed_port, haproxy::Haproxy, is_about, require_root, scratch_dir, sh,
     write_config,
 };
 use serde_json::Value;
@@ -323,20 +323,22 @@ fn allow_lists_cgroup_attribution_and_a_reloaded_scope() {
         let (p, _) = ns.run("probe", || closed_port(LOCAL_V4));
         format!("{LOCAL_V4}:{p}").parse().expect("addr")
     };
+    // A connect from `ns` refused by a free port: the port.
+    let refused = |ns: &Netns| {
+        let dst = port(ns);
+        refuse_from(ns, dst);
+        dst
+    };
 
     // A listed namespace moves verdicts.
-    let a = port(&listed);
-    refuse_from(&listed, a);
+    let a = refused(&listed);
     agent.wait_for("evict from the listed namespace", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == a.to_string()
+        is_about(v, "evict", a)
     });
 
     // An unlisted namespace (root-created, so trusted by owner) does not.
-    let b = port(&other);
-    refuse_from(&other, b);
-    let c = agent.wait_for("the unlisted connect", WAIT, |v| {
-        v["type"] == "connect" && v["dst"] == b.to_string()
-    });
+    let b = refused(&other);
+    let c = agent.wait_for("the unlisted connect", WAIT, |v| is_about(v, "connect", b));
     assert_eq!(c["trusted"], false, "{c}");
 
     // The same namespace, from a process in a listed cgroup: attributed and evidence.
@@ -348,14 +350,14 @@ fn allow_lists_cgroup_attribution_and_a_reloaded_scope() {
         c_dst.port()
     ));
     let connect = agent.wait_for("the connect from the test cgroup", WAIT, |v| {
-        v["type"] == "connect" && v["dst"] == c_dst.to_string()
+        is_about(v, "connect", c_dst)
     });
     assert_eq!(connect["cgroup"], cgroup.path, "{connect}");
     assert_eq!(connect["container"], id, "{connect}");
     assert_eq!(connect["trusted"], true, "{connect}");
     assert!(connect.get("pod_uid").is_none(), "{connect}");
     let evict = agent.wait_for("evict from the listed cgroup", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == c_dst.to_string()
+        is_about(v, "evict", c_dst)
     });
     assert_eq!(evict["trigger"]["cgroup"], cgroup.path, "{evict}");
     assert_eq!(evict["trigger"]["container"], id, "{evict}");
@@ -365,25 +367,20 @@ fn allow_lists_cgroup_attribution_and_a_reloaded_scope() {
     write_scope(&format!("netns = [\"{}\"]\n", other.path().display()));
     agent.signal(libc::SIGHUP);
     agent.wait_for_stderr("evidence scope reloaded", Duration::from_secs(5));
-    let d = port(&other);
-    refuse_from(&other, d);
-    agent.wait_for("evict after the reload", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == d.to_string()
-    });
-    let e = port(&listed);
-    refuse_from(&listed, e);
+    let d = refused(&other);
+    agent.wait_for("evict after the reload", WAIT, |v| is_about(v, "evict", d));
+    let e = refused(&listed);
     agent.wait_for("the no longer listed connect", WAIT, |v| {
-        v["type"] == "connect" && v["dst"] == e.to_string() && v["trusted"] == false
+        is_about(v, "connect", e) && v["trusted"] == false
     });
 
     // A reload naming a namespace that does not exist keeps the scope in force.
     write_scope("netns = [\"/run/netns/connmon-no-such-namespace\"]\n");
     agent.signal(libc::SIGHUP);
     agent.wait_for_stderr("keeping the current evidence scope", Duration::from_secs(5));
-    let f = port(&other);
-    refuse_from(&other, f);
+    let f = refused(&other);
     agent.wait_for("evict under the kept scope", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == f.to_string()
+        is_about(v, "evict", f)
     });
     let (ok, lines) = agent.stop();
     assert!(ok);

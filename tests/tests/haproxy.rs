@@ -14,8 +14,8 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, BLACKHOLE_V4, LOCAL_V4, Netns, closed_port, haproxy::Haproxy, require_root, scratch_dir,
-    strip_ansi,
+    Agent, BLACKHOLE_V4, LOCAL_V4, Netns, closed_port, haproxy::Haproxy, is_about, require_root,
+    scratch_dir, strip_ansi,
 };
 use serde_json::Value;
 
@@ -136,9 +136,7 @@ const POOL_READ: &str = "pool updated from haproxy";
 
 /// Waits for the agent's `kind` decision ("evict", "reinstate") about `dst`.
 fn wait_decision(agent: &mut Agent, what: &str, kind: &str, dst: SocketAddr) -> Value {
-    agent.wait_for(what, WAIT, |v| {
-        v["type"] == kind && v["dst"] == dst.to_string()
-    })
+    agent.wait_for(what, WAIT, |v| is_about(v, kind, dst))
 }
 
 /// connmon's configuration with extra `[agent]` lines. The agent sees every connect on
