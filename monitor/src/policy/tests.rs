@@ -121,6 +121,22 @@ fn only_eviction(out: &[Decision]) -> &Eviction {
     e[0]
 }
 
+/// The one eviction in `out`, checked to be for `reason` (`mode`) after a streak of
+/// `streak`.
+fn only_eviction_for(
+    out: &[Decision],
+    reason: Reason,
+    mode: Option<FailureMode>,
+    streak: u32,
+) -> &Eviction {
+    let e = only_eviction(out);
+    assert_eq!(
+        (e.reason, e.failure_mode, e.evidence.streak),
+        (reason, mode, streak)
+    );
+    e
+}
+
 fn findings(out: &[Decision]) -> Vec<&Finding> {
     out.iter()
         .filter_map(|d| match d {
@@ -184,11 +200,7 @@ fn unanswered_connects_eject_after_three_in_a_row() {
         );
     }
     let out = feed(&mut p, d, Outcome::Unreachable, BOOT + 6 * SEC);
-    let e = only_eviction(&out);
-    assert_eq!(
-        (e.reason, e.failure_mode, e.evidence.streak),
-        (Reason::Unreachable, Some(FailureMode::Drop), 3)
-    );
+    let e = only_eviction_for(&out, Reason::Unreachable, Some(FailureMode::Drop), 3);
     assert_eq!(
         (
             e.evidence.attempts,
@@ -211,11 +223,7 @@ fn five_resets_without_a_new_connection_eject() {
         assert!(feed(&mut p, d, Outcome::Reset, BOOT + i * SEC).is_empty());
     }
     let out = feed(&mut p, d, Outcome::Reset, BOOT + 9 * SEC);
-    let e = only_eviction(&out);
-    assert_eq!(
-        (e.reason, e.failure_mode, e.evidence.streak),
-        (Reason::Reset, Some(FailureMode::Reject), 5)
-    );
+    let e = only_eviction_for(&out, Reason::Reset, Some(FailureMode::Reject), 5);
     assert_eq!(
         (e.evidence.attempts, e.evidence.reset),
         (1, 9),
@@ -241,11 +249,7 @@ fn syn_retransmits_make_a_suspect_then_eject() {
     );
     assert!(out.is_empty(), "one suspect per episode");
     p.on_syn_retransmit(&retransmit(d, 2, BOOT + 3 * SEC), BOOT + 3 * SEC, &mut out);
-    let e = only_eviction(&out);
-    assert_eq!(
-        (e.reason, e.failure_mode, e.evidence.streak),
-        (Reason::SynRetransmits, Some(FailureMode::Drop), 2)
-    );
+    let e = only_eviction_for(&out, Reason::SynRetransmits, Some(FailureMode::Drop), 2);
     assert_eq!(e.evidence.syn_retransmits, 3);
 }
 
