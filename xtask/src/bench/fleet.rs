@@ -608,10 +608,7 @@ fn one_fleet(
     // The verdict rate.
     let rate_count = ((plan.fleet_verdict_rate as f64 * plan.fleet_rate_secs) as usize)
         .min(plan.fleet_members - samples);
-    let cpu0: Vec<f64> = pids
-        .iter()
-        .map(|p| cpu_seconds(*p).unwrap_or(0.0))
-        .collect();
+    let cpu0 = cpu_all(&pids);
     let nats_cpu0 = cpu_seconds(nats_pid).unwrap_or(0.0);
     let varz0 = nats.varz()?;
     let t0 = Instant::now();
@@ -621,10 +618,7 @@ fn one_fleet(
     // what fits in the load's window.
     c.wait_for(samples + rate_count, Duration::from_secs(20));
     let secs = t0.elapsed().as_secs_f64();
-    let cpu1: Vec<f64> = pids
-        .iter()
-        .map(|p| cpu_seconds(*p).unwrap_or(0.0))
-        .collect();
+    let cpu1 = cpu_all(&pids);
     let nats_cpu1 = cpu_seconds(nats_pid).unwrap_or(0.0);
     let varz1 = nats.varz()?;
     let loaded_read = c.count() - paced_read;
