@@ -111,13 +111,17 @@ struct Probes {
 }
 
 impl Pipeline {
-    /// Reads everything the ring buffer holds; returns how many records that was.
-    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> usize {
-        let mut records = 0;
+    /// Reads everything the ring buffer holds; returns how many records that was and
+    /// how many of them were failures or warnings (the reader's poll period follows them).
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> (usize, usize) {
+        let (mut records, mut failures) = (0, 0);
         while let Some(item) = ring.next() {
             records += 1;
             match decode(&item) {
-                Ok(event) => self.on_event(event),
+                Ok(event) => {
+                    failures += usize::from(event.is_failure());
+                    self.on_event(event);
+                }
                 Err(err) => {
                     self.counters.decode_errors += 1;
                     if let Some(held_back) = self.decode_warn.allow(Instant::now()) {
@@ -127,7 +131,7 @@ impl Pipeline {
             }
         }
         self.persist_if_changed();
-        records
+        (records, failures)
     }
 
     fn on_event(&mut self, mut event: KernelEvent) {
@@ -563,14 +567,14 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         tokio::select! {
             guard = source.ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let records = pipe.drain(guard.get_inner_mut());
+                let (records, failures) = pipe.drain(guard.get_inner_mut());
                 guard.clear_ready();
-                source.poll.after_drain(records, false)?;
+                source.poll.after_drain(records, failures, false)?;
             }
             tick = source.poll.tick(), if source.poll.active() => {
                 tick.context("waiting on the poll timer")?;
-                let records = pipe.drain(source.ring.get_mut());
-                source.poll.after_drain(records, true)?;
+                let (records, failures) = pipe.drain(source.ring.get_mut());
+                source.poll.after_drain(records, failures, true)?;
             }
             _ = batch_tick.tick() => {
                 let _ = pipe.drain(source.ring.get_mut());
