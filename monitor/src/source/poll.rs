@@ -48,10 +48,10 @@ pub const POLL_EVERY: Duration = Duration::from_micros(250);
 pub const POLL_ROUTINE: Duration = Duration::from_micros(500);
 /// Drains in a row without a failure before the period becomes [`POLL_ROUTINE`].
 pub const CALM_DRAINS: u32 = 4;
-/// How long the reader keeps polling after the last record.
+/// How long the reader keeps polling after the last failure.
 pub const LINGER: Duration = Duration::from_millis(20);
 /// How long it polls after a wake-up that ended more than [`LINGER`] asleep, when no
-/// further record comes.
+/// further failure comes.
 pub const SPARSE_LINGER: Duration = Duration::from_millis(2);
 
 /// The linger of a polling period that starts after `asleep` in epoll (None: the first).
@@ -64,7 +64,8 @@ fn linger_after(asleep: Option<Duration>) -> Duration {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// In epoll: records that find the ring empty wake the reader.
+    /// In epoll: a failure that finds the ring empty (or records waiting) wakes the
+    /// reader, routine records only a ring a quarter full.
     Sleeping,
     /// Polling on the timer; the programs write without wake-ups. Ends `linger` after
     /// the last failure.
