@@ -2,10 +2,10 @@
 //! SIGINT/SIGTERM.
 //!
 //! One task owns the pipeline (kernel → source → table/policy → sinks): it drains the ring
-//! buffer when the kernel wakes it (every failure does) and on a short timer (routine
-//! `established` outcomes are written without a wake-up to keep the per-connect cost
-//! low), decodes each record, runs it through the [`EjectionPolicy`], and renders events
-//! and decisions. Output is flushed once per drain; the state file is written after a
+//! buffer when the kernel wakes it (every failure does) and on a short timer while
+//! failures flow (routine `established` outcomes are written without a wake-up to keep
+//! the per-connect cost low; see `source::poll`), decodes each record, runs it through
+//! the [`EjectionPolicy`], and renders events and decisions. Output is flushed once per drain; the state file is written after a
 //! drain that changed an ejection, and at exit.
 
 use std::{
@@ -111,13 +111,16 @@ struct Probes {
 }
 
 impl Pipeline {
-    /// Reads everything the ring buffer holds; returns how many records that was.
+    /// Reads everything the ring buffer holds; returns how many of the records were
+    /// failures or warnings (the reader polls while they flow).
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> usize {
-        let mut records = 0;
+        let mut failures = 0;
         while let Some(item) = ring.next() {
-            records += 1;
             match decode(&item) {
-                Ok(event) => self.on_event(event),
+                Ok(event) => {
+                    failures += usize::from(event.is_failure());
+                    self.on_event(event);
+                }
                 Err(err) => {
                     self.counters.decode_errors += 1;
                     if let Some(held_back) = self.decode_warn.allow(Instant::now()) {
@@ -127,7 +130,7 @@ impl Pipeline {
             }
         }
         self.persist_if_changed();
-        records
+        failures
     }
 
     fn on_event(&mut self, mut event: KernelEvent) {
@@ -563,14 +566,14 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
         tokio::select! {
             guard = source.ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let records = pipe.drain(guard.get_inner_mut());
+                let failures = pipe.drain(guard.get_inner_mut());
                 guard.clear_ready();
-                source.poll.after_drain(records, false)?;
+                source.poll.after_drain(failures, false)?;
             }
             tick = source.poll.tick(), if source.poll.active() => {
                 tick.context("waiting on the poll timer")?;
-                let records = pipe.drain(source.ring.get_mut());
-                source.poll.after_drain(records, true)?;
+                let failures = pipe.drain(source.ring.get_mut());
+                source.poll.after_drain(failures, true)?;
             }
             _ = batch_tick.tick() => {
                 let _ = pipe.drain(source.ring.get_mut());

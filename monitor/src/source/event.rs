@@ -280,6 +280,15 @@ impl KernelEvent {
             KernelEvent::SynRetransmit(r) => &mut r.who,
         }
     }
+
+    /// A failed connect or a SYN-retransmit warning: what detection waits for (the
+    /// kernel wakes the reader for these; routine `established` outcomes are batched).
+    pub fn is_failure(&self) -> bool {
+        match self {
+            KernelEvent::Connect(c) => c.outcome.is_failure(),
+            KernelEvent::SynRetransmit(_) => true,
+        }
+    }
 }
 
 /// A refused IPv4 connect to `dst` by pid 1 (`x`), for tests of downstream stages.
