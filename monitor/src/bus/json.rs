@@ -268,7 +268,7 @@ mod tests {
         let clock = WallClock::from_offset_ns(1_764_000_000_000_000_000);
         let docker = format!("/system.slice/docker-{}.scope", "ab".repeat(32));
         let pod = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
-        let mut records = vec![
+        let mut records = [
             record("127.0.0.1:33850", "127.0.0.2:40002", b"python3", None),
             record(
                 "[::1]:1",
