@@ -25,6 +25,7 @@ use serde_json::Value;
 pub mod client;
 pub mod haproxy;
 pub mod otlp_receiver;
+pub mod timing;
 
 /// Panics unless running as root: these tests must run, never skip.
 pub fn require_root() {

@@ -4,7 +4,8 @@
 use std::{net::TcpStream, os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use connmon_integration::{
-    Agent, Netns, closed_port, connmon_bin, is_connect, require_root, world_readable_copy,
+    Agent, Netns, closed_port, connmon_bin, is_connect, require_root, timing::patient,
+    world_readable_copy,
 };
 
 #[test]
@@ -189,11 +190,17 @@ fn connmon_programs() -> Vec<String> {
         .collect()
 }
 
+/// How long the kernel may take to free an exited agent's programs: a deadline (10 s
+/// was not always enough on an overloaded host, see crash.rs).
+fn freed_within() -> Duration {
+    patient(Duration::from_secs(30))
+}
+
 #[test]
 fn sigterm_detaches_every_program() {
     require_root();
     // The previous test's agent may still be being freed by the kernel.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + freed_within();
     while !connmon_programs().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -217,14 +224,16 @@ fn sigterm_detaches_every_program() {
         "final stats line written"
     );
     // The kernel frees a program once its last link and fd are gone, after the
-    // process has exited (deferred work): poll, with a deadline, not a latency goal.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // process has exited (deferred work, run late on an overloaded host): poll, with a
+    // deadline, not a latency goal.
+    let deadline = std::time::Instant::now() + freed_within();
     while !connmon_programs().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
         connmon_programs().is_empty(),
-        "programs left loaded 10 s after exit: {:?}",
+        "programs left loaded {:?} after exit: {:?}",
+        freed_within(),
         connmon_programs()
     );
 }

@@ -7,7 +7,7 @@
 //! - `test_livepool.py`: snapshot at connect, lagged → resync, bye → reconnect, keys;
 //!   `test_package.py`: pip-installable, typed, versioned with the agent.
 //! - `test_scrapy.py`: a refusing, a blackholed and a killed proxy (every page fetched,
-//!   nothing sent to an evicted proxy, in-flight downloads aborted within a second), a
+//!   nothing sent to an evicted proxy, in-flight downloads aborted on the eviction), a
 //!   second spider, the agent restarted mid-crawl, scrapy-rotating-proxies fed by
 //!   connmon (a proxy killed mid-crawl gets nothing once evicted), no agent, the README's
 //!   requests/httpx/aiohttp recipes, a blackholed proxy left at connmon's `suspect`.
