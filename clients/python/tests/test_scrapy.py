@@ -297,7 +297,11 @@ def test_a_suspect_proxy_is_left_before_its_eviction(world, tmp_path):
     watcher = Client(agent.socket)
     watcher.subscribe(types=["suspect"])
     try:
-        report = crawl(world.spec(proxies=proxies, socket=agent.socket, pages=80))
+        # The crawl must follow the agent before its first request, or it misses the
+        # suspect (~1 s after that request): the default 5 s wait for the first snapshot
+        # once ran out on a loaded host. A deadline, ended by the snapshot.
+        report = crawl(world.spec(proxies=proxies, socket=agent.socket, pages=80,
+                                  settings={"CONNMON_STARTUP_WAIT": 30 * patience()}))
     finally:
         log.close()
         agent.stop()
@@ -309,6 +313,8 @@ def test_a_suspect_proxy_is_left_before_its_eviction(world, tmp_path):
     every_page_fetched(report, pages=80)
     assert suspects, "the agent never called the blackholed proxy a suspect"
     stats = report["stats"]
+    assert "connmon/agent_unavailable_at_start" not in stats, \
+        ("the crawl did not follow the agent from its start", report["log"][-3000:])
     assert stats.get("connmon/suspects_seen", 0) >= 1, stats
     on_suspect = [a for a in report["aborts"] if a["proxy"] == blackholed and a["why"] == "suspect"]
     assert on_suspect, report["aborts"]
