@@ -14,6 +14,7 @@
 
 use std::{
     io::Read as _,
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Command, Stdio},
     thread,
@@ -58,6 +59,9 @@ fn run_pytest(tag: &str, files: &[&str], expected: &[&str], timeout: Duration) {
         .current_dir(python_dir().join("tests"))
         .env("CONNMON_BIN", connmon_bin())
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        // A group of its own: on the deadline the whole group is killed, not only pytest
+        // (its agents and tinyproxies once outlived it and loaded the next runs).
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -74,7 +78,8 @@ fn run_pytest(tag: &str, files: &[&str], expected: &[&str], timeout: Duration) {
     while child.try_wait().expect("wait").is_none() {
         if Instant::now() > deadline {
             timed_out = true;
-            let _ = child.kill();
+            // SAFETY: kill(2) on the process group this test created for pytest.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             break;
         }
         thread::sleep(Duration::from_millis(100));
