@@ -35,7 +35,9 @@ impl Client {
             }
         };
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            // A deadline for each reply (a snapshot of a large table on an overloaded
+            // host takes seconds), not a latency goal.
+            .set_read_timeout(Some(crate::timing::patient(Duration::from_secs(30))))
             .expect("read timeout");
         let mut client = Client {
             writer: stream.try_clone().expect("clone"),

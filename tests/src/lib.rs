@@ -25,6 +25,7 @@ use serde_json::Value;
 pub mod client;
 pub mod haproxy;
 pub mod otlp_receiver;
+pub mod timing;
 
 /// A command whose output the test reads: stdin closed, stdout and stderr piped, and no
 /// `__pycache__` written into the source tree by the Python it runs.

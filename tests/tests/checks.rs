@@ -96,20 +96,24 @@ fn dead_members_stay_ejected_across_expiries_and_a_revived_one_is_reinstated_ear
     let mut agent = Agent::start_in(&ns, &["--config", &config, "--checks", "on"]);
     let pid = agent.pid();
     let bh: SocketAddr = blackholed.parse().expect("addr");
-    ns.run("scraper", move || {
+    // The revived member starts listening right after the refused connect that ejects
+    // it, so well within its 2 s ejection however late this test reads the agent's
+    // lines (it once started after them, ~1 s into the ejection, and a loaded host
+    // pushed it past the end): an early probe (every 500 ms) finds it and reinstates
+    // it before the timer.
+    let (_revived, _) = ns.run("scraper", move || {
         TcpStream::connect(closed).expect_err("closed member refuses");
         TcpStream::connect(revived).expect_err("not listening yet");
+        let revived = TcpListener::bind(revived).expect("bind in the namespace");
         TcpStream::connect_timeout(&bh, Duration::from_millis(300))
             .expect_err("blackholed member never answers");
+        revived
     });
     for dst in [closed.to_string(), revived.to_string(), blackholed.clone()] {
         agent.wait_for("first evict", Duration::from_secs(10), |v| {
             v["type"] == "evict" && v["dst"] == dst && v["ejection"]["count"] == 1
         });
     }
-    // The revived member starts listening during its 2 s ejection: an early probe
-    // (every 500 ms) finds it and reinstates it before the timer.
-    let _revived = listener_in(&ns, revived.port());
     let reinstate = agent.wait_for("early reinstatement", Duration::from_secs(10), |v| {
         v["type"] == "reinstate" && v["dst"] == revived.to_string()
     });

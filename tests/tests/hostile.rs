@@ -27,6 +27,7 @@ use connmon_integration::{
     Agent, LOCAL_V4, Netns,
     client::{Client, open_fds, rss_kib},
     closed_port, require_root, scratch_dir,
+    timing::{patience, patient},
 };
 use serde_json::{Value, json};
 
@@ -47,11 +48,19 @@ const PROBES: usize = 16;
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// Probes before the abuse starts: the quiet figure the abuse is compared with.
 const QUIET_PROBES: usize = 8;
-/// Kernel event → evict decision, asserted for every probe. Generous (a debug build on a
-/// loaded 2-core host): measured maxima are ~12 ms with the socket server on its own
-/// thread, and were 64–86 ms before it (1.1 s with the 12 000-destination table); the
-/// figures are in BENCHMARKS.md.
+/// Kernel event → evict decision during the abuse. Generous (a debug build on a loaded
+/// 2-core host): measured maxima are ~12 ms with the socket server on its own thread
+/// (~30 ms at load average 14), and p50 622 ms / max 1.1 s when the sessions shared the
+/// pipeline's thread (the defect this test guards against); the figures are in
+/// BENCHMARKS.md. The bound is raised to four times the quiet median when the host is
+/// so loaded that decisions are slow before the abuse too, and stretched by
+/// `timing::patience`.
 const DETECT_BOUND_US: u64 = 100_000;
+/// How many probes during the abuse may exceed the bound. A host overloaded by others
+/// (load average > 10) delays an odd wake-up of the pipeline past 100 ms whatever the
+/// socket does; decisions that wait on the sessions are late for most probes (at least
+/// half of them, by the defect's p50), so a quarter still fails on that defect.
+const LATE_PROBES_ALLOWED: usize = PROBES / 4;
 /// Agent RSS growth allowed over the abuse.
 const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
 /// Destinations put in the table (manual ejections) before the probes: every snapshot
@@ -331,6 +340,8 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
         delivered_ms.push(at.saturating_duration_since(*refused_at).as_secs_f64() * 1e3);
     }
     delivered_ms.sort_by(f64::total_cmp);
+    let bound_us = DETECT_BOUND_US.max(4 * quiet[quiet.len() / 2]) * u64::from(patience());
+    let late: Vec<u64> = detect.iter().copied().filter(|&us| us > bound_us).collect();
     detect.sort_unstable();
     let max = *detect.last().expect("probes");
     eprintln!(
@@ -353,8 +364,9 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
         ping_ms[ping_ms.len() - 1],
     );
     assert!(
-        max <= DETECT_BOUND_US,
-        "an eviction took {max} µs (> {DETECT_BOUND_US}) during the abuse: {detect:?}"
+        late.len() <= LATE_PROBES_ALLOWED,
+        "{} of {PROBES} evictions during the abuse took more than {bound_us} µs (at most {LATE_PROBES_ALLOWED} may, on a loaded host): the late ones {late:?}; all, sorted: {detect:?}; before the abuse: {quiet:?}",
+        late.len()
     );
     assert!(
         counts[..5].iter().all(|&c| c > 0),
@@ -392,7 +404,16 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     }
     let mut client = Client::connect(&path, Duration::from_secs(5));
     assert_eq!(client.request(json!({"cmd": "ping"}))["type"], "pong");
-    let snapshot: Value = client.request(json!({"cmd": "snapshot"}));
+    // A loaded pipeline may answer `unavailable` (no copy of the table within 5 s): ask
+    // again, within a deadline.
+    let deadline = Instant::now() + patient(Duration::from_secs(60));
+    let snapshot: Value = loop {
+        let reply = client.request(json!({"cmd": "snapshot"}));
+        if reply["type"] == "snapshot" || Instant::now() > deadline {
+            break reply;
+        }
+        eprintln!("closing snapshot: {reply:.300}; asking again");
+    };
     let errors = &snapshot["server"]["protocol_errors"];
     assert!(
         errors.as_u64().is_some_and(|e| e > 0),
@@ -438,14 +459,14 @@ impl Bursts {
 }
 
 /// One burst: [`BURST`] pipelined commands with ids, a half-close, then every reply
-/// read (each read may wait 20 s: a snapshot of the full table is rendered in a few
-/// seconds on a slow host).
+/// read (each read may wait 60 s, a deadline: a snapshot of the full table is rendered
+/// in a few seconds on a quiet host, in far more on an overloaded one).
 fn burst(path: &Path, round: u32) -> BurstOutcome {
     let started = Instant::now();
     let Some(mut s) = connect(path) else {
         return BurstOutcome::CutShort("connect failed".into());
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let _ = s.set_read_timeout(Some(patient(Duration::from_secs(60))));
     let mut burst = String::new();
     let mut expected = Vec::new();
     for i in 0..BURST {

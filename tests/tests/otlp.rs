@@ -21,7 +21,8 @@ use connmon_integration::{
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-const WAIT: Duration = Duration::from_secs(10);
+/// A deadline for what the agent and the receiver do, ended as soon as it happens.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn write(path: &Path, text: &str) -> String {
     std::fs::write(path, text).unwrap();

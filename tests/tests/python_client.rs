@@ -32,7 +32,8 @@ fn start_agent(tag: &str, extra_policy: &str) -> (Agent, PathBuf) {
     );
     let socket = dir.join("sock").join("connmon.sock");
     let agent = Agent::start_serving(&config, &socket);
-    agent.wait_for_socket(&socket, Duration::from_secs(6));
+    // A deadline (the socket is bound right after attach), generous for a loaded host.
+    agent.wait_for_socket(&socket, Duration::from_secs(20));
     (agent, socket)
 }
 

@@ -264,11 +264,28 @@ fn watch_on_a_terminal_prints_decisions_as_columns_and_honours_no_color() {
     };
     let coloured = Tmux::run("watch-colour", &watch("TERM=xterm"), 200);
     let plain = Tmux::run("watch-plain", &watch("NO_COLOR=1"), 200);
-    // Both subscriptions are in place before the connect.
-    thread::sleep(Duration::from_millis(1500));
-    let port = closed_port("127.0.0.1");
-    let dst = format!("127.0.0.1:{port}");
-    TcpStream::connect(("127.0.0.1", port)).expect_err("nothing listens");
+    // A refused connect to a fresh port, again until one EVICT line is on both screens:
+    // a watch subscribes once it gets the CPU (a fixed 1.5 s pause was too short on a
+    // loaded host), and a decision made before it subscribed is not sent to it.
+    let deadline = Instant::now() + WAIT;
+    let dst = 'subscribed: loop {
+        let port = closed_port("127.0.0.1");
+        let dst = format!("127.0.0.1:{port}");
+        TcpStream::connect(("127.0.0.1", port)).expect_err("nothing listens");
+        let shown_by = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < shown_by {
+            if plain.capture().contains(&dst) && coloured.capture().contains(&dst) {
+                break 'subscribed dst;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no EVICT line on both watches within {WAIT:?}:\n{}\n{}",
+            plain.capture(),
+            coloured.capture()
+        );
+    };
     let line_of = |screen: &str| {
         screen
             .lines()

@@ -58,6 +58,18 @@ def free_port(addr: str = "127.0.0.1") -> int:
     return port
 
 
+def patience() -> int:
+    """The factor every deadline of the root tests is stretched by (tests/src/timing.rs):
+    ``CONNMON_TEST_PATIENCE`` when set, else 1. A deadline ends as soon as what it waits
+    for happens; it is never a latency goal (those are benchmark figures)."""
+    value = os.environ.get("CONNMON_TEST_PATIENCE", "").strip()
+    if not value:
+        return 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"CONNMON_TEST_PATIENCE must be a positive integer, not {value!r}")
+    return int(value)
+
+
 def wait_until(pred: Any, timeout: float, what: str, step: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:

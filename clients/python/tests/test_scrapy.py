@@ -13,11 +13,20 @@ import time
 
 import pytest
 from harness import BLACKHOLE, Agent, ConnectLog, Target, Tinyproxy, agent_config, crawl, finish_crawl, free_port, \
-    intervals, parse_ts, start_crawl, wait_until
+    intervals, parse_ts, patience, start_crawl, wait_until
 
 from connmon import Client, proxy_key
 
 PAGES = 150
+# How long after the agent's eviction (or suspect) the crawl may act on it: a deadline
+# an overloaded host still meets (it takes milliseconds on a quiet one), and far below
+# what a download that nothing aborts waits for — the kernel's SYN timeout (15 s in the
+# test's namespace, tcp_syn_retries=3) or DOWNLOAD_TIMEOUT (20 s) — so it still tells
+# an abort of connmon's from a timeout. How fast is a benchmark figure (bench_scraper.py).
+ACT_WITHIN = min(5.0 * patience(), 10.0)
+# A download that waited for a timeout ends in one of these (Scrapy counts them under
+# downloader/exception_type_count/...): DOWNLOAD_TIMEOUT, and the kernel's SYN timeout.
+TIMEOUT_ERRORS = ("twisted.internet.error.TimeoutError", "twisted.internet.error.TCPTimedOutError")
 
 
 class World:
@@ -67,7 +76,7 @@ def assert_nothing_sent_after_eviction(report, log, proxies):
     """No connect to an evicted proxy started after the crawl acted on the eviction (the
     reactor aborted what was in flight through it) and before it acted on a reinstate. A
     download that had already started may open its connection between the agent's
-    decision and that moment (milliseconds, checked to be < 1 s)."""
+    decision and that moment (milliseconds on a quiet host, checked to be < ACT_WITHIN)."""
     acted = intervals(report["history"])
     for proxy in proxies:
         dst = proxy_key(proxy)
@@ -75,7 +84,7 @@ def assert_nothing_sent_after_eviction(report, log, proxies):
         late = [c for c in log.connects_within(acted) if c["dst"] == dst]
         assert late == [], f"{len(late)} connects to {proxy} after the crawl acted on its eviction: {late[:3]}"
         window = acted[dst][0][0] - log.agent_intervals()[dst][0][0]
-        assert window < 1.0, f"the crawl acted {window:.3f} s after the agent evicted {proxy}"
+        assert window < ACT_WITHIN, f"the crawl acted {window:.3f} s after the agent evicted {proxy}"
 
 
 def test_refusing_blackholed_and_killed_proxies(world):
@@ -92,19 +101,22 @@ def test_refusing_blackholed_and_killed_proxies(world):
     for dst in world.dsts:
         if dst not in (proxy_key(world.victim2.url), proxy_key(world.victim3.url)):
             assert log.connects_to(dst), f"no connect to {dst} at all"
-    # In-flight downloads through the blackholed proxy were aborted within a second of
-    # the agent's eviction (without it they would wait for DOWNLOAD_TIMEOUT = 20 s).
+    # In-flight downloads through the blackholed proxy were aborted on the agent's
+    # eviction (without it they would wait for the kernel's 15 s SYN timeout).
     aborts = [a for a in report["aborts"] if a["proxy"] == world.blackholed]
     assert aborts, report["aborts"]
     for a in aborts:
         delay = a["at"] - parse_ts(a["evict_ts"])
-        assert 0 <= delay < 1.0, f"aborted {delay:.3f} s after the eviction"
+        assert 0 <= delay < ACT_WITHIN, f"aborted {delay:.3f} s after the eviction"
     stats = report["stats"]
     assert stats["connmon/evictions_seen"] >= 3, stats
     assert stats["connmon/inflight_aborted"] >= len(aborts), stats
     assert stats.get("connmon/requests_reassigned", 0) > 0, stats
-    assert report["elapsed"] < 20, f"the crawl took {report['elapsed']:.1f} s: aborted downloads waited"
-    world.first_elapsed = report["elapsed"]
+    # No download waited for a timeout: every one through a dead proxy was aborted (the
+    # crawl's duration, which this once bounded, depends on the host's load).
+    timed_out = {k: v for k, v in stats.items()
+                 if k.startswith("downloader/exception_type_count/") and k.endswith(TIMEOUT_ERRORS)}
+    assert timed_out == {}, f"downloads waited for a timeout: {timed_out} (the crawl took {report['elapsed']:.1f} s)"
 
 
 def test_a_second_spider_sends_nothing_to_evicted_proxies(world):
@@ -285,7 +297,11 @@ def test_a_suspect_proxy_is_left_before_its_eviction(world, tmp_path):
     watcher = Client(agent.socket)
     watcher.subscribe(types=["suspect"])
     try:
-        report = crawl(world.spec(proxies=proxies, socket=agent.socket, pages=80))
+        # The crawl must follow the agent before its first request, or it misses the
+        # suspect (~1 s after that request): the default 5 s wait for the first snapshot
+        # once ran out on a loaded host. A deadline, ended by the snapshot.
+        report = crawl(world.spec(proxies=proxies, socket=agent.socket, pages=80,
+                                  settings={"CONNMON_STARTUP_WAIT": 30 * patience()}))
     finally:
         log.close()
         agent.stop()
@@ -297,12 +313,14 @@ def test_a_suspect_proxy_is_left_before_its_eviction(world, tmp_path):
     every_page_fetched(report, pages=80)
     assert suspects, "the agent never called the blackholed proxy a suspect"
     stats = report["stats"]
+    assert "connmon/agent_unavailable_at_start" not in stats, \
+        ("the crawl did not follow the agent from its start", report["log"][-3000:])
     assert stats.get("connmon/suspects_seen", 0) >= 1, stats
     on_suspect = [a for a in report["aborts"] if a["proxy"] == blackholed and a["why"] == "suspect"]
     assert on_suspect, report["aborts"]
     for a in on_suspect:
         delay = a["at"] - parse_ts(a["evict_ts"])
-        assert 0 <= delay < 1.0, f"aborted {delay:.3f} s after the suspect"
+        assert 0 <= delay < ACT_WITHIN, f"aborted {delay:.3f} s after the suspect"
     # once the crawl acted on the suspect, nothing more went to the blackholed proxy
     acted = min(a["at"] for a in on_suspect)
     late = log.connects_to(proxy_key(blackholed), after=acted)

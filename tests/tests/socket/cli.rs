@@ -49,6 +49,25 @@ fn cli_subcommands_talk_to_the_agent() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("watch");
+    // The watch must subscribe before the evict (it is not replayed): first wait until
+    // it is connected (a fixed pause once covered its start too, which a loaded host
+    // stretches past it), then leave it the moment between its hello and its subscribe.
+    let (mut counter, _) = Sock::open(&path);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let snap = counter.request(json!({"cmd": "snapshot"}));
+        // This connection and the watch's.
+        if snap["server"]["clients"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connmon watch did not connect within {WAIT:?}: {}",
+            snap["server"]
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(counter);
     thread::sleep(Duration::from_millis(500));
     let evict = connmon(&["evict", "10.9.0.9:80", "--for", "5m", "--socket", sock]);
     assert!(evict.status.success(), "{}", text(&evict.stderr));

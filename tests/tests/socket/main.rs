@@ -31,7 +31,10 @@ use connmon_integration::{
 };
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(6);
+/// How long to wait for a reply, a line or the socket: a deadline, ended as soon as it
+/// comes (6 s was short for a loaded 2-core host, where a debug agent's reply can wait
+/// seconds for the CPU).
+const WAIT: Duration = Duration::from_secs(20);
 const NOBODY: u32 = 65534;
 
 /// A socket client speaking NDJSON, with a read timeout.
