@@ -9,7 +9,7 @@ d1 = A-B (A first) and d2 = B-A (B first), the first-position penalty is (d1+d2)
 B's gain over A is (d1-d2)/2.
 
 Usage (root): python3 bench/kernel-cost-ab.py BIN_A,BIN_B refused,established ROUNDS SECS [LOADGEN]
-(LOADGEN defaults to target/release/loadgen; scratch in /tmp/hp).
+(LOADGEN defaults to target/release/loadgen; scratch in /tmp/hp-PID, removed at the end).
 """
 import json, os, subprocess, sys, time, signal
 bins = sys.argv[1].split(",")
@@ -18,7 +18,7 @@ rounds = int(sys.argv[3]); secs = sys.argv[4]
 lg = sys.argv[5] if len(sys.argv) > 5 else "target/release/loadgen"
 procs = []
 for i, b in enumerate(bins):
-    d = f"/tmp/hp/run{i}"; os.makedirs(d, exist_ok=True)
+    d = f"/tmp/hp-{os.getpid()}/run{i}"; os.makedirs(d, exist_ok=True)
     open(f"{d}/c.toml", "w").write("")
     for f in ("state.json", "s.sock"):
         try: os.remove(f"{d}/{f}")
@@ -64,3 +64,4 @@ finally:
     for _, p, _ in procs: p.send_signal(signal.SIGTERM)
     for _, p, _ in procs: p.wait(timeout=20)
     open("/proc/sys/kernel/bpf_stats_enabled", "w").write("0")
+    import shutil; shutil.rmtree(f"/tmp/hp-{os.getpid()}", ignore_errors=True)

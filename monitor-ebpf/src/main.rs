@@ -1,6 +1,7 @@
 //! connmon's kernel side: BTF-enabled tracepoints (`tp_btf`) and two `fentry` hooks that
 //! turn every outgoing TCP connect into one outcome record in the `EVENTS` ring buffer.
-//! Per-connect state lives in the socket's own storage (`SOCKETS`).
+//! Per-connect state lives in a preallocated hash keyed by the socket (`CONNECTS`), with
+//! the socket's own storage (`SOCKETS`) as the overflow when the hash is full.
 //!
 //! - `inet_sock_set_state` (probes/set_state.rs): CLOSE→SYN_SENT starts an attempt
 //!   (in the connecting task's context); SYN_SENT→ESTABLISHED / →CLOSE ends it.

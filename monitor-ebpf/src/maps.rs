@@ -3,7 +3,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{ProbeConfig, counter};
 
@@ -48,8 +48,8 @@ pub static READER: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// A connect attempt, kept in the socket's own storage ([`SOCKETS`]) from the moment the
-/// socket entered SYN_SENT.
+/// A connect attempt, kept in [`CONNECTS`] (or, when that is full, in the socket's own
+/// storage, [`SOCKETS`]) from the moment the socket entered SYN_SENT.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Attempt {
@@ -78,8 +78,10 @@ pub mod phase {
     pub const PENDING: u32 = 1;
     /// Established by this host's connect: a RST now ends it as `reset`.
     pub const ESTABLISHED: u32 = 2;
-    /// Outcome reported; nothing more to say about this socket. (The storage is not
-    /// deleted: the kernel frees it with the socket, and a delete costs more than a store.)
+    /// Outcome reported; nothing more to say about this socket. Only seen in overflow
+    /// storage ([`super::SOCKETS`]): its element is not deleted (the kernel frees it with
+    /// the socket, and a delete costs more than a store). [`super::CONNECTS`] entries are
+    /// deleted instead.
     pub const DONE: u32 = 3;
 }
 
@@ -95,9 +97,29 @@ pub struct TupleKey {
     pub _pad: u16,
 }
 
-/// Per-connect state in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`, usable from
-/// `tp_btf`/`fentry` programs since Linux 5.11): no capacity limit and no hash insert or
-/// delete per connect; the kernel frees it with the socket. A BTF map: the kernel
+/// How many connects [`CONNECTS`] holds at once (pending ones, and established ones until
+/// they leave ESTABLISHED). Preallocated: ~120 bytes an entry, ~8 MiB.
+pub const CONNECTS_CAPACITY: u32 = 65_536;
+
+/// Per-connect state of the sockets this host is connecting (SYN_SENT) or connected
+/// (ESTABLISHED, for a later reset), keyed by the `struct sock *`. A preallocated hash
+/// (no `BPF_F_NO_PREALLOC`): an insert takes an element from a per-CPU free list, with no
+/// allocation in the connecting task — socket-local storage's first element on a new
+/// socket costs a `kmalloc` with memcg charge, ~0.8 µs a connect here. The entry is
+/// deleted when the connect resolves (or, established, when the socket leaves
+/// ESTABLISHED). When the hash is full, the attempt goes to [`SOCKETS`] instead: no
+/// capacity cliff, only the slower path past 65 536 sockets at once.
+#[map]
+pub static CONNECTS: HashMap<u64, Attempt> = HashMap::with_max_entries(CONNECTS_CAPACITY, 0);
+
+/// 1 once any attempt went to [`SOCKETS`] (the overflow): until then, a socket missing
+/// from [`CONNECTS`] is not looked up in its storage.
+#[map]
+pub static OVERFLOWED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Overflow for [`CONNECTS`]: per-connect state in socket-local storage
+/// (`BPF_MAP_TYPE_SK_STORAGE`, usable from `tp_btf`/`fentry` programs since Linux 5.11),
+/// no capacity limit; the kernel frees it with the socket. A BTF map: the kernel
 /// requires BTF key/value types for socket storage.
 ///
 /// aya-ebpf's `SkStorage` wrapper only takes a `SockAddrContext`; the helpers are called

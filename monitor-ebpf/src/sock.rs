@@ -1,5 +1,5 @@
-//! Reading a `struct sock` handed to a `tp_btf`/`fentry` program, and its socket-local
-//! storage ([`SOCKETS`]).
+//! Reading a `struct sock` handed to a `tp_btf`/`fentry` program, and connmon's state for
+//! it ([`CONNECTS`], with socket-local storage, [`SOCKETS`], as the overflow).
 //!
 //! The hooks receive the kernel's own `struct sock *` (a BTF pointer), so there is no
 //! trace record to assemble: the few fields needed are read at the offsets the agent
@@ -12,9 +12,9 @@ use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{bpf_probe_read_kernel, generated::bpf_sk_storage_get},
 };
-use monitor_common::{AF_INET, AF_INET6};
+use monitor_common::{AF_INET, AF_INET6, counter};
 
-use crate::maps::{Attempt, SOCKETS, TupleKey, conf};
+use crate::maps::{Attempt, CONNECTS, OVERFLOWED, SOCKETS, TupleKey, conf, count, phase};
 
 /// A `struct sock *` as the hook received it (kept as a pointer: the socket-storage
 /// helpers accept only the unmodified BTF pointer).
@@ -100,17 +100,77 @@ impl Sock {
         Ok(key)
     }
 
-    /// connmon's storage on this socket, if it has any.
+    /// The key of this socket in [`CONNECTS`]: its address.
     #[inline(always)]
-    pub fn attempt(self) -> Option<&'static mut Attempt> {
-        self.storage(0)
+    fn key(self) -> u64 {
+        self.0 as u64
     }
 
-    /// connmon's storage on this socket, created (zeroed) if missing; None when the
-    /// kernel cannot allocate it (counted by the caller).
+    /// connmon's state for this socket, if it has any: its [`CONNECTS`] entry, else
+    /// (only once the hash has overflowed) its socket-local storage.
     #[inline(always)]
-    pub fn attempt_or_create(self) -> Option<&'static mut Attempt> {
-        self.storage(u64::from(BPF_SK_STORAGE_GET_F_CREATE))
+    pub fn attempt(self) -> Option<Tracked> {
+        if let Some(value) = CONNECTS.get_ptr_mut(self.key()) {
+            // SAFETY: a pointer into a preallocated hash element, valid for the rest of
+            // the program run; connmon's programs are its only writers, and the fields
+            // they race on are plain counters and flags. (A concurrent delete returns
+            // the element to a free list: the worst case is a stale read, never a fault.)
+            return unsafe { value.as_mut() }.map(|slot| Tracked {
+                slot,
+                in_storage: false,
+            });
+        }
+        if !overflowed() {
+            return None;
+        }
+        self.storage(0).map(|slot| Tracked {
+            slot,
+            in_storage: true,
+        })
+    }
+
+    /// Starts tracking this socket with `attempt`: into [`CONNECTS`], or, when the hash is
+    /// full, into the socket's storage (created). False when neither could hold it
+    /// (counted by the caller).
+    #[inline(always)]
+    pub fn track(self, attempt: &Attempt) -> bool {
+        // BPF_ANY: a reconnect of the same socket replaces its old entry.
+        if CONNECTS.insert(self.key(), attempt, 0).is_ok() {
+            return true;
+        }
+        count(counter::OVERFLOW);
+        set_overflowed();
+        match self.storage(u64::from(BPF_SK_STORAGE_GET_F_CREATE)) {
+            Some(slot) => {
+                *slot = *attempt;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops tracking this socket (its outcome is reported, or it left ESTABLISHED):
+    /// deletes its [`CONNECTS`] entry, or marks its storage done.
+    #[inline(always)]
+    pub fn untrack(self, tracked: Tracked) {
+        if tracked.in_storage {
+            tracked.slot.phase = phase::DONE;
+        } else {
+            // An error (already deleted by a concurrent run) leaves nothing to do.
+            let _ = CONNECTS.remove(self.key());
+        }
+    }
+
+    /// Forgets an established connection that leaves ESTABLISHED, if connmon opened it
+    /// (one hash delete; a miss for server-side sockets).
+    #[inline(always)]
+    pub fn untrack_established(self) {
+        if CONNECTS.remove(self.key()).is_ok() || !overflowed() {
+            return;
+        }
+        if let Some(slot) = self.storage(0) {
+            slot.phase = phase::DONE;
+        }
     }
 
     #[inline(always)]
@@ -123,5 +183,25 @@ impl Sock {
         // SAFETY: as above; values are only touched by connmon's programs, and the
         // fields they race on are plain counters and flags.
         unsafe { value.cast::<Attempt>().as_mut() }
+    }
+}
+
+/// connmon's state for one socket, and where it lives.
+pub struct Tracked {
+    pub slot: &'static mut Attempt,
+    /// In the socket's storage (the overflow), not in [`CONNECTS`].
+    in_storage: bool,
+}
+
+#[inline(always)]
+fn overflowed() -> bool {
+    OVERFLOWED.get(0).is_some_and(|f| *f != 0)
+}
+
+#[inline(always)]
+fn set_overflowed() {
+    if let Some(flag) = OVERFLOWED.get_ptr_mut(0) {
+        // SAFETY: a plain aligned store into a map value; it only ever goes 0 -> 1.
+        unsafe { core::ptr::write_volatile(flag, 1) };
     }
 }

@@ -24,19 +24,19 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
 
 fn try_tcp_receive_reset(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let sk = Sock(ctx.arg(0));
-    let Some(slot) = sk.attempt() else {
+    let Some(tracked) = sk.attempt() else {
         return Ok(());
     };
-    match slot.phase {
+    match tracked.slot.phase {
         phase::PENDING => {
-            slot.rst = 1;
+            tracked.slot.rst = 1;
             Ok(())
         }
         // Only while ESTABLISHED, as the outcome's name says (a RST during the close
         // handshake is not reported).
         phase::ESTABLISHED if i32::from(sk.state()?) == tcp_state::ESTABLISHED => {
-            slot.phase = phase::DONE;
-            let attempt = *slot;
+            let attempt = *tracked.slot;
+            sk.untrack(tracked);
             let tuple = sk.tuple()?;
             // `tcp_reset()` sets sk_err to ECONNRESET right after this tracepoint.
             emit(

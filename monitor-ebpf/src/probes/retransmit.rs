@@ -28,11 +28,11 @@ fn try_tcp_retransmit_skb(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if i32::from(sk.state()?) != tcp_state::SYN_SENT {
         return Ok(());
     }
-    let Some(slot) = sk.attempt().filter(|a| a.phase == phase::PENDING) else {
+    let Some(tracked) = sk.attempt().filter(|t| t.slot.phase == phase::PENDING) else {
         return Ok(());
     };
-    slot.syn_retransmits += 1;
-    let attempt = *slot;
+    tracked.slot.syn_retransmits += 1;
+    let attempt = *tracked.slot;
     let tuple = sk.tuple()?;
     emit(kind::SYN_RETRANSMIT, 0, 0, &tuple, &attempt, Wakeup::Now);
     Ok(())

@@ -1,13 +1,16 @@
 //! `inet_sock_set_state` as a BTF tracepoint (`tp_btf`), fired by
 //! `inet_sk_state_store()`/`inet_sk_set_state()` with `(sk, oldstate, newstate)`.
 //!
-//! - CLOSE→SYN_SENT (`tcp_v4_connect`/`tcp_v6_connect`, in the connecting task): create
-//!   the socket's storage and record who connects, and when.
-//! - SYN_SENT→ESTABLISHED (`tcp_finish_connect`): outcome `established`.
+//! - CLOSE→SYN_SENT (`tcp_v4_connect`/`tcp_v6_connect`, in the connecting task): record
+//!   who connects, and when, in the socket's `CONNECTS` entry.
+//! - SYN_SENT→ESTABLISHED (`tcp_finish_connect`): outcome `established`; the entry stays
+//!   (a RST on the connection is reported as `reset`, attributed).
 //! - SYN_SENT→CLOSE (`tcp_done`, or `tcp_close` of a pending socket): `refused`,
-//!   `timeout`, `unreachable` or `abandoned`, from the RST flag and the socket error.
-//! - Every other transition (server-side sockets, closing established ones — most of
-//!   the runs) returns at once, before any memory read or map access.
+//!   `timeout`, `unreachable` or `abandoned`, from the RST flag and the socket error; the
+//!   entry is deleted.
+//! - ESTABLISHED→anything: the entry, if any, is deleted (one hash delete).
+//! - Every other transition (server-side handshakes, the close handshake) returns at
+//!   once, before any memory read or map access.
 
 use aya_ebpf::{
     helpers::{
@@ -39,6 +42,19 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => start_attempt(Sock(ctx.arg(0))),
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => finish_attempt(Sock(ctx.arg(0)), true),
         (tcp_state::SYN_SENT, tcp_state::CLOSE) => finish_attempt(Sock(ctx.arg(0)), false),
+        (tcp_state::ESTABLISHED, _) => {
+            Sock(ctx.arg(0)).untrack_established();
+            Ok(())
+        }
+        (tcp_state::SYN_SENT, _) => {
+            // Simultaneous open (SYN_SENT→SYN_RECV): no outcome is reported for it, as
+            // before; the entry must not outlive the attempt.
+            let sk = Sock(ctx.arg(0));
+            if let Some(tracked) = sk.attempt() {
+                sk.untrack(tracked);
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -47,15 +63,9 @@ fn start_attempt(sk: Sock) -> Result<(), i32> {
     if sk.protocol()? != IPPROTO_TCP {
         return Ok(());
     }
-    let Some(slot) = sk.attempt_or_create() else {
-        // The kernel could not allocate the storage (memory, or the socket's
-        // optmem limit): this attempt's outcome will be lost — counted, never silent.
-        count(counter::STORAGE_FAILED);
-        return Ok(());
-    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let (netns, netns_owner) = netns_of(sk);
-    *slot = Attempt {
+    let attempt = Attempt {
         // SAFETY: no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
         // SAFETY: no preconditions.
@@ -70,18 +80,24 @@ fn start_attempt(sk: Sock) -> Result<(), i32> {
         phase: phase::PENDING,
         captured_errno: 0,
     };
+    if !sk.track(&attempt) {
+        // The hash is full and the kernel could not allocate the overflow storage
+        // (memory, or the socket's optmem limit): this attempt's outcome will be lost —
+        // counted, never silent.
+        count(counter::STORAGE_FAILED);
+    }
     Ok(())
 }
 
 fn finish_attempt(sk: Sock, established: bool) -> Result<(), i32> {
-    let Some(slot) = sk.attempt().filter(|a| a.phase == phase::PENDING) else {
+    let Some(tracked) = sk.attempt().filter(|t| t.slot.phase == phase::PENDING) else {
         count(counter::UNTRACKED);
         return Ok(());
     };
-    let tuple = sk.tuple()?;
     if established {
-        slot.phase = phase::ESTABLISHED;
-        let attempt = *slot;
+        tracked.slot.phase = phase::ESTABLISHED;
+        let attempt = *tracked.slot;
+        let tuple = sk.tuple()?;
         emit(
             kind::OUTCOME,
             outcome::ESTABLISHED,
@@ -92,8 +108,10 @@ fn finish_attempt(sk: Sock, established: bool) -> Result<(), i32> {
         );
         return Ok(());
     }
-    slot.phase = phase::DONE;
-    let attempt = *slot;
+    // Copied before the delete: a deleted hash element may be reused at once.
+    let attempt = *tracked.slot;
+    sk.untrack(tracked);
+    let tuple = sk.tuple()?;
     // The error captured where the kernel raised it comes first: `sk_err` may already
     // have been consumed by an application woken before this transition.
     let errno = if attempt.captured_errno != 0 {

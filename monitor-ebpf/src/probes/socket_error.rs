@@ -59,5 +59,6 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 fn pending(sk: Sock) -> Option<&'static mut Attempt> {
     sk.attempt()
+        .map(|t| t.slot)
         .filter(|a| a.phase == phase::PENDING && a.captured_errno == 0)
 }
