@@ -49,14 +49,33 @@ impl WallClock {
     pub fn rfc3339(&self, monotonic_ns: u64) -> String {
         rfc3339_unix_ns(self.unix_ns(monotonic_ns))
     }
+
+    /// [`WallClock::rfc3339`] appended to `buf`, without an allocation (connect lines).
+    pub fn write_rfc3339(&self, monotonic_ns: u64, buf: &mut Vec<u8>) {
+        use std::io::Write as _;
+        with_prefix(self.unix_ns(monotonic_ns), |prefix, nanos| {
+            buf.extend_from_slice(prefix.as_bytes());
+            let _ = write!(buf, "{nanos:09}Z");
+        });
+    }
 }
 
 /// Formats Unix nanoseconds as RFC 3339 UTC with nanoseconds.
-///
-/// This runs once per event on the hot path, so the calendar part
-/// (`2026-11-24T00:31:02.`) is computed once per second and cached per thread.
 pub fn rfc3339_unix_ns(unix_ns: i128) -> String {
-    use std::{cell::RefCell, fmt::Write as _};
+    use std::fmt::Write as _;
+    with_prefix(unix_ns, |prefix, nanos| {
+        let mut out = String::with_capacity(prefix.len() + 10);
+        out.push_str(prefix);
+        let _ = write!(out, "{nanos:09}Z");
+        out
+    })
+}
+
+/// Calls `f` with the calendar part of `unix_ns` (`2026-11-24T00:31:02.`) and its
+/// nanoseconds. This runs once per event on the hot path, so the calendar part is
+/// computed once per second and cached per thread.
+fn with_prefix<R>(unix_ns: i128, f: impl FnOnce(&str, u32) -> R) -> R {
+    use std::cell::RefCell;
 
     thread_local! {
         static PREFIX: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
@@ -71,10 +90,7 @@ pub fn rfc3339_unix_ns(unix_ns: i128) -> String {
                 .to_string();
             *cached_secs = secs;
         }
-        let mut out = String::with_capacity(prefix.len() + 10);
-        out.push_str(prefix);
-        let _ = write!(out, "{nanos:09}Z");
-        out
+        f(prefix, nanos)
     })
 }
 
@@ -86,6 +102,9 @@ mod tests {
     fn formats_with_nanoseconds_in_utc() {
         let clock = WallClock::from_offset_ns(1_700_000_000_000_000_000);
         assert_eq!(clock.rfc3339(123_456_789), "2023-11-14T22:13:20.123456789Z");
+        let mut buf = b"x".to_vec();
+        clock.write_rfc3339(123_456_789, &mut buf);
+        assert_eq!(buf, b"x2023-11-14T22:13:20.123456789Z");
         assert_eq!(clock.monotonic_ns(clock.unix_ns(42)), 42);
     }
 

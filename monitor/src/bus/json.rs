@@ -129,7 +129,7 @@ fn seen(
 ) {
     use std::io::Write as _;
     buf.extend_from_slice(b"\"ts\":\"");
-    buf.extend_from_slice(clock.rfc3339(ktime_ns).as_bytes());
+    clock.write_rfc3339(ktime_ns, buf);
     buf.extend_from_slice(b"\",\"ktime_ns\":");
     number(buf, ktime_ns);
     // Socket addresses are digits, dots, colons, brackets and `%`: nothing to escape.
