@@ -146,7 +146,10 @@ impl Reason {
 }
 
 /// The destination's record at the moment of the decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(default)]
 pub struct Evidence {
     pub attempts: u64,
     pub refused: u64,

@@ -34,7 +34,7 @@ use crate::{
     bus::{Payload, Published},
     config::Config,
     control::{Control, FleetVerdict},
-    policy::{Decision, DestinationState, FleetApply, PolicySnapshot, Reason, Trust},
+    policy::{Decision, DestinationState, Evidence, FleetApply, PolicySnapshot, Reason, Trust},
     stats::fleet::{DroppedReason, FleetCounters, IgnoredReason},
 };
 
@@ -528,9 +528,9 @@ impl OwnEjections {
                         duration_ms: until_ms - now,
                         until_ms,
                         count: d.ejection_count,
-                        evidence: message::EvidenceSummary {
+                        evidence: Evidence {
                             attempts: d.attempts,
-                            ..message::EvidenceSummary::default()
+                            ..Evidence::default()
                         },
                         trusted: true,
                         local_outage: snapshot.local_outage,

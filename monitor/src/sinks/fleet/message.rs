@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{FleetMode, is_token};
 use crate::{
-    policy::{Eviction, Reason},
+    policy::{Eviction, Evidence, Reason},
     table::FailureMode,
 };
 
@@ -33,20 +33,6 @@ pub enum FleetMessage {
     Heartbeat(Heartbeat),
 }
 
-/// The evidence summary of an eviction: the destination's counts when it was decided.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EvidenceSummary {
-    pub attempts: u64,
-    pub refused: u64,
-    pub timeout: u64,
-    pub abandoned: u64,
-    pub reset: u64,
-    pub unreachable: u64,
-    pub syn_retransmits: u64,
-    pub streak: u32,
-}
-
 /// `{"type":"evict",...}`: `host` ejected `dst` until `until_ms`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RemoteEvict {
@@ -61,8 +47,9 @@ pub struct RemoteEvict {
     pub until_ms: u64,
     #[serde(default)]
     pub count: u32,
+    /// The destination's counts when it was decided (missing ones read as 0).
     #[serde(default)]
-    pub evidence: EvidenceSummary,
+    pub evidence: Evidence,
     /// The evidence came from connects connmon trusts (its evidence scope) or an operator.
     pub trusted: bool,
     /// The host was in a local outage when it decided.
@@ -123,16 +110,7 @@ impl FleetMessage {
             duration_ms,
             until_ms: now_ms.saturating_add(duration_ms),
             count: e.ejection.count,
-            evidence: EvidenceSummary {
-                attempts: e.evidence.attempts,
-                refused: e.evidence.refused,
-                timeout: e.evidence.timeout,
-                abandoned: e.evidence.abandoned,
-                reset: e.evidence.reset,
-                unreachable: e.evidence.unreachable,
-                syn_retransmits: e.evidence.syn_retransmits,
-                streak: e.evidence.streak,
-            },
+            evidence: e.evidence,
             trusted,
             local_outage: e.local_outage,
             ts_ms: now_ms,
@@ -214,11 +192,11 @@ mod tests {
             duration_ms: 30_000,
             until_ms: 1_000_030_000,
             count: 1,
-            evidence: EvidenceSummary {
+            evidence: Evidence {
                 attempts: 3,
                 refused: 3,
                 streak: 3,
-                ..EvidenceSummary::default()
+                ..Evidence::default()
             },
             trusted: true,
             local_outage: false,

@@ -331,8 +331,8 @@ impl FleetView {
 mod tests {
     use super::*;
     use crate::{
-        policy::Reason,
-        sinks::fleet::message::{EvidenceSummary, RemoteReinstate, VERSION},
+        policy::{Evidence, Reason},
+        sinks::fleet::message::{RemoteReinstate, VERSION},
     };
 
     const DST: &str = "10.0.0.1:80";
@@ -347,7 +347,7 @@ mod tests {
             duration_ms: 30_000,
             until_ms: at_ms + 30_000,
             count: 1,
-            evidence: EvidenceSummary::default(),
+            evidence: Evidence::default(),
             trusted: true,
             local_outage: false,
             ts_ms: at_ms,
