@@ -21,64 +21,45 @@ fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, ExportErr
     Ok(map)
 }
 
-/// `$builder` (a span or metric exporter builder) for `$t`'s protocol, endpoint,
-/// headers and `$timeout`, then `$finish` (e.g. the temporality) on either transport.
+/// `fn $name(target, timeout)`: the `$exporter` for the target's protocol, endpoint,
+/// headers and `timeout`, with `$finish` (e.g. the temporality) on either transport.
 /// A macro: the two builders and their transport stages share methods, not traits.
 macro_rules! exporter {
-    ($builder:expr, $t:expr, $timeout:expr, $signal:literal, |$b:ident| $finish:expr) => {{
-        let built = match $t.protocol {
-            Protocol::Grpc => {
-                let $b = $builder
-                    .with_tonic()
-                    .with_endpoint($t.endpoint.clone())
-                    .with_timeout($timeout)
-                    .with_metadata(
-                        opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
-                            header_map(&$t.headers)?,
-                        ),
-                    );
-                $finish.build()
-            }
-            Protocol::HttpProtobuf => {
-                let $b = $builder
-                    .with_http()
-                    .with_endpoint($t.endpoint.clone())
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_timeout($timeout)
-                    .with_headers($t.headers.iter().cloned().collect::<HashMap<_, _>>());
-                $finish.build()
-            }
-        };
-        built.map_err(|source| ExportError::Build {
-            signal: $signal,
-            endpoint: $t.endpoint.clone(),
-            source,
-        })
-    }};
+    ($name:ident -> $exporter:ty, $signal:literal, |$b:ident| $finish:expr) => {
+        pub(super) fn $name(t: &SignalTarget, timeout: Duration) -> Result<$exporter, ExportError> {
+            let built = match t.protocol {
+                Protocol::Grpc => {
+                    let $b = <$exporter>::builder()
+                        .with_tonic()
+                        .with_endpoint(t.endpoint.clone())
+                        .with_timeout(timeout)
+                        .with_metadata(
+                            opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                                header_map(&t.headers)?,
+                            ),
+                        );
+                    $finish.build()
+                }
+                Protocol::HttpProtobuf => {
+                    let $b = <$exporter>::builder()
+                        .with_http()
+                        .with_endpoint(t.endpoint.clone())
+                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                        .with_timeout(timeout)
+                        .with_headers(t.headers.iter().cloned().collect::<HashMap<_, _>>());
+                    $finish.build()
+                }
+            };
+            built.map_err(|source| ExportError::Build {
+                signal: $signal,
+                endpoint: t.endpoint.clone(),
+                source,
+            })
+        }
+    };
 }
 
-pub(super) fn span_exporter(
-    t: &SignalTarget,
-    timeout: Duration,
-) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
-    exporter!(
-        opentelemetry_otlp::SpanExporter::builder(),
-        t,
-        timeout,
-        "traces",
-        |b| b
-    )
-}
-
-pub(super) fn metric_exporter(
-    t: &SignalTarget,
-    timeout: Duration,
-) -> Result<opentelemetry_otlp::MetricExporter, ExportError> {
-    exporter!(
-        opentelemetry_otlp::MetricExporter::builder(),
-        t,
-        timeout,
-        "metrics",
-        |b| b.with_temporality(Temporality::Cumulative)
-    )
-}
+exporter!(span_exporter -> opentelemetry_otlp::SpanExporter, "traces", |b| b);
+exporter!(metric_exporter -> opentelemetry_otlp::MetricExporter, "metrics", |b| {
+    b.with_temporality(Temporality::Cumulative)
+});
