@@ -340,7 +340,7 @@ impl EjectionPolicy {
             return;
         }
         let key = self.key_of(rec.dst, rec.who.netns);
-        let Some((_, created)) = self.table.record_syn_retransmit(key, rec, now) else {
+        let Some((_, created)) = self.table.record_syn_retransmit(key, now) else {
             return;
         };
         if created {

@@ -52,7 +52,7 @@ use serde::Serialize;
 pub(crate) use top::{Tally, TopN};
 pub(crate) use window::RatioWindow;
 
-use crate::source::event::{Comm, ConnectRecord, Outcome, SynRetransmitRecord};
+use crate::source::event::{Comm, ConnectRecord, Outcome};
 
 /// How a failing destination fails, as a pool operator would want to know it.
 ///
@@ -384,12 +384,6 @@ impl<A> Destination<A> {
         }
     }
 
-    fn record_syn_retransmit(&mut self, _rec: &SynRetransmitRecord, now: u64) {
-        let detail = self.detail_mut();
-        detail.syn_retransmits = detail.syn_retransmits.saturating_add(1);
-        self.last_used_s = self.last_used_s.max(seconds(now));
-    }
-
     /// Marks a drop-mode failure that was not an outcome (SYN retransmits).
     pub fn note_failure_mode(&mut self, mode: FailureMode) {
         self.failure_mode = Some(mode);
@@ -645,15 +639,16 @@ impl<A: Annotation> DestinationTable<A> {
         Some((entry, created))
     }
 
-    /// Records a SYN retransmit of a pending connect to `dst`.
+    /// Counts a SYN retransmit of a pending connect to `dst`; see
+    /// [`DestinationTable::entry`] for the return value.
     pub fn record_syn_retransmit(
         &mut self,
         dst: impl Into<DestinationKey>,
-        rec: &SynRetransmitRecord,
         now: u64,
     ) -> Option<(&mut Destination<A>, bool)> {
         let (entry, created) = self.entry(dst, now)?;
-        entry.record_syn_retransmit(rec, now);
+        let detail = entry.detail_mut();
+        detail.syn_retransmits = detail.syn_retransmits.saturating_add(1);
         Some((entry, created))
     }
 
