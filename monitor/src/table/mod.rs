@@ -461,14 +461,7 @@ impl<A> Destination<A> {
     }
 
     pub fn top_processes(&self) -> Vec<Tally<Process>> {
-        match (&self.detail, self.who.as_deref()) {
-            (Some(d), _) => d.processes.ranked(),
-            (None, Some(who)) if self.attempts > 0 => vec![Tally {
-                key: who.process,
-                connects: self.attempts,
-            }],
-            (None, _) => Vec::new(),
-        }
+        self.top(|d| &d.processes, |who| who.process)
     }
 
     /// The cgroup ids [`Destination::top_cgroups`] ranks, unranked (nothing allocated).
@@ -483,10 +476,19 @@ impl<A> Destination<A> {
     }
 
     pub fn top_cgroups(&self) -> Vec<Tally<Cgroup>> {
+        self.top(|d| &d.cgroups, |who| who.cgroup)
+    }
+
+    /// The detail's heavy hitters; before any detail, the inline one with every attempt.
+    fn top<K: Copy + PartialEq>(
+        &self,
+        kept: impl FnOnce(&Detail) -> &TopN<K, 4>,
+        inline: impl FnOnce(&Who) -> K,
+    ) -> Vec<Tally<K>> {
         match (&self.detail, self.who.as_deref()) {
-            (Some(d), _) => d.cgroups.ranked(),
+            (Some(d), _) => kept(d).ranked(),
             (None, Some(who)) if self.attempts > 0 => vec![Tally {
-                key: who.cgroup,
+                key: inline(who),
                 connects: self.attempts,
             }],
             (None, _) => Vec::new(),
