@@ -10,11 +10,11 @@ use std::{
 
 use proptest::prelude::*;
 
-use super::*;
-use crate::{
-    clock::WallClock,
-    source::event::{Attribution, Comm, Family},
+use super::{
+    tests::{HOST_NETNS, connect, retransmit},
+    *,
 };
+use crate::clock::WallClock;
 
 const MS: u64 = 1_000_000;
 const START: u64 = 1_000_000 * MS;
@@ -67,19 +67,6 @@ fn config(max_ejection_percent: u32, outage_min_destinations: u32) -> PolicyConf
     }
 }
 
-fn who() -> Attribution {
-    Attribution {
-        pid: 1,
-        tgid: 1,
-        comm: Comm::from("client"),
-        cgroup_id: 1,
-        netns: 1,
-        netns_owner: crate::source::event::NetnsOwner::Initial,
-        cgroup: None,
-        trusted: true,
-    }
-}
-
 /// Replays the events, ticking at every deadline, and calls `check` after each step.
 fn replay(
     p: &mut EjectionPolicy,
@@ -99,30 +86,10 @@ fn replay(
         out.clear();
         match *ev {
             Event::Connect { dst, outcome } => {
-                let rec = ConnectRecord {
-                    outcome,
-                    ktime_ns: now,
-                    start_ns: now - MS,
-                    family: Family::Ipv4,
-                    src: addr(200),
-                    dst: addr(dst),
-                    who: who(),
-                    syn_retransmits: 0,
-                    errno: 0,
-                };
-                p.on_connect(&rec, now, &mut out);
+                p.on_connect(&connect(addr(dst), outcome, now), now, &mut out);
             }
             Event::SynRetransmit { dst, retransmits } => {
-                let rec = SynRetransmitRecord {
-                    ktime_ns: now,
-                    start_ns: now - MS,
-                    family: Family::Ipv4,
-                    src: addr(200),
-                    dst: addr(dst),
-                    who: who(),
-                    retransmits,
-                };
-                p.on_syn_retransmit(&rec, now, &mut out);
+                p.on_syn_retransmit(&retransmit(addr(dst), retransmits, now), now, &mut out);
             }
         }
         check(p, &out, now);
@@ -131,8 +98,14 @@ fn replay(
 }
 
 fn engine(config: PolicyConfig, seed: u64) -> EjectionPolicy {
-    EjectionPolicy::new(config, pool(), 1, WallClock::from_offset_ns(0), seed)
-        .expect("valid config")
+    EjectionPolicy::new(
+        config,
+        pool(),
+        HOST_NETNS,
+        WallClock::from_offset_ns(0),
+        seed,
+    )
+    .expect("valid config")
 }
 
 proptest! {

@@ -20,7 +20,7 @@ mod state_file;
 mod trust;
 
 pub(super) const SEC: u64 = 1_000_000_000;
-const HOST_NETNS: u32 = 4_026_531_840;
+pub(super) const HOST_NETNS: u32 = 4_026_531_840;
 pub(super) const BOOT: u64 = 1_000 * SEC;
 
 fn wall() -> WallClock {
@@ -81,7 +81,7 @@ pub(super) fn connect(to: SocketAddr, outcome: Outcome, at: u64) -> ConnectRecor
     }
 }
 
-fn retransmit(to: SocketAddr, retransmits: u32, at: u64) -> SynRetransmitRecord {
+pub(super) fn retransmit(to: SocketAddr, retransmits: u32, at: u64) -> SynRetransmitRecord {
     SynRetransmitRecord {
         ktime_ns: at,
         start_ns: at.saturating_sub(SEC),
