@@ -138,11 +138,11 @@ impl Engine {
     /// pipeline answers it.
     pub fn control(&mut self, control: Control) {
         let now = self.now;
-        let out = &mut self.decisions;
-        match control {
+        match control.answer(&mut self.policy, now, &mut self.decisions) {
+            None => {}
             // As the agent answers it: a copy of the table, made into the snapshot
             // afterwards; it must be the snapshot the policy makes directly.
-            Control::Snapshot { reply } => {
+            Some(Control::Snapshot { reply }) => {
                 let snapshot = self.policy.snapshot_copy(now, |_| None).into_snapshot();
                 assert_eq!(
                     snapshot,
@@ -151,33 +151,13 @@ impl Engine {
                 );
                 let _ = reply.send(snapshot);
             }
-            Control::Pool { op, members, reply } => {
+            Some(Control::Pool { op, members, reply }) => {
                 let pool = self.policy.pool().apply(op, &members);
                 let entries = pool.entries();
                 self.policy.set_pool(pool);
                 let _ = reply.send(entries);
             }
-            Control::Evict {
-                dst,
-                duration,
-                reply,
-            } => {
-                let _ = reply.send(self.policy.evict_manual(dst, duration, now, out));
-            }
-            Control::Reinstate { dst, reply } => {
-                let _ = reply.send(self.policy.reinstate_manual(dst, now, out));
-            }
-            Control::PoolList { reply } => {
-                let _ = reply.send(self.policy.pool().entries());
-            }
-            Control::Fleet { verdict, reply } => {
-                let _ = reply.send(monitor::sinks::fleet::apply(
-                    &mut self.policy,
-                    verdict,
-                    now,
-                    out,
-                ));
-            }
+            Some(_) => unreachable!("Control::answer answers every other command"),
         }
         self.emit();
     }

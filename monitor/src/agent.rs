@@ -352,20 +352,18 @@ impl Pipeline {
     /// Runs one command from the control channel on the engine.
     fn control(&mut self, command: Control) {
         let now = monotonic_now_ns();
-        match command {
+        match command.answer(&mut self.policy, now, &mut self.decisions) {
+            None => {}
             // The pipeline only copies the table; the views are made and sorted on a
             // blocking thread (a large table's snapshot would otherwise hold up decisions).
-            Control::Snapshot { reply } => {
+            Some(Control::Snapshot { reply }) => {
                 let cgroups = &mut self.cgroups;
                 let copy = self.policy.snapshot_copy(now, |id| cgroups.resolve(id));
                 tokio::task::spawn_blocking(move || {
                     let _ = reply.send(copy.into_snapshot());
                 });
             }
-            Control::PoolList { reply } => {
-                let _ = reply.send(self.policy.pool().entries());
-            }
-            Control::Pool { op, members, reply } => {
+            Some(Control::Pool { op, members, reply }) => {
                 let pool = self.policy.pool().apply(op, &members);
                 let entries = pool.entries();
                 tracing::info!(
@@ -377,25 +375,7 @@ impl Pipeline {
                 self.pool_changed();
                 let _ = reply.send(entries);
             }
-            Control::Evict {
-                dst,
-                duration,
-                reply,
-            } => {
-                let done = self
-                    .policy
-                    .evict_manual(dst, duration, now, &mut self.decisions);
-                let _ = reply.send(done);
-            }
-            Control::Reinstate { dst, reply } => {
-                let done = self.policy.reinstate_manual(dst, now, &mut self.decisions);
-                let _ = reply.send(done);
-            }
-            Control::Fleet { verdict, reply } => {
-                let done =
-                    crate::sinks::fleet::apply(&mut self.policy, verdict, now, &mut self.decisions);
-                let _ = reply.send(done);
-            }
+            Some(_) => unreachable!("Control::answer answers every other command"),
         }
         self.emit_decisions();
     }

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::policy::pool::PoolOp;
-use crate::policy::{PolicySnapshot, PoolEntry};
+use crate::policy::{Decision, EjectionPolicy, FleetApply, PolicySnapshot, PoolEntry};
 
 /// One command, with the channel its answer goes back on.
 #[derive(Debug)]
@@ -44,6 +44,39 @@ pub enum Control {
     },
 }
 
+impl Control {
+    /// Answers the commands the policy answers alone (evict, reinstate, the pool's list,
+    /// a fleet verdict), its decisions into `out`; hands back the others (`Snapshot`,
+    /// `Pool`), whose answer is the pipeline's own.
+    pub fn answer(
+        self,
+        policy: &mut EjectionPolicy,
+        now: u64,
+        out: &mut Vec<Decision>,
+    ) -> Option<Control> {
+        match self {
+            Control::Evict {
+                dst,
+                duration,
+                reply,
+            } => {
+                let _ = reply.send(policy.evict_manual(dst, duration, now, out));
+            }
+            Control::Reinstate { dst, reply } => {
+                let _ = reply.send(policy.reinstate_manual(dst, now, out));
+            }
+            Control::PoolList { reply } => {
+                let _ = reply.send(policy.pool().entries());
+            }
+            Control::Fleet { verdict, reply } => {
+                let _ = reply.send(verdict.apply(policy, now, out));
+            }
+            Control::Snapshot { .. } | Control::Pool { .. } => return Some(self),
+        }
+        None
+    }
+}
+
 /// A verdict of another host that the fleet view decided to apply here.
 #[derive(Debug)]
 pub enum FleetVerdict {
@@ -54,6 +87,27 @@ pub enum FleetVerdict {
     },
     /// Lift the fleet ejection (this host's own ejections stay).
     Reinstate { dst: SocketAddr },
+}
+
+impl FleetVerdict {
+    /// Applies the verdict to the policy; lifting a fleet ejection that is not there
+    /// answers `AlreadyEjected`.
+    fn apply(self, policy: &mut EjectionPolicy, now: u64, out: &mut Vec<Decision>) -> FleetApply {
+        match self {
+            FleetVerdict::Evict {
+                dst,
+                duration,
+                origin,
+            } => policy.evict_fleet(dst, duration, origin, now, out),
+            FleetVerdict::Reinstate { dst } => {
+                if policy.reinstate_fleet(dst, now, out) {
+                    FleetApply::Applied
+                } else {
+                    FleetApply::AlreadyEjected
+                }
+            }
+        }
+    }
 }
 
 /// Bounded queue of commands for the pipeline.

@@ -38,34 +38,7 @@ pub mod view;
 pub use config::{FleetConfig, FleetMode};
 pub(crate) use link::read_bucket;
 
-use crate::{
-    config::Config,
-    control::FleetVerdict,
-    policy::{Decision, EjectionPolicy, FleetApply},
-};
-
-/// Applies a fleet verdict on the pipeline (the agent's control handler calls this).
-pub fn apply(
-    policy: &mut EjectionPolicy,
-    verdict: FleetVerdict,
-    now: u64,
-    out: &mut Vec<Decision>,
-) -> FleetApply {
-    match verdict {
-        FleetVerdict::Evict {
-            dst,
-            duration,
-            origin,
-        } => policy.evict_fleet(dst, duration, origin, now, out),
-        FleetVerdict::Reinstate { dst } => {
-            if policy.reinstate_fleet(dst, now, out) {
-                FleetApply::Applied
-            } else {
-                FleetApply::AlreadyEjected
-            }
-        }
-    }
-}
+use crate::config::Config;
 
 /// Starts the fleet link when `[fleet] servers` names any. It never fails the start:
 /// an unreachable or refusing server is a warning and the agent works locally.
