@@ -135,6 +135,8 @@ impl ReaderPoll {
     pub async fn tick(&self) -> std::io::Result<()> {
         let mut guard = self.timer.readable().await?;
         // Reading the expiration count re-arms readiness; EAGAIN means a spurious wake.
+        // (It also re-arms the timer: an interval timerfd that is not read stops after
+        // its first expiry.)
         let _ = guard.get_inner().0.wait();
         guard.clear_ready();
         Ok(())
