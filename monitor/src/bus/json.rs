@@ -171,19 +171,10 @@ fn seen(
     });
 }
 
-/// A JSON number, as serde_json writes it (plain decimal digits).
-fn number(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[at..]);
+/// A JSON number, as serde_json writes it (its `itoa`, two digits a step: a digit
+/// loop of divisions was 4 % of the agent's samples).
+fn number(buf: &mut Vec<u8>, n: u64) {
+    value(buf, &n);
 }
 
 /// `addr` as its `Display` writes it. IPv4 (loopback and most traffic) is written
