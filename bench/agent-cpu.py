@@ -13,7 +13,8 @@ Usage (root):
       [--events failures,all] [--modes refused,established] [--threads 1,2]
       [--rate N] [--ab OTHER_CONNMON]
 
-Prints one row per (binary, events, mode, threads): the median (by CPU per event) over
+Prints one row per (binary, events, mode, threads), with the agent's context switches
+per second (wake-ups) next to its CPU: the median (by CPU per event) over
 ROUNDS (default 3) runs. Rounds are interleaved — every configuration (and with `--ab`,
 both binaries, in alternating order) runs once per round — so a change in the host's
 load hits every row alike.
@@ -53,6 +54,20 @@ def cpu(pid):
     return int(f[11]) / tick, int(f[12]) / tick, ns / 1e9
 
 
+def switches(pid):
+    """Context switches into the agent's threads so far (each is a wake-up: on a VM
+    the largest fixed cost of the reader)."""
+    n = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            for line in open(f"/proc/{pid}/task/{t}/status"):
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    n += int(line.split()[1])
+        except OSError:
+            pass
+    return n
+
+
 def run(connmon, events, mode, threads):
     for f in ("state.json", "s.sock"):
         try:
@@ -70,13 +85,13 @@ def run(connmon, events, mode, threads):
             sys.exit(f"connmon did not start: {open(err).read()}")
         time.sleep(0.05)
     time.sleep(0.2)  # start-up work (BTF, loading) is not the steady state
-    (u0, s0, c0), w0 = cpu(p.pid), time.time()
+    (u0, s0, c0), x0, w0 = cpu(p.pid), switches(p.pid), time.time()
     gen = [args.loadgen, "--mode", mode, "--threads", str(threads), "--duration", args.secs]
     if args.rate:
         gen += ["--rate", str(args.rate)]
     subprocess.check_output(gen)
     time.sleep(0.2)  # the last poll period and drain
-    (u1, s1, c1), w1 = cpu(p.pid), time.time()
+    (u1, s1, c1), x1, w1 = cpu(p.pid), switches(p.pid), time.time()
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=20)
     stats = [json.loads(l) for l in open(out) if '"type":"stats"' in l.replace(" ", "")]
@@ -88,7 +103,7 @@ def run(connmon, events, mode, threads):
     user, sys_ = (u1 - u0) / secs * 100, (s1 - s0) / secs * 100
     pct = (c1 - c0) / secs * 100
     per = pct / (rate / 100_000) if rate else float("nan")
-    return dict(rate=rate, pct=pct, user=user, sys=sys_, per=per, lost=lost)
+    return dict(rate=rate, pct=pct, user=user, sys=sys_, per=per, lost=lost, wakeups=(x1 - x0) / secs)
 
 
 binaries = [args.connmon] + ([args.ab] if args.ab else [])
@@ -102,8 +117,8 @@ for r in range(args.rounds):
             results.setdefault((b, cfg), []).append(run(b, *cfg))
 
 label = len(binaries) > 1
-print(("| binary " if label else "") + "| --events | mode | load threads | events/s | agent CPU (% of a core; ticks: user + sys) | µs per event | per 100 000 events/s (all rounds) | lost |")
-print(("|---" if label else "") + "|---|---|---:|---:|---:|---:|---:|---:|")
+print(("| binary " if label else "") + "| --events | mode | load threads | events/s | agent CPU (% of a core; ticks: user + sys) | µs per event | per 100 000 events/s (all rounds) | wake-ups/s | lost |")
+print(("|---" if label else "") + "|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for cfg in configs:
     for b in binaries:
         rs = sorted(results[(b, cfg)], key=lambda r: r["per"])
@@ -112,4 +127,4 @@ for cfg in configs:
         events, mode, threads = cfg
         print((f"| {b} " if label else "")
               + f"| {events} | {mode} | {threads} | {m['rate']:.0f} | {m['pct']:.1f} ({m['user']:.1f} + {m['sys']:.1f}) "
-              f"| {m['per'] / 10:.2f} | **{m['per']:.1f}** ({every}) | {sum(x['lost'] for x in rs)} |", flush=True)
+              f"| {m['per'] / 10:.2f} | **{m['per']:.1f}** ({every}) | {m['wakeups']:.0f} | {sum(x['lost'] for x in rs)} |", flush=True)

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use monitor::{
     clock::WallClock,
     policy::{EjectionPolicy, PolicyConfig, PoolMembership},
-    source::event::{Attribution, Comm, ConnectRecord, Family, NetnsOwner, Outcome},
+    source::event::{Attribution, ConnectRecord, Family, Outcome},
 };
 
 /// The `i`-th synthetic destination, `10.x.y.z:8080`.
@@ -41,16 +41,7 @@ pub fn connect(dst: SocketAddr, outcome: Outcome, now: u64) -> ConnectRecord {
         family: Family::Ipv4,
         src: "10.255.0.1:40000".parse().expect("literal"),
         dst,
-        who: Attribution {
-            pid: 1,
-            tgid: 1,
-            comm: Comm::from("bench"),
-            cgroup_id: 1,
-            netns: 1,
-            netns_owner: NetnsOwner::Initial,
-            cgroup: None,
-            trusted: true,
-        },
+        who: Attribution::fixture("bench"),
         syn_retransmits: 0,
         errno: 0,
     }

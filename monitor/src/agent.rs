@@ -5,7 +5,7 @@
 //! buffer when the kernel wakes it (every failure does) and on a short timer while
 //! failures flow (routine `established` outcomes are written without a wake-up to keep
 //! the per-connect cost low; see `source::poll`), decodes each record, runs it through
-//! the [`EjectionPolicy`], and renders events and decisions. Output is flushed once per drain; the state file is written after a
+//! the [`EjectionPolicy`], and renders events and decisions. Decisions are written at once, event lines when the reader sleeps (see `sinks::stdout`); the state file is written after a
 //! drain that changed an ejection, and at exit.
 
 use std::{
@@ -589,7 +589,10 @@ pub async fn run(config: ValidConfig, config_path: Option<PathBuf>) -> anyhow::R
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        pipe.sink.flush().context("writing to stdout")?;
+        // Event lines wait while the reader polls (one write per many polls).
+        pipe.sink
+            .flush_due(!source.poll.active())
+            .context("writing to stdout")?;
     }
 
     service.stopping();

@@ -182,6 +182,11 @@ impl EventBus {
     }
 
     fn kernel_event(&self, event: &KernelEvent, role: Role, probe: bool) {
+        // Checked before the record is cloned: with no subscriber (the common case) an
+        // event costs the bus nothing.
+        if !self.has_subscribers() {
+            return;
+        }
         let (topic, dst, payload) = match event {
             KernelEvent::Connect(c) => (Topic::Connect, c.dst, Payload::Connect(c.clone())),
             KernelEvent::SynRetransmit(r) => (

@@ -1,8 +1,16 @@
 //! The stdout sink: one NDJSON object per line (the stable, documented format) or
-//! aligned text for people. Lines are rendered into a buffer and written once per
-//! ring-buffer drain, so a burst costs one write.
+//! aligned text for people. Lines are rendered into a buffer and written in one write:
+//! at once for decisions and stats, and for kernel events once the reader goes back to
+//! sleep — while failures flow and it polls the ring every few hundred µs, event lines
+//! are collected over polls (at most [`FLUSH_BYTES`] or [`FLUSH_AFTER`]) instead of a
+//! `write` per poll.
 
-use std::{fmt::Write as _, io::Write as _, net::SocketAddr};
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -11,7 +19,7 @@ use crate::{
     bus::json,
     clock::WallClock,
     policy::{decision::Decision, pool::Role},
-    source::event::{Attribution, Comm, ConnectRecord, KernelEvent, SynRetransmitRecord},
+    source::event::{Attribution, ConnectRecord, KernelEvent, SynRetransmitRecord},
     stats::Stats,
 };
 
@@ -44,6 +52,11 @@ fn origin_suffix(who: &Attribution) -> String {
     out
 }
 
+/// Pending event lines are written once they reach this many bytes...
+pub const FLUSH_BYTES: usize = 32 * 1024;
+/// ... or once the first of them has waited this long (while the reader polls).
+pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
+
 /// Renders events into a buffer; [`StdoutSink::flush`] writes it out.
 pub struct StdoutSink {
     format: OutputFormat,
@@ -53,6 +66,10 @@ pub struct StdoutSink {
     buf: Vec<u8>,
     out: std::io::Stdout,
     events: EventsFilter,
+    /// A decision or stats line is pending: written at the next [`Self::flush_due`].
+    urgent: bool,
+    /// When [`Self::flush_due`] first saw event lines pending.
+    pending_since: Option<Instant>,
 }
 
 /// The stdout consumer: `output`, or json unless stdout is a terminal.
@@ -84,6 +101,8 @@ impl StdoutSink {
             buf: Vec::with_capacity(64 * 1024),
             out: std::io::stdout(),
             events: EventsFilter::All,
+            urgent: false,
+            pending_since: None,
         }
     }
 
@@ -134,55 +153,31 @@ impl StdoutSink {
                 self.buf.push(b'\n');
             }
             OutputFormat::Text => {
-                let mark = if probe { " probe" } else { "" };
-                let extra = format!(
-                    "{}us retx={}{}{mark}",
-                    c.duration_us(),
-                    c.syn_retransmits,
-                    origin_suffix(&c.who)
-                );
-                self.text_line(
-                    c.ktime_ns,
-                    c.outcome.as_str(),
-                    c.src,
-                    c.dst,
-                    c.who.tgid,
-                    &c.who.comm,
-                    &extra,
-                );
+                let lead = format!("{}us retx={}", c.duration_us(), c.syn_retransmits);
+                let columns = (c.ktime_ns, c.outcome.as_str(), c.src, c.dst);
+                self.text_line(columns, &c.who, &lead, probe);
             }
         }
     }
 
     fn syn_retransmit(&mut self, r: &SynRetransmitRecord, role: Role, probe: bool) {
-        let since_syn_us = r.ktime_ns.saturating_sub(r.start_ns) / 1_000;
         match self.format {
             OutputFormat::Json => {
                 json::syn_retransmit(&mut self.buf, r, role, probe, &self.clock);
                 self.buf.push(b'\n');
             }
             OutputFormat::Text => {
-                let mark = if probe { " probe" } else { "" };
-                let extra = format!(
-                    "{since_syn_us}us retx={}{}{mark}",
-                    r.retransmits,
-                    origin_suffix(&r.who)
-                );
-                self.text_line(
-                    r.ktime_ns,
-                    "syn_retransmit",
-                    r.src,
-                    r.dst,
-                    r.who.tgid,
-                    &r.who.comm,
-                    &extra,
-                );
+                let since_syn_us = r.ktime_ns.saturating_sub(r.start_ns) / 1_000;
+                let lead = format!("{since_syn_us}us retx={}", r.retransmits);
+                let columns = (r.ktime_ns, "syn_retransmit", r.src, r.dst);
+                self.text_line(columns, &r.who, &lead, probe);
             }
         }
     }
 
     /// Any serializable line (stats, decisions) in JSON mode; `text` in text mode.
     pub fn record<T: Serialize>(&mut self, value: &T, text: impl FnOnce() -> String) {
+        self.urgent = true;
         match self.format {
             OutputFormat::Json => self.json_line(value),
             OutputFormat::Text => {
@@ -201,16 +196,14 @@ impl StdoutSink {
         self.buf.push(b'\n');
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one column each")]
+    /// One text line: time, what, `src -> dst`, tgid and comm of `who`, then `lead`,
+    /// the origin marks and ` probe`.
     fn text_line(
         &mut self,
-        ktime_ns: u64,
-        what: &str,
-        src: SocketAddr,
-        dst: SocketAddr,
-        tgid: u32,
-        comm: &Comm,
-        extra: &str,
+        (ktime_ns, what, src, dst): (u64, &str, SocketAddr, SocketAddr),
+        who: &Attribution,
+        lead: &str,
+        probe: bool,
     ) {
         let ts = self.clock.rfc3339(ktime_ns);
         let time = ts.get(11..26).unwrap_or(&ts);
@@ -221,10 +214,13 @@ impl StdoutSink {
             _ => self.palette.red,
         };
         let reset = self.palette.reset;
+        let mark = if probe { " probe" } else { "" };
         let _ = writeln!(
             line,
-            "{time:<15}  {colour}{what:<14}{reset} {src:>24} -> {dst:<24} {tgid:>7} {comm:<16} {extra}",
-            comm = comm.as_str()
+            "{time:<15}  {colour}{what:<14}{reset} {src:>24} -> {dst:<24} {tgid:>7} {comm:<16} {lead}{origin}{mark}",
+            tgid = who.tgid,
+            comm = who.comm.as_str(),
+            origin = origin_suffix(who),
         );
         self.buf.extend_from_slice(line.as_bytes());
     }
@@ -236,6 +232,8 @@ impl StdoutSink {
     /// 50 k events/s. If stdout's reader stalls, the pipeline stalls with it and the
     /// kernel counts what the ring buffer cannot hold (`lost_events`).
     pub fn flush(&mut self) -> std::io::Result<()> {
+        self.urgent = false;
+        self.pending_since = None;
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -244,6 +242,29 @@ impl StdoutSink {
         out.flush()?;
         self.buf.clear();
         Ok(())
+    }
+
+    /// Writes what is rendered if it is due: always when `idle` (the reader goes back
+    /// to sleep: nothing else would write it soon) or a decision or stats line waits;
+    /// event lines while the reader polls once they reach [`FLUSH_BYTES`] or wait
+    /// [`FLUSH_AFTER`]. At 10 000 failures/s this is one write per ~70 lines instead of
+    /// one per 250 µs poll (the write was ~15 % of the agent's CPU).
+    pub fn flush_due(&mut self, idle: bool) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.due(Instant::now(), idle) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the pending lines are to be written at `now` (see [`Self::flush_due`]).
+    fn due(&mut self, now: Instant, idle: bool) -> bool {
+        let since = *self.pending_since.get_or_insert(now);
+        idle || self.urgent
+            || self.buf.len() >= FLUSH_BYTES
+            || now.duration_since(since) >= FLUSH_AFTER
     }
 
     /// The rendered, not yet flushed bytes (for tests).
@@ -256,7 +277,7 @@ impl StdoutSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::event::{Attribution, Family, Outcome};
+    use crate::source::event::{Comm, Family, Outcome};
 
     fn refused() -> KernelEvent {
         KernelEvent::Connect(ConnectRecord {
@@ -286,6 +307,19 @@ mod tests {
         })
     }
 
+    /// 10.0.0.1:80 reinstated after `ejected_ms`.
+    fn reinstate(ejected_ms: u64, verified: bool) -> Decision {
+        Decision::Reinstate(crate::policy::decision::Reinstatement {
+            dst: "10.0.0.1:80".parse().unwrap(),
+            netns: None,
+            ejected_ms,
+            verified,
+            early: false,
+            ts: None,
+            origin: None,
+        })
+    }
+
     #[test]
     fn events_filter_selects_what_reaches_stdout() {
         let established = match refused() {
@@ -301,17 +335,7 @@ mod tests {
                 .with_events(events);
             sink.event(&refused(), Role::Proxy);
             sink.event(&established, Role::Proxy);
-            sink.decision(&Decision::Reinstate(
-                crate::policy::decision::Reinstatement {
-                    dst: "10.0.0.1:80".parse().unwrap(),
-                    netns: None,
-                    ejected_ms: 1,
-                    verified: false,
-                    early: false,
-                    ts: None,
-                    origin: None,
-                },
-            ));
+            sink.decision(&reinstate(1, false));
             std::str::from_utf8(sink.pending())
                 .unwrap()
                 .lines()
@@ -333,6 +357,32 @@ mod tests {
         assert!(
             lines(EventsFilter::None).is_empty(),
             "none writes no records"
+        );
+    }
+
+    #[test]
+    fn event_lines_wait_while_the_reader_polls_but_not_past_the_bounds() {
+        let mut sink = StdoutSink::new(OutputFormat::Json, WallClock::from_offset_ns(0));
+        sink.event(&refused(), Role::Proxy);
+        let t0 = Instant::now();
+        assert!(!sink.due(t0, false), "one event line waits for more");
+        assert!(
+            !sink.due(t0 + FLUSH_AFTER / 2, false),
+            "the wait counts from the first look"
+        );
+        assert!(sink.due(t0 + FLUSH_AFTER, false), "at most FLUSH_AFTER");
+        assert!(sink.due(t0, true), "written at once when the reader sleeps");
+        while sink.pending().len() < FLUSH_BYTES {
+            sink.event(&refused(), Role::Proxy);
+        }
+        assert!(sink.due(t0, false), "at most FLUSH_BYTES wait");
+
+        let mut sink = StdoutSink::new(OutputFormat::Json, WallClock::from_offset_ns(0));
+        sink.event(&refused(), Role::Proxy);
+        sink.decision(&reinstate(1, false));
+        assert!(
+            sink.due(Instant::now(), false),
+            "a decision is written at once"
         );
     }
 
@@ -380,17 +430,7 @@ mod tests {
     #[test]
     fn a_decision_in_text_mode_is_columns_not_json() {
         let mut sink = StdoutSink::new(OutputFormat::Text, WallClock::from_offset_ns(0));
-        sink.decision(&Decision::Reinstate(
-            crate::policy::decision::Reinstatement {
-                dst: "10.0.0.1:80".parse().unwrap(),
-                netns: None,
-                ejected_ms: 30_000,
-                verified: true,
-                early: false,
-                origin: None,
-                ts: None,
-            },
-        ));
+        sink.decision(&reinstate(30_000, true));
         let text = std::str::from_utf8(sink.pending()).unwrap();
         assert!(
             text.contains("REINSTATE")

@@ -206,6 +206,22 @@ impl Attribution {
     pub fn pod_uid(&self) -> Option<&str> {
         self.cgroup.as_deref().and_then(|c| c.pod_uid.as_deref())
     }
+
+    /// A trusted process `comm` (pid 1) in cgroup 1 and network namespace 1, owned by
+    /// the initial user namespace: the connecting process of test and bench records.
+    #[doc(hidden)]
+    pub fn fixture(comm: &str) -> Self {
+        Attribution {
+            pid: 1,
+            tgid: 1,
+            comm: Comm::from(comm),
+            cgroup_id: 1,
+            netns: 1,
+            netns_owner: NetnsOwner::Initial,
+            cgroup: None,
+            trusted: true,
+        }
+    }
 }
 
 /// The final outcome of one connect attempt.
@@ -301,16 +317,7 @@ pub(crate) fn refused_to(dst: SocketAddr) -> KernelEvent {
         family: Family::Ipv4,
         src: SocketAddr::from(([127, 0, 0, 1], 1000)),
         dst,
-        who: Attribution {
-            pid: 1,
-            tgid: 1,
-            comm: Comm::from("x"),
-            cgroup_id: 1,
-            netns: 1,
-            netns_owner: NetnsOwner::Initial,
-            cgroup: None,
-            trusted: true,
-        },
+        who: Attribution::fixture("x"),
         syn_retransmits: 0,
         errno: 111,
     })

@@ -127,35 +127,25 @@ impl KernelSource {
             config.skc_v6_rcv_saddr = saddr;
             config.has_ipv6 = 1;
         }
-        let netns_resolved = match (kernel.sock_common_skc_net, kernel.net_ns_inum) {
-            (Some(net), Some(inum)) => {
+        let netns_resolved = resolved(
+            kernel.sock_common_skc_net.zip(kernel.net_ns_inum),
+            "kernel BTF lacks sock_common.skc_net.net or net.ns.inum: netns will be reported as 0",
+            |(net, inum)| {
                 config.sock_common_skc_net = net;
                 config.net_ns_inum = inum;
                 config.has_netns = 1;
-                true
-            }
-            _ => {
-                tracing::warn!(
-                    "kernel BTF lacks sock_common.skc_net.net or net.ns.inum: netns will be reported as 0"
-                );
-                false
-            }
-        };
-        let netns_owner_resolved = match (kernel.net_user_ns, kernel.user_ns_level) {
-            (Some(user_ns), Some(level)) if netns_resolved => {
+            },
+        );
+        let netns_owner_resolved = resolved(
+            (kernel.net_user_ns.zip(kernel.user_ns_level)).filter(|_| netns_resolved),
+            "kernel BTF lacks net.user_ns or user_namespace.level: namespace ownership is unknown, \
+             so only connects from connmon's own network namespace count as evidence under trust = \"rootful\"",
+            |(user_ns, level)| {
                 config.net_user_ns = user_ns;
                 config.user_ns_level = level;
                 config.has_netns_owner = 1;
-                true
-            }
-            _ => {
-                tracing::warn!(
-                    "kernel BTF lacks net.user_ns or user_namespace.level: namespace ownership is unknown, \
-                     so only connects from connmon's own network namespace count as evidence under trust = \"rootful\""
-                );
-                false
-            }
-        };
+            },
+        );
 
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
@@ -227,6 +217,21 @@ impl KernelSource {
             untracked: sum(counter::UNTRACKED)?,
             storage_failed: sum(counter::STORAGE_FAILED)?,
         })
+    }
+}
+
+/// Hands offsets BTF `found` to the programs (`apply`), or warns that what they serve
+/// is `missing`; returns whether they were found.
+fn resolved<T>(found: Option<T>, missing: &str, apply: impl FnOnce(T)) -> bool {
+    match found {
+        Some(offsets) => {
+            apply(offsets);
+            true
+        }
+        None => {
+            tracing::warn!("{missing}");
+            false
+        }
     }
 }
 

@@ -31,6 +31,13 @@
 //! every [`POLL_ROUTINE`], half the wake-ups for the rest of the linger. The next
 //! failure waits at most that long — well inside the detection-latency goal (p99 ≤
 //! 1 ms) — and brings the short period back.
+//!
+//! A flood polls at the long period too: a drain that found [`DENSE_DRAIN`] failures
+//! or more (8 000 failures/s at the short period) sets [`POLL_DENSE`]. Each poll is a
+//! fixed cost (on this VM a wake-up is worth tens of µs of agent CPU, more than the
+//! records it drains), so at a high rate the period, not the records, sets the agent's
+//! CPU; the longer period halves it while a failure waits no longer than the first one
+//! after calm drains does.
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +55,10 @@ pub const POLL_EVERY: Duration = Duration::from_micros(250);
 pub const POLL_ROUTINE: Duration = Duration::from_micros(500);
 /// Drains in a row without a failure before the period becomes [`POLL_ROUTINE`].
 pub const CALM_DRAINS: u32 = 4;
+/// How often it drains while each drain finds [`DENSE_DRAIN`] failures or more.
+pub const POLL_DENSE: Duration = Duration::from_micros(500);
+/// Failures in one drain that make the period [`POLL_DENSE`].
+pub const DENSE_DRAIN: usize = 2;
 /// How long the reader keeps polling after the last failure.
 pub const LINGER: Duration = Duration::from_millis(20);
 /// How long it polls after a wake-up that ended more than [`LINGER`] asleep, when no
@@ -135,6 +146,8 @@ impl ReaderPoll {
     pub async fn tick(&self) -> std::io::Result<()> {
         let mut guard = self.timer.readable().await?;
         // Reading the expiration count re-arms readiness; EAGAIN means a spurious wake.
+        // (It also re-arms the timer: an interval timerfd that is not read stops after
+        // its first expiry.)
         let _ = guard.get_inner().0.wait();
         guard.clear_ready();
         Ok(())
@@ -146,6 +159,9 @@ impl ReaderPoll {
             self.calm = 0;
         } else {
             self.calm = self.calm.saturating_add(1);
+        }
+        if failures >= DENSE_DRAIN {
+            return POLL_DENSE;
         }
         period_after(self.calm)
     }
@@ -244,6 +260,8 @@ mod tests {
         // The first failure after routine traffic waits at most one long period: well
         // inside the detection-latency goal (p99 <= 1 ms), with room for the drain.
         assert!(POLL_ROUTINE <= Duration::from_micros(500) && POLL_EVERY < POLL_ROUTINE);
+        // A flood waits no longer than that either.
+        assert!(POLL_DENSE <= POLL_ROUTINE && DENSE_DRAIN > 1);
     }
 
     #[test]
