@@ -439,6 +439,24 @@ impl Agent {
         }
     }
 
+    /// Makes a connect to a closed port on the loopback of `ns` (from a thread named
+    /// `thread`), which is refused, and waits up to `timeout` for its `refused` line.
+    pub fn wait_for_refused_connect(
+        &mut self,
+        what: &str,
+        ns: &Netns,
+        thread: &str,
+        timeout: Duration,
+    ) {
+        let (port, _) = ns.run(thread, || {
+            let port = closed_port("127.0.0.1");
+            assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+            port
+        });
+        let dst = format!("127.0.0.1:{port}");
+        self.wait_for(what, timeout, |v| is_connect(v, "refused", &dst, ns.inode));
+    }
+
     /// Collects lines for `period` and returns everything seen so far.
     pub fn collect_for(&mut self, period: Duration) -> &[Value] {
         let deadline = Instant::now() + period;
@@ -537,6 +555,12 @@ fn sweep_dead_scratch_roots(temp: &std::path::Path) {
     }
 }
 
+/// Writes `text` to `path` and returns the path as a string (for an argument).
+pub fn write_file(path: &Path, text: &str) -> String {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
 /// Writes `text` as `dir/connmon.toml` and returns its path.
 pub fn write_config(dir: &std::path::Path, text: impl AsRef<str>) -> PathBuf {
     let path = dir.join("connmon.toml");
@@ -566,6 +590,28 @@ pub fn is_connect(v: &Value, outcome: &str, dst: &str, netns: u32) -> bool {
 /// Matches a line of `kind` ("connect", "evict", ...) about destination `dst`.
 pub fn is_about(v: &Value, kind: &str, dst: impl std::fmt::Display) -> bool {
     v["type"] == kind && v["dst"] == dst.to_string()
+}
+
+/// Asserts the columns after the destination (role, state, attempts, failure %) in the
+/// row of `dst` of a `connmon status` table.
+pub fn assert_status_row(table: &str, dst: &str, expected: [&str; 4]) {
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(dst))
+        .unwrap_or_else(|| panic!("no row for {dst}:\n{table}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[1..5], expected, "{row}");
+}
+
+/// A non-blocking connect to `target` that is still in progress (`EINPROGRESS`): a
+/// neighbour that never answers leaves it pending until the kernel or the caller ends it.
+pub fn pending_connect(target: std::net::SocketAddr) -> socket2::Socket {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(target), Type::STREAM, None).expect("socket");
+    s.set_nonblocking(true).expect("nonblocking");
+    let err = s.connect(&target.into()).expect_err("a pending connect");
+    assert_eq!(err.raw_os_error(), Some(libc::EINPROGRESS), "{err}");
+    s
 }
 
 /// A TCP port on which nothing listens (bound then released) in the current namespace.

@@ -8,7 +8,10 @@
 //! emulates the CPU), 1 otherwise. The deadlines at factor 1 are already generous for a
 //! loaded 2-core host; the variable is for hosts slower than that.
 
-use std::time::Duration;
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
 /// The factor every deadline is multiplied by (at least 1).
 pub fn patience() -> u32 {
@@ -30,6 +33,21 @@ fn factor(variable: Option<&str>, in_matrix: bool) -> u32 {
 /// `deadline` stretched by [`patience`].
 pub fn patient(deadline: Duration) -> Duration {
     deadline * patience()
+}
+
+/// Polls `done` every `every` until it holds; once `timeout` has passed without, panics
+/// with `failure()` (built then, so that it can show the state at that moment).
+pub fn wait_until(
+    timeout: Duration,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+    failure: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", failure());
+        thread::sleep(every);
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 use std::{net::TcpStream, os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use connmon_integration::{
-    Agent, Netns, closed_port, connmon_bin, is_connect, require_root, timing::patient,
-    world_readable_copy,
+    Agent, Netns, closed_port, connmon_bin, require_root, timing::patient, world_readable_copy,
 };
 
 #[test]
@@ -122,14 +121,7 @@ fn starts_with_tracefs_unmounted() {
             !stderr.contains("mounted tracefs") && stderr.contains("attached to tp_btf/"),
             "{layout:?}: the agent should attach without tracefs:\n{stderr}"
         );
-        let (port, _) = ns.run("tracefs", || {
-            let port = closed_port("127.0.0.1");
-            let _ = TcpStream::connect(("127.0.0.1", port));
-            port
-        });
-        agent.wait_for("refused line", Duration::from_secs(30), |v| {
-            is_connect(v, "refused", &format!("127.0.0.1:{port}"), ns.inode)
-        });
+        agent.wait_for_refused_connect("refused line", &ns, "tracefs", Duration::from_secs(30));
     }
 }
 

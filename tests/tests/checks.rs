@@ -13,14 +13,9 @@ use std::{
 use connmon_integration::{
     Agent, Netns, closed_port, is_connect,
     otlp_receiver::{Receiver, Value as Otlp},
-    require_root, scratch_dir,
+    require_root, scratch_dir, write_file,
 };
 use serde_json::Value;
-
-fn write(path: &Path, text: &str) -> String {
-    std::fs::write(path, text).expect("write config");
-    path.to_str().expect("utf-8 path").to_owned()
-}
 
 fn of<'a>(lines: &'a [Value], kind: &str, dst: &str) -> Vec<&'a Value> {
     lines
@@ -83,7 +78,7 @@ fn dead_members_stay_ejected_across_expiries_and_a_revived_one_is_reinstated_ear
     ]);
     let blackholed = format!("{hole}:80");
     let dir = scratch_dir("verify");
-    let config = write(
+    let config = write_file(
         &dir.join("connmon.toml"),
         &format!(
             "[policy]\noutage_min_destinations = 0\nbase_ejection = \"2s\"\nmax_ejection = \"60s\"\njitter = 0.0\n\
@@ -216,7 +211,7 @@ fn idle_members_are_checked_at_the_global_rate_and_a_dead_one_is_evicted_without
     // An OTLP receiver inside the namespace, where the agent runs.
     let (receiver, _) = ns.run("otlp", Receiver::start);
     let dir = scratch_dir("idle");
-    let config = write(
+    let config = write_file(
         &dir.join("connmon.toml"),
         &format!(
             "[policy]\noutage_min_destinations = 0\nbase_ejection = \"60s\"\njitter = 0.0\nmax_ejection_percent = 50\n\
@@ -336,7 +331,7 @@ fn with_checks_off_reinstatement_is_blind_and_sighup_turns_verification_on() {
     let closed = closed_in(&ns);
     let dir = scratch_dir("nochecks");
     let pool = format!("pool = [\"{closed}\", \"10.200.0.10:80\"]");
-    let config = write(
+    let config = write_file(
         &dir.join("connmon.toml"),
         &format!(
             "[policy]\noutage_min_destinations = 0\nbase_ejection = \"1s\"\njitter = 0.0\n{pool}\n\n\
@@ -362,7 +357,7 @@ fn with_checks_off_reinstatement_is_blind_and_sighup_turns_verification_on() {
     // SIGHUP turns verification on: the next ejection's expiry is verified by a probe,
     // which is refused, so the member is ejected again (count 2 → 3) and never
     // reinstated.
-    write(
+    write_file(
         Path::new(&config),
         &format!(
             "[policy]\noutage_min_destinations = 0\nbase_ejection = \"1s\"\njitter = 0.0\n{pool}\n\n\

@@ -9,15 +9,14 @@ use std::{
     io::Write as _,
     path::{Path, PathBuf},
     process::Command,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use connmon_integration::{
     Agent,
     client::{Client, bpf_object_ids, evict_line, wait_bpf_objects_released},
     require_root, scratch_dir, sh,
-    timing::patient,
+    timing::{self, patient},
 };
 use serde_json::{Value, json};
 
@@ -251,12 +250,9 @@ fn fill(path: &Path) -> std::fs::File {
     file
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, timeout: Duration, ok: impl FnMut() -> bool) {
+    let every = Duration::from_millis(50);
+    timing::wait_until(timeout, every, ok, || format!("{what} within {timeout:?}"));
 }
 
 #[test]

@@ -8,18 +8,14 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, BLACKHOLE_V4, LOCAL_V4, Netns, closed_port, is_connect, require_root, scratch_dir,
+    Agent, BLACKHOLE_V4, LOCAL_V4, Netns, closed_port, is_about, is_connect, require_root,
+    scratch_dir, write_file,
 };
 use serde_json::Value;
 
 /// A deadline for a line to appear, not a latency goal (BENCHMARKS.md has those):
 /// generous, as the kernel matrix runs these tests under emulation.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn write(path: &Path, text: &str) -> String {
-    std::fs::write(path, text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
 
 fn decisions<'a>(lines: &'a [Value], kind: &str, dst: &str) -> Vec<&'a Value> {
     lines
@@ -44,6 +40,24 @@ fn open_and_closed(ns: &Netns) -> (TcpListener, SocketAddr, SocketAddr) {
     (listener, open, closed)
 }
 
+/// A configuration whose pool is `closed` and a member nothing connects to, ejecting for
+/// `term` without jitter.
+fn ejecting_for(dir: &Path, term: &str, closed: SocketAddr) -> String {
+    write_file(
+        &dir.join("connmon.toml"),
+        &format!(
+            "[policy]\nbase_ejection = \"{term}\"\njitter = 0.0\npool = [\"{closed}\", \"10.200.0.10:80\"]\n"
+        ),
+    )
+}
+
+/// One connect to `closed` from a thread named `scraper` in `ns`: refused.
+fn refuse_from_scraper(ns: &Netns, closed: SocketAddr) {
+    ns.run("scraper", move || {
+        TcpStream::connect(closed).expect_err("refused")
+    });
+}
+
 #[test]
 fn pool_members_are_evicted_by_how_they_fail_and_healthy_ones_never() {
     require_root();
@@ -54,7 +68,7 @@ fn pool_members_are_evicted_by_how_they_fail_and_healthy_ones_never() {
     let blackholed = format!("{BLACKHOLE_V4}:80");
     let dir = scratch_dir("pool");
     // Six members so that the 50 % guard allows three ejections at once.
-    let pool = write(
+    let pool = write_file(
         &dir.join("pool.txt"),
         &format!(
             "# test pool\n{open}\n{closed}\n{blackholed}\n10.200.0.10:80\n10.200.0.11:80\n10.200.0.12:80\n"
@@ -79,7 +93,7 @@ fn pool_members_are_evicted_by_how_they_fail_and_healthy_ones_never() {
     let target = format!("127.0.0.1:{target_port}");
 
     let evict = agent.wait_for("evict of the closed member", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == closed.to_string()
+        is_about(v, "evict", closed)
     });
     assert_eq!(evict["reason"], "refused", "{evict}");
     assert_eq!(evict["role"], "proxy");
@@ -157,23 +171,12 @@ fn a_short_ejection_is_reinstated() {
     let ns = Netns::new("reinst");
     let (_listener, _open, closed) = open_and_closed(&ns);
     let dir = scratch_dir("reinst");
-    let config = write(
-        &dir.join("connmon.toml"),
-        &format!(
-            "[policy]\nbase_ejection = \"1s\"\njitter = 0.0\npool = [\"{closed}\", \"10.200.0.10:80\"]\n"
-        ),
-    );
+    let config = ejecting_for(&dir, "1s", closed);
     let mut agent = Agent::start(&["--config", &config]);
-    ns.run("scraper", move || {
-        TcpStream::connect(closed).expect_err("refused")
-    });
-    let evict = agent.wait_for("evict", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == closed.to_string()
-    });
+    refuse_from_scraper(&ns, closed);
+    let evict = agent.wait_for("evict", WAIT, |v| is_about(v, "evict", closed));
     assert_eq!(evict["ejection"]["duration_ms"], 1000, "{evict}");
-    let reinstate = agent.wait_for("reinstate", WAIT, |v| {
-        v["type"] == "reinstate" && v["dst"] == closed.to_string()
-    });
+    let reinstate = agent.wait_for("reinstate", WAIT, |v| is_about(v, "reinstate", closed));
     let ejected_ms = reinstate["ejected_ms"].as_u64().unwrap();
     // Never early; how late depends on the CPU (a benchmark matter).
     assert!((1000..30_000).contains(&ejected_ms), "{reinstate}");
@@ -228,19 +231,10 @@ fn an_ejection_survives_a_restart() {
     let dir = scratch_dir("restart");
     let state = dir.join("state.json");
     let state_arg = state.to_str().unwrap().to_owned();
-    let config = write(
-        &dir.join("connmon.toml"),
-        &format!(
-            "[policy]\nbase_ejection = \"4s\"\njitter = 0.0\npool = [\"{closed}\", \"10.200.0.10:80\"]\n"
-        ),
-    );
+    let config = ejecting_for(&dir, "4s", closed);
     let mut first = Agent::start(&["--config", &config, "--state-file", &state_arg]);
-    ns.run("scraper", move || {
-        TcpStream::connect(closed).expect_err("refused")
-    });
-    let evict = first.wait_for("evict", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == closed.to_string()
-    });
+    refuse_from_scraper(&ns, closed);
+    let evict = first.wait_for("evict", WAIT, |v| is_about(v, "evict", closed));
     let evicted_at = std::time::Instant::now();
     let until = evict["ejection"]["until"]
         .as_str()
@@ -272,7 +266,7 @@ fn an_ejection_survives_a_restart() {
         );
     }
     let reinstate = second.wait_for("reinstate after restart", WAIT, |v| {
-        v["type"] == "reinstate" && v["dst"] == closed.to_string()
+        is_about(v, "reinstate", closed)
     });
     let ejected_ms = reinstate["ejected_ms"].as_u64().unwrap();
     // Never before the term the first agent announced (same RFC 3339 format: the strings
@@ -300,30 +294,24 @@ fn sighup_reloads_the_pool_without_losing_state() {
     let (_listener, open, closed) = open_and_closed(&ns);
     let dir = scratch_dir("hup");
     let pool_path = dir.join("pool.txt");
-    let pool = write(
+    let pool = write_file(
         &pool_path,
         &format!("{open}\n10.200.0.10:80\n10.200.0.11:80\n"),
     );
     let mut agent = Agent::start(&["--pool", &pool]);
-    ns.run("scraper", move || {
-        TcpStream::connect(closed).expect_err("refused")
-    });
+    refuse_from_scraper(&ns, closed);
     let before = agent.wait_for("refused target", WAIT, |v| {
         is_connect(v, "refused", &closed.to_string(), ns.inode)
     });
     assert_eq!(before["role"], "target");
-    write(
+    write_file(
         &pool_path,
         &format!("{open}\n{closed}\n10.200.0.10:80\n10.200.0.11:80\n"),
     );
     agent.signal(libc::SIGHUP);
     agent.wait_for_stderr("SIGHUP: pool reloaded", WAIT);
-    ns.run("scraper", move || {
-        TcpStream::connect(closed).expect_err("refused")
-    });
-    let evict = agent.wait_for("evict after reload", WAIT, |v| {
-        v["type"] == "evict" && v["dst"] == closed.to_string()
-    });
+    refuse_from_scraper(&ns, closed);
+    let evict = agent.wait_for("evict after reload", WAIT, |v| is_about(v, "evict", closed));
     assert_eq!(evict["role"], "proxy");
     assert_eq!(
         evict["evidence"]["attempts"], 2,
@@ -331,7 +319,7 @@ fn sighup_reloads_the_pool_without_losing_state() {
     );
 
     // A broken pool file keeps the current pool.
-    write(&pool_path, "this is not an address\n");
+    write_file(&pool_path, "this is not an address\n");
     agent.signal(libc::SIGHUP);
     agent.wait_for_stderr("SIGHUP: keeping the current pool", WAIT);
     assert!(agent.stderr().contains("line 1"), "{}", agent.stderr());

@@ -29,7 +29,8 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, LOCAL_V4, Netns, closed_port, connmon_bin, require_root, scratch_dir, sh, strip_ansi,
+    Agent, LOCAL_V4, Netns, closed_port, connmon_bin, is_about, require_root, scratch_dir, sh,
+    strip_ansi, timing::wait_until, write_config,
 };
 use serde_json::Value;
 
@@ -84,16 +85,15 @@ impl Nats {
                 panic!("starting nats-server (`cargo xtask setup` installs it): {e}")
             });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on {}:\n{}",
-                self.port,
-                std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            || {
+                let log = std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default();
+                format!("nats-server did not listen on {}:\n{log}", self.port)
+            },
+        );
     }
 
     fn kill(&mut self) {
@@ -161,8 +161,7 @@ impl Host {
     ) -> Self {
         let ns = Netns::new(&format!("fleet{name}"));
         let dir = scratch_dir(&format!("host-{name}"));
-        let path = dir.join("connmon.toml");
-        std::fs::write(&path, config(name, &ns, nats, fleet, pool, policy)).expect("config");
+        let path = write_config(&dir, config(name, &ns, nats, fleet, pool, policy));
         let socket = dir.join("connmon.sock");
         let agent = Agent::start(&[
             "--config",
@@ -208,30 +207,22 @@ impl Host {
     }
 
     fn wait_evict(&mut self, dst: SocketAddr, what: &str) -> Value {
-        let d = dst.to_string();
-        let name = self.name;
-        self.agent
-            .wait_for(&format!("{what} on {name}"), WAIT, |v| {
-                v["type"] == "evict" && v["dst"] == d
-            })
+        self.wait_about("evict", dst, what)
     }
 
     fn wait_reinstate(&mut self, dst: SocketAddr, what: &str) -> Value {
-        let d = dst.to_string();
-        let name = self.name;
-        self.agent
-            .wait_for(&format!("{what} on {name}"), WAIT, |v| {
-                v["type"] == "reinstate" && v["dst"] == d
-            })
+        self.wait_about("reinstate", dst, what)
+    }
+
+    fn wait_about(&mut self, kind: &str, dst: SocketAddr, what: &str) -> Value {
+        let what = format!("{what} on {}", self.name);
+        self.agent.wait_for(&what, WAIT, |v| is_about(v, kind, dst))
     }
 
     /// Whether an evict of `dst` was printed (after watching for [`QUIET`]).
     fn evicted_after_quiet(&mut self, dst: SocketAddr) -> bool {
-        let d = dst.to_string();
-        self.agent
-            .collect_for(QUIET)
-            .iter()
-            .any(|v| v["type"] == "evict" && v["dst"] == d)
+        let seen = self.agent.collect_for(QUIET);
+        seen.iter().any(|v| is_about(v, "evict", dst))
     }
 }
 

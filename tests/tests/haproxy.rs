@@ -15,7 +15,7 @@ use std::{
 
 use connmon_integration::{
     Agent, BLACKHOLE_V4, LOCAL_V4, Netns, closed_port, haproxy::Haproxy, is_about, require_root,
-    scratch_dir, strip_ansi, timing::patient,
+    scratch_dir, strip_ansi, timing::patient, write_file,
 };
 use serde_json::Value;
 
@@ -143,7 +143,6 @@ fn wait_decision(agent: &mut Agent, what: &str, kind: &str, dst: SocketAddr) -> 
 /// the host: the guards (ejection percentage, local outage) are opened wide so failures
 /// of anything else running at the same time cannot hold back this test's evictions.
 fn connmon_config_with(dir: &Path, socket: &Path, base_ejection: &str, agent: &str) -> String {
-    let path = dir.join("connmon.toml");
     let text = format!(
         "[agent]\n{agent}socket = \"{}\"\n\n[policy]\nbase_ejection = \"{base_ejection}\"\njitter = 0.0\n\
          max_ejection_percent = 100\noutage_min_destinations = 100000\n\n\
@@ -151,8 +150,7 @@ fn connmon_config_with(dir: &Path, socket: &Path, base_ejection: &str, agent: &s
         dir.join("connmon.sock").display(),
         socket.display()
     );
-    std::fs::write(&path, text).expect("write connmon.toml");
-    path.to_str().expect("utf-8 path").to_owned()
+    write_file(&dir.join("connmon.toml"), &text)
 }
 
 /// Opens a connection to HAProxy's frontend from inside `ns` and waits (bounded) for

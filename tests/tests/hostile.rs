@@ -27,7 +27,8 @@ use connmon_integration::{
     Agent, LOCAL_V4, Netns,
     client::{Client, open_fds, rss_kib},
     closed_port, require_root, scratch_dir,
-    timing::{patience, patient},
+    timing::{patience, patient, wait_until},
+    write_config,
 };
 use serde_json::{Value, json};
 
@@ -117,6 +118,56 @@ fn drain(s: &mut UnixStream) {
     let _ = s.read(&mut buf);
 }
 
+/// Partial lines: connections that send half a command, byte by byte, and hang.
+fn partial_lines(p: &Path) {
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        if let Some(mut s) = connect(p) {
+            for b in b"{\"cmd\":\"snap" {
+                let _ = s.write_all(&[*b]);
+            }
+            held.push(s);
+        }
+    }
+    thread::sleep(Duration::from_millis(200));
+}
+
+/// 64 KiB lines: exactly at the limit (valid JSON that is not a command) and one byte
+/// over (too long); ten bad lines in a row close the connection.
+fn long_lines(p: &Path) {
+    let Some(mut s) = connect(p) else { return };
+    let at_limit = format!("\"{}\"", "x".repeat(64 * 1024 - 2));
+    let over = "y".repeat(64 * 1024 + 1);
+    for i in 0..12 {
+        let line = if i % 2 == 0 { &at_limit } else { &over };
+        if s.write_all(line.as_bytes())
+            .and_then(|()| s.write_all(b"\n"))
+            .is_err()
+        {
+            break;
+        }
+        drain(&mut s);
+    }
+}
+
+/// Slow readers: subscribe to everything, then read one line a second or never.
+fn slow_readers(p: &Path) {
+    let mut subs = Vec::new();
+    for _ in 0..4 {
+        if let Some(mut s) = connect(p) {
+            let _ = s.write_all(b"{\"cmd\":\"subscribe\"}\n");
+            subs.push(s);
+        }
+    }
+    for _ in 0..3 {
+        thread::sleep(Duration::from_secs(1));
+        if let Some(s) = subs.first_mut() {
+            let mut byte = [0u8; 1];
+            let _ = s.read(&mut byte);
+        }
+    }
+}
+
 #[test]
 fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     require_root();
@@ -125,14 +176,12 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
     let path: PathBuf = dir.join("sock").join("connmon.sock");
     // Every port of the namespace's address is a pool member; the guards that would
     // (rightly) stop a run of evictions are opened up, so each probe must be evicted.
-    let cfg = dir.join("connmon.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = write_config(
+        &dir,
         format!(
             "[agent]\nsocket_group = \"nogroup\"\nallowed_uids = [{NOBODY}, {CONTROLLER}]\nmax_clients = {MAX_CLIENTS}\nmax_clients_per_uid = {PER_UID}\n\n[policy]\npool = [\"{LOCAL_V4}/32\"]\nmax_ejection_percent = 100\noutage_min_destinations = 1000000\n"
         ),
-    )
-    .expect("config");
+    );
     let mut agent = Agent::start(&[
         "--config",
         cfg.to_str().expect("utf-8"),
@@ -184,74 +233,21 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
             }
         }));
     }
-    // 2. Partial lines: connections that send half a command, byte by byte, and hang.
-    let p = path.clone();
-    threads.push(abuser(
-        "partial",
-        Some(NOBODY),
-        &stop,
-        &rounds[1],
-        move || {
-            let mut held = Vec::new();
-            for _ in 0..8 {
-                if let Some(mut s) = connect(&p) {
-                    for b in b"{\"cmd\":\"snap" {
-                        let _ = s.write_all(&[*b]);
-                    }
-                    held.push(s);
-                }
-            }
-            thread::sleep(Duration::from_millis(200));
-        },
-    ));
-    // 3. 64 KiB lines: exactly at the limit (valid JSON that is not a command) and one
-    //    byte over (too long); ten bad lines in a row close the connection.
-    let p = path.clone();
-    threads.push(abuser(
-        "long-lines",
-        Some(NOBODY),
-        &stop,
-        &rounds[2],
-        move || {
-            let Some(mut s) = connect(&p) else { return };
-            let at_limit = format!("\"{}\"", "x".repeat(64 * 1024 - 2));
-            let over = "y".repeat(64 * 1024 + 1);
-            for i in 0..12 {
-                let line = if i % 2 == 0 { &at_limit } else { &over };
-                if s.write_all(line.as_bytes())
-                    .and_then(|()| s.write_all(b"\n"))
-                    .is_err()
-                {
-                    break;
-                }
-                drain(&mut s);
-            }
-        },
-    ));
-    // 4. Slow readers: subscribe to everything, then read one line a second or never.
-    let p = path.clone();
-    threads.push(abuser(
-        "slow-readers",
-        Some(NOBODY),
-        &stop,
-        &rounds[3],
-        move || {
-            let mut subs = Vec::new();
-            for _ in 0..4 {
-                if let Some(mut s) = connect(&p) {
-                    let _ = s.write_all(b"{\"cmd\":\"subscribe\"}\n");
-                    subs.push(s);
-                }
-            }
-            for _ in 0..3 {
-                thread::sleep(Duration::from_secs(1));
-                if let Some(s) = subs.first_mut() {
-                    let mut byte = [0u8; 1];
-                    let _ = s.read(&mut byte);
-                }
-            }
-        },
-    ));
+    // 2.-4. As nobody: `partial_lines`, `long_lines`, `slow_readers` (see each).
+    for (round, name, body) in [
+        (1, "partial", partial_lines as fn(&Path)),
+        (2, "long-lines", long_lines),
+        (3, "slow-readers", slow_readers),
+    ] {
+        let p = path.clone();
+        threads.push(abuser(
+            name,
+            Some(NOBODY),
+            &stop,
+            &rounds[round],
+            move || body(&p),
+        ));
+    }
     // 5. The pool controller: bursts of pipelined commands (pool changes, manual
     //    evictions and reinstatements of other addresses, snapshots, pings), then a
     //    half-close, then every reply read.
@@ -393,15 +389,17 @@ fn hostile_clients_neither_slow_decisions_nor_grow_memory() {
         "agent RSS grew from {rss_before} KiB to {peak_rss} KiB"
     );
     // The clients are gone: their connections are closed and the agent answers.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while open_fds(pid) > fds_before + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "fds stay open after the clients left: {} now, {fds_before} before",
-            open_fds(pid)
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || open_fds(pid) <= fds_before + 2,
+        || {
+            format!(
+                "fds stay open after the clients left: {} now, {fds_before} before",
+                open_fds(pid)
+            )
+        },
+    );
     let mut client = Client::connect(&path, Duration::from_secs(5));
     assert_eq!(client.request(json!({"cmd": "ping"}))["type"], "pong");
     // A loaded pipeline may answer `unavailable` (no copy of the table within 5 s): ask

@@ -16,22 +16,16 @@ use std::{
 use connmon_integration::{
     Agent, BLACKHOLE_V4, LOCAL_V4, Netns, closed_port, is_connect,
     otlp_receiver::{ReceivedSpan, Receiver, Transport, Value},
-    require_root, scratch_dir,
+    pending_connect, require_root, scratch_dir, write_file,
 };
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
-use socket2::{Domain, SockAddr, Socket, Type};
 
 /// A deadline for what the agent and the receiver do, ended as soon as it happens.
 const WAIT: Duration = Duration::from_secs(30);
 
-fn write(path: &Path, text: &str) -> String {
-    std::fs::write(path, text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
 /// A config that exports quickly and ejects for one second.
 fn config(dir: &Path, protocol: &str, extra_otlp: &str) -> String {
-    write(
+    write_file(
         &dir.join("connmon.toml"),
         &format!(
             "[policy]\nconsecutive_refused = 1\nbase_ejection = \"1s\"\nmax_ejection = \"1s\"\n\n\
@@ -148,7 +142,7 @@ fn scenario(protocol: &str, transport: Transport) {
         (l, open, closed)
     });
     let dir = scratch_dir("otlp");
-    let pool = write(
+    let pool = write_file(
         &dir.join("pool.txt"),
         &format!("{open}\n{closed}\n10.200.0.10:80\n10.200.0.11:80\n"),
     );
@@ -172,14 +166,7 @@ fn scenario(protocol: &str, transport: Transport) {
             );
         }
         // A connect the application gives up on after 1.5 s: one SYN retransmit at ~1 s.
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
-        assert_eq!(
-            s.connect(&SockAddr::from(blackholed))
-                .unwrap_err()
-                .raw_os_error(),
-            Some(libc::EINPROGRESS)
-        );
+        let _pending = pending_connect(blackholed);
         thread::sleep(Duration::from_millis(1500));
     });
     drop(listener);
@@ -545,7 +532,7 @@ fn shutdown_flushes_queued_spans_within_the_time_limit() {
     let receiver = Receiver::start();
     let dir = scratch_dir("otlpexit");
     // Nothing would be sent for a minute (spans) or an hour (metrics) but for the exit.
-    let cfg = write(
+    let cfg = write_file(
         &dir.join("connmon.toml"),
         "[otlp]\nprotocol = \"http/protobuf\"\nspan_flush_interval = \"60s\"\nexport_interval = \"1h\"\nshutdown_timeout = \"1s\"\n",
     );

@@ -10,7 +10,7 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, BLACKHOLE_V4, NO_ARP_V4, Netns, closed_port, is_connect, require_root,
+    Agent, BLACKHOLE_V4, NO_ARP_V4, Netns, closed_port, is_connect, pending_connect, require_root,
 };
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -21,6 +21,12 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Upper bound for a plausible `duration_us` of a loopback connect: it catches unit
 /// mistakes (ns for µs) and garbage, not slowness.
 const PLAUSIBLE_LOOPBACK_US: u64 = 30_000_000;
+
+/// A fresh namespace and an agent with the default configuration (the tests run as root).
+fn namespace_and_agent(tag: &str) -> (Netns, Agent) {
+    require_root();
+    (Netns::new(tag), Agent::start(&[]))
+}
 
 /// Checks attribution: the process is this test binary, the thread the one that connected.
 fn assert_attributed(v: &serde_json::Value, tid: u32, comm: &str, ns: &Netns) {
@@ -38,9 +44,7 @@ fn assert_attributed(v: &serde_json::Value, tid: u32, comm: &str, ns: &Netns) {
 }
 
 fn refused(addr: &'static str, tag: &str) {
-    require_root();
-    let ns = Netns::new(tag);
-    let mut agent = Agent::start(&[]);
+    let (ns, mut agent) = namespace_and_agent(tag);
     let ((dst, err), tid) = ns.run("refuser", move || {
         let port = closed_port(addr);
         let dst: SocketAddr = if addr.contains(':') {
@@ -90,9 +94,7 @@ fn refused_ipv6() {
 
 #[test]
 fn refused_v4_mapped_is_reported_as_ipv4() {
-    require_root();
-    let ns = Netns::new("mapped");
-    let mut agent = Agent::start(&[]);
+    let (ns, mut agent) = namespace_and_agent("mapped");
     let (port, tid) = ns.run("mapped", || {
         let port = closed_port("127.0.0.1");
         let s = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
@@ -113,9 +115,7 @@ fn refused_v4_mapped_is_reported_as_ipv4() {
 
 #[test]
 fn established_with_plausible_handshake() {
-    require_root();
-    let ns = Netns::new("est");
-    let mut agent = Agent::start(&[]);
+    let (ns, mut agent) = namespace_and_agent("est");
     let ((src, dst), tid) = ns.run("establisher", || {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -136,9 +136,7 @@ fn established_with_plausible_handshake() {
 
 #[test]
 fn reset_by_server_with_linger_zero() {
-    require_root();
-    let ns = Netns::new("rst");
-    let mut agent = Agent::start(&[]);
+    let (ns, mut agent) = namespace_and_agent("rst");
     let (dst, tid) = ns.run("resetee", || {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let dst = listener.local_addr().unwrap();
@@ -167,9 +165,7 @@ fn reset_by_server_with_linger_zero() {
 
 #[test]
 fn kernel_timeout_with_syn_retransmit_first_and_connector_attribution() {
-    require_root();
-    let ns = Netns::new("tmo");
-    let mut agent = Agent::start(&[]);
+    let (ns, mut agent) = namespace_and_agent("tmo");
     let dst = format!("{BLACKHOLE_V4}:80");
     let target: SocketAddr = dst.parse().unwrap();
     let ((err, took), tid) = ns.run("timeouter", move || {
@@ -219,17 +215,12 @@ fn kernel_timeout_with_syn_retransmit_first_and_connector_attribution() {
 
 #[test]
 fn abandoned_when_the_application_closes_a_pending_connect() {
-    require_root();
-    let ns = Netns::new("abd");
-    let mut agent = Agent::start(&[]);
+    let (ns, mut agent) = namespace_and_agent("abd");
     let dst = format!("{BLACKHOLE_V4}:81");
     let target: SocketAddr = dst.parse().unwrap();
     let (held, tid) = ns.run("abandoner", move || {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
         let start = Instant::now();
-        let err = s.connect(&SockAddr::from(target)).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EINPROGRESS));
+        let s = pending_connect(target);
         thread::sleep(Duration::from_millis(1500));
         drop(s);
         start.elapsed()
@@ -271,42 +262,29 @@ fn abandoned_when_the_application_closes_a_pending_connect() {
 /// fails here, and the application still sees EHOSTUNREACH afterwards.
 #[test]
 fn unreachable_when_the_neighbour_never_answers() {
-    require_root();
-    let ns = Netns::new("unr");
-    let mut agent = Agent::start(&[]);
+    let (ns, mut agent) = namespace_and_agent("unr");
     let dst = format!("{NO_ARP_V4}:80");
     let target: SocketAddr = dst.parse().unwrap();
     let (reported_tx, reported_rx) = std::sync::mpsc::channel::<()>();
     let (failed_tx, failed_rx) = std::sync::mpsc::channel::<()>();
-    let app = {
-        let ns_path = ns.path();
-        thread::Builder::new()
-            .name("unreacher".into())
-            .spawn(move || {
-                let file = std::fs::File::open(ns_path).expect("open netns");
-                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                // SAFETY: gettid has no preconditions.
-                let tid = unsafe { libc::gettid() } as u32;
-                let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-                s.set_nonblocking(true).unwrap();
-                let err = s.connect(&SockAddr::from(target)).unwrap_err();
-                assert_eq!(err.raw_os_error(), Some(libc::EINPROGRESS));
-                let mut pfd = libc::pollfd {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(&s),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd; the socket outlives the call.
-                let ready = unsafe { libc::poll(&mut pfd, 1, 60_000) };
-                assert_eq!(ready, 1, "the connect neither failed nor succeeded in 60 s");
-                let _ = failed_tx.send(());
-                reported_rx
-                    .recv_timeout(WAIT + Duration::from_secs(5))
-                    .expect("told that the outcome was reported");
-                (s.take_error().unwrap().and_then(|e| e.raw_os_error()), tid)
-            })
-            .expect("spawn")
-    };
+    let app = ns.spawn(Some("unreacher"), move || {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let s = pending_connect(target);
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&s),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the socket outlives the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 60_000) };
+        assert_eq!(ready, 1, "the connect neither failed nor succeeded in 60 s");
+        let _ = failed_tx.send(());
+        reported_rx
+            .recv_timeout(WAIT + Duration::from_secs(5))
+            .expect("told that the outcome was reported");
+        (s.take_error().unwrap().and_then(|e| e.raw_os_error()), tid)
+    });
     failed_rx
         .recv_timeout(Duration::from_secs(65))
         .expect("the connect failed");

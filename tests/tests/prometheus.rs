@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use connmon_integration::{Agent, closed_port, require_root, scratch_dir, write_config};
+use connmon_integration::{
+    Agent, closed_port, require_root, scratch_dir, timing::wait_until, write_config,
+};
 use serde_json::Value;
 
 /// A free TCP port on loopback (bound, then released).
@@ -84,15 +86,12 @@ impl Prometheus {
                 "starting prometheus (Debian package `prometheus`, installed by cargo xtask setup)",
             );
         let server = Prometheus { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http_get(port, "/-/ready").is_none_or(|(status, _)| status != 200) {
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus not ready within 60 s; log:\n{}",
-                server.log()
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
+        wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || http_get(port, "/-/ready").is_some_and(|(status, _)| status == 200),
+            || format!("Prometheus not ready within 60 s; log:\n{}", server.log()),
+        );
         server
     }
 

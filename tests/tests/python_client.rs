@@ -6,13 +6,15 @@ use std::{
     io::{BufRead as _, BufReader},
     net::TcpStream,
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Stdio,
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use connmon_integration::{Agent, closed_port, piped, require_root, scratch_dir, write_config};
+use connmon_integration::{
+    Agent, closed_port, piped, require_root, scratch_dir, sh, timing::wait_until, write_config,
+};
 
 fn python_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients/python")
@@ -118,27 +120,21 @@ fn the_example_pool_controller_marks_an_evicted_proxy_dead_and_then_good() {
         dead.starts_with(&format!("dead {dst} (refused, until ")),
         "{dead}"
     );
-    let reinstate = Command::new(connmon_integration::connmon_bin())
-        .args(["reinstate", &dst, "--socket"])
-        .arg(&socket)
-        .output()
-        .expect("connmon reinstate");
-    assert!(
-        reinstate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&reinstate.stderr)
+    let bin = connmon_integration::connmon_bin();
+    let (bin, socket) = (
+        bin.to_str().expect("utf-8"),
+        socket.to_str().expect("utf-8"),
     );
+    sh(&[bin, "reinstate", &dst, "--socket", socket]);
     let good = lines
         .recv_timeout(Duration::from_secs(10))
         .expect("good line");
     assert_eq!(good, format!("good {dst}"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the controller did not exit after two changes"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || child.try_wait().expect("wait").is_some(),
+        || "the controller did not exit after two changes".to_owned(),
+    );
     assert!(child.wait().expect("status").success());
 }

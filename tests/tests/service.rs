@@ -8,7 +8,6 @@
 //! as `CONNMON_TOOLS_VENV`.
 
 use std::{
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Output},
     thread,
@@ -16,8 +15,7 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, Netns, closed_port, connmon_bin, is_connect, require_root, scratch_dir, sh,
-    world_readable_copy,
+    Agent, Netns, connmon_bin, require_root, scratch_dir, sh, world_readable_copy,
 };
 
 fn repo() -> PathBuf {
@@ -111,14 +109,7 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
         status.contains("CapEff:\t000000c000000000"),
         "the agent runs with exactly CAP_BPF, CAP_PERFMON:\n{status}"
     );
-    let (port, _) = ns.run("leastpriv", || {
-        let port = closed_port("127.0.0.1");
-        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
-        port
-    });
-    agent.wait_for("refused line", Duration::from_secs(10), |v| {
-        is_connect(v, "refused", &format!("127.0.0.1:{port}"), ns.inode)
-    });
+    agent.wait_for_refused_connect("refused line", &ns, "leastpriv", Duration::from_secs(10));
     let (ok, _) = agent.stop();
     assert!(ok, "clean exit on SIGTERM");
 
@@ -156,14 +147,7 @@ fn as_uid_0_bpf_and_perfmon_are_enough() {
     let caps = vec!["CAP_BPF".to_owned(), "CAP_PERFMON".to_owned()];
     let ns = Netns::new("caps0");
     let mut agent = Agent::start_wrapped(&setpriv_wrapper(0, &caps, &connmon_bin()), &[]);
-    let (port, _) = ns.run("leastpriv0", || {
-        let port = closed_port("127.0.0.1");
-        let _ = TcpStream::connect(("127.0.0.1", port));
-        port
-    });
-    agent.wait_for("refused line", Duration::from_secs(10), |v| {
-        is_connect(v, "refused", &format!("127.0.0.1:{port}"), ns.inode)
-    });
+    agent.wait_for_refused_connect("refused line", &ns, "leastpriv0", Duration::from_secs(10));
 }
 
 /// `systemd-analyze security`'s overall exposure for the unit, e.g. `2.0 OK`.
@@ -627,16 +611,8 @@ fn the_image_sees_a_refused_connect_from_the_host() {
                 "/run/connmon/connmon.sock",
             ],
         );
-        let (port, _) = ns.run("fromhost", || {
-            let port = closed_port("127.0.0.1");
-            assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
-            port
-        });
-        agent.wait_for(
-            &format!("refused line ({label})"),
-            Duration::from_secs(10),
-            |v| is_connect(v, "refused", &format!("127.0.0.1:{port}"), ns.inode),
-        );
+        let what = format!("refused line ({label})");
+        agent.wait_for_refused_connect(&what, &ns, "fromhost", Duration::from_secs(10));
         let (ok, _) = agent.stop();
         assert!(ok, "{label}: the container exits 0 on SIGTERM");
     }

@@ -10,7 +10,8 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, BLACKHOLE_V4, Netns, closed_port, connmon_bin, require_root, scratch_dir, write_config,
+    Agent, BLACKHOLE_V4, Netns, assert_status_row, closed_port, connmon_bin, require_root,
+    scratch_dir, timing::wait_until, write_config,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -237,11 +238,12 @@ fn top_says_when_no_agent_is_running() {
     });
     assert!(screen.contains("connmon run"), "{screen}");
     tmux.keys("q");
-    let deadline = Instant::now() + WAIT;
-    while !tmux.exited() {
-        assert!(Instant::now() < deadline, "q did not quit");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        WAIT,
+        Duration::from_millis(100),
+        || tmux.exited(),
+        || "q did not quit".to_owned(),
+    );
 }
 
 #[test]
@@ -322,12 +324,7 @@ fn watch_on_a_terminal_prints_decisions_as_columns_and_honours_no_color() {
         .output()
         .expect("connmon status");
     let table = String::from_utf8_lossy(&status.stdout);
-    let row = table
-        .lines()
-        .find(|l| l.starts_with(&dst))
-        .unwrap_or_else(|| panic!("no row for {dst}:\n{table}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cols[1..5], ["proxy", "ejected", "1", "100%"], "{row}");
+    assert_status_row(&table, &dst, ["proxy", "ejected", "1", "100%"]);
     let json = Command::new(connmon_bin())
         .args([
             "status",

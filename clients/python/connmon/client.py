@@ -40,7 +40,7 @@ import itertools
 import json
 import socket
 import sys
-from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional
+from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional, Tuple
 
 Message = Dict[str, Any]
 """One decoded NDJSON line from the agent."""
@@ -66,6 +66,11 @@ def _connection_error(path: str, err: OSError) -> ConnmonError:
     return ConnmonError("connection", f"cannot connect to {path}: {err}")
 
 
+def _decode(line: bytes) -> Optional[Message]:
+    """One line from the agent; None at the end of the stream."""
+    return json.loads(line) if line else None
+
+
 def _check_hello(hello: Optional[Message]) -> Message:
     if hello is None:
         raise ConnmonError("connection", "the agent closed the connection")
@@ -77,9 +82,40 @@ def _check_hello(hello: Optional[Message]) -> Message:
 
 
 class _Commands:
-    """The commands, written once for both clients: ``_call`` is sync or async."""
+    """The commands and the message handling, written once for both clients: ``_call``
+    (and the I/O around these helpers) is sync or async."""
 
     _call: Any
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._ids = itertools.count(1)
+        self._pending: collections.deque[Message] = collections.deque()
+        self.closed_by_agent = False
+
+    def _numbered(self, cmd: Message) -> Tuple[int, bytes]:
+        """``cmd`` with the next id: the id and the line to send."""
+        cmd = dict(cmd, id=next(self._ids))
+        return cmd["id"], json.dumps(cmd).encode() + b"\n"
+
+    def _reply_to(self, cmd_id: int, msg: Optional[Message]) -> Optional[Message]:
+        """``msg`` if it is the reply to command ``cmd_id`` (an ``error`` reply raises);
+        None for any other message, which is kept for ``events()``."""
+        if msg is None:
+            raise ConnmonError("connection", "the agent closed the connection")
+        if msg.get("id") != cmd_id:
+            self._pending.append(msg)
+            return None
+        if msg.get("type") == "error":
+            raise ConnmonError(str(msg.get("code")), str(msg.get("message")))
+        return msg
+
+    def _event(self, msg: Optional[Message]) -> Optional[Message]:
+        """``msg`` as an event, or None where the events end (closed, or ``bye``)."""
+        if msg is not None and msg.get("type") == "bye":
+            self.closed_by_agent = True
+            return None
+        return msg
 
     def ping(self) -> Any:
         return self._call({"cmd": "ping"})
@@ -121,7 +157,7 @@ class Client(_Commands):
     """A blocking connection. ``hello`` holds the agent's greeting."""
 
     def __init__(self, path: str = DEFAULT_SOCKET, timeout: Optional[float] = None) -> None:
-        self.path = path
+        super().__init__(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.settimeout(timeout)
@@ -130,9 +166,6 @@ class Client(_Commands):
             self._sock.close()
             raise _connection_error(path, err) from None
         self._file = self._sock.makefile("rb")
-        self._ids = itertools.count(1)
-        self._pending: collections.deque[Message] = collections.deque()
-        self.closed_by_agent = False
         self.hello = _check_hello(self._read())
 
     def __enter__(self) -> Client:
@@ -153,34 +186,19 @@ class Client(_Commands):
             pass
 
     def _read(self) -> Optional[Message]:
-        line = self._file.readline()
-        if not line:
-            return None
-        msg: Message = json.loads(line)
-        return msg
+        return _decode(self._file.readline())
 
     def _call(self, cmd: Message) -> Message:
-        cmd = dict(cmd, id=next(self._ids))
-        self._sock.sendall(json.dumps(cmd).encode() + b"\n")
-        while True:
-            msg = self._read()
-            if msg is None:
-                raise ConnmonError("connection", "the agent closed the connection")
-            if msg.get("id") == cmd["id"]:
-                if msg.get("type") == "error":
-                    raise ConnmonError(str(msg.get("code")), str(msg.get("message")))
-                return msg
-            self._pending.append(msg)
+        cmd_id, line = self._numbered(cmd)
+        self._sock.sendall(line)
+        reply = None
+        while reply is None:
+            reply = self._reply_to(cmd_id, self._read())
+        return reply
 
     def events(self) -> Iterator[Message]:
         """Yields subscribed events (and ``lagged`` notices) until the agent says bye."""
-        while True:
-            msg = self._pending.popleft() if self._pending else self._read()
-            if msg is None:
-                return
-            if msg.get("type") == "bye":
-                self.closed_by_agent = True
-                return
+        while (msg := self._event(self._pending.popleft() if self._pending else self._read())) is not None:
             yield msg
 
     def __iter__(self) -> Iterator[Message]:
@@ -192,12 +210,9 @@ class AsyncClient(_Commands):
     ``async with AsyncClient(path) as client``."""
 
     def __init__(self, path: str = DEFAULT_SOCKET) -> None:
-        self.path = path
+        super().__init__(path)
         self._reader: Optional[asyncio.StreamReader] = None
         self._writer: Optional[asyncio.StreamWriter] = None
-        self._ids = itertools.count(1)
-        self._pending: collections.deque[Message] = collections.deque()
-        self.closed_by_agent = False
         self.hello: Optional[Message] = None
 
     @classmethod
@@ -231,36 +246,21 @@ class AsyncClient(_Commands):
 
     async def _read(self) -> Optional[Message]:
         assert self._reader is not None, "not connected"
-        line = await self._reader.readline()
-        if not line:
-            return None
-        msg: Message = json.loads(line)
-        return msg
+        return _decode(await self._reader.readline())
 
     async def _call(self, cmd: Message) -> Message:
         assert self._writer is not None, "not connected"
-        cmd = dict(cmd, id=next(self._ids))
-        self._writer.write(json.dumps(cmd).encode() + b"\n")
+        cmd_id, line = self._numbered(cmd)
+        self._writer.write(line)
         await self._writer.drain()
-        while True:
-            msg = await self._read()
-            if msg is None:
-                raise ConnmonError("connection", "the agent closed the connection")
-            if msg.get("id") == cmd["id"]:
-                if msg.get("type") == "error":
-                    raise ConnmonError(str(msg.get("code")), str(msg.get("message")))
-                return msg
-            self._pending.append(msg)
+        reply = None
+        while reply is None:
+            reply = self._reply_to(cmd_id, await self._read())
+        return reply
 
     async def events(self) -> AsyncIterator[Message]:
         """Yields subscribed events (and ``lagged`` notices) until the agent says bye."""
-        while True:
-            msg = self._pending.popleft() if self._pending else await self._read()
-            if msg is None:
-                return
-            if msg.get("type") == "bye":
-                self.closed_by_agent = True
-                return
+        while (msg := self._event(self._pending.popleft() if self._pending else await self._read())) is not None:
             yield msg
 
 

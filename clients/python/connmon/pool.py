@@ -28,7 +28,7 @@ import random
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 from urllib.parse import urlsplit
 
 from .client import DEFAULT_SOCKET, AsyncClient, Client, ConnmonError, Message
@@ -299,7 +299,46 @@ class _OutageLog:
         self.ever_connected = True
 
 
-class LivePool(PoolView):
+class _Follower(PoolView):
+    """What both live pools do around their connections to the agent (the I/O is theirs,
+    sync or async): back off, log outages, count and resynchronise."""
+
+    def __init__(self, proxies: Iterable[str], socket: str, backoff: Tuple[float, float], **view: Any) -> None:
+        super().__init__(proxies, **view)
+        self.socket = socket
+        self._backoff = _Backoff(*backoff)
+        self._outage = _OutageLog(socket)
+
+    def _failed(self, why: str) -> None:
+        self.connected = False
+        self._outage.failed(why)
+        self.ready.set()
+
+    def _resynced(self, snapshot: Message) -> None:
+        self._apply_snapshot(snapshot)
+        self.stats["resyncs"] += 1
+
+    def _following(self, client: Union[Client, AsyncClient]) -> None:
+        """Counts a connection that has subscribed and applied its first snapshot."""
+        self.stats["connects"] += 1
+        if self._outage.ever_connected:
+            self.stats["reconnects"] += 1
+        self._outage.connected(str((client.hello or {}).get("version")))
+        self._backoff.reset()
+        self.connected = True
+        self.synced.set()
+        self.ready.set()
+
+    def _lagged(self, event: Message) -> bool:
+        """True for a ``lagged`` notice (counted and logged): the caller resynchronises."""
+        if event.get("type") != "lagged":
+            return False
+        self.stats["lagged"] += 1
+        log.info("connmon: missed %s messages; resynchronising from a snapshot", event.get("missed"))
+        return True
+
+
+class LivePool(_Follower):
     """A :class:`PoolView` followed by a background thread.
 
     ::
@@ -323,11 +362,8 @@ class LivePool(PoolView):
         backoff: Tuple[float, float] = (0.1, 5.0),
         start: bool = True,
     ) -> None:
-        super().__init__(proxies, on_evict=on_evict, on_reinstate=on_reinstate, on_suspect=on_suspect,
-                         resolve=resolve)
-        self.socket = socket
-        self._backoff = _Backoff(*backoff)
-        self._outage = _OutageLog(socket)
+        super().__init__(proxies, socket, backoff, on_evict=on_evict, on_reinstate=on_reinstate,
+                         on_suspect=on_suspect, resolve=resolve)
         self._stop = threading.Event()
         self._client: Optional[Client] = None
         self._client_lock = threading.Lock()
@@ -365,11 +401,10 @@ class LivePool(PoolView):
     def _run(self) -> None:
         while not self._stop.is_set():
             why = self._follow_once()
-            self.connected = False
             if self._stop.is_set():
+                self.connected = False
                 break
-            self._outage.failed(why)
-            self.ready.set()
+            self._failed(why)
             self._stop.wait(self._backoff.next())
 
     def _follow_once(self) -> str:
@@ -386,20 +421,11 @@ class LivePool(PoolView):
             self._client = client
         try:
             client.subscribe(**self._subscribe_cmd())
-            self._resync(client)
-            self.stats["connects"] += 1
-            if self._outage.ever_connected:
-                self.stats["reconnects"] += 1
-            self._outage.connected(str(client.hello.get("version")))
-            self._backoff.reset()
-            self.connected = True
-            self.synced.set()
-            self.ready.set()
+            self._resynced(client.snapshot())
+            self._following(client)
             for event in client.events():
-                if event.get("type") == "lagged":
-                    self.stats["lagged"] += 1
-                    log.info("connmon: missed %s messages; resynchronising from a snapshot", event.get("missed"))
-                    self._resync(client)
+                if self._lagged(event):
+                    self._resynced(client.snapshot())
                 else:
                     self._apply_event(event)
             return "the agent said bye" if client.closed_by_agent else "the agent closed the connection"
@@ -410,12 +436,8 @@ class LivePool(PoolView):
                 self._client = None
             client.close()
 
-    def _resync(self, client: Client) -> None:
-        self._apply_snapshot(client.snapshot())
-        self.stats["resyncs"] += 1
 
-
-class AsyncLivePool(PoolView):
+class AsyncLivePool(_Follower):
     """The asyncio variant: ``async with AsyncLivePool(proxies) as pool:`` (or
     ``await pool.start()`` / ``await pool.close()``); the follower is a task on the
     running loop. Queries are plain methods, as in :class:`LivePool`."""
@@ -431,11 +453,8 @@ class AsyncLivePool(PoolView):
         resolve: bool = False,
         backoff: Tuple[float, float] = (0.1, 5.0),
     ) -> None:
-        super().__init__(proxies, on_evict=on_evict, on_reinstate=on_reinstate, on_suspect=on_suspect,
-                         resolve=resolve)
-        self.socket = socket
-        self._backoff = _Backoff(*backoff)
-        self._outage = _OutageLog(socket)
+        super().__init__(proxies, socket, backoff, on_evict=on_evict, on_reinstate=on_reinstate,
+                         on_suspect=on_suspect, resolve=resolve)
         self._task: Optional[asyncio.Task[None]] = None
 
     async def start(self) -> None:
@@ -463,10 +482,7 @@ class AsyncLivePool(PoolView):
 
     async def _run(self) -> None:
         while True:
-            why = await self._follow_once()
-            self.connected = False
-            self._outage.failed(why)
-            self.ready.set()
+            self._failed(await self._follow_once())
             await asyncio.sleep(self._backoff.next())
 
     async def _follow_once(self) -> str:
@@ -479,22 +495,11 @@ class AsyncLivePool(PoolView):
             return str(err)
         try:
             await client.subscribe(**self._subscribe_cmd())
-            self._apply_snapshot(await client.snapshot())
-            self.stats["resyncs"] += 1
-            self.stats["connects"] += 1
-            if self._outage.ever_connected:
-                self.stats["reconnects"] += 1
-            self._outage.connected(str((client.hello or {}).get("version")))
-            self._backoff.reset()
-            self.connected = True
-            self.synced.set()
-            self.ready.set()
+            self._resynced(await client.snapshot())
+            self._following(client)
             async for event in client.events():
-                if event.get("type") == "lagged":
-                    self.stats["lagged"] += 1
-                    log.info("connmon: missed %s messages; resynchronising from a snapshot", event.get("missed"))
-                    self._apply_snapshot(await client.snapshot())
-                    self.stats["resyncs"] += 1
+                if self._lagged(event):
+                    self._resynced(await client.snapshot())
                 else:
                     self._apply_event(event)
             return "the agent said bye" if client.closed_by_agent else "the agent closed the connection"

@@ -24,12 +24,7 @@ fn cli_subcommands_talk_to_the_agent() {
             && header.ends_with("ORIGIN"),
         "{table}"
     );
-    let row = table
-        .lines()
-        .find(|l| l.starts_with(&dst))
-        .unwrap_or_else(|| panic!("no row for {dst}:\n{table}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cols[1..5], ["proxy", "ejected", "2", "100%"], "{row}");
+    assert_status_row(&table, &dst, ["proxy", "ejected", "2", "100%"]);
     let json_status = connmon(&["status", "--json", "--socket", sock]);
     let snap: Value = serde_json::from_slice(&json_status.stdout).expect("status --json is JSON");
     assert_eq!(snap["type"], "snapshot");
@@ -72,27 +67,24 @@ fn cli_subcommands_talk_to_the_agent() {
     let evict = connmon(&["evict", "10.9.0.9:80", "--for", "5m", "--socket", sock]);
     assert!(evict.status.success(), "{}", text(&evict.stderr));
     assert_eq!(text(&evict.stdout), "evicted 10.9.0.9:80\n");
-    let reinstate = connmon(&["reinstate", "10.9.0.9:80", "--socket", sock]);
-    assert_eq!(
-        text(&reinstate.stdout),
-        "reinstated 10.9.0.9:80\n",
-        "{}",
-        text(&reinstate.stderr)
-    );
+    // `connmon ARGS --socket SOCK` prints `want`.
+    let prints = |args: &[&str], want: &str| {
+        let out = connmon(&[args, &["--socket", sock]].concat());
+        assert_eq!(text(&out.stdout), want, "{args:?}: {}", text(&out.stderr));
+    };
+    prints(&["reinstate", "10.9.0.9:80"], "reinstated 10.9.0.9:80\n");
     let again = connmon(&["reinstate", "10.9.0.9:80", "--socket", sock]);
     assert_eq!(again.status.code(), Some(1));
     assert_eq!(
         text(&again.stderr).trim_end(),
         "connmon: error: the agent answered rejected: reinstate: 10.9.0.9:80 is not ejected"
     );
-    let deadline = Instant::now() + WAIT;
-    while watch.try_wait().expect("wait").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "connmon watch --count 2 did not finish"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        WAIT,
+        Duration::from_millis(20),
+        || watch.try_wait().expect("wait").is_some(),
+        || "connmon watch --count 2 did not finish".to_owned(),
+    );
     let out = watch.wait_with_output().expect("watch output");
     let lines: Vec<Value> = text(&out.stdout)
         .lines()
@@ -109,24 +101,10 @@ fn cli_subcommands_talk_to_the_agent() {
         (&json!("reinstate"), &json!("10.9.0.9:80"))
     );
 
-    let add = connmon(&[
-        "pool",
-        "add",
-        "10.9.0.1:8080",
-        "10.9.2.0/24",
-        "--socket",
-        sock,
-    ]);
-    assert_eq!(
-        text(&add.stdout),
-        "10.9.0.1:8080\n10.9.2.0/24\n",
-        "{}",
-        text(&add.stderr)
-    );
-    let list = connmon(&["pool", "list", "--socket", sock]);
-    assert_eq!(text(&list.stdout), "10.9.0.1:8080\n10.9.2.0/24\n");
-    let remove = connmon(&["pool", "remove", "10.9.2.0/24", "--socket", sock]);
-    assert_eq!(text(&remove.stdout), "10.9.0.1:8080\n");
+    let both = "10.9.0.1:8080\n10.9.2.0/24\n";
+    prints(&["pool", "add", "10.9.0.1:8080", "10.9.2.0/24"], both);
+    prints(&["pool", "list"], both);
+    prints(&["pool", "remove", "10.9.2.0/24"], "10.9.0.1:8080\n");
     let bad = connmon(&["pool", "add", "not-an-address", "--socket", sock]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad.stderr).starts_with(

@@ -26,8 +26,8 @@ use std::{
 };
 
 use connmon_integration::{
-    Agent, LOCAL_V4, Netns, closed_port, connmon_bin, is_connect, require_root, scratch_dir,
-    world_readable_copy,
+    Agent, LOCAL_V4, Netns, assert_status_row, closed_port, connmon_bin, is_connect, require_root,
+    scratch_dir, timing::wait_until, world_readable_copy, write_file,
 };
 use serde_json::{Value, json};
 
@@ -152,9 +152,7 @@ fn start(path: &Path, extra: &[&str]) -> Agent {
 }
 
 fn config(dir: &Path, text: &str) -> String {
-    let path = dir.join("connmon.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf-8").to_owned()
+    write_file(&dir.join("connmon.toml"), text)
 }
 
 /// Runs `cmd` with a deadline, returning its output.
