@@ -164,16 +164,9 @@ pub struct ProbeConfig {
     /// 1: wake the reader for every event; 0: routine `established` outcomes are
     /// submitted with BPF_RB_NO_WAKEUP and picked up by the reader's periodic drain.
     pub wakeup_established: u32,
-    /// How many of the [`SLOTS`] direct-mapped slots are used, minus one (a power of two
-    /// minus one, at most `SLOTS - 1`).
-    pub slot_mask: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 4 * 21);
-
-/// Entries of the kernel's direct-mapped table of pending and established connects
-/// (`SLOTS`, 72 bytes each, preallocated), the first place a connect's state goes.
-pub const SLOTS: u32 = 65_536;
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 4 * 20);
 
 /// Index of the counters in the per-CPU `COUNTERS` array.
 pub mod counter {

@@ -16,11 +16,6 @@
 //! kernel's BTF and writes them into the read-only global `CONFIG` before loading.
 #![no_std]
 #![no_main]
-#![feature(core_intrinsics, asm_experimental_arch)]
-#![expect(
-    internal_features,
-    reason = "atomic compare-and-swap: the BPF target has no CAS in core::sync::atomic"
-)]
 
 mod maps;
 mod probes;

@@ -97,30 +97,6 @@ pub struct TupleKey {
     pub _pad: u16,
 }
 
-/// One entry of [`SLOTS`]: the socket that owns it (its `struct sock *`, 0 when free)
-/// and that socket's attempt.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Slot {
-    pub sock: u64,
-    pub attempt: Attempt,
-}
-
-/// The first place a connect's state goes: a direct-mapped table of preallocated slots
-/// indexed by a hash of the `struct sock *` (`sock::Sock::slot_index`), each tagged with
-/// its owner. A connect claims its slot with one atomic compare-and-swap of the tag
-/// (0 → socket) and frees it by storing 0; a lookup is one array load and a tag compare,
-/// also for the server-side sockets connmon never tracked. A slot owned by another live
-/// socket (a collision) sends the connect to [`CONNECTS`], and past that to [`SOCKETS`].
-/// `monitor_common::SLOTS` entries; the agent may use fewer (`ProbeConfig::slot_mask`).
-#[map]
-pub static SLOTS: Array<Slot> = Array::with_max_entries(monitor_common::SLOTS, 0);
-
-/// How many entries [`CONNECTS`] holds (atomic adds): while 0, a socket missing from
-/// [`SLOTS`] is not looked up in the hash.
-#[map]
-pub static HASHED: Array<u64> = Array::with_max_entries(1, 0);
-
 /// How many connects [`CONNECTS`] holds at once (pending ones, and established ones until
 /// they leave ESTABLISHED). Preallocated: ~120 bytes an entry, ~8 MiB.
 pub const CONNECTS_CAPACITY: u32 = 65_536;

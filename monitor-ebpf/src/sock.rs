@@ -9,17 +9,12 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{BPF_EXIST, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{bpf_probe_read_kernel, generated::bpf_sk_storage_get},
 };
 use monitor_common::{AF_INET, AF_INET6, counter};
 
-use crate::maps::{
-    Attempt, CONNECTS, HASHED, OVERFLOWED, SLOTS, SOCKETS, Slot, TupleKey, conf, count, phase,
-};
-
-/// `-EEXIST` from a `BPF_NOEXIST` insert of a key the hash already holds.
-const EEXIST: i32 = -17;
+use crate::maps::{Attempt, CONNECTS, OVERFLOWED, SOCKETS, TupleKey, conf, count, phase};
 
 /// A `struct sock *` as the hook received it (kept as a pointer: the socket-storage
 /// helpers accept only the unmodified BTF pointer).
@@ -111,48 +106,10 @@ impl Sock {
         self.0 as u64
     }
 
-    /// The low 32 bits of the socket's address as a plain number. The verifier allows no
-    /// shift or xor on a pointer, but a 32-bit subtraction by a privileged program yields
-    /// an (unknown) scalar: `w = w - 0`.
-    #[inline(always)]
-    fn low_bits(self) -> u32 {
-        let out: u64;
-        // SAFETY: register arithmetic only.
-        unsafe {
-            core::arch::asm!("w1 -= 0", inout("r1") self.0 as u64 => out, options(pure, nomem, nostack));
-        }
-        out as u32
-    }
-
-    /// This socket's slot in [`SLOTS`] (direct-mapped: a hash of the pointer; sockets are
-    /// slab objects of a few KiB, so the low 6 bits carry nothing).
-    #[inline(always)]
-    fn slot(self) -> Option<*mut Slot> {
-        let p = self.low_bits();
-        let index = ((p >> 6) ^ (p >> 16)) & conf!(slot_mask);
-        SLOTS.get_ptr_mut(index)
-    }
-
-    /// connmon's state for this socket, if it has any: its slot in [`SLOTS`] when the
-    /// tag is this socket, else its [`CONNECTS`] entry (only while the hash holds any),
-    /// else (only once the hash has overflowed) its socket-local storage.
+    /// connmon's state for this socket, if it has any: its [`CONNECTS`] entry, else
+    /// (only once the hash has overflowed) its socket-local storage.
     #[inline(always)]
     pub fn attempt(self) -> Option<Tracked> {
-        if let Some(slot) = self.slot() {
-            // SAFETY: a pointer into a preallocated array element, valid for the program
-            // run; the tag is only written by connmon's programs.
-            if unsafe { ptr::read_volatile(&raw const (*slot).sock) } == self.key() {
-                return Some(Tracked {
-                    // SAFETY: as above; the attempt belongs to the socket the tag names.
-                    slot: unsafe { &mut (*slot).attempt },
-                    tag: unsafe { &raw mut (*slot).sock },
-                    in_storage: false,
-                });
-            }
-        }
-        if !hashed() {
-            return self.overflow_storage();
-        }
         if let Some(value) = CONNECTS.get_ptr_mut(self.key()) {
             // SAFETY: a pointer into a preallocated hash element, valid for the rest of
             // the program run; connmon's programs are its only writers, and the fields
@@ -160,67 +117,26 @@ impl Sock {
             // the element to a free list: the worst case is a stale read, never a fault.)
             return unsafe { value.as_mut() }.map(|slot| Tracked {
                 slot,
-                tag: ptr::null_mut(),
                 in_storage: false,
             });
         }
-        self.overflow_storage()
-    }
-
-    /// The socket's storage, only once anything overflowed into [`SOCKETS`].
-    #[inline(always)]
-    fn overflow_storage(self) -> Option<Tracked> {
         if !overflowed() {
             return None;
         }
         self.storage(0).map(|slot| Tracked {
             slot,
-            tag: ptr::null_mut(),
             in_storage: true,
         })
     }
 
-    /// Starts tracking this socket with `attempt`: into its slot in [`SLOTS`] when the
-    /// slot is free (or already tagged with this socket: a reconnect, or a stale tag of
-    /// an earlier socket at the same address), else into [`CONNECTS`], or, when the hash
-    /// is full, into the socket's storage (created). False when none could hold it
+    /// Starts tracking this socket with `attempt`: into [`CONNECTS`], or, when the hash is
+    /// full, into the socket's storage (created). False when neither could hold it
     /// (counted by the caller).
     #[inline(always)]
     pub fn track(self, attempt: &Attempt) -> bool {
-        let key = self.key();
-        if let Some(slot) = self.slot() {
-            let tag = unsafe { &raw mut (*slot).sock };
-            // SAFETY: an aligned u64 in a preallocated array element; the compare-and-swap
-            // settles two CPUs claiming the same free slot for different sockets.
-            let owner = unsafe { ptr::read_volatile(tag) };
-            if owner == key
-                || (owner == 0
-                    && unsafe {
-                        core::intrinsics::atomic_cxchg::<
-                            u64,
-                            { core::intrinsics::AtomicOrdering::SeqCst },
-                            { core::intrinsics::AtomicOrdering::SeqCst },
-                        >(tag, 0, key)
-                    }
-                    .1)
-            {
-                // SAFETY: the slot is this socket's now; no other program writes it until
-                // the socket's next transition.
-                unsafe { (*slot).attempt = *attempt };
-                return true;
-            }
-        }
-        match CONNECTS.insert(key, attempt, u64::from(BPF_NOEXIST)) {
-            Ok(()) => {
-                add_hashed(1);
-                return true;
-            }
-            // A stale entry of an earlier socket at this address: replace it (the count
-            // already includes it).
-            Err(EEXIST) if CONNECTS.insert(key, attempt, u64::from(BPF_EXIST)).is_ok() => {
-                return true;
-            }
-            Err(_) => {}
+        // BPF_ANY: a reconnect of the same socket replaces its old entry.
+        if CONNECTS.insert(self.key(), attempt, 0).is_ok() {
+            return true;
         }
         count(counter::OVERFLOW);
         set_overflowed();
@@ -234,33 +150,26 @@ impl Sock {
     }
 
     /// Stops tracking this socket (its outcome is reported, or it left ESTABLISHED):
-    /// frees its slot, deletes its [`CONNECTS`] entry, or marks its storage done.
-    /// Returns the attempt as it was, read before the release (volatile reads, ordered
-    /// before the tag's volatile store): a freed slot or hash element may be reused at
-    /// once by another CPU.
+    /// deletes its [`CONNECTS`] entry, or marks its storage done.
     #[inline(always)]
-    pub fn untrack(self, tracked: Tracked) -> Attempt {
-        // SAFETY: a valid pointer to the tracked attempt (see `attempt`).
-        let attempt = unsafe { ptr::read_volatile(&raw const *tracked.slot) };
-        if !tracked.tag.is_null() {
-            // SAFETY: an aligned u64 in a preallocated array element owned by this socket.
-            unsafe { ptr::write_volatile(tracked.tag, 0) };
-        } else if tracked.in_storage {
+    pub fn untrack(self, tracked: Tracked) {
+        if tracked.in_storage {
             tracked.slot.phase = phase::DONE;
-        } else if CONNECTS.remove(self.key()).is_ok() {
-            // (An error: already deleted by a concurrent run; nothing to do.)
-            add_hashed(u64::MAX);
+        } else {
+            // An error (already deleted by a concurrent run) leaves nothing to do.
+            let _ = CONNECTS.remove(self.key());
         }
-        attempt
     }
 
-    /// Forgets an established connection that leaves ESTABLISHED, if connmon opened it.
-    /// For the server-side sockets connmon never tracked, one array load and a tag
-    /// compare (and a hash lookup only while the hash holds any entry).
+    /// Forgets an established connection that leaves ESTABLISHED, if connmon opened it
+    /// (one hash delete; a miss for server-side sockets).
     #[inline(always)]
     pub fn untrack_established(self) {
-        if let Some(tracked) = self.attempt() {
-            let _ = self.untrack(tracked);
+        if CONNECTS.remove(self.key()).is_ok() || !overflowed() {
+            return;
+        }
+        if let Some(slot) = self.storage(0) {
+            slot.phase = phase::DONE;
         }
     }
 
@@ -280,30 +189,8 @@ impl Sock {
 /// connmon's state for one socket, and where it lives.
 pub struct Tracked {
     pub slot: &'static mut Attempt,
-    /// The tag of its [`SLOTS`] slot, or null when it lives elsewhere.
-    tag: *mut u64,
     /// In the socket's storage (the overflow), not in [`CONNECTS`].
     in_storage: bool,
-}
-
-/// Whether [`CONNECTS`] holds any entry.
-#[inline(always)]
-fn hashed() -> bool {
-    HASHED.get(0).is_some_and(|n| *n != 0)
-}
-
-/// Adds `delta` (wrapping: `u64::MAX` is −1) to the [`CONNECTS`] entry count.
-#[inline(always)]
-fn add_hashed(delta: u64) {
-    if let Some(n) = HASHED.get_ptr_mut(0) {
-        // SAFETY: an aligned u64 in a map value; an atomic add (BPF_ATOMIC_ADD without
-        // fetch), as CPUs insert and delete concurrently.
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
-                n, delta,
-            )
-        };
-    }
 }
 
 #[inline(always)]

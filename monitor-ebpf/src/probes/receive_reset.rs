@@ -35,7 +35,8 @@ fn try_tcp_receive_reset(ctx: &BtfTracePointContext) -> Result<(), i32> {
         // Only while ESTABLISHED, as the outcome's name says (a RST during the close
         // handshake is not reported).
         phase::ESTABLISHED if i32::from(sk.state()?) == tcp_state::ESTABLISHED => {
-            let attempt = sk.untrack(tracked);
+            let attempt = *tracked.slot;
+            sk.untrack(tracked);
             let tuple = sk.tuple()?;
             // `tcp_reset()` sets sk_err to ECONNRESET right after this tracepoint.
             emit(

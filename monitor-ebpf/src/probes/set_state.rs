@@ -51,7 +51,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             // before; the entry must not outlive the attempt.
             let sk = Sock(ctx.arg(0));
             if let Some(tracked) = sk.attempt() {
-                let _ = sk.untrack(tracked);
+                sk.untrack(tracked);
             }
             Ok(())
         }
@@ -108,8 +108,9 @@ fn finish_attempt(sk: Sock, established: bool) -> Result<(), i32> {
         );
         return Ok(());
     }
-    // Copied before the release: a freed slot or hash element may be reused at once.
-    let attempt = sk.untrack(tracked);
+    // Copied before the delete: a deleted hash element may be reused at once.
+    let attempt = *tracked.slot;
+    sk.untrack(tracked);
     let tuple = sk.tuple()?;
     // The error captured where the kernel raised it comes first: `sk_err` may already
     // have been consumed by an application woken before this transition.

@@ -119,7 +119,6 @@ impl KernelSource {
             skc_dport: kernel.skc_dport,
             inet_sport: kernel.inet_sport,
             wakeup_established: u32::from(opts.wakeup_every_event),
-            slot_mask: slot_count() - 1,
             ..ProbeConfig::default()
         };
         if let Some(shutdown) = kernel.sock_sk_shutdown {
@@ -233,17 +232,6 @@ impl KernelSource {
             overflow: sum(counter::OVERFLOW)?,
         })
     }
-}
-
-/// How many direct-mapped slots the programs use (`ProbeConfig::slot_mask`): all
-/// `monitor_common::SLOTS`, or fewer for tests that must reach the hash and socket
-/// storage behind them (`CONNMON_TEST_SLOTS`, a power of two; not a user setting).
-fn slot_count() -> u32 {
-    std::env::var("CONNMON_TEST_SLOTS")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|n| n.is_power_of_two() && *n <= monitor_common::SLOTS)
-        .unwrap_or(monitor_common::SLOTS)
 }
 
 /// Loads and attaches one program of the probe table at its hook.
