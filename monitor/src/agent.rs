@@ -708,6 +708,7 @@ fn snapshot(
         lost_events: kernel.lost_events,
         untracked: kernel.untracked,
         storage_failed: kernel.storage_failed,
+        overflow: kernel.overflow,
         decode_errors: counters.decode_errors,
         probes: checks_used.then_some(probes),
         fleet: pipe.fleet.as_ref().map(|f| f.snapshot()),

@@ -49,6 +49,9 @@ pub struct Stats {
     /// Connects whose socket storage the kernel could not allocate: their outcome is
     /// lost (attribution lost, counted).
     pub storage_failed: u64,
+    /// Connects whose state went to socket-local storage because the kernel's slot table
+    /// and connects hash were full (slower per connect; not lost).
+    pub overflow: u64,
     /// Records that failed to decode.
     pub decode_errors: u64,
     /// The agent's own handshake checks (not in `outcomes`); absent when checks are off.
@@ -87,7 +90,7 @@ impl Stats {
             })
             .collect();
         format!(
-            "stats{}: events={} established={} refused={} reset={} timeout={} abandoned={} unreachable={} syn_retransmits={} lost_events={} untracked={} storage_failed={} decode_errors={}{probes}{fleet}{consumers}",
+            "stats{}: events={} established={} refused={} reset={} timeout={} abandoned={} unreachable={} syn_retransmits={} lost_events={} untracked={} storage_failed={} overflow={} decode_errors={}{probes}{fleet}{consumers}",
             if self.is_final { " (final)" } else { "" },
             self.events,
             o.established,
@@ -100,6 +103,7 @@ impl Stats {
             self.lost_events,
             self.untracked,
             self.storage_failed,
+            self.overflow,
             self.decode_errors
         )
     }
@@ -131,6 +135,7 @@ mod tests {
             lost_events: 0,
             untracked: 0,
             storage_failed: 0,
+            overflow: 0,
             decode_errors: 0,
             probes: None,
             fleet: None,

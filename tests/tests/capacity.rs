@@ -1,7 +1,8 @@
 //! Root integration test for the hot path's capacity (issue #12): per-connect state lives
 //! in a preallocated hash of 65 536 sockets (`CONNECTS`) with socket-local storage as the
 //! overflow, so more than 65 536 concurrently pending connects are all attributed — the
-//! last 4 464+ of the 70 000 below only through the overflow path. Kept out of the emulated kernel matrix: 70 000
+//! last 4 464+ of the 70 000 below only through the overflow path (the stats line's
+//! `overflow` counter says how many). Kept out of the emulated kernel matrix: 70 000
 //! sockets are cheap natively, minutes under TCG.
 
 use std::{
@@ -147,6 +148,10 @@ fn more_than_65536_pending_connects_are_all_attributed() {
         .expect("final stats line");
     assert_eq!(last["lost_events"], 0, "{last}");
     assert_eq!(last["storage_failed"], 0, "{last}");
+    assert!(
+        last["overflow"].as_u64().is_some_and(|n| n > 0),
+        "70 000 pending connects overflow the 65 536-entry hash into socket storage: {last}"
+    );
     for pid in &children {
         let n = got.get(&(*pid as u32)).map_or(0, HashSet::len);
         assert_eq!(

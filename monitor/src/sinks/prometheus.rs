@@ -168,6 +168,7 @@ pub struct Metrics {
     tracked: Gauge,
     ejected: Gauge,
     lost_events: Counter,
+    kernel_overflow: Counter,
     lagged: Counter,
     /// The agent's own handshake-check probes that ended (`[checks]`), counted apart
     /// from the clients' connect attempts (as OTLP's `connmon.probes`).
@@ -177,6 +178,8 @@ pub struct Metrics {
     dst_dropped: Counter,
     /// Last cumulative `lost_events` seen in a `stats` message.
     last_lost: u64,
+    /// Last cumulative `overflow` seen in a `stats` message.
+    last_overflow: u64,
     /// Handles of the hot counters, so that a connect costs no label hashing: by
     /// (outcome, role), and per tracked destination by outcome.
     attempt_handles: HashMap<(Outcome, Role), Counter>,
@@ -196,12 +199,14 @@ impl Metrics {
             tracked: Gauge::default(),
             ejected: Gauge::default(),
             lost_events: Counter::default(),
+            kernel_overflow: Counter::default(),
             lagged: Counter::default(),
             probes: Counter::default(),
             dst_attempts: Family::default(),
             dst_ejected: Family::default(),
             dst_dropped: Counter::default(),
             last_lost: 0,
+            last_overflow: 0,
             attempt_handles: HashMap::new(),
             dst_handles: HashMap::new(),
         };
@@ -224,6 +229,7 @@ impl Metrics {
             ("destinations_tracked", "Destinations in the policy's table (policy snapshot, at most every 10 s)", None, any(m.tracked.clone())),
             ("destinations_ejected", "Destinations currently ejected (policy snapshot, at most every 10 s)", None, any(m.ejected.clone())),
             ("events_lost", "Kernel events lost because the ring buffer was full (as of the last stats)", None, any(m.lost_events.clone())),
+            ("kernel_overflow", "Connects whose kernel state went to socket storage: slot table and connects hash full (as of the last stats)", None, any(m.kernel_overflow.clone())),
             ("probes", "Handshake-check probes made by the agent itself that ended (not in connect_attempts)", None, any(m.probes.clone())),
             ("destination_connect_attempts", "Connect attempts per destination (bounded: agent.metrics_destinations)", None, any(m.dst_attempts.clone())),
             ("destination_ejected", "1 while the destination is ejected (bounded: agent.metrics_destinations)", None, any(m.dst_ejected.clone())),
@@ -329,6 +335,10 @@ impl Metrics {
                 if s.lost_events > self.last_lost {
                     self.lost_events.inc_by(s.lost_events - self.last_lost);
                     self.last_lost = s.lost_events;
+                }
+                if s.overflow > self.last_overflow {
+                    self.kernel_overflow.inc_by(s.overflow - self.last_overflow);
+                    self.last_overflow = s.overflow;
                 }
             }
         }

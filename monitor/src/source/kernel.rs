@@ -64,6 +64,9 @@ pub struct KernelCounters {
     pub untracked: u64,
     /// Connects whose socket storage could not be allocated: their outcome is lost.
     pub storage_failed: u64,
+    /// Connects that found the slot table and the connects hash full and went to
+    /// socket-local storage (slower, not lost).
+    pub overflow: u64,
 }
 
 /// The kernel function that, since 6.10 (and in distribution kernels that backported
@@ -216,6 +219,7 @@ impl KernelSource {
             lost_events: sum(counter::LOST_EVENTS)?,
             untracked: sum(counter::UNTRACKED)?,
             storage_failed: sum(counter::STORAGE_FAILED)?,
+            overflow: sum(counter::OVERFLOW)?,
         })
     }
 }
