@@ -5,8 +5,9 @@
 //! buffer when the kernel wakes it (every failure does) and on a short timer while
 //! failures flow (routine `established` outcomes are written without a wake-up to keep
 //! the per-connect cost low; see `source::poll`), decodes each record, runs it through
-//! the [`EjectionPolicy`], and renders events and decisions. Decisions are written at once, event lines when the reader sleeps (see `sinks::stdout`); the state file is written after a
-//! drain that changed an ejection, and at exit.
+//! the [`EjectionPolicy`], and renders events and decisions. Decisions are written at
+//! once, event lines when the reader sleeps (see `sinks::stdout`); the state file is
+//! written after a drain that changed an ejection, and at exit.
 
 use std::{
     path::{Path, PathBuf},

@@ -146,8 +146,9 @@ impl ReaderPoll {
     pub async fn tick(&self) -> std::io::Result<()> {
         let mut guard = self.timer.readable().await?;
         // Reading the expiration count re-arms readiness; EAGAIN means a spurious wake.
-        // (It also re-arms the timer: an interval timerfd that is not read stops after
-        // its first expiry.)
+        // (The interval timer keeps expiring either way, but `AsyncFd` is
+        // edge-triggered: an unread count never makes a new edge, so the reader would
+        // not be woken again.)
         let _ = guard.get_inner().0.wait();
         guard.clear_ready();
         Ok(())
